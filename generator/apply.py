@@ -1,0 +1,209 @@
+"""Apply: the imperative shell that writes, tests, swaps and reloads, or shows the diff instead.
+
+Order of a real apply, under a lock: compare with the file in place (identical: nothing to do) ->
+stage the new text beside the target -> crossplane gate -> `nginx -t` on the staged file inside a
+throwaway wrapper -> safety threshold -> keep a hard link to the file in place -> atomic rename ->
+test the whole installed config -> reload. If a test or the reload fails, the previous file is
+put back byte for byte and nothing is reloaded: nginx keeps serving the routes it had.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from .check import check, routes_in
+from .config import Config
+from .errors import ApplyError, CheckError, InternalError, UsageError
+from .nginx import Wrapper, run_command
+from .pipeline import Plan, Rendered, make_plan, removal_refusal
+
+NEW_FILE_MODE = 0o644
+
+
+def parse_back(rendered: Rendered, config: Config, staged: Path, scratch: Path) -> Wrapper:
+    """The crossplane gate on a staged file: raises unless it holds exactly the routing table."""
+    wrapper = Wrapper(scratch, staged)
+    wrapper.write()
+    failures = check(wrapper.parse(), rendered.table, config, str(staged))
+    if failures:
+        detail = "; ".join(failures[:5]) + (f" (and {len(failures) - 5} more)"
+                                             if len(failures) > 5 else "")
+        if config.template_dir:  # an override template is the likelier culprit than we are
+            raise CheckError(f"the rendered config fails the check: {detail}; nothing was "
+                             f"changed. Fix the templates in {config.template_dir}")
+        raise InternalError(f"the rendered config does not match the routing table: {detail}")
+    return wrapper
+
+
+def gate(rendered: Rendered, config: Config, staged: Path, scratch: Path) -> None:
+    """The crossplane gate, then nginx's own test, on a staged file; raises if either refuses."""
+    passed, said = parse_back(rendered, config, staged, scratch).test(config.nginx)
+    if not passed:
+        raise CheckError(f"nginx rejects the rendered config; nothing was changed\n{_indent(said)}")
+
+
+def current_routes(target: Path, current: str | None, scratch: Path) -> dict[str, str]:
+    """The routes of the file in place, read back by crossplane ({} if it is not one of ours)."""
+    if current is None:
+        return {}
+    scratch.mkdir()
+    wrapper = Wrapper(scratch, target)
+    wrapper.write()
+    return routes_in(wrapper.parse(), str(target)) or {}
+
+
+def checked_text(rendered: Rendered, config: Config) -> str:
+    """The rendered text once crossplane has read it back as the routing table (no nginx)."""
+    with tempfile.TemporaryDirectory(prefix="devtest-router-") as folder:
+        staged = Path(folder) / "rendered.conf"
+        staged.write_text(rendered.text, encoding="utf-8")
+        parse_back(rendered, config, staged, Path(folder))
+    return rendered.text
+
+
+def plan(rendered: Rendered, config: Config) -> Plan:
+    """Dry run: every check a real apply runs, on a copy in a temporary folder; changes nothing."""
+    target = Path(config.output)
+    current = _read(target)
+    with tempfile.TemporaryDirectory(prefix="devtest-router-") as folder:
+        scratch = Path(folder)
+        staged = scratch / "rendered.conf"
+        staged.write_text(rendered.text, encoding="utf-8")
+        gate(rendered, config, staged, scratch)
+        result = make_plan(current, current_routes(target, current, scratch / "current"),
+                           rendered)
+    refusal = removal_refusal(result, config)
+    if refusal:
+        raise CheckError(refusal)
+    return result
+
+
+def apply(rendered: Rendered, config: Config) -> Plan:
+    """Install `rendered` at config.output and reload nginx, or raise with the old file intact."""
+    target = Path(config.output)
+    folder = target.parent
+    if not folder.is_dir():
+        raise UsageError(f"output {target}: the folder {folder} does not exist; create it or set "
+                         "output")
+    with _locked(folder / f".{target.name}.lock"):
+        current = _read(target)
+        if current == rendered.text:
+            return Plan(current, rendered.text, len(rendered.table.routes), (), (), ())
+        with tempfile.TemporaryDirectory(prefix="devtest-router-") as temporary:
+            scratch = Path(temporary)
+            staged = _stage(folder, target.name, rendered.text)
+            try:
+                gate(rendered, config, staged, scratch)
+                result = make_plan(current, current_routes(target, current, scratch / "current"),
+                                   rendered)
+                refusal = removal_refusal(result, config)
+                if refusal:
+                    raise CheckError(refusal + "; nothing was changed")
+                _install(staged, target, config)
+            finally:
+                staged.unlink(missing_ok=True)
+    return result
+
+
+def _install(staged: Path, target: Path, config: Config) -> None:
+    previous = _swap(staged, target)
+    for step, command in (("test", config.test_command), ("reload", config.reload_command)):
+        passed, said = run_command(command)
+        if not passed:
+            _restore(target, previous)
+            raise ApplyError(
+                f"{command!r} failed after installing {target}; the previous file is back in "
+                f"place and nginx was not reloaded\n{_indent(said)}"
+                if step == "test" else
+                f"{command!r} failed; the previous {target} is back in place\n{_indent(said)}"
+            )
+    if previous is not None:
+        previous.unlink(missing_ok=True)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ApplyError(f"cannot read {path}: {error}") from None
+
+
+def _stage(folder: Path, name: str, text: str) -> Path:
+    """The new text in a temporary file beside the target (same file system: rename is atomic).
+
+    Its name does not end in .conf, so an `include conf.d/*.conf` never picks it up.
+    """
+    try:
+        descriptor, name_staged = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".staged")
+    except OSError as error:
+        raise ApplyError(f"cannot write in {folder}: {error.strerror}") from None
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    return Path(name_staged)
+
+
+def _swap(staged: Path, target: Path) -> Path | None:
+    """Rename the staged file over the target, keeping the target's mode and owner.
+
+    Returns a hard link to the file that was in place (None if there was none), to restore it.
+    """
+    previous: Path | None = None
+    try:
+        status = target.stat()
+    except FileNotFoundError:
+        os.chmod(staged, NEW_FILE_MODE)
+    else:
+        os.chmod(staged, stat.S_IMODE(status.st_mode))
+        with suppress(PermissionError):  # not root: the file stays ours, as it was before
+            os.chown(staged, status.st_uid, status.st_gid)
+        previous = target.with_name(f".{target.name}.previous")
+        previous.unlink(missing_ok=True)
+        try:
+            os.link(target, previous)
+        except OSError:  # a file system without hard links
+            shutil.copy2(target, previous)
+    os.replace(staged, target)
+    _sync_folder(target.parent)
+    return previous
+
+
+def _restore(target: Path, previous: Path | None) -> None:
+    if previous is None:
+        target.unlink(missing_ok=True)
+    else:
+        os.replace(previous, target)
+    _sync_folder(target.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialize applies to one target: a second run waits for the first to finish."""
+    with open(path, "a", encoding="utf-8") as file:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"  {line}" for line in text.splitlines()) or "  (no output)"

@@ -1,0 +1,148 @@
+"""Check rendered text as nginx will read it: crossplane's parse of it against the routing table.
+
+This gate runs before any `nginx -t`, because `nginx -t` itself executes `load_module` and
+`ssl_engine`: nothing but the directives below (and the config's allowed_directives) may reach it,
+and every route must stand in the hostname map exactly once, with exactly its target.
+crossplane's own directive table stops near nginx 1.19, so it checks syntax, argument counts and
+contexts here, never which directives exist.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from .config import Config
+from .model import RoutingTable
+
+ROUTE_MAP = ("$host", "$devtest_route")
+PROXY_PASS = ["http://$devtest_upstream"]
+
+# Directive -> the blocks it may stand in ("" is the file's top, i.e. nginx's http block).
+# This is the bundled template's vocabulary; config allowed_directives may add names (anywhere).
+DIRECTIVES: Mapping[str, frozenset[str]] = {
+    "map_hash_max_size": frozenset({""}),
+    "map_hash_bucket_size": frozenset({""}),
+    "log_format": frozenset({""}),
+    "map": frozenset({""}),
+    "server": frozenset({""}),
+    "listen": frozenset({"server"}),
+    "server_name": frozenset({"server"}),
+    "access_log": frozenset({"server", "location"}),
+    "client_max_body_size": frozenset({"server", "location"}),
+    "location": frozenset({"server"}),
+    "if": frozenset({"location"}),
+    "return": frozenset({"if", "location", "server"}),
+    "error_page": frozenset({"server", "location"}),
+    "default_type": frozenset({"server", "location"}),
+    "proxy_pass": frozenset({"location"}),
+    "proxy_http_version": frozenset({"server", "location"}),
+    "proxy_set_header": frozenset({"server", "location"}),
+    "proxy_connect_timeout": frozenset({"server", "location"}),
+    "proxy_read_timeout": frozenset({"server", "location"}),
+    "proxy_send_timeout": frozenset({"server", "location"}),
+}
+
+# Inside a map block every line is data (source value), except these, which nginx treats as
+# directives; `include` would read a file, so it never passes.
+MAP_KEYWORDS = frozenset({"hostnames", "default", "volatile"})
+
+
+def _walk(
+    statements: list[dict[str, Any]], parent: str = ""
+) -> Iterator[tuple[dict[str, Any], str]]:
+    for statement in statements:
+        yield statement, parent
+        if "block" in statement and statement["directive"] != "map":
+            yield from _walk(statement["block"], statement["directive"])
+
+
+def check(payload: Mapping[str, Any], table: RoutingTable, config: Config, path: str) -> list[str]:
+    """What is wrong with the parsed file at `path` (crossplane's payload), as lines; [] if ok."""
+    if payload.get("status") != "ok":
+        return [f"{error['error']}" for error in payload.get("errors", [])] or [
+            "crossplane could not parse the rendered config"
+        ]
+    parsed = next((item["parsed"] for item in payload["config"] if item["file"] == path), None)
+    if parsed is None:
+        return [f"crossplane did not read {path}"]
+
+    failures: list[str] = []
+    route_maps: list[list[dict[str, Any]]] = []
+    listens: list[str] = []
+    for statement, parent in _walk(parsed):
+        name = statement["directive"]
+        where = f"{path}:{statement['line']}"
+        if name in config.allowed_directives:
+            continue
+        if name not in DIRECTIVES:
+            failures.append(f"directive {name!r} is not allowed (in {where}); add it to "
+                            "allowed_directives if an override template needs it")
+            continue
+        if parent not in DIRECTIVES[name]:
+            failures.append(f"directive {name!r} is not allowed inside {parent or 'http'!r} "
+                            f"(in {where})")
+        if name == "map":
+            failures.extend(_check_map_block(statement, where))
+            if tuple(statement["args"]) == ROUTE_MAP:
+                route_maps.append(statement["block"])
+        elif name == "proxy_pass" and statement["args"] != PROXY_PASS:
+            failures.append(f"proxy_pass must be {PROXY_PASS[0]} (in {where})")
+        elif name == "listen":
+            listens.append(statement["args"][0])
+
+    if sorted(listens) != sorted(config.listen):
+        failures.append(f"listen addresses {sorted(listens)} differ from the configured "
+                        f"{sorted(config.listen)}")
+    if len(route_maps) != 1:
+        failures.append(f"expected one 'map $host $devtest_route' block, found {len(route_maps)}")
+    else:
+        failures.extend(_compare_routes(route_maps[0], table))
+    return failures
+
+
+def _check_map_block(statement: dict[str, Any], where: str) -> list[str]:
+    return [
+        f"{entry['directive']!r} inside a map block is not allowed (in {where})"
+        for entry in statement["block"]
+        if entry["directive"] == "include" or "block" in entry
+    ]
+
+
+def _map_entries(entries: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
+    for entry in entries:
+        if entry["directive"] not in MAP_KEYWORDS:
+            yield entry["directive"], " ".join(entry["args"])
+
+
+def routes_in(payload: Mapping[str, Any], path: str) -> dict[str, str] | None:
+    """hostname -> target of the route map in a parsed config we wrote; None if not one of ours."""
+    if payload.get("status") != "ok":
+        return None
+    for item in payload["config"]:
+        if item["file"] != path:
+            continue
+        for statement, _ in _walk(item["parsed"]):
+            if statement["directive"] == "map" and tuple(statement["args"]) == ROUTE_MAP:
+                return dict(_map_entries(statement["block"]))
+    return None
+
+
+def _compare_routes(entries: list[dict[str, Any]], table: RoutingTable) -> list[str]:
+    found: dict[str, str] = {}
+    counts: Counter[str] = Counter()
+    for host, target in _map_entries(entries):
+        counts[host] += 1
+        found[host] = target
+    failures = [f"hostname {host} is mapped {count} times" for host, count in counts.items()
+                if count > 1]
+    expected = {str(route.host): str(route.target) for route in table.routes}
+    for host in sorted(expected.keys() - found.keys()):
+        failures.append(f"route {host} is missing from the rendered config")
+    for host in sorted(found.keys() - expected.keys()):
+        failures.append(f"hostname {host} is in the rendered config but not in the routing table")
+    for host in sorted(expected.keys() & found.keys()):
+        if found[host] != expected[host]:
+            failures.append(f"hostname {host} maps to {found[host]!r}, not {expected[host]!r}")
+    return failures

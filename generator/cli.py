@@ -1,0 +1,249 @@
+"""devtest-router's command line: read the snapshot and settings, call the pipeline, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from . import __version__
+from .apply import apply, checked_text, plan
+from .config import ENV_PREFIX, Config, resolve
+from .errors import Error, UsageError
+from .model import RoutingTable
+from .pipeline import Rendered, build
+from .render import environment
+from .resources import data_dir, schema
+from .snapshot import loads
+from .validate import SnapshotValidator
+
+EXIT_CODES = {
+    0: "applied, or nothing to do",
+    1: "apply --dry-run: changes found",
+    2: "usage or configuration error",
+    3: "internal error: a bug in devtest-router (please report it)",
+    123: "unusable snapshot, or a check, nginx test, reload or safety threshold refused: "
+         "nothing was changed",
+    130: "interrupted",
+}
+
+_EPILOG = (
+    "Every flag can also be set as an environment variable DEVTEST_ROUTER_<FLAG> (e.g. "
+    "DEVTEST_ROUTER_DOMAIN) or in the --config file; a flag beats the environment, which beats "
+    "the file, which beats the default.\n\nexit codes:\n"
+    + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
+)
+
+
+class Streams:
+    def __init__(self, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> None:
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+
+    def say(self, message: str) -> None:
+        print(f"devtest-router: {message}", file=self.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    settings = argparse.ArgumentParser(add_help=False)
+    settings.add_argument("snapshot", nargs="?", default="-",
+                          help="registry snapshot, JSON or YAML, as etcdwatch writes it "
+                               "(default: - for standard input)")
+    settings.add_argument("--config", metavar="FILE", help="YAML settings file "
+                          "(schema/config.schema.json lists every setting)")
+    settings.add_argument("--domain", help="routes are <branch>-<service>.DOMAIN and "
+                          "<branch>.DOMAIN (default: localhost)")
+    settings.add_argument("--default-service", metavar="NAME",
+                          help="the service <branch>.DOMAIN goes to (default: web)")
+    settings.add_argument("--listen", action="append", metavar="ADDRESS",
+                          help="PORT, IP:PORT or [IPV6]:PORT to listen on; repeatable "
+                               "(default: 80)")
+    settings.add_argument("--template-dir", metavar="DIR",
+                          help="templates here override the bundled ones of the same name")
+    settings.add_argument("--allow-loopback", action="store_const", const=True,
+                          help="accept loopback upstreams (local use and tests)")
+
+    parser = argparse.ArgumentParser(
+        prog="devtest-router",
+        description="Route <branch>-<service>.<domain> to the containers of per-branch "
+                    "deployments registered in etcd, through a checked nginx config.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    render = commands.add_parser(
+        "render", parents=[settings], epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="print the nginx config for a snapshot (checked by crossplane, not by nginx)")
+    render.set_defaults(run=_render)
+
+    check = commands.add_parser(
+        "check", parents=[settings], epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="print the routing table and the problems found in a snapshot")
+    check.add_argument("--strict", action="store_true",
+                       help="exit 123 when the snapshot has any problem")
+    check.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    check.set_defaults(run=_check)
+
+    apply_ = commands.add_parser(
+        "apply", parents=[settings], epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="check, test, install and reload the config (or show the diff with --dry-run)")
+    apply_.add_argument("--output", metavar="FILE", help="the config file to write "
+                        "(default: /etc/nginx/conf.d/devtest-router.conf)")
+    apply_.add_argument("--nginx", metavar="COMMAND",
+                        help="nginx binary that tests the staged file (default: nginx)")
+    apply_.add_argument("--test-command", metavar="COMMAND",
+                        help="tests the installed config (default: nginx -t -q)")
+    apply_.add_argument("--reload-command", metavar="COMMAND",
+                        help="reloads nginx (default: nginx -s reload)")
+    apply_.add_argument("--dry-run", action="store_const", const=True,
+                        help="run every check, print the diff and a summary, change nothing")
+    apply_.add_argument("--force", action="store_const", const=True,
+                        help="apply even if more than max_removed_fraction of the routes "
+                             "would go")
+    apply_.set_defaults(run=_apply)
+    return parser
+
+
+_NOT_SETTINGS = {"snapshot", "config", "command", "run", "strict", "json"}
+
+
+def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+    config_name = args.config or environ.get(ENV_PREFIX + "CONFIG")
+    file_data = None
+    if config_name:
+        try:
+            file_data = yaml.safe_load(Path(config_name).read_text(encoding="utf-8"))
+        except OSError as error:
+            raise UsageError(f"config file {config_name}: {error.strerror}") from None
+        except yaml.YAMLError as error:
+            raise UsageError(f"config file {config_name}: not valid YAML ({error})") from None
+    flags = {key: value for key, value in vars(args).items() if key not in _NOT_SETTINGS}
+    return resolve(schema("config"), flags, environ, file_data, config_name)
+
+
+def _build(args: argparse.Namespace, config: Config, streams: Streams) -> Rendered:
+    if args.snapshot == "-":
+        text, source = streams.stdin.read(), "standard input"
+    else:
+        try:
+            text = Path(args.snapshot).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            raise UsageError(f"snapshot {args.snapshot}: {reason}") from None
+        source = args.snapshot
+    folders = [data_dir("templates")]
+    if config.template_dir:
+        if not Path(config.template_dir).is_dir():
+            raise UsageError(f"template_dir {config.template_dir}: no such folder")
+        folders.insert(0, Path(config.template_dir))
+    return build(loads(text, source), config, SnapshotValidator(schema("snapshot")),
+                 environment(folders))
+
+
+def _report_problems(table: RoutingTable, streams: Streams) -> None:
+    for problem in table.problems:
+        streams.say(f"problem: {problem}")
+
+
+def _render(args: argparse.Namespace, config: Config, streams: Streams) -> int:
+    rendered = _build(args, config, streams)
+    _report_problems(rendered.table, streams)
+    streams.stdout.write(checked_text(rendered, config))
+    return 0
+
+
+def _check(args: argparse.Namespace, config: Config, streams: Streams) -> int:
+    rendered = _build(args, config, streams)
+    table = rendered.table
+    if args.json:
+        document: dict[str, Any] = {
+            "snapshot": rendered.snapshot_id,
+            **table.as_json(),
+            "problems": [problem.as_json() for problem in table.problems],
+        }
+        streams.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    else:
+        streams.stdout.write(format_table(table))
+    if args.strict and table.problems:
+        streams.say(f"{len(table.problems)} problems (--strict)")
+        return 123
+    return 0
+
+
+def format_table(table: RoutingTable) -> str:
+    """The routing table and the problems as text for a person."""
+    lines = [f"{len(table.routes)} routes under {table.domain}"]
+    width = max((len(route.host) for route in table.routes), default=0)
+    for route in table.routes:
+        what = "default entry point" if route.kind.value == "default" else "service"
+        lines.append(f"  {route.host:<{width}}  ->  {route.upstream}  "
+                     f"({route.deployment_label} {route.service_label}, {what})")
+    lines.append(f"{len(table.problems)} problems")
+    lines.extend(f"  {problem}" for problem in table.problems)
+    return "\n".join(lines) + "\n"
+
+
+def _apply(args: argparse.Namespace, config: Config, streams: Streams) -> int:
+    rendered = _build(args, config, streams)
+    _report_problems(rendered.table, streams)
+    if config.dry_run:
+        result = plan(rendered, config)
+        streams.stdout.write(result.diff(config.output))
+        if result.changes:
+            streams.say(f"would change {config.output}: {result.summary()}; "
+                        f"{len(rendered.table.routes)} routes, "
+                        f"{len(rendered.table.problems)} problems")
+            return 1
+        streams.say(f"{config.output} is up to date ({len(rendered.table.routes)} routes)")
+        return 0
+    result = apply(rendered, config)
+    if result.changes:
+        streams.say(f"applied {config.output}: {result.summary()}; "
+                    f"{len(rendered.table.routes)} routes; nginx reloaded")
+    else:
+        streams.say(f"nothing to do: {config.output} is up to date "
+                    f"({len(rendered.table.routes)} routes)")
+    return 0
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    streams = Streams(stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr)
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as leaving:  # argparse has printed usage or help
+        return int(leaving.code or 0)
+    command: Callable[[argparse.Namespace, Config, Streams], int] = args.run
+    try:
+        return command(args, _settings(args, os.environ if environ is None else environ),
+                       streams)
+    except Error as error:
+        streams.say(str(error))
+        return error.exit_code
+    except KeyboardInterrupt:
+        streams.say("interrupted")
+        return 130
+    except Exception as error:
+        streams.say(f"internal error: {type(error).__name__}: {error}. This is a bug in "
+                    "devtest-router; please report it with the command and snapshot")
+        return 3
+
+
+def run() -> None:
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""Settings: a flag beats the environment, which beats the config file, which beats the default.
+
+schema/config.schema.json is the single list of settings, their types and defaults; this module
+only merges the layers, converts environment strings by the schema's types and validates the
+result, naming the layer a bad value came from.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+from .errors import UsageError
+from .model import Token
+from .validate import show
+
+ENV_PREFIX = "DEVTEST_ROUTER_"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    domain: Token
+    default_service: str
+    listen: tuple[Token, ...]
+    output: str
+    nginx: str
+    test_command: str
+    reload_command: str
+    dry_run: bool
+    force: bool
+    allowed_networks: tuple[Network, ...]
+    allow_loopback: bool
+    reserved_names: frozenset[str]
+    template_dir: str | None
+    allowed_directives: frozenset[str]
+    access_log: Token
+    client_max_body_size: Token
+    proxy_connect_timeout: Token
+    proxy_read_timeout: Token
+    max_removed_fraction: float
+    removal_guard_min_routes: int
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _from_env(key: str, text: str, spec: Mapping[str, Any]) -> Any:
+    """An environment string as the schema's type; left as text when it does not convert, so
+    validation names the variable."""
+    kind = spec.get("type")
+    kinds = kind if isinstance(kind, list) else [kind]
+    if "array" in kinds:
+        return [item for item in text.replace(",", " ").split() if item]
+    if "boolean" in kinds and text.strip().lower() in _TRUE | _FALSE:
+        return text.strip().lower() in _TRUE
+    if "integer" in kinds and text.strip().isdigit():
+        return int(text)
+    if "number" in kinds:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    if "null" in kinds and text == "":
+        return None
+    return text
+
+
+def resolve(
+    schema: Mapping[str, Any],
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    file_data: Any = None,
+    file_name: str | None = None,
+) -> Config:
+    """Merge the layers into a Config, or raise UsageError naming the setting and its source."""
+    properties: Mapping[str, Any] = schema["properties"]
+    if file_data is None:
+        file_data = {}
+    if not isinstance(file_data, dict):
+        raise UsageError(f"config file {file_name}: must be a mapping of settings, not "
+                         f"{show(file_data)}")
+    values: dict[str, Any] = {key: spec["default"] for key, spec in properties.items()}
+    source: dict[str, str] = {key: "the default" for key in properties}
+    for key, value in file_data.items():
+        values[key] = value
+        source[key] = f"config file {file_name}"
+    for key, spec in properties.items():
+        env_name = ENV_PREFIX + key.upper()
+        if env_name in environ:
+            values[key] = _from_env(key, environ[env_name], spec)
+            source[key] = f"environment variable {env_name}"
+    for key, value in flags.items():
+        if value is not None:
+            values[key] = value
+            source[key] = "--" + key.replace("_", "-")
+
+    validator_class = jsonschema.validators.validator_for(schema)
+    errors = sorted(validator_class(schema).iter_errors(values), key=lambda e: list(e.path))
+    if errors:
+        error = errors[0]
+        if error.validator == "additionalProperties":
+            given: Any = error.instance
+            unknown = sorted(set(given) - set(properties))
+            raise UsageError(
+                f"config file {file_name}: unknown setting {show(unknown[0])}; the settings "
+                f"are {', '.join(sorted(properties))}"
+            )
+        key = str(error.absolute_path[0])
+        description = properties[key].get("description", "").split(". ")[0].rstrip(".")
+        raise UsageError(
+            f"setting {key} = {show(values[key])} from {source[key]} is not valid: "
+            f"{_short(error)}. {description}"
+        )
+    try:
+        networks = tuple(
+            ipaddress.ip_network(network, strict=False) for network in values["allowed_networks"]
+        )
+    except ValueError as error:
+        raise UsageError(
+            f"setting allowed_networks from {source['allowed_networks']}: {error}"
+        ) from None
+    return Config(
+        domain=Token(values["domain"]),
+        default_service=values["default_service"],
+        listen=tuple(Token(item) for item in values["listen"]),
+        output=values["output"],
+        nginx=values["nginx"],
+        test_command=values["test_command"],
+        reload_command=values["reload_command"],
+        dry_run=values["dry_run"],
+        force=values["force"],
+        allowed_networks=networks,
+        allow_loopback=values["allow_loopback"],
+        reserved_names=frozenset(values["reserved_names"]),
+        template_dir=values["template_dir"],
+        allowed_directives=frozenset(values["allowed_directives"]),
+        access_log=Token(values["access_log"]),
+        client_max_body_size=Token(values["client_max_body_size"]),
+        proxy_connect_timeout=Token(values["proxy_connect_timeout"]),
+        proxy_read_timeout=Token(values["proxy_read_timeout"]),
+        max_removed_fraction=float(values["max_removed_fraction"]),
+        removal_guard_min_routes=values["removal_guard_min_routes"],
+    )
+
+
+def _short(error: jsonschema.ValidationError) -> str:
+    """jsonschema's message without echoing the (possibly huge or hostile) value."""
+    if error.validator == "pattern":
+        return "it has characters or a shape this setting does not take"
+    if error.validator == "type":
+        return f"it must be {error.validator_value}"
+    if error.validator == "not":
+        return "this directive can never be allowed (it loads code or files)"
+    return str(error.message).split("\n")[0][:120]

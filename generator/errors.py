@@ -1,0 +1,33 @@
+"""What can go wrong, each with the exit code the CLI gives it (see cli.EXIT_CODES)."""
+
+from __future__ import annotations
+
+
+class Error(Exception):
+    """A failure we expected and can explain in one line; the message says what to do."""
+
+    exit_code = 123
+
+
+class UsageError(Error):
+    """A flag, environment variable or config file setting is missing or wrong."""
+
+    exit_code = 2
+
+
+class SnapshotError(Error):
+    """The snapshot is unusable as a whole: not parseable, not an object, no deployment key."""
+
+
+class CheckError(Error):
+    """A check refused the rendered config (crossplane gate, nginx test, safety threshold)."""
+
+
+class ApplyError(Error):
+    """Writing, testing or reloading the installed config failed; the previous file is back."""
+
+
+class InternalError(Error):
+    """What we rendered is not what we meant: a bug in devtest-router, not in the input."""
+
+    exit_code = 3

@@ -1,0 +1,119 @@
+"""The records that flow through the pipeline: plain, frozen, typed data."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Token(str):
+    """A string already checked against an allowlist of characters that are inert in nginx.
+
+    Only ints and Tokens may be printed by a template (see render.py): a registry string that was
+    not made into a Token cannot reach the config.
+    """
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Problem:
+    """Something in the snapshot that was skipped or settled, with where it is and what to do."""
+
+    key: str  # registry key path, e.g. /deployment/feat-x/service/web/port
+    code: str  # stable kebab-case name of the kind of problem, e.g. missing-port
+    message: str  # one line: what is wrong and what to do about it
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message} [{self.code}]"
+
+    def as_json(self) -> dict[str, str]:
+        return {"key": self.key, "code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Upstream:
+    """A validated container address."""
+
+    address: Address
+    port: int
+
+    def __str__(self) -> str:
+        if self.address.version == 6:
+            return f"[{self.address}]:{self.port}"
+        return f"{self.address}:{self.port}"
+
+
+class RouteKind(StrEnum):
+    SERVICE = "service"  # <branch>-<service>.<domain>
+    DEFAULT = "default"  # <branch>.<domain>: the deployment's default entry point
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A service entry of the right shape; routing still guards its address (see routing.py)."""
+
+    name: str  # raw, as registered
+    ip: str
+    port: str
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """A deployment that passed validation (its broken services already dropped)."""
+
+    name: str
+    created: datetime | None  # aware, UTC; None when missing or unreadable
+    services: tuple[Service, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One hostname and where it goes."""
+
+    host: Token
+    deployment: str  # raw branch name as registered
+    service: str  # raw service name as registered
+    deployment_label: Token  # DNS label of the branch, as it appears in hostnames and logs
+    service_label: Token
+    upstream: Upstream
+    kind: RouteKind
+    created: datetime | None  # of the deployment; decides collisions
+
+    @property
+    def target(self) -> Token:
+        """The map value nginx sees: deployment label, service label and upstream, '/'-separated."""
+        return Token(f"{self.deployment_label}/{self.service_label}/{self.upstream}")
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "host": str(self.host),
+            "kind": self.kind.value,
+            "deployment": self.deployment,
+            "service": self.service,
+            "upstream": str(self.upstream),
+            "created": None if self.created is None else f"{self.created:%Y-%m-%dT%H:%M:%SZ}",
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    """Every route, sorted by host; at most one route per host."""
+
+    domain: Token
+    routes: tuple[Route, ...]
+    problems: tuple[Problem, ...] = field(default=())
+
+    def by_host(self) -> dict[str, Route]:
+        return {route.host: route for route in self.routes}
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "domain": str(self.domain),
+            "routes": [route.as_json() for route in self.routes],
+        }

@@ -1,0 +1,52 @@
+"""Branch and service names to DNS labels.
+
+A hostname label is lowercase `[a-z0-9-]`, at most 63 characters, with no hyphen at either end.
+Names are slugified the way GitLab computes CI_COMMIT_REF_SLUG (lowercase, every other character
+to `-`, trim hyphens at the ends), so a pipeline can predict its URL from that variable. Where
+GitLab cuts at 63 characters, a longer label here keeps its first characters and ends in a hash of
+the whole label, so two long names that share a prefix still get two hostnames, the same ones on
+every machine and every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from .model import Token
+
+MAX_LABEL = 63
+HASH_LENGTH = 6
+LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_NOT_SLUG = re.compile(r"[^a-z0-9]")
+
+
+def slug(name: str) -> str:
+    """GitLab's CI_COMMIT_REF_SLUG rule, without its cut at 63 characters (label() shortens).
+
+    >>> slug("Feature/JIRA-123_login")
+    'feature-jira-123-login'
+    """
+    return _NOT_SLUG.sub("-", name.lower()).strip("-")
+
+
+def short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:HASH_LENGTH]
+
+
+def label(*names: str) -> Token:
+    """The DNS label for the joined slugs of `names`, shortened with a hash suffix when too long.
+
+    A name with no usable character (all symbols, or all non-ASCII) still gets a stable label: the
+    hash of the raw name.
+    """
+    parts = [slug(name) or f"x{short_hash(name)}" for name in names]
+    joined = "-".join(parts)
+    if len(joined) > MAX_LABEL:
+        keep = joined[: MAX_LABEL - HASH_LENGTH - 1].rstrip("-")
+        joined = f"{keep}-{short_hash(joined)}"
+    return Token(joined)
+
+
+def is_label(text: str) -> bool:
+    return LABEL_RE.match(text) is not None

@@ -1,0 +1,84 @@
+"""The edge towards nginx: a minimal wrapper config, crossplane's parse of it, nginx's own test."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import crossplane
+
+TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
+def _quoted(path: Path) -> str:
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class Wrapper:
+    """A throwaway nginx.conf in `folder` whose http block includes `included` and nothing else.
+
+    It keeps its pid, logs and temp paths in `folder`, so testing needs no root and touches
+    nothing of the running nginx.
+    """
+
+    folder: Path
+    included: Path
+
+    @property
+    def path(self) -> Path:
+        return self.folder / "nginx.conf"
+
+    def write(self) -> Path:
+        temp = "\n".join(f"    {name}_temp_path {_quoted(self.folder / name)};"
+                         for name in TEMP_PATHS)
+        self.path.write_text(
+            f"pid {_quoted(self.folder / 'nginx.pid')};\n"
+            f"error_log {_quoted(self.folder / 'error.log')};\n"
+            "events {}\n"
+            "http {\n"
+            f"{temp}\n"
+            f"    include {_quoted(self.included)};\n"
+            "}\n",
+            encoding="utf-8",
+        )
+        return self.path
+
+    def parse(self) -> dict[str, Any]:
+        """crossplane's payload for the wrapper and the included file, contexts and args checked."""
+        payload: dict[str, Any] = crossplane.parse(
+            str(self.path), comments=False, check_ctx=True, check_args=True, strict=False
+        )
+        return payload
+
+    def test(self, nginx: str) -> tuple[bool, str]:
+        """Run `nginx -t` on the wrapper; (passed, what nginx said)."""
+        return run([*shlex.split(nginx), "-t", "-q", "-p", str(self.folder), "-c",
+                    str(self.path), "-e", str(self.folder / "error.log")])
+
+
+def run(argv: list[str], timeout: float = 120) -> tuple[bool, str]:
+    """Run a command: (exit 0?, its stdout and stderr). A missing binary fails; it never raises."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        return False, f"{argv[0]}: command not found"
+    except PermissionError:
+        return False, f"{argv[0]}: permission denied"
+    except subprocess.TimeoutExpired:
+        return False, f"{shlex.join(argv)}: no answer within {timeout:.0f} s"
+    return done.returncode == 0, (done.stdout + done.stderr).strip()
+
+
+def run_command(command: str) -> tuple[bool, str]:
+    """Run a configured command line (test_command, reload_command) without a shell."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as error:
+        return False, f"cannot split {command!r}: {error}"
+    if not argv:
+        return False, "empty command"
+    return run(argv)

@@ -1,0 +1,164 @@
+"""Validated deployments to the routing table: hostnames, guarded upstreams, collisions settled.
+
+Collision rule (one rule, deterministic, the same on every frontend): when two routes land on one
+hostname, the route of the deployment registered first (oldest `created`) keeps it. A deployment
+without a readable `created` counts as newest. Ties go to a service route over a default entry
+point, then to the smaller branch name, then to the smaller service name (as raw strings). The
+losers are dropped and reported, so a later registration never silently takes over a live
+hostname.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from datetime import datetime
+from typing import NamedTuple
+
+from .config import Config
+from .model import Deployment, Problem, Route, RouteKind, RoutingTable, Service, Token, Upstream
+from .names import label
+from .validate import key_path, show
+
+
+class Candidate(NamedTuple):
+    route: Route
+    key: str  # where a problem about this route points
+
+
+def guard(ip: str, port: str, config: Config) -> Upstream | str:
+    """The upstream, or why it is refused (a phrase that follows the address)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return "is not an IPv4 or IPv6 address"
+    # An IPv4-mapped IPv6 address reaches the IPv4 host: judge it as that host.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"has port {show(port)}, not a port number 1-65535"
+    if address.is_link_local:
+        return "is link-local (where cloud metadata services answer): always refused"
+    if address.is_unspecified or address.is_multicast:
+        return "is not a host address: refused"
+    if address.is_loopback:
+        if config.allow_loopback:
+            return Upstream(address, int(port))
+        return "is loopback: refused unless allow_loopback is set (local use and tests only)"
+    if not any(address in network for network in config.allowed_networks):
+        allowed = ", ".join(str(network) for network in config.allowed_networks) or "none"
+        return f"is outside the allowed networks ({allowed}): refused; see allowed_networks"
+    return Upstream(address, int(port))
+
+
+def _default_service(deployment: Deployment, config: Config) -> Service | None:
+    for service in deployment.services:
+        if service.name == config.default_service:
+            return service
+    if len(deployment.services) == 1:
+        return deployment.services[0]
+    return None
+
+
+def candidates(
+    deployment: Deployment, config: Config
+) -> tuple[list[Candidate], list[Problem]]:
+    """The routes one deployment asks for, before collisions with other deployments."""
+    found: list[Candidate] = []
+    problems: list[Problem] = []
+    upstreams: dict[str, Upstream] = {}
+    for service in deployment.services:
+        where = key_path("deployment", deployment.name, "service", service.name)
+        upstream = guard(service.ip, service.port, config)
+        if isinstance(upstream, str):
+            problems.append(
+                Problem(where, "refused-upstream",
+                        f"upstream {show(service.ip)}:{show(service.port)} {upstream}; "
+                        "the service is skipped")
+            )
+            continue
+        upstreams[service.name] = upstream
+        host = Token(f"{label(deployment.name, service.name)}.{config.domain}")
+        found.append(Candidate(_route(host, deployment, service, upstream, RouteKind.SERVICE),
+                               where))
+
+    default = _default_service(deployment, config)
+    where = key_path("deployment", deployment.name)
+    if default is None and deployment.services:
+        names = ", ".join(show(service.name) for service in deployment.services)
+        problems.append(
+            Problem(where, "no-default-service",
+                    f"has no default entry point {label(deployment.name)}.{config.domain}: no "
+                    f"service named {show(config.default_service)} among {names}; register one "
+                    "or set default_service")
+        )
+    elif default is not None and default.name in upstreams:
+        host = Token(f"{label(deployment.name)}.{config.domain}")
+        found.append(Candidate(
+            _route(host, deployment, default, upstreams[default.name], RouteKind.DEFAULT), where))
+    return found, problems
+
+
+def _route(
+    host: Token, deployment: Deployment, service: Service, upstream: Upstream, kind: RouteKind
+) -> Route:
+    return Route(host, deployment.name, service.name, label(deployment.name),
+                 label(service.name), upstream, kind, deployment.created)
+
+
+def _precedence(candidate: Candidate) -> tuple[bool, datetime | None, int, str, str]:
+    route = candidate.route
+    created = route.created
+    return (created is None, created, route.kind is not RouteKind.SERVICE, route.deployment,
+            route.service)
+
+
+def settle(candidates: Iterable[Candidate], config: Config) -> tuple[list[Route], list[Problem]]:
+    """One route per hostname by the collision rule; reserved hostnames refused."""
+    reserved = {str(config.domain)} | {f"{name}.{config.domain}" for name in config.reserved_names}
+    by_host: dict[str, list[Candidate]] = {}
+    for candidate in candidates:
+        by_host.setdefault(candidate.route.host, []).append(candidate)
+    routes: list[Route] = []
+    problems: list[Problem] = []
+    for host in sorted(by_host):
+        contenders = sorted(by_host[host], key=_precedence)
+        if host in reserved:
+            problems.extend(
+                Problem(loser.key, "reserved-host",
+                        f"asks for {host}, which the frontend keeps for itself; rename the "
+                        "branch or service")
+                for loser in contenders
+            )
+            continue
+        winner, *losers = contenders
+        routes.append(winner.route)
+        problems.extend(
+            Problem(loser.key, "host-collision",
+                    f"{_describe(loser.route)} lands on {host}, which belongs to "
+                    f"{_describe(winner.route)} (registered first); this route is dropped: "
+                    "rename the branch or service")
+            for loser in losers
+        )
+    return routes, problems
+
+
+def _describe(route: Route) -> str:
+    if route.kind is RouteKind.DEFAULT:
+        return f"the default entry point of {show(route.deployment)}"
+    return f"service {show(route.service)} of {show(route.deployment)}"
+
+
+def build_table(
+    deployments: Iterable[Deployment], config: Config, problems: Iterable[Problem] = ()
+) -> RoutingTable:
+    """The routing table for validated deployments; `problems` found earlier are carried along."""
+    found: list[Candidate] = []
+    all_problems = list(problems)
+    for deployment in deployments:
+        asked, trouble = candidates(deployment, config)
+        found.extend(asked)
+        all_problems.extend(trouble)
+    routes, trouble = settle(found, config)
+    all_problems.extend(trouble)
+    return RoutingTable(config.domain, tuple(routes), tuple(sorted(set(all_problems))))
