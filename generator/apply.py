@@ -33,11 +33,14 @@ def parse_back(rendered: Rendered, config: Config, staged: Path, scratch: Path) 
     wrapper.write()
     failures = check(wrapper.parse(), rendered.table, config, str(staged))
     if failures:
-        detail = "; ".join(failures[:5]) + (f" (and {len(failures) - 5} more)"
-                                             if len(failures) > 5 else "")
+        detail = "; ".join(failures[:5]) + (
+            f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
+        )
         if config.template_dir:  # an override template is the likelier culprit than we are
-            raise CheckError(f"the rendered config fails the check: {detail}; nothing was "
-                             f"changed. Fix the templates in {config.template_dir}")
+            raise CheckError(
+                f"the rendered config fails the check: {detail}; nothing was "
+                f"changed. Fix the templates in {config.template_dir}"
+            )
         raise InternalError(f"the rendered config does not match the routing table: {detail}")
     return wrapper
 
@@ -77,8 +80,7 @@ def plan(rendered: Rendered, config: Config) -> Plan:
         staged = scratch / "rendered.conf"
         staged.write_text(rendered.text, encoding="utf-8")
         gate(rendered, config, staged, scratch)
-        result = make_plan(current, current_routes(target, current, scratch / "current"),
-                           rendered)
+        result = make_plan(current, current_routes(target, current, scratch / "current"), rendered)
     refusal = removal_refusal(result, config)
     if refusal:
         raise CheckError(refusal)
@@ -90,8 +92,9 @@ def apply(rendered: Rendered, config: Config) -> Plan:
     target = Path(config.output)
     folder = target.parent
     if not folder.is_dir():
-        raise UsageError(f"output {target}: the folder {folder} does not exist; create it or set "
-                         "output")
+        raise UsageError(
+            f"output {target}: the folder {folder} does not exist; create it or set output"
+        )
     with _locked(folder / f".{target.name}.lock"):
         current = _read(target)
         if current == rendered.text:
@@ -101,8 +104,9 @@ def apply(rendered: Rendered, config: Config) -> Plan:
             staged = _stage(folder, target.name, rendered.text)
             try:
                 gate(rendered, config, staged, scratch)
-                result = make_plan(current, current_routes(target, current, scratch / "current"),
-                                   rendered)
+                result = make_plan(
+                    current, current_routes(target, current, scratch / "current"), rendered
+                )
                 refusal = removal_refusal(result, config)
                 if refusal:
                     raise CheckError(refusal + "; nothing was changed")
@@ -121,8 +125,8 @@ def _install(staged: Path, target: Path, config: Config) -> None:
             raise ApplyError(
                 f"{command!r} failed after installing {target}; the previous file is back in "
                 f"place and nginx was not reloaded\n{_indent(said)}"
-                if step == "test" else
-                f"{command!r} failed; the previous {target} is back in place\n{_indent(said)}"
+                if step == "test"
+                else f"{command!r} failed; the previous {target} is back in place\n{_indent(said)}"
             )
     if previous is not None:
         previous.unlink(missing_ok=True)

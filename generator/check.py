@@ -77,12 +77,15 @@ def check(payload: Mapping[str, Any], table: RoutingTable, config: Config, path:
         if name in config.allowed_directives:
             continue
         if name not in DIRECTIVES:
-            failures.append(f"directive {name!r} is not allowed (in {where}); add it to "
-                            "allowed_directives if an override template needs it")
+            failures.append(
+                f"directive {name!r} is not allowed (in {where}); add it to "
+                "allowed_directives if an override template needs it"
+            )
             continue
         if parent not in DIRECTIVES[name]:
-            failures.append(f"directive {name!r} is not allowed inside {parent or 'http'!r} "
-                            f"(in {where})")
+            failures.append(
+                f"directive {name!r} is not allowed inside {parent or 'http'!r} (in {where})"
+            )
         if name == "map":
             failures.extend(_check_map_block(statement, where))
             if tuple(statement["args"]) == ROUTE_MAP:
@@ -93,8 +96,9 @@ def check(payload: Mapping[str, Any], table: RoutingTable, config: Config, path:
             listens.append(statement["args"][0])
 
     if sorted(listens) != sorted(config.listen):
-        failures.append(f"listen addresses {sorted(listens)} differ from the configured "
-                        f"{sorted(config.listen)}")
+        failures.append(
+            f"listen addresses {sorted(listens)} differ from the configured {sorted(config.listen)}"
+        )
     if len(route_maps) != 1:
         failures.append(f"expected one 'map $host $devtest_route' block, found {len(route_maps)}")
     else:
@@ -135,8 +139,9 @@ def _compare_routes(entries: list[dict[str, Any]], table: RoutingTable) -> list[
     for host, target in _map_entries(entries):
         counts[host] += 1
         found[host] = target
-    failures = [f"hostname {host} is mapped {count} times" for host, count in counts.items()
-                if count > 1]
+    failures = [
+        f"hostname {host} is mapped {count} times" for host, count in counts.items() if count > 1
+    ]
     expected = {str(route.host): str(route.target) for route in table.routes}
     for host in sorted(expected.keys() - found.keys()):
         failures.append(f"route {host} is missing from the rendered config")

@@ -29,7 +29,7 @@ EXIT_CODES = {
     2: "usage or configuration error",
     3: "internal error: a bug in devtest-router (please report it)",
     123: "unusable snapshot, or a check, nginx test, reload or safety threshold refused: "
-         "nothing was changed",
+    "nothing was changed",
     130: "interrupted",
 }
 
@@ -51,27 +51,49 @@ class Streams:
 
 def _parser() -> argparse.ArgumentParser:
     settings = argparse.ArgumentParser(add_help=False)
-    settings.add_argument("snapshot", nargs="?", default="-",
-                          help="registry snapshot, JSON or YAML, as etcdwatch writes it "
-                               "(default: - for standard input)")
-    settings.add_argument("--config", metavar="FILE", help="YAML settings file "
-                          "(schema/config.schema.json lists every setting)")
-    settings.add_argument("--domain", help="routes are <branch>-<service>.DOMAIN and "
-                          "<branch>.DOMAIN (default: localhost)")
-    settings.add_argument("--default-service", metavar="NAME",
-                          help="the service <branch>.DOMAIN goes to (default: web)")
-    settings.add_argument("--listen", action="append", metavar="ADDRESS",
-                          help="PORT, IP:PORT or [IPV6]:PORT to listen on; repeatable "
-                               "(default: 80)")
-    settings.add_argument("--template-dir", metavar="DIR",
-                          help="templates here override the bundled ones of the same name")
-    settings.add_argument("--allow-loopback", action="store_const", const=True,
-                          help="accept loopback upstreams (local use and tests)")
+    settings.add_argument(
+        "snapshot",
+        nargs="?",
+        default="-",
+        help="registry snapshot, JSON or YAML, as etcdwatch writes it "
+        "(default: - for standard input)",
+    )
+    settings.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML settings file (schema/config.schema.json lists every setting)",
+    )
+    settings.add_argument(
+        "--domain",
+        help="routes are <branch>-<service>.DOMAIN and <branch>.DOMAIN (default: localhost)",
+    )
+    settings.add_argument(
+        "--default-service",
+        metavar="NAME",
+        help="the service <branch>.DOMAIN goes to (default: web)",
+    )
+    settings.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDRESS",
+        help="PORT, IP:PORT or [IPV6]:PORT to listen on; repeatable (default: 80)",
+    )
+    settings.add_argument(
+        "--template-dir",
+        metavar="DIR",
+        help="templates here override the bundled ones of the same name",
+    )
+    settings.add_argument(
+        "--allow-loopback",
+        action="store_const",
+        const=True,
+        help="accept loopback upstreams (local use and tests)",
+    )
 
     parser = argparse.ArgumentParser(
         prog="devtest-router",
         description="Route <branch>-<service>.<domain> to the containers of per-branch "
-                    "deployments registered in etcd, through a checked nginx config.",
+        "deployments registered in etcd, through a checked nginx config.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -79,37 +101,64 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     render = commands.add_parser(
-        "render", parents=[settings], epilog=_EPILOG,
+        "render",
+        parents=[settings],
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="print the nginx config for a snapshot (checked by crossplane, not by nginx)")
+        help="print the nginx config for a snapshot (checked by crossplane, not by nginx)",
+    )
     render.set_defaults(run=_render)
 
     check = commands.add_parser(
-        "check", parents=[settings], epilog=_EPILOG,
+        "check",
+        parents=[settings],
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="print the routing table and the problems found in a snapshot")
-    check.add_argument("--strict", action="store_true",
-                       help="exit 123 when the snapshot has any problem")
+        help="print the routing table and the problems found in a snapshot",
+    )
+    check.add_argument(
+        "--strict", action="store_true", help="exit 123 when the snapshot has any problem"
+    )
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
     check.set_defaults(run=_check)
 
     apply_ = commands.add_parser(
-        "apply", parents=[settings], epilog=_EPILOG,
+        "apply",
+        parents=[settings],
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="check, test, install and reload the config (or show the diff with --dry-run)")
-    apply_.add_argument("--output", metavar="FILE", help="the config file to write "
-                        "(default: /etc/nginx/conf.d/devtest-router.conf)")
-    apply_.add_argument("--nginx", metavar="COMMAND",
-                        help="nginx binary that tests the staged file (default: nginx)")
-    apply_.add_argument("--test-command", metavar="COMMAND",
-                        help="tests the installed config (default: nginx -t -q)")
-    apply_.add_argument("--reload-command", metavar="COMMAND",
-                        help="reloads nginx (default: nginx -s reload)")
-    apply_.add_argument("--dry-run", action="store_const", const=True,
-                        help="run every check, print the diff and a summary, change nothing")
-    apply_.add_argument("--force", action="store_const", const=True,
-                        help="apply even if more than max_removed_fraction of the routes "
-                             "would go")
+        help="check, test, install and reload the config (or show the diff with --dry-run)",
+    )
+    apply_.add_argument(
+        "--output",
+        metavar="FILE",
+        help="the config file to write (default: /etc/nginx/conf.d/devtest-router.conf)",
+    )
+    apply_.add_argument(
+        "--nginx",
+        metavar="COMMAND",
+        help="nginx binary that tests the staged file (default: nginx)",
+    )
+    apply_.add_argument(
+        "--test-command",
+        metavar="COMMAND",
+        help="tests the installed config (default: nginx -t -q)",
+    )
+    apply_.add_argument(
+        "--reload-command", metavar="COMMAND", help="reloads nginx (default: nginx -s reload)"
+    )
+    apply_.add_argument(
+        "--dry-run",
+        action="store_const",
+        const=True,
+        help="run every check, print the diff and a summary, change nothing",
+    )
+    apply_.add_argument(
+        "--force",
+        action="store_const",
+        const=True,
+        help="apply even if more than max_removed_fraction of the routes would go",
+    )
     apply_.set_defaults(run=_apply)
     return parser
 
@@ -146,8 +195,9 @@ def _build(args: argparse.Namespace, config: Config, streams: Streams) -> Render
         if not Path(config.template_dir).is_dir():
             raise UsageError(f"template_dir {config.template_dir}: no such folder")
         folders.insert(0, Path(config.template_dir))
-    return build(loads(text, source), config, SnapshotValidator(schema("snapshot")),
-                 environment(folders))
+    return build(
+        loads(text, source), config, SnapshotValidator(schema("snapshot")), environment(folders)
+    )
 
 
 def _report_problems(table: RoutingTable, streams: Streams) -> None:
@@ -186,8 +236,10 @@ def format_table(table: RoutingTable) -> str:
     width = max((len(route.host) for route in table.routes), default=0)
     for route in table.routes:
         what = "default entry point" if route.kind.value == "default" else "service"
-        lines.append(f"  {route.host:<{width}}  ->  {route.upstream}  "
-                     f"({route.deployment_label} {route.service_label}, {what})")
+        lines.append(
+            f"  {route.host:<{width}}  ->  {route.upstream}  "
+            f"({route.deployment_label} {route.service_label}, {what})"
+        )
     lines.append(f"{len(table.problems)} problems")
     lines.extend(f"  {problem}" for problem in table.problems)
     return "\n".join(lines) + "\n"
@@ -200,19 +252,24 @@ def _apply(args: argparse.Namespace, config: Config, streams: Streams) -> int:
         result = plan(rendered, config)
         streams.stdout.write(result.diff(config.output))
         if result.changes:
-            streams.say(f"would change {config.output}: {result.summary()}; "
-                        f"{len(rendered.table.routes)} routes, "
-                        f"{len(rendered.table.problems)} problems")
+            streams.say(
+                f"would change {config.output}: {result.summary()}; "
+                f"{len(rendered.table.routes)} routes, "
+                f"{len(rendered.table.problems)} problems"
+            )
             return 1
         streams.say(f"{config.output} is up to date ({len(rendered.table.routes)} routes)")
         return 0
     result = apply(rendered, config)
     if result.changes:
-        streams.say(f"applied {config.output}: {result.summary()}; "
-                    f"{len(rendered.table.routes)} routes; nginx reloaded")
+        streams.say(
+            f"applied {config.output}: {result.summary()}; "
+            f"{len(rendered.table.routes)} routes; nginx reloaded"
+        )
     else:
-        streams.say(f"nothing to do: {config.output} is up to date "
-                    f"({len(rendered.table.routes)} routes)")
+        streams.say(
+            f"nothing to do: {config.output} is up to date ({len(rendered.table.routes)} routes)"
+        )
     return 0
 
 
@@ -231,8 +288,7 @@ def main(
         return int(leaving.code or 0)
     command: Callable[[argparse.Namespace, Config, Streams], int] = args.run
     try:
-        return command(args, _settings(args, os.environ if environ is None else environ),
-                       streams)
+        return command(args, _settings(args, os.environ if environ is None else environ), streams)
     except Error as error:
         streams.say(str(error))
         return error.exit_code
@@ -240,8 +296,10 @@ def main(
         streams.say("interrupted")
         return 130
     except Exception as error:
-        streams.say(f"internal error: {type(error).__name__}: {error}. This is a bug in "
-                    "devtest-router; please report it with the command and snapshot")
+        streams.say(
+            f"internal error: {type(error).__name__}: {error}. This is a bug in "
+            "devtest-router; please report it with the command and snapshot"
+        )
         return 3
 
 

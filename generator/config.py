@@ -83,8 +83,9 @@ def resolve(
     if file_data is None:
         file_data = {}
     if not isinstance(file_data, dict):
-        raise UsageError(f"config file {file_name}: must be a mapping of settings, not "
-                         f"{show(file_data)}")
+        raise UsageError(
+            f"config file {file_name}: must be a mapping of settings, not {show(file_data)}"
+        )
     values: dict[str, Any] = {key: spec["default"] for key, spec in properties.items()}
     source: dict[str, str] = {key: "the default" for key in properties}
     for key, value in file_data.items():

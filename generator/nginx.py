@@ -33,8 +33,9 @@ class Wrapper:
         return self.folder / "nginx.conf"
 
     def write(self) -> Path:
-        temp = "\n".join(f"    {name}_temp_path {_quoted(self.folder / name)};"
-                         for name in TEMP_PATHS)
+        temp = "\n".join(
+            f"    {name}_temp_path {_quoted(self.folder / name)};" for name in TEMP_PATHS
+        )
         self.path.write_text(
             f"pid {_quoted(self.folder / 'nginx.pid')};\n"
             f"error_log {_quoted(self.folder / 'error.log')};\n"
@@ -56,8 +57,19 @@ class Wrapper:
 
     def test(self, nginx: str) -> tuple[bool, str]:
         """Run `nginx -t` on the wrapper; (passed, what nginx said)."""
-        return run([*shlex.split(nginx), "-t", "-q", "-p", str(self.folder), "-c",
-                    str(self.path), "-e", str(self.folder / "error.log")])
+        return run(
+            [
+                *shlex.split(nginx),
+                "-t",
+                "-q",
+                "-p",
+                str(self.folder),
+                "-c",
+                str(self.path),
+                "-e",
+                str(self.folder / "error.log"),
+            ]
+        )
 
 
 def run(argv: list[str], timeout: float = 120) -> tuple[bool, str]:

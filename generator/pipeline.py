@@ -63,13 +63,13 @@ class Plan:
         )
 
     def summary(self) -> str:
-        return (f"{len(self.added)} routes added, {len(self.removed)} removed, "
-                f"{len(self.changed)} changed")
+        return (
+            f"{len(self.added)} routes added, {len(self.removed)} removed, "
+            f"{len(self.changed)} changed"
+        )
 
 
-def make_plan(
-    current: str | None, current_routes: Mapping[str, str], rendered: Rendered
-) -> Plan:
+def make_plan(current: str | None, current_routes: Mapping[str, str], rendered: Rendered) -> Plan:
     """`current_routes` maps each hostname in the file in place to its target."""
     new_routes = {str(route.host): str(route.target) for route in rendered.table.routes}
     return Plan(
@@ -78,8 +78,13 @@ def make_plan(
         current_routes=len(current_routes),
         added=tuple(sorted(new_routes.keys() - current_routes.keys())),
         removed=tuple(sorted(current_routes.keys() - new_routes.keys())),
-        changed=tuple(sorted(host for host in new_routes.keys() & current_routes.keys()
-                             if new_routes[host] != current_routes[host])),
+        changed=tuple(
+            sorted(
+                host
+                for host in new_routes.keys() & current_routes.keys()
+                if new_routes[host] != current_routes[host]
+            )
+        ),
     )
 
 
@@ -89,6 +94,8 @@ def removal_refusal(plan: Plan, config: Config) -> str | None:
         return None
     if len(plan.removed) <= config.max_removed_fraction * plan.current_routes:
         return None
-    return (f"refusing to remove {len(plan.removed)} of {plan.current_routes} routes at once "
-            f"(more than {config.max_removed_fraction:.0%}): an emptied or misread registry? "
-            "Check it with `devtest-router check`; --force applies anyway")
+    return (
+        f"refusing to remove {len(plan.removed)} of {plan.current_routes} routes at once "
+        f"(more than {config.max_removed_fraction:.0%}): an emptied or misread registry? "
+        "Check it with `devtest-router check`; --force applies anyway"
+    )

@@ -60,9 +60,7 @@ def _default_service(deployment: Deployment, config: Config) -> Service | None:
     return None
 
 
-def candidates(
-    deployment: Deployment, config: Config
-) -> tuple[list[Candidate], list[Problem]]:
+def candidates(deployment: Deployment, config: Config) -> tuple[list[Candidate], list[Problem]]:
     """The routes one deployment asks for, before collisions with other deployments."""
     found: list[Candidate] = []
     problems: list[Problem] = []
@@ -72,45 +70,68 @@ def candidates(
         upstream = guard(service.ip, service.port, config)
         if isinstance(upstream, str):
             problems.append(
-                Problem(where, "refused-upstream",
-                        f"upstream {show(service.ip)}:{show(service.port)} {upstream}; "
-                        "the service is skipped")
+                Problem(
+                    where,
+                    "refused-upstream",
+                    f"upstream {show(service.ip)}:{show(service.port)} {upstream}; "
+                    "the service is skipped",
+                )
             )
             continue
         upstreams[service.name] = upstream
         host = Token(f"{label(deployment.name, service.name)}.{config.domain}")
-        found.append(Candidate(_route(host, deployment, service, upstream, RouteKind.SERVICE),
-                               where))
+        found.append(
+            Candidate(_route(host, deployment, service, upstream, RouteKind.SERVICE), where)
+        )
 
     default = _default_service(deployment, config)
     where = key_path("deployment", deployment.name)
     if default is None and deployment.services:
         names = ", ".join(show(service.name) for service in deployment.services)
         problems.append(
-            Problem(where, "no-default-service",
-                    f"has no default entry point {label(deployment.name)}.{config.domain}: no "
-                    f"service named {show(config.default_service)} among {names}; register one "
-                    "or set default_service")
+            Problem(
+                where,
+                "no-default-service",
+                f"has no default entry point {label(deployment.name)}.{config.domain}: no "
+                f"service named {show(config.default_service)} among {names}; register one "
+                "or set default_service",
+            )
         )
     elif default is not None and default.name in upstreams:
         host = Token(f"{label(deployment.name)}.{config.domain}")
-        found.append(Candidate(
-            _route(host, deployment, default, upstreams[default.name], RouteKind.DEFAULT), where))
+        found.append(
+            Candidate(
+                _route(host, deployment, default, upstreams[default.name], RouteKind.DEFAULT), where
+            )
+        )
     return found, problems
 
 
 def _route(
     host: Token, deployment: Deployment, service: Service, upstream: Upstream, kind: RouteKind
 ) -> Route:
-    return Route(host, deployment.name, service.name, label(deployment.name),
-                 label(service.name), upstream, kind, deployment.created)
+    return Route(
+        host,
+        deployment.name,
+        service.name,
+        label(deployment.name),
+        label(service.name),
+        upstream,
+        kind,
+        deployment.created,
+    )
 
 
 def _precedence(candidate: Candidate) -> tuple[bool, datetime | None, int, str, str]:
     route = candidate.route
     created = route.created
-    return (created is None, created, route.kind is not RouteKind.SERVICE, route.deployment,
-            route.service)
+    return (
+        created is None,
+        created,
+        route.kind is not RouteKind.SERVICE,
+        route.deployment,
+        route.service,
+    )
 
 
 def settle(candidates: Iterable[Candidate], config: Config) -> tuple[list[Route], list[Problem]]:
@@ -125,19 +146,25 @@ def settle(candidates: Iterable[Candidate], config: Config) -> tuple[list[Route]
         contenders = sorted(by_host[host], key=_precedence)
         if host in reserved:
             problems.extend(
-                Problem(loser.key, "reserved-host",
-                        f"asks for {host}, which the frontend keeps for itself; rename the "
-                        "branch or service")
+                Problem(
+                    loser.key,
+                    "reserved-host",
+                    f"asks for {host}, which the frontend keeps for itself; rename the "
+                    "branch or service",
+                )
                 for loser in contenders
             )
             continue
         winner, *losers = contenders
         routes.append(winner.route)
         problems.extend(
-            Problem(loser.key, "host-collision",
-                    f"{_describe(loser.route)} lands on {host}, which belongs to "
-                    f"{_describe(winner.route)} (registered first); this route is dropped: "
-                    "rename the branch or service")
+            Problem(
+                loser.key,
+                "host-collision",
+                f"{_describe(loser.route)} lands on {host}, which belongs to "
+                f"{_describe(winner.route)} (registered first); this route is dropped: "
+                "rename the branch or service",
+            )
             for loser in losers
         )
     return routes, problems

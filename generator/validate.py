@@ -46,14 +46,22 @@ RULES: tuple[tuple[tuple[str, ...], str, Rule], ...] = (
     (
         (),
         "type",
-        Rule("not-a-deployment", Cost.SKIP_DEPLOYMENT, "is {value}, not a deployment directory",
-             "remove the key if it is not a branch"),
+        Rule(
+            "not-a-deployment",
+            Cost.SKIP_DEPLOYMENT,
+            "is {value}, not a deployment directory",
+            "remove the key if it is not a branch",
+        ),
     ),
     (
         (),
         "additionalProperties",
-        Rule("stray-key", Cost.IGNORE_KEY, "is not a deployment key (only 'created' and "
-             "'service' are)", "a branch name with '/' nests keys: register under its slug"),
+        Rule(
+            "stray-key",
+            Cost.IGNORE_KEY,
+            "is not a deployment key (only 'created' and 'service' are)",
+            "a branch name with '/' nests keys: register under its slug",
+        ),
     ),
     (
         ("created",),
@@ -63,38 +71,62 @@ RULES: tuple[tuple[tuple[str, ...], str, Rule], ...] = (
     (
         ("service",),
         "*",
-        Rule("bad-services", Cost.SKIP_DEPLOYMENT, "is {value}, not a directory of services",
-             "register services under /deployment/<branch>/service/<service>/"),
+        Rule(
+            "bad-services",
+            Cost.SKIP_DEPLOYMENT,
+            "is {value}, not a directory of services",
+            "register services under /deployment/<branch>/service/<service>/",
+        ),
     ),
     (
         ("service", "*"),
         "required",
-        Rule("incomplete-service", Cost.SKIP_SERVICE, "has no {missing} yet",
-             "it routes once its ip and port keys are both written"),
+        Rule(
+            "incomplete-service",
+            Cost.SKIP_SERVICE,
+            "has no {missing} yet",
+            "it routes once its ip and port keys are both written",
+        ),
     ),
     (
         ("service", "*"),
         "additionalProperties",
-        Rule("stray-key", Cost.IGNORE_KEY, "is not a service key (only 'ip' and 'port' are)",
-             "remove it"),
+        Rule(
+            "stray-key",
+            Cost.IGNORE_KEY,
+            "is not a service key (only 'ip' and 'port' are)",
+            "remove it",
+        ),
     ),
     (
         ("service", "*"),
         "type",
-        Rule("not-a-service", Cost.SKIP_SERVICE, "is {value}, not a service directory with ip "
-             "and port", "register /deployment/<branch>/service/<service>/ip and .../port"),
+        Rule(
+            "not-a-service",
+            Cost.SKIP_SERVICE,
+            "is {value}, not a service directory with ip and port",
+            "register /deployment/<branch>/service/<service>/ip and .../port",
+        ),
     ),
     (
         ("service", "*", "ip"),
         "*",
-        Rule("bad-ip", Cost.SKIP_SERVICE, "is {value}, not an IPv4 or IPv6 address",
-             "register the container's address (names are never resolved)"),
+        Rule(
+            "bad-ip",
+            Cost.SKIP_SERVICE,
+            "is {value}, not an IPv4 or IPv6 address",
+            "register the container's address (names are never resolved)",
+        ),
     ),
     (
         ("service", "*", "port"),
         "*",
-        Rule("bad-port", Cost.SKIP_SERVICE, "is {value}, not a port number 1-65535",
-             "register the container's host port"),
+        Rule(
+            "bad-port",
+            Cost.SKIP_SERVICE,
+            "is {value}, not a port number 1-65535",
+            "register the container's host port",
+        ),
     ),
 )
 
@@ -141,8 +173,11 @@ class SnapshotValidator:
         for where, rule, detail in self._findings(value):
             path = ("deployment", name, *where)
             problems.append(
-                Problem(key_path(*path), rule.code, f"{rule.says.format(**detail)}: "
-                        f"{rule.cost.value}; {rule.fix}")
+                Problem(
+                    key_path(*path),
+                    rule.code,
+                    f"{rule.says.format(**detail)}: {rule.cost.value}; {rule.fix}",
+                )
             )
             if rule.cost is Cost.SKIP_DEPLOYMENT:
                 skip_deployment = True
@@ -157,9 +192,12 @@ class SnapshotValidator:
             created = parse_time(value["created"])
             if created is None:
                 problems.append(
-                    Problem(key_path("deployment", name, "created"), "bad-created",
-                            f"is {show(value['created'])}, not an RFC 3339 time: the key is "
-                            f"ignored; {_CREATED_FIX}")
+                    Problem(
+                        key_path("deployment", name, "created"),
+                        "bad-created",
+                        f"is {show(value['created'])}, not an RFC 3339 time: the key is "
+                        f"ignored; {_CREATED_FIX}",
+                    )
                 )
         services = tuple(
             Service(service, str(entry["ip"]), str(entry["port"]))
@@ -168,9 +206,12 @@ class SnapshotValidator:
         )
         if not services:
             problems.append(
-                Problem(key_path("deployment", name), "no-services",
-                        "has no complete service yet: nothing routes to it; it routes once a "
-                        "service registers its ip and port")
+                Problem(
+                    key_path("deployment", name),
+                    "no-services",
+                    "has no complete service yet: nothing routes to it; it routes once a "
+                    "service registers its ip and port",
+                )
             )
         return Deployment(name, created, services), problems
 
@@ -206,8 +247,10 @@ def parse_time(text: str) -> datetime | None:
 
 def _rule_for(where: tuple[str, ...], keyword: str) -> Rule | None:
     for pattern, rule_keyword, rule in RULES:
-        if len(pattern) == len(where) and rule_keyword in ("*", keyword) and all(
-            want in ("*", got) for want, got in zip(pattern, where, strict=True)
+        if (
+            len(pattern) == len(where)
+            and rule_keyword in ("*", keyword)
+            and all(want in ("*", got) for want, got in zip(pattern, where, strict=True))
         ):
             return rule
     return None

@@ -1,0 +1,43 @@
+# devtest-router: `make run` shows the demo, `make test` runs every test. See README.md.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO := build/demo
+
+.PHONY: run test deps lint goldens bench clean
+
+$(BIN)/devtest-router: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+deps:
+	scripts/install-deps
+
+# The main job on the bundled demo registry: routing table, problems, and the diff an apply
+# would make (every check of a real apply runs, nginx -t on the staged file included).
+run: $(BIN)/devtest-router deps
+	mkdir -p $(DEMO)
+	$(BIN)/devtest-router check --config fixtures/demo/config.yaml fixtures/demo/snapshot.json
+	$(BIN)/devtest-router apply --dry-run --config fixtures/demo/config.yaml \
+		--output $(DEMO)/devtest-router.conf fixtures/demo/snapshot.json; \
+	status=$$?; [ $$status -le 1 ] || exit $$status
+
+test: $(BIN)/devtest-router deps
+	$(BIN)/ruff check generator tests
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+# Rewrite the golden files from the current generator: only on purpose, then review the diff.
+goldens: $(BIN)/devtest-router
+	$(BIN)/pytest tests/test_golden.py --update-goldens
+	git status --short fixtures
+
+lint: $(BIN)/devtest-router
+	$(BIN)/ruff check generator tests
+	$(BIN)/ruff format --check generator tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf build dist $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
