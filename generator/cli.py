@@ -221,7 +221,8 @@ def _check(args: argparse.Namespace, config: Config, streams: Streams) -> int:
             **table.as_json(),
             "problems": [problem.as_json() for problem in table.problems],
         }
-        streams.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        # ASCII escapes: a name with a lone surrogate (JSON "\ud800") still prints
+        streams.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
         streams.stdout.write(format_table(table))
     if args.strict and table.problems:

@@ -69,7 +69,8 @@ class Deployment:
 
     name: str
     created: datetime | None  # aware, UTC; None when missing or unreadable
-    services: tuple[Service, ...]
+    services: tuple[Service, ...]  # the complete ones
+    registered: tuple[str, ...]  # every service name under /service, complete or not
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,8 @@ def slug(name: str) -> str:
 
 
 def short_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:HASH_LENGTH]
+    # surrogatepass: a lone surrogate from a JSON \ud800 escape still hashes; it never crashes
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_LENGTH]
 
 
 def label(*names: str) -> Token:

@@ -80,9 +80,11 @@ def render(
     table: RoutingTable, config: Config, snapshot_id: str, templates: jinja2.Environment
 ) -> str:
     """The config text for `table`: the same bytes for the same table and config, always."""
-    groups: dict[str, list[Route]] = {}
-    for route in sorted(table.routes, key=lambda r: (r.deployment_label, r.host)):
-        groups.setdefault(route.deployment_label, []).append(route)
+    # One group per deployment: two branches can share a label (Feature/Foo, feature-foo)
+    # and both keep some routes, each deployment with its own created.
+    groups: dict[tuple[str, str], list[Route]] = {}
+    for route in sorted(table.routes, key=lambda r: (r.deployment_label, r.deployment, r.host)):
+        groups.setdefault((route.deployment_label, route.deployment), []).append(route)
     deployments = [
         {
             "label": label,
@@ -92,7 +94,7 @@ def render(
                 for route in routes
             ],
         }
-        for label, routes in groups.items()
+        for (label, _), routes in groups.items()
     ]
     longest = max((len(route.host) for route in table.routes), default=1)
     newest = max((stamp for d in deployments if (stamp := d["created"])), default=None)

@@ -51,11 +51,18 @@ def guard(ip: str, port: str, config: Config) -> Upstream | str:
     return Upstream(address, int(port))
 
 
+def _address(ip: str, port: str) -> str:
+    """ip:port as a person reads it: [fe80::1]:80, not fe80::1:80."""
+    return f"[{show(ip)}]:{show(port)}" if ":" in ip else f"{show(ip)}:{show(port)}"
+
+
 def _default_service(deployment: Deployment, config: Config) -> Service | None:
     for service in deployment.services:
         if service.name == config.default_service:
             return service
-    if len(deployment.services) == 1:
+    # Decide by what is registered, not by what is complete: while web is half-written, or a
+    # second service is, the default entry point must not point at the one complete service.
+    if len(deployment.registered) == 1 and len(deployment.services) == 1:
         return deployment.services[0]
     return None
 
@@ -73,7 +80,7 @@ def candidates(deployment: Deployment, config: Config) -> tuple[list[Candidate],
                 Problem(
                     where,
                     "refused-upstream",
-                    f"upstream {show(service.ip)}:{show(service.port)} {upstream}; "
+                    f"upstream {_address(service.ip, service.port)} {upstream}; "
                     "the service is skipped",
                 )
             )
@@ -86,8 +93,9 @@ def candidates(deployment: Deployment, config: Config) -> tuple[list[Candidate],
 
     default = _default_service(deployment, config)
     where = key_path("deployment", deployment.name)
-    if default is None and deployment.services:
-        names = ", ".join(show(service.name) for service in deployment.services)
+    waiting = config.default_service in deployment.registered  # its own problem says why
+    if default is None and deployment.services and not waiting:
+        names = ", ".join(show(name) for name in deployment.registered)
         problems.append(
             Problem(
                 where,
@@ -149,8 +157,8 @@ def settle(candidates: Iterable[Candidate], config: Config) -> tuple[list[Route]
                 Problem(
                     loser.key,
                     "reserved-host",
-                    f"asks for {host}, which the frontend keeps for itself; rename the "
-                    "branch or service",
+                    f"asks for {host}, which the frontend keeps for itself (the bare "
+                    "domain and reserved_names); rename the branch or service",
                 )
                 for loser in contenders
             )
@@ -162,12 +170,23 @@ def settle(candidates: Iterable[Candidate], config: Config) -> tuple[list[Route]
                 loser.key,
                 "host-collision",
                 f"{_describe(loser.route)} lands on {host}, which belongs to "
-                f"{_describe(winner.route)} (registered first); this route is dropped: "
-                "rename the branch or service",
+                f"{_describe(winner.route)} ({_why(winner.route, loser.route)}); this route "
+                "is dropped: rename the branch or service",
             )
             for loser in losers
         )
     return routes, problems
+
+
+def _why(winner: Route, loser: Route) -> str:
+    """The step of the collision rule that decided, in words."""
+    if winner.created is not None and loser.created is None:
+        return "registered first: a deployment without a readable created counts as newest"
+    if winner.created != loser.created:
+        return "registered first"
+    if winner.kind is not loser.kind:
+        return "registered at the same time: a service route beats a default entry point"
+    return "registered at the same time: the smaller branch, then service, name wins"
 
 
 def _describe(route: Route) -> str:

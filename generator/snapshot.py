@@ -22,7 +22,14 @@ _StringKeyLoader.yaml_implicit_resolvers = {
 
 
 def _string_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[str, Any]:
-    return {str(key): value for key, value in loader.construct_mapping(node).items()}
+    """Keys as written: etcd keys are text, so `no:` is the branch "no", not False, and `1.10:`
+    is "1.10", not 1.1."""
+    loader.flatten_mapping(node)
+    mapping: dict[str, Any] = {}
+    for key, value in node.value:
+        text = key.value if isinstance(key, yaml.ScalarNode) else str(loader.construct_object(key))
+        mapping[text] = loader.construct_object(value, deep=True)
+    return mapping
 
 
 _StringKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _string_keys)
@@ -73,5 +80,5 @@ def loads(text: str, source: str = "snapshot") -> dict[str, Any]:
 
 def snapshot_id(data: Any) -> str:
     """A name for the snapshot that depends only on its content, never on order or time."""
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode("ascii")).hexdigest()[:16]

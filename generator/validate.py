@@ -20,6 +20,7 @@ import jsonschema
 import referencing
 
 from .model import Deployment, Problem, Service
+from .names import short_hash
 
 
 class Cost(Enum):
@@ -60,7 +61,8 @@ RULES: tuple[tuple[tuple[str, ...], str, Rule], ...] = (
             "stray-key",
             Cost.IGNORE_KEY,
             "is not a deployment key (only 'created' and 'service' are)",
-            "a branch name with '/' nests keys: register under its slug",
+            "remove it; if it is the rest of a branch name with '/' (feature/foo), register "
+            "that branch under its slug (/deployment/feature-foo)",
         ),
     ),
     (
@@ -150,7 +152,16 @@ def show(value: Any, limit: int = 48) -> str:
 
 
 def key_path(*parts: str) -> str:
-    return "/" + "/".join(show(part) for part in parts)
+    return "/" + "/".join(_key_part(part) for part in parts)
+
+
+def _key_part(part: str) -> str:
+    """A key as show() prints it; a shortened one ends in a hash of the whole, so that two long
+    names sharing a prefix stay two keys (and two problems)."""
+    shown = show(part)
+    if shown.endswith('..."'):
+        shown += "~" + short_hash(part)
+    return shown
 
 
 class SnapshotValidator:
@@ -213,7 +224,8 @@ class SnapshotValidator:
                     "service registers its ip and port",
                 )
             )
-        return Deployment(name, created, services), problems
+        registered = tuple(sorted(value.get("service") or {}))
+        return Deployment(name, created, services, registered), problems
 
     def _findings(self, value: Any) -> Iterator[tuple[tuple[str, ...], Rule, dict[str, str]]]:
         for error in self._deployment.iter_errors(value):
@@ -242,7 +254,10 @@ def parse_time(text: str) -> datetime | None:
         return None
     if parsed.tzinfo is None:  # etcd holds what the registrant wrote: read a bare time as UTC
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first representable UTC time
+        return None
 
 
 def _rule_for(where: tuple[str, ...], keyword: str) -> Rule | None:

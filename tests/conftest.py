@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,53 @@ def etcd_cluster(tmp_path: Path) -> Iterator[list[Etcd]]:
     finally:
         for member in members:
             member.stop()
+
+
+# --------------------------------------------------------------------------
+# golden files (tests/test_golden.py): compared by default, rewritten only on request
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-goldens",
+        action="store_true",
+        default=False,
+        help="rewrite fixtures/<case>/expected* from the current output instead of comparing; "
+        "review the result with `git diff fixtures/`",
+    )
+
+
+@dataclass
+class Goldens:
+    """Whether golden files are rewritten in this run, and which ones were."""
+
+    update: bool
+    rewritten: list[Path] = field(default_factory=list)
+
+
+_GOLDENS = pytest.StashKey[Goldens]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_GOLDENS] = Goldens(update=bool(config.getoption("--update-goldens")))
+
+
+@pytest.fixture
+def goldens(request: pytest.FixtureRequest) -> Goldens:
+    return request.config.stash[_GOLDENS]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    goldens = terminalreporter.config.stash.get(_GOLDENS, None)
+    if goldens is None or not goldens.update:
+        return
+    terminalreporter.section("--update-goldens")
+    for path in goldens.rewritten:
+        terminalreporter.write_line(f"rewrote {path}")
+    if goldens.rewritten:
+        terminalreporter.write_line(
+            f"{len(goldens.rewritten)} golden files rewritten: review them with "
+            "`git diff fixtures/` before committing"
+        )
+    else:
+        terminalreporter.write_line("every golden file already matched: nothing rewritten")
