@@ -21,6 +21,7 @@ from .pipeline import Rendered, build
 from .render import environment
 from .resources import data_dir, schema
 from .snapshot import loads
+from .streams import Streams
 from .validate import SnapshotValidator
 
 EXIT_CODES = {
@@ -39,14 +40,6 @@ _EPILOG = (
     "the file, which beats the default.\n\nexit codes:\n"
     + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
 )
-
-
-class Streams:
-    def __init__(self, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> None:
-        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
-
-    def say(self, message: str) -> None:
-        print(f"devtest-router: {message}", file=self.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -205,14 +198,16 @@ def _report_problems(table: RoutingTable, streams: Streams) -> None:
         streams.say(f"problem: {problem}")
 
 
-def _render(args: argparse.Namespace, config: Config, streams: Streams) -> int:
+def _render(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
+    config = _settings(args, environ)
     rendered = _build(args, config, streams)
     _report_problems(rendered.table, streams)
     streams.stdout.write(checked_text(rendered, config))
     return 0
 
 
-def _check(args: argparse.Namespace, config: Config, streams: Streams) -> int:
+def _check(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
+    config = _settings(args, environ)
     rendered = _build(args, config, streams)
     table = rendered.table
     if args.json:
@@ -246,7 +241,8 @@ def format_table(table: RoutingTable) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _apply(args: argparse.Namespace, config: Config, streams: Streams) -> int:
+def _apply(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
+    config = _settings(args, environ)
     rendered = _build(args, config, streams)
     _report_problems(rendered.table, streams)
     if config.dry_run:
@@ -287,9 +283,9 @@ def main(
         args = parser.parse_args(argv)
     except SystemExit as leaving:  # argparse has printed usage or help
         return int(leaving.code or 0)
-    command: Callable[[argparse.Namespace, Config, Streams], int] = args.run
+    command: Callable[[argparse.Namespace, Streams, Mapping[str, str]], int] = args.run
     try:
-        return command(args, _settings(args, os.environ if environ is None else environ), streams)
+        return command(args, streams, os.environ if environ is None else environ)
     except Error as error:
         streams.say(str(error))
         return error.exit_code
