@@ -8,6 +8,7 @@ etcdwatch-shaped snapshot: {"deployment": {<branch>: {"created": ..., "service":
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
@@ -31,7 +32,7 @@ class RegistryUnavailable(Error):
     exit_code = 4
 
 
-class HistoryLost(Exception):  # noqa: N818 - a signal to re-read, not a failure
+class HistoryLost(Exception):
     """The watch fell too far behind (etcd v2 cleared the index, v3 compacted): re-read in full."""
 
 
@@ -97,7 +98,7 @@ def build_snapshot(pairs: Iterable[tuple[str, str | None]]) -> dict[str, Any]:
     """
     deployments: dict[str, Any] = {}
     for key, value in pairs:
-        parts = key[len(PREFIX):].strip("/").split("/") if key.startswith(PREFIX + "/") else []
+        parts = key[len(PREFIX) :].strip("/").split("/") if key.startswith(PREFIX + "/") else []
         if not parts or not parts[0]:
             continue
         node = deployments
@@ -127,16 +128,19 @@ def parse_url(url: str) -> tuple[str, tuple[Endpoint, ...], bool, str]:
     etcd3s:// the same over TLS; file:PATH a YAML or JSON file.
     """
     if url.startswith("file:"):
-        path = url[len("file:"):]
+        path = url[len("file:") :]
         if path.startswith("//"):
             path = path[2:]
         if not path:
             raise UsageError(f"registry {url}: file: needs a path, e.g. file:registry.yaml")
         return "file", (), False, path
     schemes = {
-        "http": ("etcd2", False), "https": ("etcd2", True),
-        "etcd": ("etcd2", False), "etcds": ("etcd2", True),
-        "etcd3": ("etcd3", False), "etcd3s": ("etcd3", True),
+        "http": ("etcd2", False),
+        "https": ("etcd2", True),
+        "etcd": ("etcd2", False),
+        "etcds": ("etcd2", True),
+        "etcd3": ("etcd3", False),
+        "etcd3s": ("etcd3", True),
     }
     parts = urlsplit(url)
     if parts.scheme not in schemes:
@@ -167,11 +171,6 @@ def open_registry(url: str, tls: Tls = Tls(), timeout: float = 5.0) -> Registry:
     from .etcd3 import EtcdV3Registry
 
     return EtcdV3Registry(endpoints, secure, tls, timeout)
-
-
-def registry_url(flag: str | None, environ: Mapping[str, str], default: str) -> str:
-    """--registry, else REGISTRY_URL (the variable the original setup uses), else `default`."""
-    return flag or environ.get("REGISTRY_URL") or default
 
 
 class FileRegistry:
@@ -263,3 +262,49 @@ class FileRegistry:
 
     def close(self) -> None:
         pass
+
+
+def add_registry_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """--registry and etcd's TLS and authentication options, shared by every registry command."""
+    group = parser.add_argument_group("registry")
+    group.add_argument(
+        "--registry",
+        metavar="URL",
+        help="etcd://HOST:PORT[,HOST:PORT...] (v2 API), etcd3://... (v3 API), etcds:// and "
+        "etcd3s:// (TLS), http://HOST:PORT (v2, as the original REGISTRY_URL) or file:PATH "
+        f"(default: $REGISTRY_URL{', else ' + default if default else ''})",
+    )
+    group.add_argument(
+        "--etcd-ca", metavar="FILE", help="CA bundle for etcd's TLS (env DEVTEST_ROUTER_ETCD_CA)"
+    )
+    group.add_argument(
+        "--etcd-cert", metavar="FILE", help="client certificate (env DEVTEST_ROUTER_ETCD_CERT)"
+    )
+    group.add_argument(
+        "--etcd-key", metavar="FILE", help="client certificate's key (env DEVTEST_ROUTER_ETCD_KEY)"
+    )
+    group.add_argument(
+        "--etcd-user", metavar="NAME", help="etcd user (env DEVTEST_ROUTER_ETCD_USER)"
+    )
+    group.set_defaults(registry_default=default)
+
+
+def registry_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Registry:
+    """The registry named by --registry or REGISTRY_URL (the password only from the environment:
+    DEVTEST_ROUTER_ETCD_PASSWORD, never on a command line where `ps` shows it)."""
+    url = args.registry or environ.get("REGISTRY_URL") or args.registry_default
+    if not url:
+        raise UsageError("no registry: set REGISTRY_URL or --registry (e.g. etcd://127.0.0.1:2379)")
+
+    def option(name: str) -> str | None:
+        value: str | None = getattr(args, f"etcd_{name}", None)
+        return value or environ.get(f"DEVTEST_ROUTER_ETCD_{name.upper()}") or None
+
+    tls = Tls(
+        ca=option("ca"),
+        cert=option("cert"),
+        key=option("key"),
+        user=option("user"),
+        password=environ.get("DEVTEST_ROUTER_ETCD_PASSWORD") or None,
+    )
+    return open_registry(url, tls)
