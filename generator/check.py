@@ -36,6 +36,7 @@ DIRECTIVES: Mapping[str, frozenset[str]] = {
     "return": frozenset({"if", "location", "server"}),
     "error_page": frozenset({"server", "location"}),
     "default_type": frozenset({"server", "location"}),
+    "add_header": frozenset({"location"}),
     "proxy_pass": frozenset({"location"}),
     "proxy_http_version": frozenset({"server", "location"}),
     "proxy_set_header": frozenset({"server", "location"}),

@@ -17,18 +17,22 @@ from .apply import apply, checked_text, plan
 from .config import ENV_PREFIX, Config, resolve
 from .errors import Error, UsageError
 from .model import RoutingTable
-from .pipeline import Rendered, build
+from .names import label
+from .pipeline import Builder, Plan, Rendered
+from .probe import wait_until_routed
+from .registry import add_registry_arguments, registry_from_args
 from .render import environment
 from .resources import data_dir, schema
 from .snapshot import loads
 from .streams import Streams
-from .validate import SnapshotValidator
+from .watch import Timing, Watcher, stop_on_signals
 
 EXIT_CODES = {
     0: "applied, or nothing to do",
-    1: "apply --dry-run: changes found",
+    1: "apply --dry-run: changes found; wait: the route did not answer in time",
     2: "usage or configuration error",
     3: "internal error: a bug in devtest-router (please report it)",
+    4: "the registry (etcd, or the registry file) cannot be reached or read",
     123: "unusable snapshot, or a check, nginx test, reload or safety threshold refused: "
     "nothing was changed",
     130: "interrupted",
@@ -43,44 +47,80 @@ _EPILOG = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    settings = argparse.ArgumentParser(add_help=False)
-    settings.add_argument(
+    snapshot = argparse.ArgumentParser(add_help=False)
+    snapshot.add_argument(
         "snapshot",
         nargs="?",
         default="-",
         help="registry snapshot, JSON or YAML, as etcdwatch writes it "
         "(default: - for standard input)",
     )
-    settings.add_argument(
+
+    settings = argparse.ArgumentParser(add_help=False)
+    group = settings.add_argument_group("routing")
+    group.add_argument(
         "--config",
         metavar="FILE",
         help="YAML settings file (schema/config.schema.json lists every setting)",
     )
-    settings.add_argument(
+    group.add_argument(
         "--domain",
         help="routes are <branch>-<service>.DOMAIN and <branch>.DOMAIN (default: localhost)",
     )
-    settings.add_argument(
+    group.add_argument(
         "--default-service",
         metavar="NAME",
         help="the service <branch>.DOMAIN goes to (default: web)",
     )
-    settings.add_argument(
+    group.add_argument(
         "--listen",
         action="append",
         metavar="ADDRESS",
         help="PORT, IP:PORT or [IPV6]:PORT to listen on; repeatable (default: 80)",
     )
-    settings.add_argument(
+    group.add_argument(
         "--template-dir",
         metavar="DIR",
         help="templates here override the bundled ones of the same name",
     )
-    settings.add_argument(
+    group.add_argument(
         "--allow-loopback",
         action="store_const",
         const=True,
         help="accept loopback upstreams (local use and tests)",
+    )
+
+    applying = argparse.ArgumentParser(add_help=False)
+    group = applying.add_argument_group("applying")
+    group.add_argument(
+        "--output",
+        metavar="FILE",
+        help="the config file to write (default: /etc/nginx/conf.d/devtest-router.conf)",
+    )
+    group.add_argument(
+        "--nginx",
+        metavar="COMMAND",
+        help="nginx binary that tests the staged file (default: nginx)",
+    )
+    group.add_argument(
+        "--test-command",
+        metavar="COMMAND",
+        help="tests the installed config (default: nginx -t -q)",
+    )
+    group.add_argument(
+        "--reload-command", metavar="COMMAND", help="reloads nginx (default: nginx -s reload)"
+    )
+    group.add_argument(
+        "--dry-run",
+        action="store_const",
+        const=True,
+        help="run every check, print the diff and a summary, change nothing",
+    )
+    group.add_argument(
+        "--force",
+        action="store_const",
+        const=True,
+        help="apply even if more than max_removed_fraction of the routes would go",
     )
 
     parser = argparse.ArgumentParser(
@@ -93,70 +133,96 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    render = commands.add_parser(
-        "render",
-        parents=[settings],
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="print the nginx config for a snapshot (checked by crossplane, not by nginx)",
-    )
-    render.set_defaults(run=_render)
+    def command(
+        name: str,
+        parents: list[argparse.ArgumentParser],
+        summary: str,
+        run: Callable[[argparse.Namespace, Streams, Mapping[str, str]], int],
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            parents=parents,
+            help=summary,
+            description=summary,
+            epilog=_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.set_defaults(run=run)
+        return sub
 
-    check = commands.add_parser(
+    command(
+        "render",
+        [snapshot, settings],
+        "print the nginx config for a snapshot (checked by crossplane, not by nginx)",
+        _render,
+    )
+    check = command(
         "check",
-        parents=[settings],
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="print the routing table and the problems found in a snapshot",
+        [snapshot, settings],
+        "print the routing table and the problems found in a snapshot",
+        _check,
     )
     check.add_argument(
         "--strict", action="store_true", help="exit 123 when the snapshot has any problem"
     )
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    check.set_defaults(run=_check)
-
-    apply_ = commands.add_parser(
+    command(
         "apply",
-        parents=[settings],
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="check, test, install and reload the config (or show the diff with --dry-run)",
+        [snapshot, settings, applying],
+        "check, test, install and reload the config (or show the diff with --dry-run)",
+        _apply,
     )
-    apply_.add_argument(
-        "--output",
-        metavar="FILE",
-        help="the config file to write (default: /etc/nginx/conf.d/devtest-router.conf)",
+
+    watch = command(
+        "watch",
+        [settings, applying],
+        "read the registry, apply, and apply again after every settled change (replaces etcdwatch)",
+        _watch,
     )
-    apply_.add_argument(
-        "--nginx",
-        metavar="COMMAND",
-        help="nginx binary that tests the staged file (default: nginx)",
+    add_registry_arguments(watch, default=None)
+    group = watch.add_argument_group("watching")
+    group.add_argument(
+        "--quiet-period",
+        type=float,
+        metavar="SECONDS",
+        help="apply once the registry has been quiet this long (default: 0.2)",
     )
-    apply_.add_argument(
-        "--test-command",
-        metavar="COMMAND",
-        help="tests the installed config (default: nginx -t -q)",
+    group.add_argument(
+        "--max-wait",
+        type=float,
+        metavar="SECONDS",
+        help="apply at the latest this long after the first change of a burst (default: 2)",
     )
-    apply_.add_argument(
-        "--reload-command", metavar="COMMAND", help="reloads nginx (default: nginx -s reload)"
+
+    dump = command("snapshot", [], "print the registry as etcdwatch-shaped JSON", _snapshot)
+    add_registry_arguments(dump, default=None)
+
+    wait = command(
+        "wait", [], "block until <NAME>-<SERVICE>.<domain> answers through the frontend", _wait
     )
-    apply_.add_argument(
-        "--dry-run",
-        action="store_const",
-        const=True,
-        help="run every check, print the diff and a summary, change nothing",
+    add_registry_arguments(wait, default=None)
+    group = wait.add_argument_group("waiting")
+    group.add_argument("--name", help="branch name (default: $NAME)")
+    group.add_argument(
+        "--service",
+        help="service name; omit for the default entry point <NAME>.<domain> (default: $SERVICE)",
     )
-    apply_.add_argument(
-        "--force",
-        action="store_const",
-        const=True,
-        help="apply even if more than max_removed_fraction of the routes would go",
+    group.add_argument(
+        "--domain", help="the frontend's domain (default: $DEVTEST_ROUTER_DOMAIN, else localhost)"
     )
-    apply_.set_defaults(run=_apply)
+    group.add_argument(
+        "--frontend",
+        metavar="URL",
+        help="where the frontend answers, e.g. http://dev.example.com (default: http://127.0.0.1)",
+    )
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="give up after this long (default: 300)",
+    )
     return parser
-
-
-_NOT_SETTINGS = {"snapshot", "config", "command", "run", "strict", "json"}
 
 
 def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
@@ -169,8 +235,19 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
             raise UsageError(f"config file {config_name}: {error.strerror}") from None
         except yaml.YAMLError as error:
             raise UsageError(f"config file {config_name}: not valid YAML ({error})") from None
-    flags = {key: value for key, value in vars(args).items() if key not in _NOT_SETTINGS}
+    properties = schema("config")["properties"]
+    flags = {key: value for key, value in vars(args).items() if key in properties}
     return resolve(schema("config"), flags, environ, file_data, config_name)
+
+
+def builder(config: Config) -> Builder:
+    """The pipeline for `config`: bundled templates, overridden by config.template_dir."""
+    folders = [data_dir("templates")]
+    if config.template_dir:
+        if not Path(config.template_dir).is_dir():
+            raise UsageError(f"template_dir {config.template_dir}: no such folder")
+        folders.insert(0, Path(config.template_dir))
+    return Builder(config, schema("snapshot"), environment(folders))
 
 
 def _build(args: argparse.Namespace, config: Config, streams: Streams) -> Rendered:
@@ -183,14 +260,7 @@ def _build(args: argparse.Namespace, config: Config, streams: Streams) -> Render
             reason = getattr(error, "strerror", None) or str(error)
             raise UsageError(f"snapshot {args.snapshot}: {reason}") from None
         source = args.snapshot
-    folders = [data_dir("templates")]
-    if config.template_dir:
-        if not Path(config.template_dir).is_dir():
-            raise UsageError(f"template_dir {config.template_dir}: no such folder")
-        folders.insert(0, Path(config.template_dir))
-    return build(
-        loads(text, source), config, SnapshotValidator(schema("snapshot")), environment(folders)
-    )
+    return builder(config)(loads(text, source))
 
 
 def _report_problems(table: RoutingTable, streams: Streams) -> None:
@@ -268,6 +338,60 @@ def _apply(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
             f"nothing to do: {config.output} is up to date ({len(rendered.table.routes)} routes)"
         )
     return 0
+
+
+def _describe(result: Plan, rendered: Rendered, config: Config) -> str:
+    routes = len(rendered.table.routes)
+    if result.changes:
+        return f"applied {config.output}: {result.summary()}; {routes} routes; nginx reloaded"
+    return f"nothing to do: {config.output} is up to date ({routes} routes)"
+
+
+def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
+    config = _settings(args, environ)
+    registry = registry_from_args(args, environ)
+    build = builder(config)
+
+    def apply_snapshot(snapshot: Mapping[str, Any]) -> tuple[Rendered, str]:
+        rendered = build(snapshot)
+        if config.dry_run:
+            result = plan(rendered, config)
+            streams.stdout.write(result.diff(config.output))
+            streams.stdout.flush()
+            return rendered, f"dry run: {result.summary()}"
+        return rendered, _describe(apply(rendered, config), rendered, config)
+
+    timing = Timing(config.quiet_period, config.max_wait, config.resync_interval)
+    watcher = Watcher(registry, apply_snapshot, streams.say, timing)
+    stop_on_signals(watcher)
+    try:
+        return watcher.run()
+    finally:
+        registry.close()
+
+
+def _snapshot(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
+    registry = registry_from_args(args, environ)
+    try:
+        read = registry.read()
+    finally:
+        registry.close()
+    streams.stdout.write(json.dumps(read.snapshot, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+def _wait(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
+    name = args.name or environ.get("NAME")
+    if not name:
+        raise UsageError("NAME is not set: pass --name or set NAME (the branch name)")
+    service = args.service or environ.get("SERVICE")
+    domain = args.domain or environ.get(ENV_PREFIX + "DOMAIN") or "localhost"
+    frontend = args.frontend or environ.get(ENV_PREFIX + "FRONTEND") or "http://127.0.0.1"
+    host = f"{label(name, service) if service else label(name)}.{domain}"
+    if wait_until_routed(frontend, host, args.timeout, streams.say):
+        return 0
+    streams.say(f"gave up on {host} after {args.timeout:g} s")
+    return 1
 
 
 def main(

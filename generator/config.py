@@ -44,6 +44,9 @@ class Config:
     proxy_read_timeout: Token
     max_removed_fraction: float
     removal_guard_min_routes: int
+    quiet_period: float
+    max_wait: float
+    resync_interval: float
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -147,6 +150,9 @@ def resolve(
         proxy_read_timeout=Token(values["proxy_read_timeout"]),
         max_removed_fraction=float(values["max_removed_fraction"]),
         removal_guard_min_routes=values["removal_guard_min_routes"],
+        quiet_period=float(values["quiet_period"]),
+        max_wait=float(values["max_wait"]),
+        resync_interval=float(values["resync_interval"]),
     )
 
 

@@ -37,6 +37,20 @@ def build(
     return Rendered(identity, table, render(table, config, identity, templates))
 
 
+class Builder:
+    """build() with its validator and templates prepared once, for a process that builds often."""
+
+    def __init__(
+        self, config: Config, snapshot_schema: Mapping[str, Any], templates: jinja2.Environment
+    ) -> None:
+        self.config = config
+        self._validator = SnapshotValidator(snapshot_schema)
+        self._templates = templates
+
+    def __call__(self, snapshot: Mapping[str, Any]) -> Rendered:
+        return build(snapshot, self.config, self._validator, self._templates)
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What applying `new` over `current` would change."""
