@@ -122,11 +122,12 @@ def _install(staged: Path, target: Path, config: Config) -> None:
         passed, said = run_command(command)
         if not passed:
             _restore(target, previous)
+            back = "the previous file is back in place" if previous else "it was removed again"
             raise ApplyError(
-                f"{command!r} failed after installing {target}; the previous file is back in "
-                f"place and nginx was not reloaded\n{_indent(said)}"
+                f"{command!r} failed after installing {target}; {back} and nginx was not "
+                f"reloaded\n{_indent(said)}"
                 if step == "test"
-                else f"{command!r} failed; the previous {target} is back in place\n{_indent(said)}"
+                else f"{command!r} failed; the new {target} was taken back: {back}\n{_indent(said)}"
             )
     if previous is not None:
         previous.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -23,7 +24,7 @@ from .probe import wait_until_routed
 from .registry import add_registry_arguments, registry_from_args
 from .render import environment
 from .resources import data_dir, schema
-from .snapshot import loads
+from .snapshot import loads, yaml_problem
 from .streams import Streams
 from .watch import Timing, Watcher, stop_on_signals
 
@@ -234,7 +235,9 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
         except OSError as error:
             raise UsageError(f"config file {config_name}: {error.strerror}") from None
         except yaml.YAMLError as error:
-            raise UsageError(f"config file {config_name}: not valid YAML ({error})") from None
+            raise UsageError(
+                f"config file {config_name}: not valid YAML ({yaml_problem(error)})"
+            ) from None
     properties = schema("config")["properties"]
     flags = {key: value for key, value in vars(args).items() if key in properties}
     return resolve(schema("config"), flags, environ, file_data, config_name)
@@ -404,7 +407,8 @@ def main(
     streams = Streams(stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr)
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        with redirect_stdout(streams.stdout), redirect_stderr(streams.stderr):
+            args = parser.parse_args(argv)
     except SystemExit as leaving:  # argparse has printed usage or help
         return int(leaving.code or 0)
     command: Callable[[argparse.Namespace, Streams, Mapping[str, str]], int] = args.run

@@ -110,7 +110,7 @@ def resolve(
         error = errors[0]
         if error.validator == "additionalProperties":
             given: Any = error.instance
-            unknown = sorted(set(given) - set(properties))
+            unknown = sorted(set(given) - set(properties), key=str)
             raise UsageError(
                 f"config file {file_name}: unknown setting {show(unknown[0])}; the settings "
                 f"are {', '.join(sorted(properties))}"

@@ -35,6 +35,42 @@ def _string_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[str, A
 _StringKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _string_keys)
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's complaint in a few words, with its line and column (no source excerpt)."""
+    mark = getattr(error, "problem_mark", None)
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{getattr(error, 'problem', None) or 'cannot be parsed'}{at}"
+
+
+def _kind(value: Any) -> str:
+    kinds = {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }
+    return "empty" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def _parse(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as json_error:
+        if text.lstrip().startswith(("{", "[")):
+            raise SnapshotError(
+                f"{source}: not valid JSON ({json_error.msg} at line {json_error.lineno}, "
+                f"column {json_error.colno}); nothing was changed"
+            ) from None
+    try:
+        return yaml.load(text, Loader=_StringKeyLoader)
+    except yaml.YAMLError as yaml_error:
+        raise SnapshotError(
+            f"{source}: neither JSON nor YAML ({yaml_problem(yaml_error)}); nothing was changed"
+        ) from None
+
+
 def loads(text: str, source: str = "snapshot") -> dict[str, Any]:
     """Parse JSON, or failing that YAML, and check the snapshot's outer shape.
 
@@ -42,26 +78,14 @@ def loads(text: str, source: str = "snapshot") -> dict[str, Any]:
     single deployment is left to validate.validate().
     """
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as json_error:
-        if text.lstrip().startswith(("{", "[")):
-            raise SnapshotError(
-                f"{source}: not valid JSON ({json_error.msg} at line {json_error.lineno}, "
-                f"column {json_error.colno}); nothing was changed"
-            ) from None
-        try:
-            data = yaml.load(text, Loader=_StringKeyLoader)
-        except yaml.YAMLError as yaml_error:
-            where = getattr(yaml_error, "problem_mark", None)
-            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-            problem = getattr(yaml_error, "problem", None) or "cannot be parsed"
-            raise SnapshotError(
-                f"{source}: neither JSON nor YAML ({problem}{at}); nothing was changed"
-            ) from None
-    if not isinstance(data, dict):
-        kind = "empty" if data is None else f"a {type(data).__name__}"
+        data = _parse(text, source)
+    except RecursionError:
         raise SnapshotError(
-            f"{source}: the snapshot is {kind}, not an object with a 'deployment' key; "
+            f"{source}: nested too deeply to be a registry snapshot; nothing was changed"
+        ) from None
+    if not isinstance(data, dict):
+        raise SnapshotError(
+            f"{source}: the snapshot is {_kind(data)}, not an object with a 'deployment' key; "
             "nothing was changed"
         )
     if "deployment" not in data:
@@ -72,7 +96,7 @@ def loads(text: str, source: str = "snapshot") -> dict[str, Any]:
         )
     if not isinstance(data["deployment"], dict):
         raise SnapshotError(
-            f"{source}: /deployment is {type(data['deployment']).__name__}, not a directory of "
+            f"{source}: /deployment is {_kind(data['deployment'])}, not a directory of "
             "deployments; nothing was changed"
         )
     return data

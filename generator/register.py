@@ -1,0 +1,749 @@
+"""`register` and `deregister`: a service container's registration, replacing the curl snippet.
+
+The original registration PUT /deployment/$NAME/service/$SERVICE/{ip,port} and
+/deployment/$NAME/created into etcd once, with no TTL, and DELETEd them on a clean shutdown: a
+killed container left its route behind. `register` writes the same keys under the slugs the
+generator uses for hostnames, with a TTL, and keeps them alive (without waking the watcher)
+while the service runs, so a killed container's route goes away within the TTL.
+
+Three modes: a wrapper (`register -- CMD ARGS`: start CMD, register once its port answers,
+deregister when it exits), a sidecar loop (no CMD: register until signalled) and `--once`.
+
+The pure parts (settings, slugs, the ECS metadata decision) are plain functions over plain
+values; the IO (HTTP to the metadata endpoints, signals, the child process) is kept apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import FrameType, TracebackType
+from typing import Any
+
+from .errors import Error, UsageError
+from .names import label
+from .registry import (
+    Entry,
+    Registry,
+    RegistryUnavailable,
+    add_registry_arguments,
+    registry_from_args,
+)
+from .streams import Streams
+
+DEFAULT_TTL = 30
+IMDS_URL = "http://169.254.169.254"
+METADATA_TIMEOUT = 2.0  # seconds per metadata request: the endpoints are local or absent
+IMDS_TOKEN_TTL = 60  # seconds an IMDSv2 token lives; we use it at once
+PORT_POLL = 0.1  # seconds between connection attempts while CMD starts
+CHILD_POLL = 1.0  # longest sleep while CMD runs (SIGCHLD wakes us sooner)
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOPPING = (signal.SIGTERM, signal.SIGINT)
+
+
+class MetadataUnavailable(Error):
+    """The ECS task metadata or EC2 instance metadata endpoint cannot be reached or read."""
+
+    exit_code = 4
+
+
+# --------------------------------------------------------------------------
+# settings (pure)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    name: str  # NAME as given: the branch
+    service_name: str  # SERVICE as given
+    deployment: str  # label(name): the key and hostname label the generator uses
+    service: str  # label(service_name)
+    port: int | None  # PORT; None: from the ECS metadata
+    ip: str | None  # IP; None: discovered
+    ttl: int  # seconds; 0: no TTL and no keepalive
+    check_port: int | None  # the port CMD must answer on before we register (None: port)
+    once: bool
+    command: tuple[str, ...]
+
+
+def _setting(
+    args: argparse.Namespace, environ: Mapping[str, str], attribute: str, variable: str
+) -> tuple[str | None, str]:
+    """(value, where it came from) of a flag or its environment variable; empty means unset."""
+    flag = getattr(args, attribute, None)
+    if flag:
+        return str(flag), "--" + attribute.replace("_", "-")
+    value = environ.get(variable)
+    if value:
+        return value, variable
+    return None, variable
+
+
+def parse_port(text: str, what: str, source: str) -> int:
+    value = text.strip()
+    if value.isascii() and value.isdigit() and 0 < int(value) < 65536:
+        return int(value)
+    raise UsageError(f"{what} {text!r} is not a port number 1-65535 (from {source})")
+
+
+def parse_ttl(text: str, source: str) -> int:
+    value = text.strip()
+    if value.isascii() and value.isdigit():
+        return int(value)
+    raise UsageError(
+        f"TTL {text!r} is not a whole number of seconds, 0 (no TTL) or more (from {source})"
+    )
+
+
+def parse_ip(text: str, source: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise UsageError(f"IP {text!r} is not an IP address (from {source})") from None
+
+
+def resolve(
+    args: argparse.Namespace, environ: Mapping[str, str], need_address: bool = True
+) -> Settings:
+    """The settings from flags, else the environment; UsageError names the variable at fault.
+
+    Without need_address (deregister) only NAME and SERVICE are required and PORT, IP and the
+    TTL are not looked at.
+    """
+    name, _ = _setting(args, environ, "name", "NAME")
+    if name is None:
+        raise UsageError("NAME is not set: pass --name or set NAME (the branch name)")
+    service_name, _ = _setting(args, environ, "service", "SERVICE")
+    if service_name is None:
+        raise UsageError(
+            "SERVICE is not set: pass --service or set SERVICE (the service name, e.g. web)"
+        )
+    port: int | None = None
+    ip: str | None = None
+    ttl = DEFAULT_TTL
+    check_port: int | None = None
+    if need_address:
+        text, source = _setting(args, environ, "port", "PORT")
+        if text is not None:
+            port = parse_port(text, "PORT", source)
+        elif not environ.get("ECS_CONTAINER_METADATA_URI_V4"):
+            raise UsageError(
+                "PORT is not set: pass --port or set PORT (the port the service listens on)"
+            )
+        text, source = _setting(args, environ, "ip", "IP")
+        if text is not None:
+            ip = parse_ip(text, source)
+        text, source = _setting(args, environ, "ttl", "DEVTEST_ROUTER_TTL")
+        if text is not None:
+            ttl = parse_ttl(text, source)
+        text, source = _setting(args, environ, "check_port", "DEVTEST_ROUTER_CHECK_PORT")
+        if text is not None:
+            check_port = parse_port(text, "the check port", source)
+    return Settings(
+        name=name,
+        service_name=service_name,
+        deployment=str(label(name)),
+        service=str(label(service_name)),
+        port=port,
+        ip=ip,
+        ttl=ttl,
+        check_port=check_port,
+        once=bool(getattr(args, "once", False)),
+        command=tuple(getattr(args, "command", None) or ()),
+    )
+
+
+def slug_note(settings: Settings, verb: str = "registering") -> str | None:
+    """One line when a name is not already the label it is registered under, else None."""
+    changes = []
+    if settings.deployment != settings.name:
+        changes.append(f"{settings.name} as {settings.deployment}")
+    if settings.service != settings.service_name:
+        changes.append(f"service {settings.service_name} as {settings.service}")
+    return f"{verb} {', '.join(changes)}" if changes else None
+
+
+# --------------------------------------------------------------------------
+# the ECS task metadata decision (pure)
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """What the ECS container metadata says about where the service answers."""
+
+    ip: str | None  # None: the host's address (bridge and host modes): ask EC2 metadata
+    port: int  # the port to register (the host port in bridge mode)
+    container_port: int  # the port the service listens on inside the container
+    how: str  # for the log line
+
+
+def _mappings(container: Mapping[str, Any]) -> list[tuple[int, int | None]]:
+    """(container port, host port or None) of the container's TCP port mappings, in order."""
+    found: list[tuple[int, int | None]] = []
+    ports = container.get("Ports")
+    for item in ports if isinstance(ports, list) else []:
+        if not isinstance(item, dict) or str(item.get("Protocol", "tcp")).lower() != "tcp":
+            continue
+        inside, outside = item.get("ContainerPort"), item.get("HostPort")
+        if not isinstance(inside, int) or isinstance(inside, bool) or not 0 < inside < 65536:
+            continue
+        valid = isinstance(outside, int) and not isinstance(outside, bool) and 0 < outside < 65536
+        found.append((inside, outside if valid else None))
+    return found
+
+
+def ecs_address(container: Any, port: int | None) -> Found:
+    """Where the container described by ECS task metadata v4 (GET $ECS_CONTAINER_METADATA_URI_V4)
+    answers, for the service listening on `port` inside it (None: its first mapped port).
+
+    awsvpc: the task's own address (Networks[0].IPv4Addresses[0]) and the container port.
+    bridge: the host's address (None here) and the HostPort that Ports[] maps the port to.
+    host: the host's address and the container port. Raises UsageError when PORT is not
+    published and MetadataUnavailable when the document is not usable.
+    """
+    if not isinstance(container, dict):
+        raise MetadataUnavailable("ECS container metadata is not a JSON object")
+    networks = container.get("Networks")
+    network = networks[0] if isinstance(networks, list) and networks else None
+    mode = network.get("NetworkMode") if isinstance(network, dict) else None
+    mappings = _mappings(container)
+
+    def first_port(what: str) -> int:
+        if port is not None:
+            return port
+        if not mappings:
+            raise UsageError(
+                f"PORT is not set and the ECS container metadata ({what}) lists no TCP port "
+                "mapping: pass --port or set PORT"
+            )
+        return mappings[0][0]
+
+    if mode == "awsvpc":
+        assert isinstance(network, dict)
+        addresses = network.get("IPv4Addresses")
+        address = addresses[0] if isinstance(addresses, list) and addresses else None
+        try:
+            ip = str(ipaddress.ip_address(str(address)))
+        except ValueError:
+            raise MetadataUnavailable(
+                f"ECS container metadata (awsvpc) has no usable Networks[0].IPv4Addresses[0] "
+                f"({address!r}): pass --ip or set IP"
+            ) from None
+        inside = first_port("awsvpc")
+        return Found(ip, inside, inside, "ECS task metadata, awsvpc")
+    if mode == "host":
+        inside = first_port("host network")
+        return Found(None, inside, inside, "ECS task metadata, host network")
+    if mode in ("bridge", "default", "nat") or (mode is None and mappings):
+        shown = ", ".join(f"{a}->{b or 'unpublished'}" for a, b in mappings) or "none"
+        if port is None:
+            if not mappings:
+                first_port(str(mode or "bridge"))  # raises
+            mapping = mappings[0]
+        else:
+            matches = [item for item in mappings if item[0] == port]
+            if not matches:
+                raise UsageError(
+                    f"PORT {port} is not a published container port in the ECS metadata "
+                    f"(TCP mappings: {shown}): set PORT to a mapped container port, or pass "
+                    "--ip and --port"
+                )
+            mapping = matches[0]
+        inside, outside = mapping
+        if outside is None:
+            raise UsageError(
+                f"container port {inside} has no HostPort in the ECS metadata (TCP mappings: "
+                f"{shown}): publish it in the task definition, or pass --ip and --port"
+            )
+        return Found(
+            None, outside, inside, f"ECS task metadata, {mode or 'bridge'} {inside}->{outside}"
+        )
+    raise MetadataUnavailable(
+        f"ECS container metadata: network mode {mode!r} is not supported (awsvpc, bridge or "
+        "host): pass --ip and --port"
+    )
+
+
+# --------------------------------------------------------------------------
+# metadata endpoints (IO)
+
+# Never through a proxy: the metadata endpoints are link-local (or, in tests, loopback).
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _http(
+    url: str, what: str, method: str = "GET", headers: Mapping[str, str] | None = None
+) -> bytes:
+    request = urllib.request.Request(url, method=method, headers=dict(headers or {}))
+    try:
+        with _OPENER.open(request, timeout=METADATA_TIMEOUT) as response:
+            body: bytes = response.read(1 << 20)
+            return body
+    except urllib.error.HTTPError as error:
+        reason = f"HTTP {error.code} {error.reason}"
+    except urllib.error.URLError as error:
+        cause = error.reason
+        reason = getattr(cause, "strerror", None) or str(cause)
+    except TimeoutError:
+        reason = f"no answer within {METADATA_TIMEOUT:g}s"
+    except OSError as error:
+        reason = error.strerror or str(error)
+    raise MetadataUnavailable(f"{what} at {url}: {reason}")
+
+
+def ecs_container(uri: str) -> Any:
+    """The container's ECS task metadata v4 document."""
+    what = "ECS task metadata (ECS_CONTAINER_METADATA_URI_V4)"
+    body = _http(uri, what)
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise MetadataUnavailable(f"{what} at {uri}: the answer is not JSON") from None
+
+
+def instance_ipv4(base: str) -> str:
+    """The instance's private IPv4 address from EC2 instance metadata, with an IMDSv2 token."""
+    base = base.rstrip("/")
+    what = "EC2 instance metadata"
+    hint = "; pass --ip or set IP"
+    try:
+        token = _http(
+            f"{base}/latest/api/token",
+            what,
+            "PUT",
+            {"X-aws-ec2-metadata-token-ttl-seconds": str(IMDS_TOKEN_TTL)},
+        )
+        body = _http(
+            f"{base}/latest/meta-data/local-ipv4",
+            what,
+            headers={"X-aws-ec2-metadata-token": token.decode("ascii", "replace").strip()},
+        )
+    except MetadataUnavailable as error:
+        extra = ""
+        if "no answer" in str(error):  # the classic cause: the token's reply is one hop short
+            extra = (
+                " (from a bridge-mode container, IMDSv2 needs the instance's metadata hop "
+                "limit at 2 or more)"
+            )
+        raise MetadataUnavailable(f"{error}{extra}{hint}") from None
+    text = body.decode("ascii", "replace").strip()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise MetadataUnavailable(
+            f"{what} at {base}: local-ipv4 {text[:60]!r} is not an IP address{hint}"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    ip: str
+    port: int  # registered
+    container_port: int  # where CMD listens, for the port check
+    how: str
+
+
+def discover(settings: Settings, environ: Mapping[str, str]) -> Address:
+    """--ip/IP; else ECS task metadata v4 when ECS_CONTAINER_METADATA_URI_V4 is set (it also
+    gives the port when PORT is not set); else EC2 instance metadata (IMDSv2)."""
+    imds = environ.get("DEVTEST_ROUTER_IMDS_URL") or IMDS_URL
+    ecs = environ.get("ECS_CONTAINER_METADATA_URI_V4")
+    if settings.ip is not None and settings.port is not None:
+        return Address(settings.ip, settings.port, settings.port, "IP")
+    if ecs:
+        found = ecs_address(ecs_container(ecs), settings.port)
+        if settings.ip is not None:
+            return Address(settings.ip, found.port, found.container_port, f"IP, {found.how}")
+        if found.ip is not None:
+            return Address(found.ip, found.port, found.container_port, found.how)
+        how = f"{found.how}, EC2 instance metadata"
+        return Address(instance_ipv4(imds), found.port, found.container_port, how)
+    assert settings.port is not None  # resolve() requires PORT without ECS metadata
+    return Address(instance_ipv4(imds), settings.port, settings.port, "EC2 instance metadata")
+
+
+# --------------------------------------------------------------------------
+# signals and the child process (IO)
+
+
+class SignalWaiter:
+    """Signals as events: the handlers only note them (through the wakeup fd) and wait() sleeps
+    until one arrives or the timeout passes. Main thread only."""
+
+    def __init__(self, signums: Sequence[int]) -> None:
+        self.signums = tuple(signums)
+        self._old: dict[int, Any] = {}
+        self._old_fd = -1
+        self._read = self._write = -1
+
+    def __enter__(self) -> SignalWaiter:
+        self._read, self._write = os.pipe()  # not inherited by CMD (O_CLOEXEC)
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._old_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        for signum in self.signums:
+            self._old[signum] = signal.signal(signum, self._note)
+        return self
+
+    @staticmethod
+    def _note(signum: int, frame: FrameType | None) -> None:
+        pass  # the wakeup fd carries the signal's number to wait()
+
+    def wait(self, timeout: float | None) -> list[int]:
+        """The signals received since the last call (oldest first), after at most `timeout`."""
+        wait = None if timeout is None else max(0.0, timeout)
+        select.select([self._read], [], [], wait)
+        try:
+            return list(os.read(self._read, 4096))
+        except BlockingIOError:
+            return []
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for signum, handler in self._old.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._old_fd)
+        os.close(self._read)
+        os.close(self._write)
+
+
+def exit_status(returncode: int) -> int:
+    """A shell's $? for a child's return code: 128+N when signal N killed it."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def port_answers(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Child:
+    """CMD in its own process group (signals go to the group, once, from us) with our stdio."""
+
+    def __init__(self, command: Sequence[str]) -> None:
+        self.command = tuple(command)
+        self.proc = subprocess.Popen(self.command, process_group=0)
+        self.pid = self.proc.pid
+
+    def poll(self) -> int | None:
+        """The child's return code once it has exited. As PID 1 (a container's init), also
+        reap whatever orphans were handed to us."""
+        if os.getpid() == 1 and self.proc.returncode is None:
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                if pid == self.pid:
+                    self.proc.returncode = os.waitstatus_to_exitcode(status)
+        return self.proc.poll()
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
+            os.killpg(self.pid, signum)
+
+    def wait(self, waiter: SignalWaiter) -> int:
+        """Wait for the child to exit, still forwarding signals; its return code."""
+        while (code := self.poll()) is None:
+            for signum in waiter.wait(CHILD_POLL):
+                if signum in FORWARDED:
+                    self.signal(signum)
+        return code
+
+
+# --------------------------------------------------------------------------
+# the commands
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Session:
+    """One entry in one registry: register, keep alive, deregister, with one line each."""
+
+    def __init__(self, registry: Registry, entry: Entry, ttl: int, streams: Streams) -> None:
+        self.registry, self.entry, self.ttl, self.streams = registry, entry, ttl, streams
+        self.registered = False
+        self._failing = False
+
+    @property
+    def key(self) -> str:
+        return f"/deployment/{self.entry.deployment}/service/{self.entry.service}"
+
+    def register(self, how: str) -> None:
+        self.registry.register(self.entry, self.ttl)
+        self.registered = True
+        ttl = f"ttl {self.ttl}s, refreshed every {self.ttl / 3:g}s" if self.ttl else "no ttl"
+        self.streams.say(
+            f"registered {self.key} -> {self.entry.ip}:{self.entry.port} (address from {how}) "
+            f"in {self.registry.description}; {ttl}"
+        )
+
+    def keepalive(self) -> None:
+        """Refresh the TTL; an unreachable registry is reported once and retried next time."""
+        try:
+            self.registry.keepalive(self.entry, self.ttl)
+        except Error as error:
+            if not self._failing:
+                self.streams.say(
+                    f"keepalive failed, retrying every {self.ttl / 3:g}s (the entry expires "
+                    f"{self.ttl}s after the last success): {error}"
+                )
+            self._failing = True
+            return
+        if self._failing:
+            self.streams.say(f"keepalive works again: {self.key} refreshed")
+        self._failing = False
+
+    def deregister(self) -> bool:
+        if not self.registered:
+            return True
+        self.registered = False
+        try:
+            self.registry.deregister(self.entry)
+        except Error as error:
+            expiry = f"; it expires within {self.ttl}s" if self.ttl else ""
+            self.streams.say(f"could not deregister {self.key}{expiry}: {error}")
+            return False
+        self.streams.say(f"deregistered {self.key} from {self.registry.description}")
+        return True
+
+
+def _run_register(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
+    settings = resolve(args, environ)
+    if settings.once and settings.command:
+        raise UsageError("--once writes the keys and exits: it takes no command after --")
+    note = slug_note(settings)
+    if note:
+        streams.say(note)
+    address = discover(settings, environ)
+    registry = registry_from_args(args, environ)
+    entry = Entry(settings.deployment, settings.service, address.ip, address.port, _now())
+    session = Session(registry, entry, settings.ttl, streams)
+    try:
+        if settings.once:
+            session.register(address.how)
+            return 0
+        if settings.command:
+            return _wrap(session, settings, address, streams)
+        return _sidecar(session, address, streams)
+    finally:
+        registry.close()
+
+
+def _next_keepalive(ttl: int) -> float:
+    return time.monotonic() + ttl / 3 if ttl else float("inf")
+
+
+def _sidecar(session: Session, address: Address, streams: Streams) -> int:
+    with SignalWaiter(FORWARDED) as waiter:
+        session.register(address.how)
+        due = _next_keepalive(session.ttl)
+        while True:
+            timeout = None if due == float("inf") else due - time.monotonic()
+            received = waiter.wait(timeout)
+            stop = [signum for signum in received if signum in STOPPING]
+            if stop:
+                streams.say(f"{signal.Signals(stop[0]).name} received; deregistering")
+                return 0 if session.deregister() else RegistryUnavailable.exit_code
+            if time.monotonic() >= due:
+                session.keepalive()
+                due = _next_keepalive(session.ttl)
+
+
+def _wrap(session: Session, settings: Settings, address: Address, streams: Streams) -> int:
+    command = settings.command
+    check = settings.check_port or address.container_port
+    with SignalWaiter((*FORWARDED, signal.SIGCHLD)) as waiter:
+        try:
+            child = Child(command)
+        except OSError as error:
+            missing = isinstance(error, FileNotFoundError)
+            streams.say(f"cannot run {command[0]!r}: {error.strerror or error}")
+            return 127 if missing else 126
+        try:
+            streams.say(
+                f"started {command[0]} (pid {child.pid}); registering once 127.0.0.1:{check} "
+                "accepts connections"
+            )
+            stopping = False
+            # 1. wait for the port (or for CMD to exit, or for a signal)
+            while not stopping:
+                code = child.poll()
+                if code is not None:
+                    streams.say(
+                        f"{command[0]} exited with status {exit_status(code)} before "
+                        f"127.0.0.1:{check} accepted connections; not registered"
+                    )
+                    return exit_status(code)
+                if port_answers(check):
+                    break
+                for signum in waiter.wait(PORT_POLL):
+                    if signum in FORWARDED:
+                        child.signal(signum)
+                    if signum in STOPPING:
+                        stopping = True
+            # 2. register and keep alive until CMD exits or we are told to stop
+            if not stopping:
+                try:
+                    session.register(address.how)
+                except Error:
+                    child.signal(signal.SIGTERM)
+                    child.wait(waiter)
+                    raise
+            due = _next_keepalive(session.ttl)
+            while (code := child.poll()) is None:
+                timeout = min(CHILD_POLL, due - time.monotonic())
+                for signum in waiter.wait(timeout):
+                    if signum in STOPPING and session.registered:
+                        name = signal.Signals(signum).name
+                        streams.say(f"{name} received; deregistering, then passing it on")
+                        session.deregister()  # first, so no new request is routed to CMD
+                    if signum in FORWARDED:
+                        child.signal(signum)
+                if session.registered and time.monotonic() >= due:
+                    session.keepalive()
+                    due = _next_keepalive(session.ttl)
+            status = exit_status(code)
+            streams.say(f"{command[0]} exited with status {status}")
+            session.deregister()
+            return status
+        finally:
+            if child.poll() is None:  # an unexpected error: do not leave CMD behind
+                child.signal(signal.SIGTERM)
+                child.wait(waiter)
+
+
+def _run_deregister(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
+    settings = resolve(args, environ, need_address=False)
+    note = slug_note(settings, "deregistering")
+    if note:
+        streams.say(note)
+    registry = registry_from_args(args, environ)
+    try:
+        registry.deregister(Entry(settings.deployment, settings.service, "", 0, _now()))
+    finally:
+        registry.close()
+    streams.say(
+        f"deregistered /deployment/{settings.deployment}/service/{settings.service} "
+        f"from {registry.description}"
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------
+# the command line
+
+_EPILOG = """\
+environment (a flag beats its variable):
+  NAME, SERVICE, PORT, IP       as the original registration snippet's Docker variables
+  REGISTRY_URL                  the registry (http://HOST:PORT is etcd's v2 API, as before)
+  DEVTEST_ROUTER_TTL            --ttl
+  DEVTEST_ROUTER_CHECK_PORT     --check-port
+  ECS_CONTAINER_METADATA_URI_V4 set by ECS: the address (and PORT) come from task metadata
+  DEVTEST_ROUTER_IMDS_URL       EC2 instance metadata (default: http://169.254.169.254)
+
+address discovery, first that applies: --ip/IP; ECS task metadata v4 (awsvpc: the task's
+address and the container port; bridge: the host's address and the HostPort mapped to PORT;
+it also gives PORT when unset); EC2 instance metadata (IMDSv2 local-ipv4).
+
+exit codes:
+    0  registered (--once), deregistered, or stopped by SIGTERM/SIGINT and deregistered
+    2  a missing or bad setting
+    4  the registry or a metadata endpoint cannot be reached
+  N    with -- CMD: CMD's exit status (128+S when signal S killed it; 126/127: cannot run it)
+"""
+
+
+def _identity(parser: argparse.ArgumentParser, address: bool) -> None:
+    group = parser.add_argument_group("registration")
+    group.add_argument("--name", metavar="BRANCH", help="the branch (env NAME); slugged")
+    group.add_argument(
+        "--service", metavar="NAME", help="the service, e.g. web (env SERVICE); slugged"
+    )
+    if not address:
+        group.add_argument("--port", help=argparse.SUPPRESS)  # accepted, so one setup serves both
+        group.add_argument("--ip", help=argparse.SUPPRESS)
+        group.add_argument("--ttl", help=argparse.SUPPRESS)
+        return
+    group.add_argument(
+        "--port",
+        metavar="PORT",
+        help="the port the service listens on (env PORT; from ECS metadata when unset there)",
+    )
+    group.add_argument(
+        "--ip", metavar="ADDRESS", help="the address to register (env IP; default: discovered)"
+    )
+    group.add_argument(
+        "--ttl",
+        metavar="SECONDS",
+        help=f"the keys expire this long after the last refresh; 0: never (env "
+        f"DEVTEST_ROUTER_TTL; default: {DEFAULT_TTL})",
+    )
+
+
+def add_commands(commands: Any) -> None:
+    """Add `register` and `deregister` to the CLI's subparsers."""
+    register = commands.add_parser(
+        "register",
+        help="register a service container (replaces the curl snippet); -- CMD wraps CMD",
+        description="Write /deployment/<branch>/service/<service>/{ip,port} and "
+        "/deployment/<branch>/created with a TTL and keep them alive; delete them on "
+        "SIGTERM/SIGINT. With -- CMD ARGS: start CMD, register once its port answers on "
+        "127.0.0.1, pass SIGTERM/SIGINT/SIGHUP on, deregister when it exits and exit with its "
+        "status. Without CMD: register and keep alive until signalled. With --once: write once.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _identity(register, address=True)
+    group = register.add_argument_group("mode")
+    group.add_argument(
+        "--once",
+        action="store_true",
+        help="write the keys once (with the TTL: --ttl 0 keeps them, like the snippet) and exit",
+    )
+    group.add_argument(
+        "--check-port",
+        metavar="PORT",
+        help="with CMD: register once 127.0.0.1:PORT accepts connections (env "
+        "DEVTEST_ROUTER_CHECK_PORT; default: PORT)",
+    )
+    register.add_argument(
+        "command", nargs="*", metavar="-- CMD ARGS", help="run CMD and register while it runs"
+    )
+    add_registry_arguments(register, default=None)
+    register.set_defaults(run=_run_register)
+
+    deregister = commands.add_parser(
+        "deregister",
+        help="delete a service container's keys (the branch's too when no service is left)",
+        description="Delete /deployment/<branch>/service/<service> (and the branch's keys when "
+        "no other service is left). Takes the same settings as register.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _identity(deregister, address=False)
+    add_registry_arguments(deregister, default=None)
+    deregister.set_defaults(run=_run_deregister)
