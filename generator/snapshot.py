@@ -71,6 +71,23 @@ def _parse(text: str, source: str) -> Any:
         ) from None
 
 
+# /deployment/<branch>/service/<service>/ip is 5 levels. Deeper than this is no registry, and
+# it keeps every later stage (jsonschema, snapshot_id's json.dumps) far from the recursion limit.
+MAX_DEPTH = 64
+
+
+def _depth(data: Any) -> int:
+    """How deeply objects and lists nest in `data`, found without recursion."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def loads(text: str, source: str = "snapshot") -> dict[str, Any]:
     """Parse JSON, or failing that YAML, and check the snapshot's outer shape.
 
@@ -79,10 +96,14 @@ def loads(text: str, source: str = "snapshot") -> dict[str, Any]:
     """
     try:
         data = _parse(text, source)
+        too_deep = _depth(data) > MAX_DEPTH
     except RecursionError:
+        too_deep = True
+    if too_deep:
         raise SnapshotError(
-            f"{source}: nested too deeply to be a registry snapshot; nothing was changed"
-        ) from None
+            f"{source}: nested more than {MAX_DEPTH} levels deep, too deeply to be a registry "
+            "snapshot; nothing was changed"
+        )
     if not isinstance(data, dict):
         raise SnapshotError(
             f"{source}: the snapshot is {_kind(data)}, not an object with a 'deployment' key; "
