@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from . import __version__
+from . import __version__, register
 from .apply import apply, checked_text, plan
 from .config import ENV_PREFIX, Config, resolve
 from .errors import Error, UsageError
@@ -223,6 +223,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="give up after this long (default: 300)",
     )
+    register.add_commands(commands)
     return parser
 
 
@@ -390,7 +391,10 @@ def _wait(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]
     service = args.service or environ.get("SERVICE")
     domain = args.domain or environ.get(ENV_PREFIX + "DOMAIN") or "localhost"
     frontend = args.frontend or environ.get(ENV_PREFIX + "FRONTEND") or "http://127.0.0.1"
-    host = f"{label(name, service) if service else label(name)}.{domain}"
+    # The keys a registration writes are named by label(NAME) (see register.py), and the
+    # generator makes hostnames from those keys: compute the hostname the same way.
+    branch = label(name)
+    host = f"{label(branch, service) if service else branch}.{domain}"
     if wait_until_routed(frontend, host, args.timeout, streams.say):
         return 0
     streams.say(f"gave up on {host} after {args.timeout:g} s")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import ipaddress
 import json
 import os
@@ -283,10 +284,16 @@ def ecs_address(container: Any, port: int | None) -> Found:
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+class _NoAnswer(MetadataUnavailable):
+    """The endpoint took the connection (or the packets) and never answered."""
+
+
 def _http(
     url: str, what: str, method: str = "GET", headers: Mapping[str, str] | None = None
 ) -> bytes:
+    """The body of a 200 answer; MetadataUnavailable (one line) for anything else."""
     request = urllib.request.Request(url, method=method, headers=dict(headers or {}))
+    silent = f"{what} at {url}: no answer within {METADATA_TIMEOUT:g}s"
     try:
         with _OPENER.open(request, timeout=METADATA_TIMEOUT) as response:
             body: bytes = response.read(1 << 20)
@@ -294,23 +301,28 @@ def _http(
     except urllib.error.HTTPError as error:
         reason = f"HTTP {error.code} {error.reason}"
     except urllib.error.URLError as error:
-        cause = error.reason
-        reason = getattr(cause, "strerror", None) or str(cause)
+        if isinstance(error.reason, TimeoutError):
+            raise _NoAnswer(silent) from None
+        reason = getattr(error.reason, "strerror", None) or str(error.reason)
     except TimeoutError:
-        reason = f"no answer within {METADATA_TIMEOUT:g}s"
-    except OSError as error:
-        reason = error.strerror or str(error)
+        raise _NoAnswer(silent) from None
+    except (OSError, http.client.HTTPException) as error:
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
     raise MetadataUnavailable(f"{what} at {url}: {reason}")
 
 
 def ecs_container(uri: str) -> Any:
     """The container's ECS task metadata v4 document."""
     what = "ECS task metadata (ECS_CONTAINER_METADATA_URI_V4)"
-    body = _http(uri, what)
+    hint = "; pass --ip and --port, or set IP and PORT"
+    try:
+        body = _http(uri, what)
+    except MetadataUnavailable as error:
+        raise MetadataUnavailable(f"{error}{hint}") from None
     try:
         return json.loads(body)
     except ValueError:
-        raise MetadataUnavailable(f"{what} at {uri}: the answer is not JSON") from None
+        raise MetadataUnavailable(f"{what} at {uri}: the answer is not JSON{hint}") from None
 
 
 def instance_ipv4(base: str) -> str:
@@ -330,14 +342,13 @@ def instance_ipv4(base: str) -> str:
             what,
             headers={"X-aws-ec2-metadata-token": token.decode("ascii", "replace").strip()},
         )
+    except _NoAnswer as error:  # the classic cause: the token's answer is one hop short
+        raise MetadataUnavailable(
+            f"{error} (from a bridge-mode container, IMDSv2 needs the instance's metadata "
+            f"hop limit at 2 or more){hint}"
+        ) from None
     except MetadataUnavailable as error:
-        extra = ""
-        if "no answer" in str(error):  # the classic cause: the token's reply is one hop short
-            extra = (
-                " (from a bridge-mode container, IMDSv2 needs the instance's metadata hop "
-                "limit at 2 or more)"
-            )
-        raise MetadataUnavailable(f"{error}{extra}{hint}") from None
+        raise MetadataUnavailable(f"{error}{hint}") from None
     text = body.decode("ascii", "replace").strip()
     try:
         return str(ipaddress.ip_address(text))
@@ -428,6 +439,17 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def how_it_ended(returncode: int) -> str:
+    """'exited with status 3', or 'was killed by SIGTERM (status 143)'."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name} (status {exit_status(returncode)})"
+    return f"exited with status {returncode}"
+
+
 def port_answers(port: int, host: str = "127.0.0.1") -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -492,10 +514,18 @@ class Session:
     def key(self) -> str:
         return f"/deployment/{self.entry.deployment}/service/{self.entry.service}"
 
-    def register(self, how: str) -> None:
+    def register(self, how: str, refreshed: bool = True) -> None:
         self.registry.register(self.entry, self.ttl)
         self.registered = True
-        ttl = f"ttl {self.ttl}s, refreshed every {self.ttl / 3:g}s" if self.ttl else "no ttl"
+        if not self.ttl:
+            ttl = "no ttl"
+        elif refreshed:
+            ttl = f"ttl {self.ttl}s, refreshed every {self.ttl / 3:g}s"
+        else:
+            ttl = (
+                f"ttl {self.ttl}s, not refreshed: the keys expire unless written again "
+                "(--ttl 0 keeps them)"
+            )
         self.streams.say(
             f"registered {self.key} -> {self.entry.ip}:{self.entry.port} (address from {how}) "
             f"in {self.registry.description}; {ttl}"
@@ -544,7 +574,7 @@ def _run_register(args: argparse.Namespace, streams: Streams, environ: Mapping[s
     session = Session(registry, entry, settings.ttl, streams)
     try:
         if settings.once:
-            session.register(address.how)
+            session.register(address.how, refreshed=False)
             return 0
         if settings.command:
             return _wrap(session, settings, address, streams)
@@ -594,7 +624,7 @@ def _wrap(session: Session, settings: Settings, address: Address, streams: Strea
                 code = child.poll()
                 if code is not None:
                     streams.say(
-                        f"{command[0]} exited with status {exit_status(code)} before "
+                        f"{command[0]} {how_it_ended(code)} before "
                         f"127.0.0.1:{check} accepted connections; not registered"
                     )
                     return exit_status(code)
@@ -609,10 +639,11 @@ def _wrap(session: Session, settings: Settings, address: Address, streams: Strea
             if not stopping:
                 try:
                     session.register(address.how)
-                except Error:
+                except Error as error:
+                    streams.say(f"{error}; stopping {command[0]}")
                     child.signal(signal.SIGTERM)
                     child.wait(waiter)
-                    raise
+                    return error.exit_code
             due = _next_keepalive(session.ttl)
             while (code := child.poll()) is None:
                 timeout = min(CHILD_POLL, due - time.monotonic())
@@ -626,10 +657,9 @@ def _wrap(session: Session, settings: Settings, address: Address, streams: Strea
                 if session.registered and time.monotonic() >= due:
                     session.keepalive()
                     due = _next_keepalive(session.ttl)
-            status = exit_status(code)
-            streams.say(f"{command[0]} exited with status {status}")
+            streams.say(f"{command[0]} {how_it_ended(code)}")
             session.deregister()
-            return status
+            return exit_status(code)
         finally:
             if child.poll() is None:  # an unexpected error: do not leave CMD behind
                 child.signal(signal.SIGTERM)
@@ -691,7 +721,8 @@ def _identity(parser: argparse.ArgumentParser, address: bool) -> None:
     group.add_argument(
         "--port",
         metavar="PORT",
-        help="the port the service listens on (env PORT; from ECS metadata when unset there)",
+        help="the port the service listens on (env PORT; under ECS, the task metadata gives "
+        "it when unset)",
     )
     group.add_argument(
         "--ip", metavar="ADDRESS", help="the address to register (env IP; default: discovered)"

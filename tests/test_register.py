@@ -1,0 +1,973 @@
+"""`register` and `deregister`: settings, slugs, address discovery, the three modes.
+
+Pure parts (settings, the ECS metadata decision) are called directly. Discovery runs against a
+real loopback HTTP server that implements the ECS task metadata v4 and IMDSv2 contracts; the
+wrapper and the sidecar loop run as real processes; the TTL tests use a real etcd. Every test
+talks to 127.0.0.1 only: DEVTEST_ROUTER_IMDS_URL always points at loopback, and no test
+environment inherits ECS_CONTAINER_METADATA_URI_V4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import importlib.util
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import LOOPBACK, Etcd, free_port, free_ports, http_request, port_open, wait_for
+
+from generator.cli import main
+from generator.errors import UsageError
+from generator.names import label
+from generator.register import (
+    DEFAULT_TTL,
+    MetadataUnavailable,
+    ecs_address,
+    resolve,
+    slug_note,
+)
+
+CLI = Path(sys.executable).with_name("devtest-router")
+PYTHON = sys.executable
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+# Nothing listens on the discard port: an IMDS lookup a test did not mean to make fails fast.
+NOWHERE = f"http://{LOOPBACK}:9"
+HAS_ETCD2 = importlib.util.find_spec("generator.etcd2") is not None
+
+
+def namespace(**flags: Any) -> argparse.Namespace:
+    base: dict[str, Any] = dict.fromkeys(("name", "service", "port", "ip", "ttl", "check_port"))
+    base.update(once=False, command=[])
+    base.update(flags)
+    return argparse.Namespace(**base)
+
+
+def usage_error(flags: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    with pytest.raises(UsageError) as caught:
+        resolve(namespace(**flags), environ)
+    return str(caught.value)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def lines(self) -> list[str]:
+        return self.err.splitlines()
+
+
+def cli(*argv: str, environ: Mapping[str, str] | None = None) -> Result:
+    out, err = io.StringIO(), io.StringIO()
+    env = {"DEVTEST_ROUTER_IMDS_URL": NOWHERE, **(environ or {})}
+    code = main(list(argv), io.StringIO(), out, err, env)
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def read_registry(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+# --------------------------------------------------------------------------
+# settings (pure)
+
+
+def test_settings_from_flags_beat_the_environment() -> None:
+    environ = {"NAME": "env-branch", "SERVICE": "api", "PORT": "9000", "IP": "10.0.0.9"}
+    settings = resolve(namespace(name="feature/x", port="8080"), environ)
+    assert (settings.name, settings.deployment) == ("feature/x", "feature-x")
+    assert (settings.service_name, settings.service) == ("api", "api")
+    assert (settings.port, settings.ip, settings.ttl) == (8080, "10.0.0.9", DEFAULT_TTL)
+
+
+def test_settings_from_the_environment_alone() -> None:
+    environ = {
+        "NAME": "master",
+        "SERVICE": "web",
+        "PORT": "80",
+        "DEVTEST_ROUTER_TTL": "0",
+        "DEVTEST_ROUTER_CHECK_PORT": "8081",
+    }
+    settings = resolve(namespace(), environ)
+    assert (settings.deployment, settings.service, settings.port) == ("master", "web", 80)
+    assert (settings.ip, settings.ttl, settings.check_port) == (None, 0, 8081)
+
+
+@pytest.mark.parametrize(
+    ("flags", "environ", "line"),
+    [
+        ({}, {}, "NAME is not set: pass --name or set NAME (the branch name)"),
+        ({"name": ""}, {"NAME": ""}, "NAME is not set: pass --name or set NAME (the branch name)"),
+        (
+            {"name": "x"},
+            {},
+            "SERVICE is not set: pass --service or set SERVICE (the service name, e.g. web)",
+        ),
+        (
+            {"name": "x", "service": "web"},
+            {},
+            "PORT is not set: pass --port or set PORT (the port the service listens on)",
+        ),
+        (
+            {"name": "x", "service": "web"},
+            {"PORT": "abc"},
+            "PORT 'abc' is not a port number 1-65535 (from PORT)",
+        ),
+        (
+            {"name": "x", "service": "web", "port": "0"},
+            {},
+            "PORT '0' is not a port number 1-65535 (from --port)",
+        ),
+        (
+            {"name": "x", "service": "web", "port": "65536"},
+            {},
+            "PORT '65536' is not a port number 1-65535 (from --port)",
+        ),
+        (
+            {"name": "x", "service": "web", "port": "80", "ttl": "soon"},
+            {},
+            "TTL 'soon' is not a whole number of seconds, 0 (no TTL) or more (from --ttl)",
+        ),
+        (
+            {"name": "x", "service": "web", "port": "80"},
+            {"DEVTEST_ROUTER_TTL": "-5"},
+            "TTL '-5' is not a whole number of seconds, 0 (no TTL) or more "
+            "(from DEVTEST_ROUTER_TTL)",
+        ),
+        (
+            {"name": "x", "service": "web", "port": "80"},
+            {"IP": "10.0.0.300"},
+            "IP '10.0.0.300' is not an IP address (from IP)",
+        ),
+        (
+            {"name": "x", "service": "web", "port": "80", "check_port": "http"},
+            {},
+            "the check port 'http' is not a port number 1-65535 (from --check-port)",
+        ),
+    ],
+)
+def test_a_missing_or_bad_setting_is_one_line_naming_the_variable(
+    flags: dict[str, Any], environ: dict[str, str], line: str
+) -> None:
+    assert usage_error(flags, environ) == line
+
+
+def test_port_may_come_from_ecs_metadata_but_not_from_nowhere() -> None:
+    environ = {"NAME": "x", "SERVICE": "web", "ECS_CONTAINER_METADATA_URI_V4": NOWHERE}
+    assert resolve(namespace(), environ).port is None
+
+
+def test_deregister_needs_only_name_and_service() -> None:
+    settings = resolve(namespace(port="abc", ttl="x"), {"NAME": "a", "SERVICE": "b"}, False)
+    assert (settings.deployment, settings.service, settings.port) == ("a", "b", None)
+
+
+def test_slug_note_says_what_a_name_is_registered_as() -> None:
+    def note(name: str, service: str) -> str | None:
+        return slug_note(resolve(namespace(name=name, service=service, port="80"), {}))
+
+    assert note("feature/Login", "web") == "registering feature/Login as feature-login"
+    assert note("master", "Web_API") == "registering service Web_API as web-api"
+    assert note("A", "B") == "registering A as a, service B as b"
+    assert note("feature-login", "web") is None
+    long_name = "feature/" + "very-long-branch-name-" * 4
+    deployment = resolve(namespace(name=long_name, service="web", port="80"), {}).deployment
+    assert deployment == label(long_name) and len(deployment) == 63
+    assert note(long_name, "web") == f"registering {long_name} as {deployment}"
+
+
+# --------------------------------------------------------------------------
+# the ECS metadata decision (pure); samples shaped as AWS documents them
+
+AWSVPC = {
+    "DockerId": "cd189a933e5849daa93386466019ab50-2495160603",
+    "Name": "web",
+    "DockerName": "web",
+    "Image": "111122223333.dkr.ecr.us-west-2.amazonaws.com/web:latest",
+    "Labels": {"com.amazonaws.ecs.container-name": "web"},
+    "DesiredStatus": "RUNNING",
+    "KnownStatus": "RUNNING",
+    "Limits": {"CPU": 2},
+    "Type": "NORMAL",
+    "ContainerARN": "arn:aws:ecs:us-west-2:111122223333:container/05966557-f16c-49cb-9352",
+    "Ports": [{"ContainerPort": 8080, "Protocol": "tcp", "HostPort": 8080}],
+    "Networks": [
+        {
+            "NetworkMode": "awsvpc",
+            "IPv4Addresses": ["10.0.2.106"],
+            "AttachmentIndex": 0,
+            "MACAddress": "0a:0c:e0:48:96:d3",
+            "IPv4SubnetCIDRBlock": "10.0.2.0/24",
+            "PrivateDNSName": "ip-10-0-2-106.us-west-2.compute.internal",
+            "SubnetGatewayIpv4Address": "10.0.2.1/24",
+        }
+    ],
+}
+BRIDGE = {
+    "DockerId": "43481a6ce4842eec8fe72fc28500c6b52edcc0917f105b83379f88cac1ff3946",
+    "Name": "web",
+    "DockerName": "ecs-web-5-web-f6f8a3d9c4a0b1d45400",
+    "Image": "nginx:latest",
+    "DesiredStatus": "RUNNING",
+    "KnownStatus": "RUNNING",
+    "Limits": {"CPU": 0, "Memory": 256},
+    "Type": "NORMAL",
+    "Ports": [
+        {"ContainerPort": 80, "Protocol": "tcp", "HostPort": 32768, "HostIp": "0.0.0.0"},
+        {"ContainerPort": 80, "Protocol": "tcp", "HostPort": 32768, "HostIp": "::"},
+        {"ContainerPort": 9000, "Protocol": "udp", "HostPort": 32770, "HostIp": "0.0.0.0"},
+        {"ContainerPort": 9000, "Protocol": "tcp", "HostPort": 32769, "HostIp": "0.0.0.0"},
+    ],
+    "Networks": [{"NetworkMode": "bridge", "IPv4Addresses": ["172.17.0.2"]}],
+}
+
+
+def test_awsvpc_uses_the_task_address_and_the_container_port() -> None:
+    found = ecs_address(AWSVPC, 8080)
+    assert (found.ip, found.port, found.container_port) == ("10.0.2.106", 8080, 8080)
+    found = ecs_address(AWSVPC, None)  # PORT unset: the container's first port
+    assert (found.ip, found.port) == ("10.0.2.106", 8080)
+    without_ports = {k: v for k, v in AWSVPC.items() if k != "Ports"}
+    assert ecs_address(without_ports, 3000).port == 3000
+
+
+def test_bridge_uses_the_host_port_mapped_to_port_and_asks_for_the_host_address() -> None:
+    found = ecs_address(BRIDGE, 80)
+    assert (found.ip, found.port, found.container_port) == (None, 32768, 80)
+    found = ecs_address(BRIDGE, 9000)  # the TCP mapping, not the UDP one
+    assert (found.ip, found.port, found.container_port) == (None, 32769, 9000)
+    found = ecs_address(BRIDGE, None)  # PORT unset: the first TCP mapping gives both
+    assert (found.port, found.container_port) == (32768, 80)
+
+
+def test_host_network_uses_the_host_address_and_the_container_port() -> None:
+    host = {**BRIDGE, "Networks": [{"NetworkMode": "host"}], "Ports": []}
+    found = ecs_address(host, 8080)
+    assert (found.ip, found.port) == (None, 8080)
+
+
+@pytest.mark.parametrize(
+    ("document", "port", "error", "text"),
+    [
+        (BRIDGE, 8080, UsageError, "PORT 8080 is not a published container port"),
+        ({**BRIDGE, "Ports": []}, None, UsageError, "PORT is not set"),
+        (
+            {**BRIDGE, "Ports": [{"ContainerPort": 80, "Protocol": "tcp"}]},
+            80,
+            UsageError,
+            "container port 80 has no HostPort",
+        ),
+        ({**AWSVPC, "Ports": []}, None, UsageError, "PORT is not set"),
+        (
+            {**AWSVPC, "Networks": [{"NetworkMode": "awsvpc", "IPv4Addresses": []}]},
+            80,
+            MetadataUnavailable,
+            "no usable Networks[0].IPv4Addresses[0]",
+        ),
+        ({**AWSVPC, "Networks": [{"NetworkMode": "none"}]}, 80, MetadataUnavailable, "'none'"),
+        (["not", "an", "object"], 80, MetadataUnavailable, "not a JSON object"),
+    ],
+)
+def test_unusable_ecs_metadata_is_one_clear_line(
+    document: Any, port: int | None, error: type[Exception], text: str
+) -> None:
+    with pytest.raises(error) as caught:
+        ecs_address(document, port)
+    assert text in str(caught.value) and "\n" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------
+# a real loopback server with the ECS task metadata v4 and IMDSv2 contracts
+
+
+class _MetadataHandler(http.server.BaseHTTPRequestHandler):
+    server: _MetadataServer
+    protocol_version = "HTTP/1.1"
+
+    def _send(self, status: int, body: bytes, kind: str = "text/plain") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _log(self) -> None:
+        self.server.requests.append(
+            (self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
+        )
+
+    def do_PUT(self) -> None:
+        self._log()
+        if self.path != "/latest/api/token":
+            return self._send(404, b"not found")
+        ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
+        if not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
+            return self._send(400, b"missing or invalid token ttl")
+        self._send(200, self.server.token.encode())
+
+    def do_GET(self) -> None:
+        self._log()
+        if self.path == "/v4/container":
+            return self._send(200, json.dumps(self.server.container).encode(), "application/json")
+        if self.path == "/latest/meta-data/local-ipv4":
+            if self.headers.get("X-aws-ec2-metadata-token") != self.server.token:
+                return self._send(401, b"unauthorized")  # IMDSv2 only
+            return self._send(200, self.server.local_ipv4.encode())
+        self._send(404, b"not found")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _MetadataServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    container: Any
+    local_ipv4: str
+    token: str
+    requests: list[tuple[str, str, dict[str, str]]]
+
+
+@dataclass
+class Metadata:
+    server: _MetadataServer
+    thread: threading.Thread
+    port: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.port = int(self.server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def ecs_uri(self) -> str:
+        return f"{self.url}/v4/container"
+
+    @property
+    def paths(self) -> list[tuple[str, str]]:
+        return [(method, path) for method, path, _ in self.server.requests]
+
+
+@pytest.fixture
+def metadata() -> Iterator[Metadata]:
+    server = _MetadataServer((LOOPBACK, 0), _MetadataHandler)
+    server.container, server.local_ipv4 = AWSVPC, "10.0.1.23"
+    server.token, server.requests = "AQAEAN-test-token==", []
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield Metadata(server, thread)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def once(registry: Path, environ: Mapping[str, str], *flags: str) -> Result:
+    return cli("register", "--registry", f"file:{registry}", "--once", *flags, environ=environ)
+
+
+def registered(registry: Path, deployment: str = "feature-x", service: str = "web") -> Any:
+    if not registry.exists():
+        return None
+    node = read_registry(registry)["deployment"].get(deployment)
+    return node.get("service", {}).get(service) if isinstance(node, dict) else None
+
+
+@pytest.mark.integration
+def test_awsvpc_discovery_from_the_ecs_metadata_server(metadata: Metadata, tmp_path: Path) -> None:
+    registry = tmp_path / "registry.json"
+    environ = {
+        "NAME": "feature/x",
+        "SERVICE": "web",
+        "ECS_CONTAINER_METADATA_URI_V4": metadata.ecs_uri,
+        "DEVTEST_ROUTER_IMDS_URL": metadata.url,
+    }
+    result = once(registry, environ)
+    assert result.code == 0, result.err
+    assert registered(registry) == {"ip": "10.0.2.106", "port": "8080"}
+    assert metadata.paths == [("GET", "/v4/container")]  # awsvpc needs no instance metadata
+    assert "ECS task metadata, awsvpc" in result.err
+
+
+@pytest.mark.integration
+def test_bridge_discovery_takes_the_host_port_and_the_instance_address(
+    metadata: Metadata, tmp_path: Path
+) -> None:
+    metadata.server.container = BRIDGE
+    registry = tmp_path / "registry.json"
+    environ = {
+        "NAME": "feature/x",
+        "SERVICE": "web",
+        "PORT": "9000",
+        "ECS_CONTAINER_METADATA_URI_V4": metadata.ecs_uri,
+        "DEVTEST_ROUTER_IMDS_URL": metadata.url,
+    }
+    result = once(registry, environ)
+    assert result.code == 0, result.err
+    assert registered(registry) == {"ip": "10.0.1.23", "port": "32769"}
+    assert metadata.paths == [
+        ("GET", "/v4/container"),
+        ("PUT", "/latest/api/token"),
+        ("GET", "/latest/meta-data/local-ipv4"),
+    ]
+    put, get = metadata.server.requests[1][2], metadata.server.requests[2][2]
+    assert put["x-aws-ec2-metadata-token-ttl-seconds"].isdigit()
+    assert get["x-aws-ec2-metadata-token"] == metadata.server.token
+
+
+@pytest.mark.integration
+def test_without_ecs_the_address_comes_from_imdsv2(metadata: Metadata, tmp_path: Path) -> None:
+    registry = tmp_path / "registry.json"
+    environ = {"DEVTEST_ROUTER_IMDS_URL": metadata.url}
+    result = once(registry, environ, "--name", "feature/x", "--service", "web", "--port", "8080")
+    assert result.code == 0, result.err
+    assert registered(registry) == {"ip": "10.0.1.23", "port": "8080"}
+    assert [path for _, path in metadata.paths] == [
+        "/latest/api/token",
+        "/latest/meta-data/local-ipv4",
+    ]
+
+
+@pytest.mark.integration
+def test_ip_given_no_metadata_asked(metadata: Metadata, tmp_path: Path) -> None:
+    registry = tmp_path / "registry.json"
+    environ = {
+        "IP": "10.9.9.9",
+        "PORT": "8080",
+        "ECS_CONTAINER_METADATA_URI_V4": metadata.ecs_uri,
+        "DEVTEST_ROUTER_IMDS_URL": metadata.url,
+    }
+    result = once(registry, environ, "--name", "feature/x", "--service", "web")
+    assert result.code == 0, result.err
+    assert registered(registry) == {"ip": "10.9.9.9", "port": "8080"}
+    assert metadata.paths == []
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("which", ["ecs", "imds"])
+def test_metadata_server_down_is_one_clear_line(which: str, tmp_path: Path) -> None:
+    down = f"http://{LOOPBACK}:{free_port()}"
+    environ = {"NAME": "x", "SERVICE": "web", "PORT": "80", "DEVTEST_ROUTER_IMDS_URL": down}
+    if which == "ecs":
+        environ["ECS_CONTAINER_METADATA_URI_V4"] = f"{down}/v4/container"
+    registry = tmp_path / "registry.json"
+    result = once(registry, environ)
+    assert result.code == 4
+    assert len(result.lines) == 1 and "Traceback" not in result.err
+    what = "ECS task metadata (ECS_CONTAINER_METADATA_URI_V4)"
+    if which == "imds":
+        what = "EC2 instance metadata"
+    assert result.lines[0].startswith(f"devtest-router: {what} at {down}/")
+    assert "Connection refused; pass --ip" in result.lines[0]
+    assert not registry.exists()
+
+
+@pytest.mark.integration
+def test_an_imds_that_never_answers_gives_up_in_seconds_with_the_hop_limit_hint(
+    tmp_path: Path,
+) -> None:
+    # the kernel completes the handshake for a listening socket nobody accepts on: the request
+    # goes out and no answer comes, as when IMDSv2's answer dies one hop short of a container
+    with socket.socket() as silent:
+        silent.bind((LOOPBACK, 0))
+        silent.listen(8)
+        url = f"http://{LOOPBACK}:{silent.getsockname()[1]}"
+        environ = {"NAME": "x", "SERVICE": "web", "PORT": "80", "DEVTEST_ROUTER_IMDS_URL": url}
+        started = time.monotonic()
+        result = once(tmp_path / "registry.json", environ)
+        assert time.monotonic() - started < 10
+    assert result.code == 4 and len(result.lines) == 1, result.err
+    assert f"EC2 instance metadata at {url}/latest/api/token: no answer within" in result.err
+    assert "hop limit" in result.err
+
+
+@pytest.mark.integration
+def test_an_ecs_metadata_error_status_is_one_clear_line(metadata: Metadata, tmp_path: Path) -> None:
+    environ = {
+        "NAME": "x",
+        "SERVICE": "web",
+        "ECS_CONTAINER_METADATA_URI_V4": f"{metadata.url}/v4/no-such-container",
+    }
+    result = once(tmp_path / "registry.json", environ)
+    assert result.code == 4 and len(result.lines) == 1, result.err
+    assert "/v4/no-such-container: HTTP 404 Not Found; pass --ip and --port" in result.err
+
+
+# --------------------------------------------------------------------------
+# --once and deregister against a file registry
+
+
+@pytest.mark.integration
+def test_once_writes_what_the_curl_snippet_wrote_and_deregister_removes_it(
+    tmp_path: Path,
+) -> None:
+    registry = tmp_path / "registry.json"
+    environ = {"NAME": "feature/x", "SERVICE": "web", "PORT": "8080", "IP": "10.0.0.5"}
+    result = once(registry, environ, "--ttl", "0")
+    assert result.code == 0, result.err
+    assert result.lines[0] == "devtest-router: registering feature/x as feature-x"
+    snapshot = read_registry(registry)
+    created = snapshot["deployment"]["feature-x"]["created"]
+    assert RFC3339.match(created)
+    # the snippet: PUT .../service/web/ip=10.0.0.5, .../service/web/port=8080, .../created=now
+    assert snapshot == {
+        "deployment": {
+            "feature-x": {
+                "created": created,
+                "service": {"web": {"ip": "10.0.0.5", "port": "8080"}},
+            }
+        }
+    }
+    # and the generator routes it as it routed the snippet's keys
+    routed = subprocess.run(
+        [CLI, "check", "--json", "--allow-loopback", str(registry)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DEVTEST_ROUTER_DOMAIN": "example.test"},
+    )
+    hosts = {route["host"] for route in json.loads(routed.stdout)["routes"]}
+    assert "feature-x-web.example.test" in hosts, routed.stderr
+
+    result = cli("deregister", "--registry", f"file:{registry}", environ=environ)
+    assert result.code == 0, result.err
+    assert read_registry(registry) == {"deployment": {}}
+
+
+@pytest.mark.integration
+def test_deregister_keeps_the_branch_while_another_service_is_registered(tmp_path: Path) -> None:
+    registry = tmp_path / "registry.json"
+    for service, port in (("web", "80"), ("api", "81")):
+        environ = {"NAME": "feature/x", "SERVICE": service, "PORT": port, "IP": "10.0.0.5"}
+        assert once(registry, environ).code == 0
+    result = cli(
+        "deregister", "--registry", f"file:{registry}", "--name", "feature/x", "--service", "web"
+    )
+    assert result.code == 0, result.err
+    assert registered(registry, service="web") is None
+    assert registered(registry, service="api") == {"ip": "10.0.0.5", "port": "81"}
+
+
+def test_once_with_a_command_is_a_usage_error(tmp_path: Path) -> None:
+    environ = {"NAME": "x", "SERVICE": "web", "PORT": "80", "IP": "10.0.0.5"}
+    result = cli(
+        "register", "--registry", f"file:{tmp_path / 'r.json'}", "--once", "--", "true",
+        environ=environ,
+    )  # fmt: skip
+    assert result.code == 2 and "--once" in result.err
+
+
+def test_no_registry_is_a_usage_error() -> None:
+    environ = {"NAME": "x", "SERVICE": "web", "PORT": "80", "IP": "10.0.0.5"}
+    result = cli("register", "--once", environ=environ)
+    assert result.code == 2 and "REGISTRY_URL" in result.err
+
+
+# --------------------------------------------------------------------------
+# real processes: the wrapper and the sidecar loop
+
+_CHILD = """\
+import os, signal, socket, sys, time
+port, folder = int(sys.argv[1]), sys.argv[2]
+
+def note(name):
+    open(os.path.join(folder, name), "w").close()
+
+def on_signal(signum, frame):
+    note("got-" + signal.Signals(signum).name)
+    if signum == signal.SIGTERM:
+        sys.exit(7)
+
+signal.signal(signal.SIGTERM, on_signal)
+signal.signal(signal.SIGHUP, on_signal)
+note("started")
+while not os.path.exists(os.path.join(folder, "listen")):
+    time.sleep(0.02)
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", port))
+server.listen(16)
+server.settimeout(0.05)
+while not os.path.exists(os.path.join(folder, "exit")):
+    try:
+        server.accept()[0].close()
+    except socket.timeout:
+        pass
+sys.exit(3)
+"""
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without registration settings, IMDS pointed at loopback."""
+    drop = {"NAME", "SERVICE", "PORT", "IP", "REGISTRY_URL", "ECS_CONTAINER_METADATA_URI_V4"}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in drop and not key.startswith("DEVTEST_ROUTER_")
+    }
+    return {**env, "DEVTEST_ROUTER_IMDS_URL": NOWHERE, **extra}
+
+
+class Running:
+    """A devtest-router process (after `prefix`, e.g. unshare) with its output in a file."""
+
+    def __init__(
+        self, argv: list[str], folder: Path, env: dict[str, str], prefix: Sequence[str] = ()
+    ) -> None:
+        self.log = folder / "register.err"
+        with self.log.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [*prefix, str(CLI), *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                env=env,
+            )
+
+    @property
+    def err(self) -> str:
+        return self.log.read_text()
+
+    def wait(self, timeout: float = 10) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Iterator[Any]:
+    started: list[Running] = []
+
+    def start(*argv: str, env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> Running:
+        running = Running(list(argv), tmp_path, env or clean_env(), prefix)
+        started.append(running)
+        return running
+
+    try:
+        yield start
+    finally:
+        for running in started:
+            running.stop()
+
+
+@pytest.fixture
+def child(tmp_path: Path) -> Path:
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    return script
+
+
+def wrapper_argv(registry: Path, port: int, *command: str) -> list[str]:
+    return [
+        "register", "--registry", f"file:{registry}", "--name", "feature/x",
+        "--service", "web", "--port", str(port), "--ip", "127.0.0.1", "--", *command,
+    ]  # fmt: skip
+
+
+@pytest.mark.integration
+def test_wrapper_registers_once_the_port_answers_and_deregisters_on_sigterm(
+    run: Any, tmp_path: Path, child: Path
+) -> None:
+    registry, port = tmp_path / "registry.json", free_port()
+    wrapper = run(*wrapper_argv(registry, port, PYTHON, str(child), str(port), str(tmp_path)))
+    wait_for(lambda: (tmp_path / "started").exists(), what="the child to start")
+    wait_for(lambda: "registering once" in wrapper.err, what="the wrapper to wait for the port")
+    time.sleep(0.3)  # three port checks' worth: the port is closed, nothing may be registered
+    assert not port_open(port) and registered(registry) is None
+    (tmp_path / "listen").touch()
+    wait_for(lambda: registered(registry), what="the entry")
+    assert registered(registry) == {"ip": "127.0.0.1", "port": str(port)}
+
+    wrapper.proc.send_signal(signal.SIGHUP)  # passed on, and nothing else
+    wait_for(lambda: (tmp_path / "got-SIGHUP").exists(), what="the child to get SIGHUP")
+    assert wrapper.proc.poll() is None and registered(registry)
+
+    wrapper.proc.send_signal(signal.SIGTERM)
+    assert wrapper.wait() == 7  # the child's status: its SIGTERM handler exits 7
+    assert (tmp_path / "got-SIGTERM").exists()
+    assert registered(registry) is None
+    lines = wrapper.err.splitlines()
+    assert "devtest-router: SIGTERM received; deregistering, then passing it on" in lines
+    assert lines[-1] == f"devtest-router: {PYTHON} exited with status 7"
+
+
+@pytest.mark.integration
+def test_wrapper_around_http_server_as_documented(run: Any, tmp_path: Path) -> None:
+    registry, port = tmp_path / "registry.json", free_port()
+    server = [PYTHON, "-m", "http.server", str(port), "--bind", LOOPBACK]
+    wrapper = run(*wrapper_argv(registry, port, *server))
+    wait_for(lambda: registered(registry), what="the entry")
+    assert port_open(port)
+    child_pid = int(re.findall(r"\(pid (\d+)\)", wrapper.err)[0])
+    wrapper.proc.send_signal(signal.SIGTERM)
+    assert wrapper.wait() == 128 + signal.SIGTERM  # http.server dies of the SIGTERM passed on
+    assert registered(registry) is None
+    assert not Path(f"/proc/{child_pid}").exists()
+    assert "was killed by SIGTERM (status 143)" in wrapper.err
+
+
+@pytest.mark.integration
+def test_wrapper_exits_with_the_childs_status_when_it_exits_by_itself(
+    run: Any, tmp_path: Path, child: Path
+) -> None:
+    registry, port = tmp_path / "registry.json", free_port()
+    (tmp_path / "listen").touch()
+    wrapper = run(*wrapper_argv(registry, port, PYTHON, str(child), str(port), str(tmp_path)))
+    wait_for(lambda: registered(registry), what="the entry")
+    (tmp_path / "exit").touch()
+    assert wrapper.wait() == 3
+    assert registered(registry) is None
+    assert "deregistered /deployment/feature-x/service/web" in wrapper.err
+
+
+@pytest.mark.integration
+def test_wrapper_gives_up_in_one_line_when_the_child_exits_before_listening(
+    run: Any, tmp_path: Path
+) -> None:
+    registry, port = tmp_path / "registry.json", free_port()
+    wrapper = run(*wrapper_argv(registry, port, "sh", "-c", "exit 5"))
+    assert wrapper.wait() == 5
+    assert not registry.exists()
+    assert wrapper.err.splitlines()[-1] == (
+        f"devtest-router: sh exited with status 5 before 127.0.0.1:{port} accepted "
+        "connections; not registered"
+    )
+
+
+@pytest.mark.integration
+def test_wrapper_cannot_run_a_missing_command(run: Any, tmp_path: Path) -> None:
+    wrapper = run(*wrapper_argv(tmp_path / "r.json", free_port(), "no-such-command-here"))
+    assert wrapper.wait() == 127
+    assert "cannot run 'no-such-command-here'" in wrapper.err
+    assert "Traceback" not in wrapper.err
+
+
+@pytest.mark.integration
+def test_sidecar_on_a_file_registry_deregisters_on_sigint(run: Any, tmp_path: Path) -> None:
+    registry = tmp_path / "registry.json"
+    sidecar = run(
+        "register", "--registry", f"file:{registry}", "--name", "feature/x", "--service", "web",
+        "--port", "8080", "--ip", "10.0.0.5",
+    )  # fmt: skip
+    wait_for(lambda: registered(registry), what="the entry")
+    sidecar.proc.send_signal(signal.SIGINT)
+    assert sidecar.wait() == 0
+    assert registered(registry) is None
+
+
+@pytest.mark.integration
+def test_sidecar_keepalive_puts_back_an_entry_removed_behind_its_back(
+    run: Any, tmp_path: Path
+) -> None:
+    # a file has no TTL; its keepalive rewrites a missing entry, which shows it runs every ttl/3
+    registry = tmp_path / "registry.json"
+    sidecar = run(
+        "register", "--registry", f"file:{registry}", "--name", "feature/x", "--service", "web",
+        "--port", "8080", "--ip", "10.0.0.5", "--ttl", "1",
+    )  # fmt: skip
+    wait_for(lambda: registered(registry), what="the entry")
+    assert cli("deregister", "--registry", f"file:{registry}", "--name", "feature/x",
+               "--service", "web").code == 0  # fmt: skip
+    assert registered(registry) is None
+    wait_for(lambda: registered(registry), timeout=3, what="the keepalive to rewrite the entry")
+    sidecar.proc.send_signal(signal.SIGTERM)
+    assert sidecar.wait() == 0
+    assert registered(registry) is None
+
+
+def _unshare_works() -> bool:
+    try:
+        done = subprocess.run(
+            ["unshare", "--pid", "--fork", "true"], capture_output=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def _children(pid: int) -> dict[int, tuple[str, str]]:
+    """{child pid: (command name, state)} of every child of pid, zombies included."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        state, parent = stat[stat.rindex(")") + 2 :].split()[:2]
+        if int(parent) == pid:
+            found[int(entry.name)] = (name, state)
+    return found
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not _unshare_works(), reason="cannot make a pid namespace (unshare --pid)")
+def test_as_pid_1_the_wrapper_reaps_orphans(run: Any, tmp_path: Path, child: Path) -> None:
+    registry, port = tmp_path / "registry.json", free_port()
+    (tmp_path / "listen").touch()
+    # the subshell exits at once: its `sleep` is orphaned to the namespace's init, the wrapper
+    script = f"(sleep 1 &); exec {PYTHON} {child} {port} {tmp_path}"
+    wrapper = run(
+        *wrapper_argv(registry, port, "sh", "-c", script),
+        prefix=["unshare", "--pid", "--fork", "--kill-child"],
+    )
+    wait_for(lambda: registered(registry), what="the entry")
+    (init,) = _children(wrapper.proc.pid)  # unshare's child: the wrapper, pid 1 inside
+    assert "sleep" in {name for name, _ in _children(init).values()}
+    wait_for(
+        lambda: "sleep" not in {name for name, _ in _children(init).values()},
+        timeout=5,
+        what="the orphaned sleep to be reaped (not left a zombie)",
+    )
+    os.kill(init, signal.SIGTERM)
+    assert wrapper.wait() == 7, wrapper.err
+    assert registered(registry) is None
+
+
+# --------------------------------------------------------------------------
+# TTL and keepalive against a real etcd (v2 API, REGISTRY_URL as the containers set it)
+
+needs_etcd2 = pytest.mark.skipif(not HAS_ETCD2, reason="generator/etcd2.py is not written yet")
+
+
+def etcd_node(etcd: Etcd, key: str) -> Any:
+    """The v2 node at key (with its ttl and expiration), or None when it does not exist."""
+    response = http_request(
+        etcd.client_port, f"{LOOPBACK}:{etcd.client_port}", f"/v2/keys{key}?recursive=true"
+    )
+    if response.status == 404:
+        return None
+    assert response.status == 200, response.text
+    return response.json()["node"]
+
+
+def service_keys(etcd: Etcd) -> dict[str, Any]:
+    """{"ip": node, "port": node} of feature-x/web in etcd (empty when gone)."""
+    node = etcd_node(etcd, "/deployment/feature-x/service/web")
+    if node is None:
+        return {}
+    return {child["key"].rsplit("/", 1)[1]: child for child in node.get("nodes", [])}
+
+
+def sidecar_argv(ttl: int) -> list[str]:
+    return [
+        "register", "--name", "feature/x", "--service", "web", "--port", "8080",
+        "--ip", "10.0.0.5", "--ttl", str(ttl),
+    ]  # fmt: skip
+
+
+@pytest.mark.integration
+@needs_etcd2
+def test_sidecar_keeps_keys_alive_without_waking_watchers_and_a_killed_ones_expire(
+    run: Any, etcd: Etcd
+) -> None:
+    ttl = 2
+    sidecar = run(*sidecar_argv(ttl), env=clean_env(REGISTRY_URL=etcd.url))
+    created = "/deployment/feature-x/created"
+    wait_for(
+        lambda: set(service_keys(etcd)) == {"ip", "port"} and etcd_node(etcd, created),
+        what="the keys",
+    )
+    keys = service_keys(etcd)
+    assert (keys["ip"]["value"], keys["port"]["value"]) == ("10.0.0.5", "8080")
+    assert 0 < keys["ip"]["ttl"] <= ttl and 0 < etcd_node(etcd, created)["ttl"] <= ttl
+    first = keys["ip"]["expiration"]
+
+    # a watcher (the frontend's) sees no event for ttl + 0.5 s while ~3 keepalives refresh
+    host = f"{LOOPBACK}:{etcd.client_port}"
+    index = int(http_request(etcd.client_port, host, "/v2/keys/").headers["x-etcd-index"])
+    watch = f"/v2/keys/deployment?wait=true&recursive=true&waitIndex={index + 1}"
+    with pytest.raises(TimeoutError):
+        woken = http_request(etcd.client_port, host, watch, timeout=ttl + 0.5)
+        pytest.fail(f"a keepalive woke the watcher: {woken.text}")
+
+    # past the TTL the keys are still there, with a later expiration: kept alive
+    keys = service_keys(etcd)
+    assert set(keys) == {"ip", "port"} and etcd_node(etcd, created), sidecar.err
+    assert keys["ip"]["expiration"] != first
+    assert sidecar.proc.poll() is None
+
+    sidecar.proc.kill()  # no deregistration: the TTL has to do it
+    sidecar.wait()
+    wait_for(lambda: not service_keys(etcd), timeout=ttl + 3, what="the keys to expire")
+    wait_for(lambda: not etcd_node(etcd, created), timeout=3, what="created to expire")
+
+
+@pytest.mark.integration
+@needs_etcd2
+def test_sidecar_sigterm_removes_the_keys_at_once(run: Any, etcd: Etcd) -> None:
+    sidecar = run(*sidecar_argv(30), env=clean_env(REGISTRY_URL=etcd.url))
+    wait_for(lambda: set(service_keys(etcd)) == {"ip", "port"}, what="the keys")
+    sidecar.proc.send_signal(signal.SIGTERM)
+    assert sidecar.wait() == 0, sidecar.err
+    assert service_keys(etcd) == {}  # no waiting: deregistered before the exit
+    assert etcd_node(etcd, "/deployment/feature-x/created") is None
+
+
+@pytest.mark.integration
+@needs_etcd2
+def test_once_with_ttl_0_writes_keys_without_ttl_like_the_snippet(etcd: Etcd) -> None:
+    environ = {"REGISTRY_URL": etcd.url, "NAME": "feature/x", "SERVICE": "web"}
+    result = cli(
+        "register", "--once", "--ttl", "0", "--port", "8080", "--ip", "10.0.0.5", environ=environ
+    )
+    assert result.code == 0, result.err
+    keys = service_keys(etcd)
+    assert (keys["ip"]["value"], keys["port"]["value"]) == ("10.0.0.5", "8080")
+    assert "ttl" not in keys["ip"] and "ttl" not in keys["port"]
+    created = etcd_node(etcd, "/deployment/feature-x/created")
+    assert RFC3339.match(created["value"])
+    assert cli("deregister", environ=environ).code == 0
+    assert service_keys(etcd) == {}
+
+
+@pytest.mark.integration
+@needs_etcd2
+def test_wrapper_with_an_unreachable_registry_stops_the_child_and_exits_4(
+    run: Any, tmp_path: Path, child: Path
+) -> None:
+    port = free_port()
+    (tmp_path / "listen").touch()
+    down = f"http://{LOOPBACK}:{free_port()}"
+    argv = [
+        "register", "--name", "feature/x", "--service", "web", "--port", str(port),
+        "--ip", "127.0.0.1", "--", PYTHON, str(child), str(port), str(tmp_path),
+    ]  # fmt: skip
+    wrapper = run(*argv, env=clean_env(REGISTRY_URL=down))
+    assert wrapper.wait() == 4, wrapper.err
+    assert (tmp_path / "got-SIGTERM").exists()
+    assert f"etcd v2 at 127.0.0.1:{down.rsplit(':', 1)[1]}" in wrapper.err
+    assert "; stopping " in wrapper.err and "Traceback" not in wrapper.err
+
+
+@pytest.mark.integration
+@needs_etcd2
+def test_an_unreachable_registry_is_one_line_and_exit_4() -> None:
+    down = f"http://{LOOPBACK}:{free_ports(1)[0]}"
+    environ = {"REGISTRY_URL": down, "NAME": "x", "SERVICE": "web", "PORT": "80", "IP": "10.0.0.5"}
+    result = cli("register", "--once", environ=environ)
+    assert result.code == 4, result.err
+    assert len(result.lines) == 1 and "Traceback" not in result.err
