@@ -16,7 +16,17 @@ from datetime import datetime
 from typing import NamedTuple
 
 from .config import Config
-from .model import Deployment, Problem, Route, RouteKind, RoutingTable, Service, Token, Upstream
+from .model import (
+    Address,
+    Deployment,
+    Problem,
+    Route,
+    RouteKind,
+    RoutingTable,
+    Service,
+    Token,
+    Upstream,
+)
 from .names import label
 from .validate import key_path, show
 
@@ -26,28 +36,61 @@ class Candidate(NamedTuple):
     key: str  # where a problem about this route points
 
 
+_LINK_LOCAL = "is link-local (where cloud metadata services answer)"
+_NOT_A_HOST = "is not a host address"
+
+# Never an upstream, whatever allowed_networks says: publishing these on a URL would hand out
+# the frontend host's cloud credentials or reach no host at all.
+ALWAYS_REFUSED: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...] = tuple(
+    (ipaddress.ip_network(network), why)
+    for network, why in (
+        ("169.254.0.0/16", _LINK_LOCAL),
+        ("fe80::/10", _LINK_LOCAL),
+        ("fd00:ec2::254/128", "is the EC2 instance metadata service's IPv6 address"),
+        ("0.0.0.0/8", _NOT_A_HOST),
+        ("::/128", _NOT_A_HOST),
+        ("224.0.0.0/4", _NOT_A_HOST),  # multicast
+        ("ff00::/8", _NOT_A_HOST),
+        ("240.0.0.0/4", _NOT_A_HOST),  # reserved, and the broadcast address
+    )
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _hosts(address: Address) -> list[Address]:
+    """The address and every IPv4 host it reaches through a 6to4 or NAT64 form: each must pass
+    the guard, or `64:ff9b::a9fe:a9fe` would reach the metadata service at 169.254.169.254."""
+    hosts: list[Address] = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.sixtofour is not None:
+            hosts.append(address.sixtofour)
+        if address in _NAT64:
+            hosts.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return hosts
+
+
 def guard(ip: str, port: str, config: Config) -> Upstream | str:
     """The upstream, or why it is refused (a phrase that follows the address)."""
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return "is not an IPv4 or IPv6 address"
-    # An IPv4-mapped IPv6 address reaches the IPv4 host: judge it as that host.
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         return f"has port {show(port)}, not a port number 1-65535"
-    if address.is_link_local:
-        return "is link-local (where cloud metadata services answer): always refused"
-    if address.is_unspecified or address.is_multicast:
-        return "is not a host address: refused"
-    if address.is_loopback:
-        if config.allow_loopback:
-            return Upstream(address, int(port))
-        return "is loopback: refused unless allow_loopback is set (local use and tests only)"
-    if not any(address in network for network in config.allowed_networks):
-        allowed = ", ".join(str(network) for network in config.allowed_networks) or "none"
-        return f"is outside the allowed networks ({allowed}): refused; see allowed_networks"
+    # An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is that IPv4 host: judge and route it as such.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    for host in _hosts(address):
+        for network, why in ALWAYS_REFUSED:
+            if host in network:
+                return f"{why}: always refused"
+        if host.is_loopback:
+            if config.allow_loopback:
+                continue
+            return "is loopback: refused unless allow_loopback is set (local use and tests only)"
+        if not any(host in network for network in config.allowed_networks):
+            allowed = ", ".join(str(network) for network in config.allowed_networks) or "none"
+            return f"is outside the allowed networks ({allowed}): refused; see allowed_networks"
     return Upstream(address, int(port))
 
 

@@ -169,3 +169,26 @@ def test_reserved_names_and_the_bare_domain_cannot_be_claimed() -> None:
 def test_problems_are_sorted_and_unique() -> None:
     routes = table({"b": {"service": {"x": {}, "a": {"ip": "10.0.0.1"}}}, "a": None})
     assert list(routes.problems) == sorted(set(routes.problems))
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "fd00:ec2::254",  # EC2 metadata over IPv6, inside fc00::/7
+        "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "255.255.255.255",
+        "0.1.2.3",
+        "240.0.0.1",
+    ],
+)
+def test_metadata_and_non_host_addresses_are_refused_even_when_every_network_is_allowed(
+    ip: str,
+) -> None:
+    wide = config(allowed_networks=["0.0.0.0/0", "::/0"])
+    assert isinstance(guard(ip, "80", wide), str)
+
+
+def test_an_ipv4_mapped_upstream_is_routed_as_its_ipv4_host() -> None:
+    upstream = guard("::ffff:10.0.0.1", "80", config())
+    assert str(upstream) == "10.0.0.1:80"
