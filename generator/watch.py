@@ -93,15 +93,22 @@ class Watcher:
                 attempt = 0
                 self._follow(index)
             except RegistryUnavailable as error:
-                delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
                 if self._reachable is not False:
                     self.log(
                         f"{error}; keeping the last good config, retrying (backoff up to "
                         f"{BACKOFF[-1]:g} s)"
                     )
                 self._reachable = False
-                attempt += 1
-                self.stopping.wait(delay)
+            except Exception as error:  # a watcher that dies routes nothing new: log, retry
+                self.log(
+                    f"internal error: {type(error).__name__}: {error}; keeping the last good "
+                    "config, retrying. This is a bug in devtest-router; please report it"
+                )
+                self._reachable = None
+            else:
+                continue
+            self.stopping.wait(BACKOFF[min(attempt, len(BACKOFF) - 1)])
+            attempt += 1
         self.log("stopped")
         return 0
 
