@@ -21,7 +21,7 @@ from .model import RoutingTable
 from .names import label
 from .pipeline import Builder, Plan, Rendered
 from .probe import wait_until_routed
-from .registry import add_registry_arguments, registry_from_args
+from .registry import DEFAULT_REGISTRY, add_registry_arguments, registry_from_args
 from .render import environment
 from .resources import data_dir, schema
 from .snapshot import loads, yaml_problem
@@ -180,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
         "read the registry, apply, and apply again after every settled change (replaces etcdwatch)",
         _watch,
     )
-    add_registry_arguments(watch, default=None)
+    add_registry_arguments(watch, default=DEFAULT_REGISTRY)
     group = watch.add_argument_group("watching")
     group.add_argument(
         "--quiet-period",
@@ -196,12 +196,11 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     dump = command("snapshot", [], "print the registry as etcdwatch-shaped JSON", _snapshot)
-    add_registry_arguments(dump, default=None)
+    add_registry_arguments(dump, default=DEFAULT_REGISTRY)
 
     wait = command(
         "wait", [], "block until <NAME>-<SERVICE>.<domain> answers through the frontend", _wait
     )
-    add_registry_arguments(wait, default=None)
     group = wait.add_argument_group("waiting")
     group.add_argument("--name", help="branch name (default: $NAME)")
     group.add_argument(

@@ -12,6 +12,7 @@ import argparse
 import fcntl
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
@@ -24,6 +25,8 @@ from .errors import Error, UsageError
 from .snapshot import loads
 
 PREFIX = "/deployment"
+# Where watch and snapshot look when neither --registry nor REGISTRY_URL names an etcd.
+DEFAULT_REGISTRY = "file:/var/lib/devtest-router/registry.json"
 
 
 class RegistryUnavailable(Error):
@@ -93,13 +96,17 @@ class Registry(Protocol):
 def build_snapshot(pairs: Iterable[tuple[str, str | None]]) -> dict[str, Any]:
     """The etcdwatch-shaped snapshot of (key, value) pairs under /deployment.
 
-    A value of None marks an empty directory (etcd v2 keeps those after deletes). Keys are split
-    on '/': a branch name with '/' registered unslugified nests, as it does in etcd v2.
+    A value of None marks a directory. Empty directories are left out: etcd v2 keeps them after
+    their keys expire, and a service directory emptied by its TTL is a service that left, not
+    one half-written. Keys are split on '/': a branch name with '/' registered unslugified
+    nests, as it does in etcd v2.
     """
     deployments: dict[str, Any] = {}
     for key, value in pairs:
-        parts = key[len(PREFIX) :].strip("/").split("/") if key.startswith(PREFIX + "/") else []
-        if not parts or not parts[0]:
+        if value is None or not key.startswith(PREFIX + "/"):
+            continue
+        parts = key[len(PREFIX) :].strip("/").split("/")
+        if not parts[0]:
             continue
         node = deployments
         for part in parts[:-1]:
@@ -107,11 +114,14 @@ def build_snapshot(pairs: Iterable[tuple[str, str | None]]) -> dict[str, Any]:
             if not isinstance(child, dict):
                 child = node[part] = {}
             node = child
-        if value is None:
-            node.setdefault(parts[-1], {})
-        elif not isinstance(node.get(parts[-1]), dict):  # a directory beats a stray leaf
+        if not isinstance(node.get(parts[-1]), dict):  # a directory beats a stray leaf
             node[parts[-1]] = value
     return {"deployment": deployments}
+
+
+_HOST_PORT = re.compile(
+    r"(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})", re.ASCII
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +152,10 @@ def parse_url(url: str) -> tuple[str, tuple[Endpoint, ...], bool, str]:
         "etcd3": ("etcd3", False),
         "etcd3s": ("etcd3", True),
     }
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:  # e.g. an unclosed [ of an IPv6 address
+        raise UsageError(f"registry {url!r}: {error}; use etcd://HOST:PORT") from None
     if parts.scheme not in schemes:
         raise UsageError(
             f"registry {url!r}: unknown scheme; use etcd://HOST:PORT[,HOST:PORT] (v2 API), "
@@ -152,10 +165,13 @@ def parse_url(url: str) -> tuple[str, tuple[Endpoint, ...], bool, str]:
     kind, tls = schemes[parts.scheme]
     endpoints = []
     for item in parts.netloc.split(","):
-        host, _, port = item.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise UsageError(f"registry {url!r}: {item!r} is not HOST:PORT")
-        endpoints.append(Endpoint(host.strip("[]"), int(port)))
+        found = _HOST_PORT.fullmatch(item)
+        if not found or not 0 < int(found.group("port")) < 65536:
+            raise UsageError(
+                f"registry {url!r}: {item!r} is not HOST:PORT with a port 1-65535 "
+                "(credentials go in --etcd-user and DEVTEST_ROUTER_ETCD_PASSWORD, not the URL)"
+            )
+        endpoints.append(Endpoint(found.group("host").strip("[]"), int(found.group("port"))))
     return kind, tuple(endpoints), tls, parts.path
 
 

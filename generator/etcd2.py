@@ -1,0 +1,332 @@
+"""The registry in etcd's v2 API, through python-etcd (etcd 3.4 and 3.5 started with --enable-v2).
+
+Keys as the original registration script writes them with curl:
+/deployment/<branch>/service/<service>/{ip,port} and /deployment/<branch>/created, here with a
+TTL that keepalive() refreshes with refresh=true&prevExist=true, which wakes no watcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import etcd
+import urllib3
+from urllib3.exceptions import MaxRetryError
+
+from .errors import UsageError
+from .etcd_shared import MIN_WATCH, check_tls, first_line, why
+from .registry import (
+    PREFIX,
+    Endpoint,
+    Entry,
+    HistoryLost,
+    Read,
+    RegistryUnavailable,
+    Tls,
+    build_snapshot,
+)
+
+T = TypeVar("T")
+
+
+class _FailFastRetry(urllib3.Retry):
+    """urllib3's default: every request is retried 3 more times, so a member that does not
+    answer costs 4 timeouts before python-etcd fails over. Timeouts (and refused connections:
+    urllib3's NewConnectionError is a ConnectTimeoutError) are not retried here, other errors
+    still are (such as a stale pooled connection after a restart)."""
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> _FailFastRetry:
+        if isinstance(error, urllib3.exceptions.TimeoutError):
+            raise MaxRetryError(_pool, url or "", error)
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+class _Client(etcd.Client):  # type: ignore[misc]  # python-etcd has no type hints
+    """etcd.Client whose connection pool fails over at the first timeout (see _FailFastRetry).
+
+    python-etcd creates its pool and queries /v2/machines inside __init__, so the retry policy
+    has to be in place when the pool is assigned.
+    """
+
+    @property
+    def http(self) -> Any:
+        return self.__dict__.get("_pool")
+
+    @http.setter
+    def http(self, pool: urllib3.PoolManager) -> None:
+        pool.connection_pool_kw["retries"] = _FailFastRetry(redirect=3)
+        self.__dict__["_pool"] = pool
+
+
+class EtcdV2Registry:
+    """Registry over etcd's v2 keys API at one or more members.
+
+    python-etcd fails over to the next member (allow_reconnect) when the one in use does not
+    answer. When none does it raises, and its list of members is left empty; the client is then
+    built again from the configured endpoints on the next call.
+    """
+
+    def __init__(
+        self, endpoints: tuple[Endpoint, ...], secure: bool, tls: Tls, timeout: float
+    ) -> None:
+        if not endpoints:
+            raise UsageError("registry: etcd needs at least one HOST:PORT")
+        self.endpoints = endpoints
+        self.secure = secure
+        self.tls = tls
+        self.timeout = timeout
+        where = ",".join(f"{e.host}:{e.port}" for e in endpoints)
+        self.description = f"etcd v2 at {where}"
+        check_tls(self.description, secure, tls)
+        self._client: Any = None
+        # Deployments whose `created` carries our TTL; one written without a TTL (by the
+        # original curl script) is left alone, or it would start to expire.
+        self._created_ttl: dict[str, bool] = {}
+
+    # ----------------------------------------------------------------------------------------
+    # connection and errors
+
+    def _connect(self) -> Any:
+        if self._client is None:
+            cert: str | tuple[str, str] | None = self.tls.cert
+            if self.tls.cert and self.tls.key:
+                cert = (self.tls.cert, self.tls.key)
+            self._client = _Client(
+                host=tuple((e.host, e.port) for e in self.endpoints),
+                protocol="https" if self.secure else "http",
+                allow_reconnect=True,
+                read_timeout=self.timeout,
+                ca_cert=self.tls.ca,
+                cert=cert,
+                username=self.tls.user,
+                password=self.tls.password,
+            )
+        return self._client
+
+    def _call(self, action: Callable[[Any], T]) -> T:
+        deadline = time.monotonic() + self.timeout
+        cluster_changed = False
+        while True:
+            try:
+                return action(self._connect())
+            except etcd.EtcdClusterIdChanged:
+                # python-etcd raises this once, then trusts the new cluster: read it again.
+                if cluster_changed:
+                    raise RegistryUnavailable(
+                        f"{self.description}: the cluster changed twice while reading it"
+                    ) from None
+                cluster_changed = True
+            except etcd.EtcdInsufficientPermissions:
+                raise RegistryUnavailable(
+                    f"{self.description}: permission denied; check --etcd-user and "
+                    "DEVTEST_ROUTER_ETCD_PASSWORD"
+                ) from None
+            except (
+                etcd.EtcdConnectionFailed,
+                urllib3.exceptions.HTTPError,
+                http.client.HTTPException,
+                OSError,
+            ) as error:
+                self.close()
+                raise RegistryUnavailable(self._unavailable(error)) from None
+            except etcd.EtcdException as error:
+                # Also what python-etcd raises from its constructor when no member answers.
+                cause = getattr(error, "cause", None) or error.__cause__ or error.__context__
+                if cause is not None:
+                    self.close()
+                    raise RegistryUnavailable(self._unavailable(cause)) from None
+                # etcd answered, but without a leader (an election after a member died):
+                # python-etcd only fails over when a member does not answer. Ask again.
+                if _transient(error) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                raise RegistryUnavailable(f"{self.description}: {first_line(error)}") from None
+
+    def _unavailable(self, error: BaseException) -> str:
+        return (
+            f"{self.description} is unavailable ({why(error, self.timeout)}): start etcd "
+            "or point --registry / REGISTRY_URL at a member that runs"
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # reading
+
+    def read(self) -> Read:
+        def action(client: Any) -> Read:
+            try:
+                # Not quorum=true: during an election a quorum read hangs until the timeout;
+                # the watch is served by the member alone anyway.
+                result = client.read(PREFIX, recursive=True)
+            except etcd.EtcdKeyNotFound as error:  # nothing registered yet
+                return Read({"deployment": {}}, int((error.payload or {}).get("index", 0)))
+            pairs = [(node.key, None if node.dir else node.value) for node in result.leaves]
+            return Read(build_snapshot(pairs), int(result.etcd_index))
+
+        return self._call(action)
+
+    def wait(self, after: int, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+
+        def action(client: Any) -> int | None:
+            while True:
+                step = min(max(deadline - time.monotonic(), MIN_WATCH), self.timeout)
+                try:
+                    event = client.watch(PREFIX, index=after + 1, recursive=True, timeout=step)
+                except etcd.EtcdWatchTimedOut:
+                    if time.monotonic() >= deadline:
+                        return None
+                    continue  # quiet for `self.timeout`: watch again
+                except (etcd.EtcdEventIndexCleared, etcd.EtcdWatcherCleared):
+                    raise HistoryLost(
+                        f"{self.description}: events after index {after} were cleared "
+                        "(etcd v2 keeps only the last 1000)"
+                    ) from None
+                except etcd.EtcdClusterIdChanged:
+                    raise HistoryLost(f"{self.description}: another etcd cluster") from None
+                return int(event.modifiedIndex)
+
+        return self._call(action)
+
+    # ----------------------------------------------------------------------------------------
+    # registering
+
+    def register(self, entry: Entry, ttl: int) -> None:
+        def action(client: Any) -> None:
+            service = _service_key(entry)
+            client.write(f"{service}/ip", entry.ip, ttl=ttl)
+            client.write(f"{service}/port", str(entry.port), ttl=ttl)
+            self._keep_created(client, entry, ttl)
+
+        self._call(action)
+
+    def keepalive(self, entry: Entry, ttl: int) -> None:
+        def action(client: Any) -> None:
+            service = _service_key(entry)
+            for name, value in (("ip", entry.ip), ("port", str(entry.port))):
+                try:
+                    client.refresh(f"{service}/{name}", ttl)
+                except etcd.EtcdKeyNotFound:  # expired: write it again (watchers see that)
+                    client.write(f"{service}/{name}", value, ttl=ttl)
+            if self._created_ttl.get(entry.deployment):
+                try:
+                    client.refresh(_created_key(entry), ttl)
+                    return
+                except etcd.EtcdKeyNotFound:
+                    pass
+            self._keep_created(client, entry, ttl)
+
+        self._call(action)
+
+    def _keep_created(self, client: Any, entry: Entry, ttl: int) -> None:
+        """Create `created` with a TTL, or refresh the TTL of the one there (if it has one)."""
+        key = _created_key(entry)
+        for _ in range(5):  # each retry follows a concurrent create or expiry
+            try:
+                client.write(key, entry.created, ttl=ttl, prevExist=False)
+                self._created_ttl[entry.deployment] = True
+                return
+            except etcd.EtcdAlreadyExist:
+                pass
+            try:
+                if client.read(key).ttl is None:
+                    self._created_ttl[entry.deployment] = False
+                    return
+                client.refresh(key, ttl)
+                self._created_ttl[entry.deployment] = True
+                return
+            except etcd.EtcdKeyNotFound:
+                continue
+        raise RegistryUnavailable(f"{self.description}: {key} keeps changing; try again")
+
+    def deregister(self, entry: Entry) -> None:
+        def action(client: Any) -> None:
+            deployment = f"{PREFIX}/{entry.deployment}"
+            with contextlib.suppress(etcd.EtcdKeyNotFound):
+                client.delete(_service_key(entry), recursive=True)
+            # v2 has no transactions. Directories are deleted without recursive=true, which
+            # fails once a sibling registering concurrently has written into them: its keys
+            # stay. Only `created` can race (see below).
+            if not _remove_empty_dirs(client, f"{deployment}/service"):
+                return  # another service of this deployment is still registered
+            try:
+                gone = client.pop(f"{deployment}/created")
+            except etcd.EtcdKeyNotFound:
+                gone = None
+            if gone is not None and _has_values(client, f"{deployment}/service"):
+                # A sibling registered in between and found our `created`: put it back.
+                with contextlib.suppress(etcd.EtcdAlreadyExist):
+                    client.write(gone.key, gone.value, ttl=gone.ttl, prevExist=False)
+                return
+            _remove_empty_dirs(client, deployment)
+            self._created_ttl.pop(entry.deployment, None)
+
+        self._call(action)
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and client.http is not None:
+            client.http.clear()
+
+
+def _has_values(client: Any, directory: str) -> bool:
+    """Whether any key with a value is under `directory` (not only empty directories)."""
+    try:
+        return any(not node.dir for node in client.read(directory, recursive=True).leaves)
+    except etcd.EtcdKeyNotFound:
+        return False
+
+
+def _remove_empty_dirs(client: Any, directory: str) -> bool:
+    """Delete `directory` if only empty directories are under it (etcd v2 keeps them after
+    their keys expire); False, deleting nothing more, once a key with a value is found.
+
+    Each directory is deleted with dir=true alone, which fails if a key appeared in it since.
+    """
+    for _ in range(5):
+        try:
+            client.delete(directory, dir=True)
+            return True
+        except (etcd.EtcdKeyNotFound, etcd.EtcdNotDir):
+            return True
+        except etcd.EtcdDirNotEmpty:
+            pass
+        try:
+            nodes = list(client.read(directory, recursive=True).get_subtree())
+        except etcd.EtcdKeyNotFound:
+            return True
+        if any(not node.dir for node in nodes):
+            return False
+        for node in sorted(nodes, key=lambda node: -node.key.count("/")):  # deepest first
+            if node.key != directory:
+                with contextlib.suppress(etcd.EtcdKeyNotFound, etcd.EtcdDirNotEmpty):
+                    client.delete(node.key, dir=True)
+    return False
+
+
+def _transient(error: Exception) -> bool:
+    """An etcd error that a moment later may be gone: no leader, raft busy or timed out."""
+    payload = getattr(error, "payload", None) or {}
+    status = payload.get("status") if isinstance(payload, dict) else None
+    return isinstance(error, etcd.EtcdLeaderElectionInProgress) or (
+        isinstance(status, int) and status >= 500
+    )
+
+
+def _service_key(entry: Entry) -> str:
+    return f"{PREFIX}/{entry.deployment}/service/{entry.service}"
+
+
+def _created_key(entry: Entry) -> str:
+    return f"{PREFIX}/{entry.deployment}/created"

@@ -1,0 +1,486 @@
+"""The registry in etcd's v3 API, through its JSON gateway (/v3/, etcd 3.4 and later) and etcd3gw.
+
+Keys as in v2 (/deployment/<branch>/service/<service>/{ip,port}, /deployment/<branch>/created),
+attached to a lease per registered service; keepalive() refreshes the lease, which creates no
+event. v2 and v3 keys live apart in etcd: v3 readers see only what v3 registrants wrote.
+
+etcd3gw does the requests (sessions, TLS, lease grant/keepalive/revoke, transactions). Added
+on top of its session and post(), each where it falls short (see the comments there): the
+range with its header revision, the watch, failover across endpoints and user/password auth.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import requests
+import urllib3
+from etcd3gw.client import Etcd3Client
+from etcd3gw.exceptions import (
+    ConnectionFailedError,
+    ConnectionTimeoutError,
+    Etcd3Exception,
+    InternalServerError,
+)
+from etcd3gw.lease import Lease
+
+from .errors import UsageError
+from .etcd_shared import MIN_WATCH, check_tls, first_line, why
+from .registry import (
+    PREFIX,
+    Endpoint,
+    Entry,
+    HistoryLost,
+    Read,
+    RegistryUnavailable,
+    Tls,
+    build_snapshot,
+)
+
+T = TypeVar("T")
+
+_GRPC_NOT_FOUND = 5
+_GRPC_UNAUTHENTICATED = 16
+
+
+class _Unanswered(Exception):
+    """The member took the request but did not answer as etcd does: try another one."""
+
+
+class _TokenRejected(Exception):
+    """The member does not know our auth token (expired, or issued by another member)."""
+
+
+# Failures of one member: the next endpoint may answer. (503 and 500 are etcd's "no leader",
+# "request timed out" and the like; etcd3gw maps them to these exceptions.)
+_MEMBER_FAILURES = (
+    ConnectionFailedError,
+    ConnectionTimeoutError,
+    InternalServerError,
+    requests.RequestException,  # refused, timed out, or cut off mid-stream (ChunkedEncodingError)
+    _Unanswered,
+)
+
+
+class EtcdV3Registry:
+    """Registry over etcd's v3 JSON gateway at one or more members, with failover."""
+
+    def __init__(
+        self, endpoints: tuple[Endpoint, ...], secure: bool, tls: Tls, timeout: float
+    ) -> None:
+        if not endpoints:
+            raise UsageError("registry: etcd3 needs at least one HOST:PORT")
+        self.endpoints = endpoints
+        self.tls = tls
+        self.timeout = timeout
+        where = ",".join(f"{e.host}:{e.port}" for e in endpoints)
+        self.description = f"etcd v3 at {where}"
+        check_tls(self.description, secure, tls)
+        # One client (and so one requests session, with its own auth token) per endpoint:
+        # etcd3gw talks to a single host. api_path is fixed at /v3/ (etcd >= 3.4) instead of
+        # etcd3gw's discovery, which costs a GET /version per endpoint.
+        self._clients = [
+            Etcd3Client(
+                host=e.host,
+                port=e.port,
+                protocol="https" if secure else "http",
+                ca_cert=tls.ca,
+                cert_key=tls.key,
+                cert_cert=tls.cert,
+                timeout=timeout,
+                api_path="/v3/",
+            )
+            for e in endpoints
+        ]
+        for client in self._clients:
+            # requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override the session's CA, so
+            # --etcd-ca would be ignored wherever they are set; etcd is not reached through
+            # proxies from the environment either (nor is it by the v2 backend).
+            client.session.trust_env = False
+            if tls.cert and not tls.key:  # etcd3gw only takes a separate certificate and key
+                client.session.cert = tls.cert
+        self._current = 0  # the endpoint that answered last; tried first
+        self._leases: dict[tuple[str, str], int] = {}  # (deployment, service) -> lease ID
+
+    # ----------------------------------------------------------------------------------------
+    # failover and authentication: etcd3gw has neither
+
+    def _call(self, action: Callable[[Etcd3Client], T]) -> T:
+        """action(client) on the endpoint that answered last, else on the others in turn.
+
+        While members answer with errors such as "leader changed" or "no leader" (an election
+        after a member died), all are asked again until `timeout` has passed.
+        """
+        deadline = time.monotonic() + self.timeout
+        count = len(self._clients)
+        while True:
+            failures: list[str] = []
+            transient = False
+            for step in range(count):
+                index = (self._current + step) % count
+                client = self._clients[index]
+                endpoint = f"{client.host}:{client.port}"
+                try:
+                    result = self._authenticated(client, action)
+                except _MEMBER_FAILURES as error:
+                    answered = isinstance(error, _Unanswered) or (
+                        isinstance(error, Etcd3Exception) and bool(_grpc(error))
+                    )
+                    transient = transient or answered
+                    reason = _message(error) if answered else why(error, self.timeout)
+                    failures.append(f"{endpoint}: {reason}")
+                    continue
+                except Etcd3Exception as error:
+                    message = _message(error)
+                    if any(word in message for word in ("user name is empty", "permission denied")):
+                        message += "; check --etcd-user and DEVTEST_ROUTER_ETCD_PASSWORD"
+                    raise RegistryUnavailable(
+                        f"{self.description}: {endpoint} refused the request: {message}"
+                    ) from None
+                self._current = index
+                return result
+            if not transient or time.monotonic() >= deadline:
+                raise RegistryUnavailable(
+                    f"{self.description} is unavailable ({'; '.join(failures)}): start etcd or "
+                    "point --registry / REGISTRY_URL at a member that runs"
+                )
+            time.sleep(0.1)
+
+    def _authenticated(self, client: Etcd3Client, action: Callable[[Etcd3Client], T]) -> T:
+        if not self.tls.user:
+            return action(client)
+        for attempt in (1, 2):
+            if "Authorization" not in client.session.headers:
+                self._authenticate(client)
+            try:
+                return action(client)
+            except (Etcd3Exception, _TokenRejected) as error:
+                rejected = isinstance(error, _TokenRejected) or (
+                    _grpc_code(error) == _GRPC_UNAUTHENTICATED
+                )
+                if not rejected or attempt == 2:
+                    raise
+                # Simple tokens expire (5 minutes idle by default) and are only valid on the
+                # member that issued them: authenticate again, once.
+                del client.session.headers["Authorization"]
+        raise AssertionError("unreachable")
+
+    def _authenticate(self, client: Etcd3Client) -> None:
+        # The gateway has no basic auth: POST /v3/auth/authenticate for a token, then send it
+        # as the Authorization header (etcd3gw has no support for this).
+        try:
+            reply = client.post(
+                client.get_url("/auth/authenticate"),
+                json={"name": self.tls.user, "password": self.tls.password},
+            )
+        except _MEMBER_FAILURES:
+            raise
+        except Etcd3Exception as error:
+            raise RegistryUnavailable(
+                f"{self.description}: authentication as {self.tls.user!r} failed "
+                f"({_message(error)}); check --etcd-user and DEVTEST_ROUTER_ETCD_PASSWORD"
+            ) from None
+        client.session.headers["Authorization"] = str(reply["token"])
+
+    # ----------------------------------------------------------------------------------------
+    # reading
+
+    def read(self) -> Read:
+        def action(client: Etcd3Client) -> Read:
+            # Not etcd3gw's get_prefix(): it drops the response header, and with it the
+            # revision this snapshot is at, which wait() needs.
+            reply = client.post(client.get_url("/kv/range"), json=_range(f"{PREFIX}/"))
+            pairs = [(_text(kv["key"]), _text(kv.get("value", ""))) for kv in reply.get("kvs", [])]
+            return Read(build_snapshot(pairs), int(reply["header"]["revision"]))
+
+        return self._call(action)
+
+    def wait(self, after: int, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        return self._call(lambda client: self._watch(client, after, deadline))
+
+    def _watch(self, client: Etcd3Client, after: int, deadline: float) -> int | None:
+        """The revision of the first change after `after`, None at the deadline.
+
+        Not etcd3gw's watch_prefix(): it skips a response with `canceled` (so a compacted
+        start revision or a rejected token leaves it waiting forever), its request has no
+        timeout, and its thread and queue are more than one blocking read needs.
+        """
+        request: dict[str, Any] = {
+            "create_request": {**_range(f"{PREFIX}/"), "start_revision": after + 1}
+        }
+        while True:
+            # Each read may wait at most this long; a member quiet for `self.timeout` is asked
+            # again, so that one that stopped answering is noticed.
+            step = min(max(deadline - time.monotonic(), MIN_WATCH), self.timeout)
+            created = False
+            try:
+                with client.session.post(
+                    client.get_url("/watch"),
+                    json=request,
+                    stream=True,
+                    timeout=(self.timeout, step),
+                ) as response:
+                    if response.status_code >= 500:
+                        raise _Unanswered(f"HTTP {response.status_code} {response.reason}")
+                    if response.status_code != 200:
+                        raise Etcd3Exception(response.text, response.reason)
+                    for line in response.iter_lines():
+                        if not line.strip():
+                            continue
+                        try:
+                            message = json.loads(line)
+                        except ValueError:
+                            message = None
+                        if not isinstance(message, dict):
+                            raise _Unanswered(f"not etcd's answer: {line[:80]!r}")
+                        if "error" in message:  # the gateway lost its connection to etcd
+                            raise _Unanswered(str(message["error"].get("message", message)))
+                        result = message.get("result", {})
+                        if int(result.get("compact_revision", 0)):
+                            raise HistoryLost(
+                                f"{self.description}: revision {after + 1} was compacted "
+                                f"(compact revision {result['compact_revision']})"
+                            )
+                        if result.get("canceled"):
+                            reason = str(result.get("cancel_reason", "watch canceled"))
+                            if "auth token" in reason:
+                                raise _TokenRejected(reason)
+                            raise Etcd3Exception(reason, reason)
+                        created = created or bool(result.get("created"))
+                        events = result.get("events")
+                        if events:
+                            return max(int(event["kv"]["mod_revision"]) for event in events)
+                raise _Unanswered("the watch ended")
+            except (requests.ConnectionError, requests.Timeout) as error:
+                if not (created and _timed_out(error)):
+                    raise  # no watch established: the member failed
+                if time.monotonic() >= deadline:
+                    return None
+
+    # ----------------------------------------------------------------------------------------
+    # registering
+
+    def register(self, entry: Entry, ttl: int) -> None:
+        self._call(lambda client: self._register(client, entry, ttl))
+
+    def _register(self, client: Etcd3Client, entry: Entry, ttl: int) -> None:
+        lease = client.lease(ttl)
+        self._put_entry(client, entry, lease.id)
+        old = self._leases.get((entry.deployment, entry.service))
+        self._leases[(entry.deployment, entry.service)] = lease.id
+        if old is not None and old != lease.id:  # registered again: retire the old lease
+            self._move_created(client, entry.deployment, old, to=lease.id)
+            _revoke(client, old)
+
+    def _put_entry(self, client: Etcd3Client, entry: Entry, lease: int) -> None:
+        """ip and port, and created unless present, all with `lease`: one transaction."""
+        service = _service_prefix(entry)
+        ip = _put(f"{service}ip", entry.ip, lease)
+        port = _put(f"{service}port", str(entry.port), lease)
+        created = _put(_created_key(entry.deployment), entry.created, lease)
+        client.transaction(
+            {
+                "compare": [_absent(_created_key(entry.deployment))],
+                "success": [ip, port, created],
+                "failure": [ip, port],
+            }
+        )
+
+    def keepalive(self, entry: Entry, ttl: int) -> None:
+        def action(client: Etcd3Client) -> None:
+            lease = self._leases.get((entry.deployment, entry.service))
+            if lease is None:
+                lease = self._find_lease(client, entry)
+            if lease is None or Lease(lease, client).refresh() <= 0:
+                self._register(client, entry, ttl)  # the lease expired: a new one
+                return
+            self._leases[(entry.deployment, entry.service)] = lease
+            # Read-only (no revision, no event) while everything is there. `created` goes when
+            # the lease it is attached to ends (another service's, which may have crashed).
+            service = _service_prefix(entry)
+            keys = (f"{service}ip", f"{service}port", _created_key(entry.deployment))
+            check = client.transaction(
+                {"compare": [_present(key) for key in keys], "success": [], "failure": []}
+            )
+            if not check.get("succeeded"):
+                self._put_entry(client, entry, lease)
+
+        self._call(action)
+
+    def deregister(self, entry: Entry) -> None:
+        def action(client: Etcd3Client) -> None:
+            lease = self._leases.get((entry.deployment, entry.service))
+            if lease is None:
+                lease = self._find_lease(client, entry)
+            # Our keys first (explicitly: also those on another lease or none), then `created`,
+            # then the lease, which holds nothing by then. Revoking first would delete a
+            # `created` on our lease that a sibling registering meanwhile relies on.
+            client.post(client.get_url("/kv/deleterange"), json=_range(_service_prefix(entry)))
+            self._release_created(client, entry.deployment, lease)
+            if lease is not None:
+                _revoke(client, lease)
+            self._leases.pop((entry.deployment, entry.service), None)
+
+        self._call(action)
+
+    def _find_lease(self, client: Etcd3Client, entry: Entry) -> int | None:
+        """The lease of the entry's ip key (registered by another process, or before)."""
+        reply = client.post(
+            client.get_url("/kv/range"), json=_range(f"{_service_prefix(entry)}ip", False)
+        )
+        kvs = reply.get("kvs", [])
+        lease = int(kvs[0].get("lease", 0)) if kvs else 0
+        return lease or None
+
+    def _release_created(self, client: Etcd3Client, deployment: str, lease: int | None) -> None:
+        """Delete `created` if no service is left; else move it off `lease` (about to be
+        revoked) onto a remaining service's lease.
+
+        Each step is a transaction that holds only if what it read is unchanged (no service
+        appeared, the chosen service is still there), so a sibling registering concurrently
+        never loses `created`; after a concurrent change it reads again.
+        """
+        created_key = _created_key(deployment)
+        services = f"{PREFIX}/{deployment}/service/"
+        for _ in range(10):
+            kvs = self._range(client, f"{PREFIX}/{deployment}/")
+            created = kvs.get(created_key)
+            others = [kv for key, kv in kvs.items() if key.startswith(services)]
+            if created is None:
+                return
+            if not others:
+                compare = [_absent(services, prefix=True), _unchanged(created)]
+                change: dict[str, Any] = {"request_delete_range": {"key": created["key"]}}
+            elif lease is not None and int(created.get("lease", 0)) == lease:
+                compare = [_unchanged(created), _unchanged(others[0])]
+                change = {"request_put": _reput(created, int(others[0].get("lease", 0)))}
+            else:
+                return
+            reply = client.transaction({"compare": compare, "success": [change], "failure": []})
+            if reply.get("succeeded"):
+                return
+        raise RegistryUnavailable(f"{self.description}: {created_key} keeps changing; try again")
+
+    def _move_created(self, client: Etcd3Client, deployment: str, lease: int, to: int) -> None:
+        """Attach `created`, if on `lease`, to lease `to` (registered again: a new lease)."""
+        created = self._range(client, _created_key(deployment), prefix=False).get(
+            _created_key(deployment)
+        )
+        if created is not None and int(created.get("lease", 0)) == lease:
+            client.transaction(  # if it changed meanwhile, it is not ours to move any more
+                {
+                    "compare": [_unchanged(created)],
+                    "success": [{"request_put": _reput(created, to)}],
+                    "failure": [],
+                }
+            )
+
+    def _range(self, client: Etcd3Client, key: str, prefix: bool = True) -> dict[str, Any]:
+        """{key: raw key-value from the gateway} for `key` or every key under it."""
+        reply = client.post(client.get_url("/kv/range"), json=_range(key, prefix))
+        return {_text(kv["key"]): kv for kv in reply.get("kvs", [])}
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.session.close()
+
+
+# --------------------------------------------------------------------------------------------
+# gateway JSON: keys and values are base64; int64 fields are strings in answers
+
+
+def _b64(text: str) -> str:
+    # Not etcd3gw's _encode: it encodes str as Latin-1, while its prefix helper uses UTF-8.
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _text(b64: str) -> str:
+    return base64.b64decode(b64).decode("utf-8", errors="replace")
+
+
+def _range(key: str, prefix: bool = True) -> dict[str, str]:
+    """{"key": ...} for one key, with "range_end" for every key that starts with `key`."""
+    if not prefix:
+        return {"key": _b64(key)}
+    raw = key.encode("utf-8")
+    end = raw[:-1] + bytes([raw[-1] + 1])  # our prefixes end in "/": no 0xff overflow
+    return {"key": _b64(key), "range_end": base64.b64encode(end).decode("ascii")}
+
+
+def _put(key: str, value: str, lease: int) -> dict[str, Any]:
+    return {"request_put": {"key": _b64(key), "value": _b64(value), "lease": lease}}
+
+
+def _absent(key: str, prefix: bool = False) -> dict[str, Any]:
+    """Compare: no such key (with prefix: no key in the range; etcd >= 3.3)."""
+    return {**_range(key, prefix), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
+
+
+def _present(key: str) -> dict[str, Any]:
+    return {**_range(key, False), "target": "CREATE", "result": "GREATER", "create_revision": 0}
+
+
+def _reput(kv: dict[str, Any], lease: int) -> dict[str, Any]:
+    """A put of the key-value as read (base64 still), on `lease` (0: none)."""
+    return {"key": kv["key"], "value": kv.get("value", ""), "lease": lease}
+
+
+def _unchanged(kv: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "key": kv["key"],
+        "target": "MOD",
+        "result": "EQUAL",
+        "mod_revision": kv["mod_revision"],
+    }
+
+
+def _service_prefix(entry: Entry) -> str:
+    return f"{PREFIX}/{entry.deployment}/service/{entry.service}/"
+
+
+def _created_key(deployment: str) -> str:
+    return f"{PREFIX}/{deployment}/created"
+
+
+def _revoke(client: Etcd3Client, lease: int) -> None:
+    try:
+        Lease(lease, client).revoke()
+    except Etcd3Exception as error:
+        if _grpc_code(error) != _GRPC_NOT_FOUND:
+            raise  # not found: expired already, its keys are gone
+
+
+def _timed_out(error: BaseException) -> bool:
+    # requests reports a read timeout inside a streamed body as ConnectionError(ReadTimeoutError)
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, requests.Timeout | TimeoutError | urllib3.exceptions.TimeoutError):
+            return True
+        seen = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+    return False
+
+
+def _grpc(error: Etcd3Exception) -> dict[str, Any]:
+    """The gateway's error body: {"error": ..., "message": ..., "code": <gRPC code>}."""
+    try:
+        body = json.loads(error.detail_text or "")
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _grpc_code(error: Etcd3Exception) -> int | None:
+    code = _grpc(error).get("code")
+    return code if isinstance(code, int) else None
+
+
+def _message(error: BaseException) -> str:
+    body = _grpc(error) if isinstance(error, Etcd3Exception) else {}
+    detail = getattr(error, "detail_text", None)
+    text = body.get("message") or body.get("error") or detail or first_line(error)
+    return str(text).strip().splitlines()[0] if str(text).strip() else type(error).__name__

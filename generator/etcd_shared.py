@@ -1,0 +1,79 @@
+"""What the etcd v2 and v3 backends share: option checks and failures said in a few words."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+
+import urllib3
+
+from .errors import UsageError
+from .registry import Tls
+
+# The shortest watch request: a shorter one could time out before etcd's response headers
+# arrive, which would look like a member that does not answer.
+MIN_WATCH = 0.2
+
+
+def check_tls(description: str, secure: bool, tls: Tls) -> None:
+    """The TLS and user options make sense together; one UsageError line if not."""
+    if not secure and (tls.ca or tls.cert or tls.key):
+        raise UsageError(
+            f"{description}: --etcd-ca/--etcd-cert/--etcd-key need a TLS registry URL "
+            "(etcds:// or etcd3s://)"
+        )
+    if tls.key and not tls.cert:
+        raise UsageError(f"{description}: --etcd-key needs --etcd-cert")
+    if bool(tls.user) != bool(tls.password):
+        raise UsageError(
+            f"{description}: etcd authentication needs both --etcd-user and "
+            "DEVTEST_ROUTER_ETCD_PASSWORD"
+        )
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def why(error: BaseException, timeout: float) -> str:
+    """The root cause of a failed request, in a few words."""
+    chain: list[BaseException] = []
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop(0)
+        if any(current is seen for seen in chain):
+            continue
+        chain.append(current)
+        for linked in (
+            getattr(current, "reason", None),
+            getattr(current, "cause", None),
+            current.__cause__,
+            current.__context__,
+            *current.args,
+        ):
+            if isinstance(linked, BaseException):
+                pending.append(linked)
+    # Most specific first: urllib3's NewConnectionError (refused) is also a ConnectTimeoutError.
+    reasons: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
+        (ConnectionRefusedError, "connection refused"),
+        (socket.gaierror, "unknown host"),
+        (ssl.SSLError, "TLS failed"),
+        (
+            (
+                ConnectionResetError,
+                http.client.RemoteDisconnected,
+                urllib3.exceptions.ProtocolError,
+            ),
+            "connection closed by etcd",
+        ),
+        ((TimeoutError, urllib3.exceptions.TimeoutError), f"no answer within {timeout:g}s"),
+    ]
+    for kinds, reason in reasons:
+        for current in chain:
+            if isinstance(current, kinds):
+                if isinstance(current, ssl.SSLError):
+                    return f"TLS: {current.reason or first_line(current)}"
+                return reason
+    return first_line(error)

@@ -1,0 +1,424 @@
+"""The watcher end to end: a real etcd (v2 and v3 APIs), a real nginx, real backends, and
+`devtest-router watch` and `register` as the processes a user runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from harness import (
+    Backend,
+    Etcd,
+    Nginx,
+    find_binary,
+    free_ports,
+    http_request,
+    pid_alive,
+    start_cluster,
+    wait_for,
+)
+
+from generator.registry import Entry, open_registry
+
+pytestmark = pytest.mark.integration
+
+DOMAIN = "dev.test"
+BIN = Path(sys.executable).parent / "devtest-router"
+SCHEMES = {"etcd2": "etcd", "etcd3": "etcd3"}
+KINDS = pytest.mark.parametrize("kind", ["etcd2", "etcd3"])
+
+
+def registry_url(kind: str, *members: Etcd) -> str:
+    return f"{SCHEMES[kind]}://" + ",".join(f"127.0.0.1:{m.client_port}" for m in members)
+
+
+@dataclass
+class Frontend:
+    """nginx plus `devtest-router watch` feeding it from the registry at `url`."""
+
+    nginx: Nginx
+    url: str
+    folder: Path
+    extra: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def counter(self) -> Path:
+        return self.folder / "reloads"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "watch.log"
+
+    def start(self) -> None:
+        reload = f"sh -c '{self.nginx.reload_command} && echo x >> {self.counter}'"
+        argv = [
+            str(BIN), "watch", "--registry", self.url, "--domain", DOMAIN, "--allow-loopback",
+            "--listen", f"127.0.0.1:{self.nginx.port}",
+            "--output", str(self.nginx.conf_dir / "devtest-router.conf"),
+            "--nginx", find_binary("nginx"),
+            "--test-command", self.nginx.test_command, "--reload-command", reload,
+            *self.extra,
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DEVTEST_ROUTER_")}
+        env.pop("REGISTRY_URL", None)
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
+
+    def reloads(self) -> int:
+        return len(self.counter.read_text().split()) if self.counter.exists() else 0
+
+    def answers(self, host: str) -> str | None:
+        """The name of the backend that answers `host`, or None for the 404 page."""
+        try:
+            response = http_request(self.nginx.port, host)
+        except ConnectionRefusedError:  # before the first apply nothing listens
+            return "(nginx not listening yet)"
+        except ConnectionResetError:  # an old worker quitting after a reload
+            return "(connection reset)"
+        if response.status == 404 and response.headers.get("x-devtest-router"):
+            return None
+        assert response.status == 200, (response.status, response.text)
+        name: str = response.json()["name"]
+        return name
+
+    def wait_route(self, host: str, backend: str | None, timeout: float = 15.0) -> None:
+        wait_for(
+            lambda: self.answers(host) == backend,
+            timeout,
+            what=f"{host} -> {backend}; watcher log:\n{self.log_tail()}",
+        )
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-15:])
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def frontend(tmp_path: Path, nginx: Nginx) -> Iterator[Callable[..., Frontend]]:
+    started: list[Frontend] = []
+
+    def start(url: str, *extra: str) -> Frontend:
+        made = Frontend(nginx, url, tmp_path, list(extra))
+        made.start()
+        started.append(made)
+        return made
+
+    try:
+        yield start
+    finally:
+        for made in started:
+            made.stop()
+
+
+def entry(deployment: str, service: str, backend: Backend) -> Entry:
+    return Entry(deployment, service, "127.0.0.1", backend.port, "2026-11-28T10:00:00Z")
+
+
+def register_process(
+    url: str, name: str, service: str, backend: Backend, ttl: int
+) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVTEST_ROUTER_")}
+    env.update(
+        REGISTRY_URL=url,
+        NAME=name,
+        SERVICE=service,
+        PORT=str(backend.port),
+        IP="127.0.0.1",
+        DEVTEST_ROUTER_TTL=str(ttl),
+    )
+    return subprocess.Popen(
+        [str(BIN), "register"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+@KINDS
+def test_registered_service_routes_and_leaves_on_sigterm_and_on_sigkill(
+    kind: str,
+    etcd: Etcd,
+    frontend: Callable[..., Frontend],
+    backends: Callable[..., dict[str, Backend]],
+) -> None:
+    web = backends("feature-login-web")["feature-login-web"]
+    url = registry_url(kind, etcd)
+    router = frontend(url)
+    registrant = register_process(url, "feature/Login", "web", web, ttl=2)
+    router.wait_route(f"feature-login-web.{DOMAIN}", "feature-login-web")
+    router.wait_route(f"feature-login.{DOMAIN}", "feature-login-web")  # the default entry point
+
+    registrant.send_signal(signal.SIGTERM)
+    assert registrant.wait(10) == 0
+    router.wait_route(f"feature-login-web.{DOMAIN}", None, timeout=5)
+
+    registrant = register_process(url, "feature/Login", "web", web, ttl=2)
+    router.wait_route(f"feature-login-web.{DOMAIN}", "feature-login-web")
+    registrant.kill()  # no chance to deregister: the TTL takes the route away
+    registrant.wait()
+    router.wait_route(f"feature-login-web.{DOMAIN}", None, timeout=2 + 1 + 3)
+
+
+@KINDS
+def test_a_burst_of_200_registrations_causes_few_reloads_and_all_routes_answer(
+    kind: str,
+    etcd: Etcd,
+    frontend: Callable[..., Frontend],
+    backends: Callable[..., dict[str, Backend]],
+) -> None:
+    web = backends("web")["web"]
+    url = registry_url(kind, etcd)
+    router = frontend(url)
+    wait_for(lambda: "registry index" in router.log.read_text(), 10, what="first apply")
+    before = router.reloads()
+    registry = open_registry(url)
+    try:
+        for number in range(200):
+            registry.register(entry(f"branch-{number}", "web", web), ttl=120)
+    finally:
+        registry.close()
+    for number in (0, 99, 199):
+        router.wait_route(f"branch-{number}-web.{DOMAIN}", "web")
+    hosts = [f"branch-{n}{service}.{DOMAIN}" for n in range(200) for service in ("", "-web")]
+    # Right after a reload, old workers may take a connection or two until they have quit.
+    wait_for(
+        lambda: all(router.answers(host) == "web" for host in hosts),
+        10,
+        what=f"all 400 hosts to answer; watcher log:\n{router.log_tail()}",
+    )
+    assert router.reloads() - before <= 5, router.log_tail()
+
+
+@KINDS
+def test_ttl_refreshes_cause_no_reload(
+    kind: str,
+    etcd: Etcd,
+    frontend: Callable[..., Frontend],
+    backends: Callable[..., dict[str, Backend]],
+) -> None:
+    web = backends("web")["web"]
+    url = registry_url(kind, etcd)
+    registry = open_registry(url)
+    registered = entry("keep", "web", web)
+    registry.register(registered, ttl=30)
+    router = frontend(url)
+    router.wait_route(f"keep-web.{DOMAIN}", "web")
+    wait_for(lambda: router.reloads() >= 1, 5, what="the first reload")
+    settled = router.reloads()
+    try:
+        for _ in range(360):  # an hour of refreshes every 10 s (TTL 30 s), run fast
+            registry.keepalive(registered, ttl=30)
+    finally:
+        registry.close()
+    assert router.reloads() == settled, router.log_tail()
+    # A sidecar with a 1 s TTL: its first write wakes the watcher (which finds nothing to do),
+    # then it refreshes every 0.33 s without waking anyone.
+    quiet_applies = router.log.read_text().count("nothing to do")
+    sidecar = register_process(url, "keep", "web", web, ttl=1)
+    try:
+        wait_for(
+            lambda: router.log.read_text().count("nothing to do") > quiet_applies,
+            10,
+            what="the watcher to see the sidecar's first write",
+        )
+        time.sleep(3)  # about nine refreshes
+        assert sidecar.poll() is None
+        assert router.answers(f"keep-web.{DOMAIN}") == "web"
+        assert router.reloads() == settled, router.log_tail()
+    finally:
+        sidecar.send_signal(signal.SIGTERM)
+        sidecar.wait(10)
+
+
+@KINDS
+def test_watcher_survives_etcd_down_at_start_and_a_restart(
+    kind: str,
+    tmp_path: Path,
+    frontend: Callable[..., Frontend],
+    backends: Callable[..., dict[str, Backend]],
+) -> None:
+    web = backends("web")["web"]
+    client, peer = free_ports(2)
+    member = Etcd(tmp_path / "etcd", client_port=client, peer_port=peer)
+    url = registry_url(kind, member)
+    router = frontend(url)  # etcd is not there yet
+    wait_for(lambda: "retrying" in router.log.read_text(), 10, what="one unreachable line")
+    try:
+        member.start()
+        registry = open_registry(url)
+        registry.register(entry("first", "web", web), ttl=60)
+        router.wait_route(f"first-web.{DOMAIN}", "web")
+        assert router.log.read_text().count("retrying") == 1, "one line per state change"
+
+        member.stop()
+        wait_for(
+            lambda: router.log.read_text().count("retrying") == 2,
+            15,
+            what="the watcher to notice etcd went away",
+        )
+        assert router.answers(f"first-web.{DOMAIN}") == "web", "the last good config stays"
+        member.restart()
+        registry.register(entry("second", "web", web), ttl=60)
+        router.wait_route(f"second-web.{DOMAIN}", "web")
+        assert router.answers(f"first-web.{DOMAIN}") == "web"
+        assert "reachable again" in router.log.read_text()
+        registry.close()
+    finally:
+        member.stop()
+
+
+@KINDS
+def test_more_than_1000_writes_while_the_watcher_is_paused(
+    kind: str,
+    etcd: Etcd,
+    frontend: Callable[..., Frontend],
+    backends: Callable[..., dict[str, Backend]],
+) -> None:
+    web = backends("web")["web"]
+    url = registry_url(kind, etcd)
+    router = frontend(url)
+    registry = open_registry(url)
+    try:
+        registry.register(entry("before", "web", web), ttl=120)
+        router.wait_route(f"before-web.{DOMAIN}", "web")
+        assert router.process is not None
+        router.process.send_signal(signal.SIGSTOP)
+        churn = entry("churn", "web", web)
+        for _ in range(550):  # 1,100 events: v2 keeps only the last 1,000
+            registry.register(churn, ttl=120)
+            registry.deregister(churn)
+        registry.register(entry("after", "web", web), ttl=120)
+        router.process.send_signal(signal.SIGCONT)
+        router.wait_route(f"after-web.{DOMAIN}", "web")
+        assert router.answers(f"before-web.{DOMAIN}") == "web"
+        assert router.answers(f"churn-web.{DOMAIN}") is None
+    finally:
+        registry.close()
+
+
+@KINDS
+def test_watcher_fails_over_when_its_etcd_member_dies(
+    kind: str,
+    tmp_path: Path,
+    frontend: Callable[..., Frontend],
+    backends: Callable[..., dict[str, Backend]],
+) -> None:
+    web = backends("web")["web"]
+    members = start_cluster(tmp_path / "cluster", n=3)
+    try:
+        router = frontend(registry_url(kind, *members))
+        first = open_registry(registry_url(kind, members[0]))
+        first.register(entry("one", "web", web), ttl=120)
+        first.close()
+        router.wait_route(f"one-web.{DOMAIN}", "web")
+        members[0].kill()  # the member listed first, which the watcher talks to
+        others = open_registry(registry_url(kind, *members[1:]))
+        others.register(entry("two", "web", web), ttl=120)
+        others.close()
+        router.wait_route(f"two-web.{DOMAIN}", "web", timeout=20)
+    finally:
+        for member in members:
+            member.stop()
+
+
+def test_the_original_curl_registration_routes_like_register(
+    etcd: Etcd,
+    frontend: Callable[..., Frontend],
+    backends: Callable[..., dict[str, Backend]],
+) -> None:
+    web = backends("web")["web"]
+    router = frontend(etcd.url)  # REGISTRY_URL as the original setup has it: http:// is v2
+    base = f"{etcd.url}/v2/keys/deployment"
+    for key, value in (
+        ("curl/service/web/ip", "127.0.0.1"),
+        ("curl/service/web/port", str(web.port)),
+        ("curl/created", "2026-11-28T10:00:00Z"),
+    ):
+        subprocess.run(
+            ["curl", "-sf", f"{base}/{key}", "-XPUT", "-d", f"value={value}"],
+            check=True,
+            capture_output=True,
+        )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVTEST_ROUTER_")}
+    env.update(
+        REGISTRY_URL=etcd.url, NAME="tool", SERVICE="web", PORT=str(web.port), IP="127.0.0.1"
+    )
+    subprocess.run([str(BIN), "register", "--once"], env=env, check=True, capture_output=True)
+    router.wait_route(f"curl-web.{DOMAIN}", "web")
+    router.wait_route(f"tool-web.{DOMAIN}", "web")
+    snapshot = subprocess.run(
+        [str(BIN), "snapshot", "--registry", etcd.url],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    deployments = json.loads(snapshot)["deployment"]
+    assert deployments["curl"]["service"] == deployments["tool"]["service"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "says"),
+    [
+        (["snapshot", "--registry", "etcd://127.0.0.1:{dead}"], 4, "127.0.0.1:{dead}"),
+        (["snapshot", "--registry", "etcd3://127.0.0.1:{dead}"], 4, "127.0.0.1:{dead}"),
+        (["snapshot", "--registry", "bogus://x"], 2, "unknown scheme"),
+        (["snapshot"], 4, "/var/lib/devtest-router/registry.json: no such file"),
+        (["snapshot", "--registry", "file:{missing}"], 4, "no such file"),
+        (["watch", "--registry", "etcd://nohostport"], 2, "HOST:PORT"),
+    ],
+)
+def test_registry_misconfiguration_is_one_line(
+    argv: list[str], code: int, says: str, tmp_path: Path
+) -> None:
+    [dead] = free_ports(1)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DEVTEST_ROUTER_") and k != "REGISTRY_URL"
+    }
+    missing = tmp_path / "missing.json"
+    done = subprocess.run(
+        [str(BIN), *(a.format(dead=dead, missing=missing) for a in argv)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == code, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("devtest-router:"), done.stderr
+    assert says.format(dead=dead, missing=missing) in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_watch_stops_cleanly_on_sigterm_and_sigint(
+    etcd: Etcd, frontend: Callable[..., Frontend]
+) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        router = frontend(registry_url("etcd2", etcd))
+        seen = router.log.read_text().count("registry index") if router.log.exists() else 0
+        wait_for(
+            lambda r=router, n=seen: r.log.read_text().count("registry index") > n,
+            10,
+            what="running",
+        )
+        assert router.process is not None
+        router.process.send_signal(sig)
+        assert router.process.wait(5) == 0
+        assert not pid_alive(router.process.pid)
+        assert "stopped" in router.log.read_text()
