@@ -151,10 +151,14 @@ def _stage(folder: Path, name: str, text: str) -> Path:
         descriptor, name_staged = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".staged")
     except OSError as error:
         raise ApplyError(f"cannot write in {folder}: {error.strerror}") from None
-    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError as error:  # e.g. the disk is full: leave nothing behind
+        Path(name_staged).unlink(missing_ok=True)
+        raise ApplyError(f"cannot write in {folder}: {error.strerror}") from None
     return Path(name_staged)
 
 
@@ -202,7 +206,11 @@ def _sync_folder(folder: Path) -> None:
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """Serialize applies to one target: a second run waits for the first to finish."""
-    with open(path, "a", encoding="utf-8") as file:
+    try:
+        file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as error:
+        raise ApplyError(f"cannot lock {path}: {error.strerror}") from None
+    with file:
         fcntl.flock(file.fileno(), fcntl.LOCK_EX)
         try:
             yield

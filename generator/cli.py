@@ -18,7 +18,7 @@ from .apply import apply, checked_text, plan
 from .config import ENV_PREFIX, Config, resolve
 from .errors import Error, UsageError
 from .model import RoutingTable
-from .names import label
+from .names import hostname, label
 from .pipeline import Builder, Plan, Rendered
 from .probe import wait_until_routed
 from .registry import DEFAULT_REGISTRY, add_registry_arguments, registry_from_args
@@ -330,24 +330,15 @@ def _apply(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
             return 1
         streams.say(f"{config.output} is up to date ({len(rendered.table.routes)} routes)")
         return 0
-    result = apply(rendered, config)
-    if result.changes:
-        streams.say(
-            f"applied {config.output}: {result.summary()}; "
-            f"{len(rendered.table.routes)} routes; nginx reloaded"
-        )
-    else:
-        streams.say(
-            f"nothing to do: {config.output} is up to date ({len(rendered.table.routes)} routes)"
-        )
+    streams.say(_describe(apply(rendered, config), rendered, config))
     return 0
 
 
 def _describe(result: Plan, rendered: Rendered, config: Config) -> str:
-    routes = len(rendered.table.routes)
+    routes = f"{len(rendered.table.routes)} routes, snapshot {rendered.snapshot_id}"
     if result.changes:
-        return f"applied {config.output}: {result.summary()}; {routes} routes; nginx reloaded"
-    return f"nothing to do: {config.output} is up to date ({routes} routes)"
+        return f"applied {config.output}: {result.summary()}; {routes}; nginx reloaded"
+    return f"nothing to do: {config.output} is up to date ({routes})"
 
 
 def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
@@ -390,10 +381,12 @@ def _wait(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]
     service = args.service or environ.get("SERVICE")
     domain = args.domain or environ.get(ENV_PREFIX + "DOMAIN") or "localhost"
     frontend = args.frontend or environ.get(ENV_PREFIX + "FRONTEND") or "http://127.0.0.1"
-    # The keys a registration writes are named by label(NAME) (see register.py), and the
-    # generator makes hostnames from those keys: compute the hostname the same way.
-    branch = label(name)
-    host = f"{label(branch, service) if service else branch}.{domain}"
+    # A registration writes its keys under label(NAME) and label(SERVICE) (see register.py),
+    # and the generator makes the hostname from those keys.
+    try:
+        host = hostname(label(name), label(service) if service else None, domain)
+    except ValueError:
+        raise UsageError(f"domain {domain!r} is not a DNS name like dev.example.com") from None
     if wait_until_routed(frontend, host, args.timeout, streams.say):
         return 0
     streams.say(f"gave up on {host} after {args.timeout:g} s")

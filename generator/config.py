@@ -62,7 +62,7 @@ def _from_env(key: str, text: str, spec: Mapping[str, Any]) -> Any:
         return [item for item in text.replace(",", " ").split() if item]
     if "boolean" in kinds and text.strip().lower() in _TRUE | _FALSE:
         return text.strip().lower() in _TRUE
-    if "integer" in kinds and text.strip().isdigit():
+    if "integer" in kinds and text.strip().isascii() and text.strip().isdigit():
         return int(text)
     if "number" in kinds:
         try:
@@ -104,6 +104,14 @@ def resolve(
             values[key] = value
             source[key] = "--" + key.replace("_", "-")
 
+    for key, value in values.items():
+        # jsonschema's patterns use Python's re, whose $ also matches before a final newline
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(text, str) and not text.isprintable() for text in texts):
+            raise UsageError(
+                f"setting {key} = {show(value)} from {source[key]} holds a control character "
+                "(a newline?)"
+            )
     validator_class = jsonschema.validators.validator_for(schema)
     errors = sorted(validator_class(schema).iter_errors(values), key=lambda e: list(e.path))
     if errors:
@@ -129,6 +137,13 @@ def resolve(
         raise UsageError(
             f"setting allowed_networks from {source['allowed_networks']}: {error}"
         ) from None
+    try:
+        return _config(values, networks)
+    except ValueError as error:  # a Token refused a value the schema's pattern let through
+        raise UsageError(f"a setting is not valid: {error}") from None
+
+
+def _config(values: dict[str, Any], networks: tuple[Network, ...]) -> Config:
     return Config(
         domain=Token(values["domain"]),
         default_service=values["default_service"],

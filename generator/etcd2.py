@@ -205,6 +205,12 @@ class EtcdV2Registry:
     def register(self, entry: Entry, ttl: int) -> None:
         def action(client: Any) -> None:
             service = _service_key(entry)
+            if ttl <= 0:  # no TTL, like the original snippet: the keys stay until deleted
+                client.write(f"{service}/ip", entry.ip)
+                client.write(f"{service}/port", str(entry.port))
+                with contextlib.suppress(etcd.EtcdAlreadyExist):
+                    client.write(_created_key(entry), entry.created, prevExist=False)
+                return
             client.write(f"{service}/ip", entry.ip, ttl=ttl)
             client.write(f"{service}/port", str(entry.port), ttl=ttl)
             self._keep_created(client, entry, ttl)

@@ -269,6 +269,9 @@ class EtcdV3Registry:
         self._call(lambda client: self._register(client, entry, ttl))
 
     def _register(self, client: Etcd3Client, entry: Entry, ttl: int) -> None:
+        if ttl <= 0:  # no TTL: keys without a lease stay until deregistered, like the snippet's
+            self._put_entry(client, entry, 0)
+            return
         lease = client.lease(ttl)
         self._put_entry(client, entry, lease.id)
         old = self._leases.get((entry.deployment, entry.service))

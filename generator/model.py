@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_INERT = re.compile(r"[A-Za-z0-9._:/\[\]-]+", re.ASCII)
 
 
 class Token(str):
-    """A string already checked against an allowlist of characters that are inert in nginx.
+    """A string of characters that are inert in nginx syntax: letters, digits and . _ : / [ ] -.
 
-    Only ints and Tokens may be printed by a template (see render.py): a registry string that was
-    not made into a Token cannot reach the config.
+    Only ints and Tokens may be printed by a template (see render.py), and a Token cannot be
+    made of anything else: no space, quote, brace, semicolon, $, # or newline reaches the config.
     """
 
     __slots__ = ()
+
+    def __new__(cls, text: str) -> Token:
+        if not _INERT.fullmatch(text):
+            raise ValueError(f"{text!r} holds characters that are not inert in nginx syntax")
+        return super().__new__(cls, text)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -118,3 +127,9 @@ class RoutingTable:
             "domain": str(self.domain),
             "routes": [route.as_json() for route in self.routes],
         }
+
+    def content_id(self) -> str:
+        """A name for the routes that depends only on them: problems and stray keys in the
+        registry do not change it, so they never change the rendered file or reload nginx."""
+        canonical = json.dumps(self.as_json(), sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(canonical.encode("ascii")).hexdigest()[:16]

@@ -51,3 +51,9 @@ def label(*names: str) -> Token:
 
 def is_label(text: str) -> bool:
     return LABEL_RE.match(text) is not None
+
+
+def hostname(deployment: str, service: str | None, domain: str) -> Token:
+    """<deployment>-<service>.<domain>, or <deployment>.<domain> (the default entry point)."""
+    first = label(deployment) if service is None else label(deployment, service)
+    return Token(f"{first}.{domain}")

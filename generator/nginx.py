@@ -57,9 +57,13 @@ class Wrapper:
 
     def test(self, nginx: str) -> tuple[bool, str]:
         """Run `nginx -t` on the wrapper; (passed, what nginx said)."""
+        try:
+            binary = shlex.split(nginx)
+        except ValueError as error:
+            return False, f"cannot split the nginx setting {nginx!r}: {error}"
         return run(
             [
-                *shlex.split(nginx),
+                *binary,
                 "-t",
                 "-q",
                 "-p",
@@ -80,6 +84,8 @@ def run(argv: list[str], timeout: float = 120) -> tuple[bool, str]:
         return False, f"{argv[0]}: command not found"
     except PermissionError:
         return False, f"{argv[0]}: permission denied"
+    except OSError as error:
+        return False, f"{argv[0]}: {error.strerror}"
     except subprocess.TimeoutExpired:
         return False, f"{shlex.join(argv)}: no answer within {timeout:.0f} s"
     return done.returncode == 0, (done.stdout + done.stderr).strip()

@@ -33,8 +33,7 @@ def build(
     """Validate, route and render a loaded snapshot (see snapshot.loads)."""
     deployments, problems = validate(snapshot, validator)
     table = build_table(deployments, config, problems)
-    identity = snapshot_id(snapshot)
-    return Rendered(identity, table, render(table, config, identity, templates))
+    return Rendered(snapshot_id(snapshot), table, render(table, config, templates))
 
 
 class Builder:

@@ -18,14 +18,18 @@ def answers(frontend: str, host: str, timeout: float = 5.0) -> tuple[bool, str]:
     parts = urlsplit(frontend)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"frontend {frontend!r} is not an http:// or https:// URL")
+    try:
+        port = parts.port
+    except ValueError as error:
+        raise UsageError(f"frontend {frontend!r}: {error}") from None
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    connection = kind(parts.hostname, parts.port, timeout=timeout)
+    connection = kind(parts.hostname, port, timeout=timeout)
     try:
         connection.request("GET", parts.path or "/", headers={"Host": host})
         response = connection.getresponse()
         response.read()
-    except OSError as error:
-        return False, f"frontend {frontend} does not answer ({error})"
+    except (OSError, http.client.HTTPException) as error:
+        return False, f"frontend {frontend} does not answer HTTP ({type(error).__name__}: {error})"
     finally:
         connection.close()
     if response.getheader(UNKNOWN_HOST):

@@ -292,7 +292,10 @@ def _http(
     url: str, what: str, method: str = "GET", headers: Mapping[str, str] | None = None
 ) -> bytes:
     """The body of a 200 answer; MetadataUnavailable (one line) for anything else."""
-    request = urllib.request.Request(url, method=method, headers=dict(headers or {}))
+    try:
+        request = urllib.request.Request(url, method=method, headers=dict(headers or {}))
+    except ValueError as error:  # not a URL at all
+        raise UsageError(f"{what}: {url!r} is not a URL ({error})") from None
     silent = f"{what} at {url}: no answer within {METADATA_TIMEOUT:g}s"
     try:
         with _OPENER.open(request, timeout=METADATA_TIMEOUT) as response:
@@ -505,8 +508,11 @@ def _now() -> str:
 class Session:
     """One entry in one registry: register, keep alive, deregister, with one line each."""
 
-    def __init__(self, registry: Registry, entry: Entry, ttl: int, streams: Streams) -> None:
+    def __init__(
+        self, registry: Registry, entry: Entry, ttl: int, streams: Streams, how: str
+    ) -> None:
         self.registry, self.entry, self.ttl, self.streams = registry, entry, ttl, streams
+        self.how = how  # where the address came from, for the log line
         self.registered = False
         self._failing = False
 
@@ -532,19 +538,28 @@ class Session:
         )
 
     def keepalive(self) -> None:
-        """Refresh the TTL; an unreachable registry is reported once and retried next time."""
+        """Refresh the TTL (or register, if that has not worked yet); a failure is reported
+        once and retried next time: a registry that is away for a while must not end the
+        service."""
+        if self.registered and not self.ttl:
+            return  # no TTL: nothing expires, nothing to refresh
         try:
-            self.registry.keepalive(self.entry, self.ttl)
-        except Error as error:
+            if self.registered:
+                self.registry.keepalive(self.entry, self.ttl)
+            else:
+                self.register(self.how)
+        except Exception as error:  # anything at all: the service keeps running
             if not self._failing:
+                what = str(error) if isinstance(error, Error) else f"internal error: {error!r}"
+                step = "keepalive" if self.registered else "registration"
                 self.streams.say(
-                    f"keepalive failed, retrying every {self.ttl / 3:g}s (the entry expires "
-                    f"{self.ttl}s after the last success): {error}"
+                    f"{step} failed, retrying every {_retry(self.ttl):g}s (a registered entry "
+                    f"expires {self.ttl}s after the last success): {what}"
                 )
             self._failing = True
             return
         if self._failing:
-            self.streams.say(f"keepalive works again: {self.key} refreshed")
+            self.streams.say(f"the registry answers again: {self.key} refreshed")
         self._failing = False
 
     def deregister(self) -> bool:
@@ -571,7 +586,7 @@ def _run_register(args: argparse.Namespace, streams: Streams, environ: Mapping[s
     address = discover(settings, environ)
     registry = registry_from_args(args, environ)
     entry = Entry(settings.deployment, settings.service, address.ip, address.port, _now())
-    session = Session(registry, entry, settings.ttl, streams)
+    session = Session(registry, entry, settings.ttl, streams, address.how)
     try:
         if settings.once:
             session.register(address.how, refreshed=False)
@@ -581,6 +596,11 @@ def _run_register(args: argparse.Namespace, streams: Streams, environ: Mapping[s
         return _sidecar(session, address, streams)
     finally:
         registry.close()
+
+
+def _retry(ttl: int) -> float:
+    """Seconds between keepalives (a third of the TTL), or between attempts to register."""
+    return ttl / 3 if ttl else 5.0
 
 
 def _next_keepalive(ttl: int) -> float:
@@ -635,28 +655,25 @@ def _wrap(session: Session, settings: Settings, address: Address, streams: Strea
                         child.signal(signum)
                     if signum in STOPPING:
                         stopping = True
-            # 2. register and keep alive until CMD exits or we are told to stop
+            # 2. register and keep alive until CMD exits or we are told to stop; a registry
+            # that does not answer yet is retried while CMD keeps serving
             if not stopping:
-                try:
-                    session.register(address.how)
-                except Error as error:
-                    streams.say(f"{error}; stopping {command[0]}")
-                    child.signal(signal.SIGTERM)
-                    child.wait(waiter)
-                    return error.exit_code
-            due = _next_keepalive(session.ttl)
+                session.keepalive()
+            due = time.monotonic() + _retry(session.ttl)
             while (code := child.poll()) is None:
                 timeout = min(CHILD_POLL, due - time.monotonic())
                 for signum in waiter.wait(timeout):
+                    if signum in STOPPING:
+                        stopping = True
                     if signum in STOPPING and session.registered:
                         name = signal.Signals(signum).name
                         streams.say(f"{name} received; deregistering, then passing it on")
                         session.deregister()  # first, so no new request is routed to CMD
                     if signum in FORWARDED:
                         child.signal(signum)
-                if session.registered and time.monotonic() >= due:
+                if not stopping and time.monotonic() >= due:
                     session.keepalive()
-                    due = _next_keepalive(session.ttl)
+                    due = time.monotonic() + _retry(session.ttl)
             streams.say(f"{command[0]} {how_it_ended(code)}")
             session.deregister()
             return exit_status(code)

@@ -76,9 +76,7 @@ def rfc3339(moment: datetime | None) -> Token | None:
     return None if moment is None else Token(moment.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
-def render(
-    table: RoutingTable, config: Config, snapshot_id: str, templates: jinja2.Environment
-) -> str:
+def render(table: RoutingTable, config: Config, templates: jinja2.Environment) -> str:
     """The config text for `table`: the same bytes for the same table and config, always."""
     # One group per deployment: two branches can share a label (Feature/Foo, feature-foo)
     # and both keep some routes, each deployment with its own created.
@@ -101,10 +99,9 @@ def render(
     try:
         template = templates.get_template(TEMPLATE)
         return template.render(
-            snapshot_id=Token(snapshot_id),
+            table_id=Token(table.content_id()),
             newest=newest,
             routes_count=len(table.routes),
-            problems_count=len(table.problems),
             deployments=deployments,
             hash=HashSize.for_names(len(table.routes), longest),
             domain=config.domain,

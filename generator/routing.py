@@ -27,7 +27,7 @@ from .model import (
     Token,
     Upstream,
 )
-from .names import label
+from .names import hostname, label
 from .validate import key_path, show
 
 
@@ -129,7 +129,7 @@ def candidates(deployment: Deployment, config: Config) -> tuple[list[Candidate],
             )
             continue
         upstreams[service.name] = upstream
-        host = Token(f"{label(deployment.name, service.name)}.{config.domain}")
+        host = hostname(deployment.name, service.name, config.domain)
         found.append(
             Candidate(_route(host, deployment, service, upstream, RouteKind.SERVICE), where)
         )
@@ -143,13 +143,13 @@ def candidates(deployment: Deployment, config: Config) -> tuple[list[Candidate],
             Problem(
                 where,
                 "no-default-service",
-                f"has no default entry point {label(deployment.name)}.{config.domain}: no "
+                f"has no default entry point {hostname(deployment.name, None, config.domain)}: no "
                 f"service named {show(config.default_service)} among {names}; register one "
                 "or set default_service",
             )
         )
     elif default is not None and default.name in upstreams:
-        host = Token(f"{label(deployment.name)}.{config.domain}")
+        host = hostname(deployment.name, None, config.domain)
         found.append(
             Candidate(
                 _route(host, deployment, default, upstreams[default.name], RouteKind.DEFAULT), where

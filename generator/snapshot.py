@@ -76,8 +76,14 @@ def _parse(text: str, source: str) -> Any:
 MAX_DEPTH = 64
 
 
+_JSON_LEAVES = (str, int, float, bool, type(None))
+
+
 def _depth(data: Any) -> int:
-    """How deeply objects and lists nest in `data`, found without recursion."""
+    """How deeply objects and lists nest in `data`, found without recursion.
+
+    Raises TypeError for anything JSON cannot hold (YAML's !!timestamp, !!binary, !!set ...).
+    """
     deepest, stack = 0, [(data, 1)]
     while stack:
         node, depth = stack.pop()
@@ -85,6 +91,8 @@ def _depth(data: Any) -> int:
             deepest = max(deepest, depth)
             children = node.values() if isinstance(node, dict) else node
             stack.extend((child, depth + 1) for child in children)
+        elif not isinstance(node, _JSON_LEAVES):
+            raise TypeError(type(node).__name__)
     return deepest
 
 
@@ -99,6 +107,11 @@ def loads(text: str, source: str = "snapshot") -> dict[str, Any]:
         too_deep = _depth(data) > MAX_DEPTH
     except RecursionError:
         too_deep = True
+    except TypeError as error:
+        raise SnapshotError(
+            f"{source}: holds a {error} value, which etcd cannot (a YAML tag such as !!binary?); "
+            "nothing was changed"
+        ) from None
     if too_deep:
         raise SnapshotError(
             f"{source}: nested more than {MAX_DEPTH} levels deep, too deeply to be a registry "

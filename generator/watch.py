@@ -19,7 +19,7 @@ from typing import Any
 from .errors import Error
 from .model import Problem
 from .pipeline import Rendered
-from .registry import HistoryLost, Registry, RegistryUnavailable
+from .registry import HistoryLost, Registry
 
 Clock = Callable[[], float]
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)  # seconds between attempts while the registry is away
@@ -60,6 +60,11 @@ def settle(
         index, last = changed, clock()
 
 
+def backoff(failures: int) -> float:
+    """Seconds to wait after `failures` failures in a row (1 or more)."""
+    return BACKOFF[min(failures, len(BACKOFF)) - 1]
+
+
 class Watcher:
     """Runs until stop() (or SIGTERM/SIGINT when started through run())."""
 
@@ -75,7 +80,7 @@ class Watcher:
         self.log = log
         self.timing = timing
         self.stopping = threading.Event()
-        self._reachable: bool | None = None
+        self._trouble: str | None = None  # what went wrong last, said once until it changes
         self._problems: tuple[Problem, ...] | None = None
 
     def stop(self) -> None:
@@ -86,34 +91,35 @@ class Watcher:
             f"watching {self.registry.description} (quiet {self.timing.quiet:g} s, "
             f"max wait {self.timing.max_wait:g} s)"
         )
-        attempt = 0
+        failures = 0
         while not self.stopping.is_set():
             try:
-                index = self._read_and_apply()
-                attempt = 0
-                self._follow(index)
-            except RegistryUnavailable as error:
-                if self._reachable is not False:
-                    self.log(
-                        f"{error}; keeping the last good config, retrying (backoff up to "
-                        f"{BACKOFF[-1]:g} s)"
-                    )
-                self._reachable = False
+                index, applied = self._read_and_apply()
+                # A failed apply is tried again after a backoff even if nothing changes (nginx
+                # may be restarting); otherwise the next read waits for a change or the resync.
+                failures = 0 if applied else failures + 1
+                self._follow(index, self.timing.resync if applied else backoff(failures))
+                continue
+            except Error as error:  # unreachable or unreadable registry: nothing is changed
+                self._say_once(f"{error}; keeping the last good config, retrying")
             except Exception as error:  # a watcher that dies routes nothing new: log, retry
-                self.log(
+                self._say_once(
                     f"internal error: {type(error).__name__}: {error}; keeping the last good "
                     "config, retrying. This is a bug in devtest-router; please report it"
                 )
-                self._reachable = None
-            else:
-                continue
-            self.stopping.wait(BACKOFF[min(attempt, len(BACKOFF) - 1)])
-            attempt += 1
+            failures += 1
+            self.stopping.wait(backoff(failures))
         self.log("stopped")
         return 0
 
-    def _follow(self, index: int) -> None:
-        """Wait for changes after `index`; return when a re-read is due (or on stop)."""
+    def _say_once(self, trouble: str) -> None:
+        if trouble != self._trouble:
+            self.log(trouble)
+        self._trouble = trouble
+
+    def _follow(self, index: int, patience: float) -> None:
+        """Wait for changes after `index`; return when a re-read is due: after a settled
+        change, a lost history, `patience` seconds without events, or a stop."""
         idle_since = time.monotonic()
         while not self.stopping.is_set():
             try:
@@ -124,32 +130,36 @@ class Watcher:
             if changed is not None:
                 settle(self.registry.wait, changed, self.timing)
                 return
-            if time.monotonic() - idle_since >= self.timing.resync:
+            if time.monotonic() - idle_since >= patience:
                 return
 
-    def _read_and_apply(self) -> int:
+    def _read_and_apply(self) -> tuple[int, bool]:
+        """Read the registry and apply it: (the read's index, whether the apply succeeded)."""
         read = self.registry.read()
-        if self._reachable is False:
-            self.log(f"{self.registry.description} is reachable again")
-        self._reachable = True
+        if self._trouble is not None:
+            self.log(f"{self.registry.description} is readable again")
+            self._trouble = None
         try:
             rendered, outcome = self.apply(read.snapshot)
-        except Error as error:  # logged, retried on the next change; never kills the watcher
+        except Error as error:  # logged and retried; never the end of the watcher
             self.log(f"apply failed at registry index {read.index}: {error}")
-            return read.index
+            return read.index, False
         if rendered.table.problems != self._problems:
             for problem in rendered.table.problems:
                 self.log(f"problem: {problem}")
             self._problems = rendered.table.problems
         self.log(f"{outcome} (registry index {read.index})")
-        return read.index
+        return read.index, True
 
 
 def stop_on_signals(watcher: Watcher) -> None:
-    """SIGTERM and SIGINT end the watcher after the step in progress (an apply is never cut)."""
+    """SIGTERM and SIGINT end the watcher after the step in progress (an apply is never cut).
 
-    def handler(signum: int, _frame: object) -> None:
-        watcher.log(f"{signal.Signals(signum).name} received; stopping")
+    The handler only sets a flag: printing from a signal handler can collide with a print in
+    progress (a reentrant call), and then the stop would be lost.
+    """
+
+    def handler(_signum: int, _frame: object) -> None:
         watcher.stop()
 
     signal.signal(signal.SIGTERM, handler)

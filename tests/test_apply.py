@@ -26,6 +26,7 @@ import pytest
 from harness import Backend, Nginx, Response, find_binary, http_request, wait_for
 
 from generator.cli import main
+from generator.snapshot import snapshot_id
 
 pytestmark = pytest.mark.integration
 
@@ -287,7 +288,7 @@ def test_routes_reach_the_right_backend_with_forwarding_headers(
     assert result.out == ""
     assert result.err_lines == [
         f"devtest-router: applied {router.output}: 6 routes added, 0 removed, 0 changed; "
-        "6 routes; nginx reloaded"
+        f"6 routes, snapshot {snapshot_id(data)}; nginx reloaded"
     ]
     assert router.reloads() == 1
 
@@ -397,7 +398,8 @@ def test_same_snapshot_again_changes_and_reloads_nothing(
     assert again.code == 0
     assert again.out == ""
     assert again.err_lines == [
-        f"devtest-router: nothing to do: {router.output} is up to date (6 routes)"
+        f"devtest-router: nothing to do: {router.output} is up to date "
+        f"(6 routes, snapshot {snapshot_id(data)})"
     ]
     # The same registry in another key order is the same snapshot: still nothing to do.
     reordered = {"deployment": dict(reversed(list(data["deployment"].items())))}
@@ -421,7 +423,7 @@ def test_removed_deployment_loses_its_routes_and_the_other_keeps_routing(
     result = router.applied(data)
     assert result.err_lines == [
         f"devtest-router: applied {router.output}: 0 routes added, 3 removed, 0 changed; "
-        "3 routes; nginx reloaded"
+        f"3 routes, snapshot {snapshot_id(data)}; nginx reloaded"
     ]
     for host in ("feature-login-web", "feature-login-api", "feature-login"):
         router.unknown(f"{host}.{DOMAIN}")

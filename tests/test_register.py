@@ -938,6 +938,8 @@ def test_once_with_ttl_0_writes_keys_without_ttl_like_the_snippet(etcd: Etcd) ->
     keys = service_keys(etcd)
     assert (keys["ip"]["value"], keys["port"]["value"]) == ("10.0.0.5", "8080")
     assert "ttl" not in keys["ip"] and "ttl" not in keys["port"]
+    time.sleep(1.5)  # a ttl of 0 sent to etcd would expire the keys at once: they must stay
+    assert set(service_keys(etcd)) == {"ip", "port"}
     created = etcd_node(etcd, "/deployment/feature-x/created")
     assert RFC3339.match(created["value"])
     assert cli("deregister", environ=environ).code == 0
@@ -946,21 +948,34 @@ def test_once_with_ttl_0_writes_keys_without_ttl_like_the_snippet(etcd: Etcd) ->
 
 @pytest.mark.integration
 @needs_etcd2
-def test_wrapper_with_an_unreachable_registry_stops_the_child_and_exits_4(
+def test_wrapper_keeps_its_service_while_the_registry_is_away_and_registers_when_it_is_back(
     run: Any, tmp_path: Path, child: Path
 ) -> None:
     port = free_port()
     (tmp_path / "listen").touch()
-    down = f"http://{LOOPBACK}:{free_port()}"
+    client, peer = free_ports(2)
+    etcd = Etcd(tmp_path / "etcd", client_port=client, peer_port=peer)
     argv = [
         "register", "--name", "feature/x", "--service", "web", "--port", str(port),
-        "--ip", "127.0.0.1", "--", PYTHON, str(child), str(port), str(tmp_path),
+        "--ip", "127.0.0.1", "--ttl", "3", "--", PYTHON, str(child), str(port), str(tmp_path),
     ]  # fmt: skip
-    wrapper = run(*argv, env=clean_env(REGISTRY_URL=down))
-    assert wrapper.wait() == 4, wrapper.err
-    assert (tmp_path / "got-SIGTERM").exists()
-    assert f"etcd v2 at 127.0.0.1:{down.rsplit(':', 1)[1]}" in wrapper.err
-    assert "; stopping " in wrapper.err and "Traceback" not in wrapper.err
+    wrapper = run(*argv, env=clean_env(REGISTRY_URL=etcd.url))
+    wait_for(lambda: "registration failed, retrying" in wrapper.err, what="one retry line")
+    assert wrapper.proc.poll() is None and port_open(port), "the service keeps running"
+    try:
+        etcd.start()
+        wait_for(
+            lambda: set(service_keys(etcd)) == {"ip", "port"},
+            timeout=10,
+            what=f"the keys once etcd is up:\n{wrapper.err}",
+        )
+        assert wrapper.err.count("registration failed") == 1, "said once, not per attempt"
+        wrapper.proc.send_signal(signal.SIGTERM)
+        assert wrapper.wait() == 7, wrapper.err  # the child's status
+        assert service_keys(etcd) == {}
+        assert "Traceback" not in wrapper.err
+    finally:
+        etcd.stop()
 
 
 @pytest.mark.integration
