@@ -39,11 +39,14 @@ EXIT_CODES = {
     130: "interrupted",
 }
 
+_EXIT_TABLE = "exit codes:\n" + "\n".join(
+    f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items()
+)
 _EPILOG = (
-    "Every flag can also be set as an environment variable DEVTEST_ROUTER_<FLAG> (e.g. "
-    "DEVTEST_ROUTER_DOMAIN) or in the --config file; a flag beats the environment, which beats "
-    "the file, which beats the default.\n\nexit codes:\n"
-    + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
+    "The routing and applying flags can also be set as environment variables "
+    "DEVTEST_ROUTER_<FLAG> (e.g. DEVTEST_ROUTER_DOMAIN) or in the --config file; a flag beats "
+    "the environment, which beats the file, which beats the default. The registry comes from "
+    "--registry, else REGISTRY_URL.\n\n" + _EXIT_TABLE
 )
 
 
@@ -139,13 +142,14 @@ def _parser() -> argparse.ArgumentParser:
         parents: list[argparse.ArgumentParser],
         summary: str,
         run: Callable[[argparse.Namespace, Streams, Mapping[str, str]], int],
+        epilog: str = _EPILOG,
     ) -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name,
             parents=parents,
             help=summary,
             description=summary,
-            epilog=_EPILOG,
+            epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sub.set_defaults(run=run)
@@ -195,11 +199,24 @@ def _parser() -> argparse.ArgumentParser:
         help="apply at the latest this long after the first change of a burst (default: 2)",
     )
 
-    dump = command("snapshot", [], "print the registry as etcdwatch-shaped JSON", _snapshot)
+    dump = command(
+        "snapshot",
+        [],
+        "print the registry as etcdwatch-shaped JSON",
+        _snapshot,
+        "The registry comes from --registry, else REGISTRY_URL, else the default file.\n\n"
+        + _EXIT_TABLE,
+    )
     add_registry_arguments(dump, default=DEFAULT_REGISTRY)
 
     wait = command(
-        "wait", [], "block until <NAME>-<SERVICE>.<domain> answers through the frontend", _wait
+        "wait",
+        [],
+        "block until <NAME>-<SERVICE>.<domain> answers through the frontend",
+        _wait,
+        "The hostname is made as the generator makes it from what `register` writes. A route "
+        "answers when the frontend passes the request to its service (any status but 502, 503 "
+        "and 504); the frontend's own 404 page means not routed yet.\n\n" + _EXIT_TABLE,
     )
     group = wait.add_argument_group("waiting")
     group.add_argument("--name", help="branch name (default: $NAME)")

@@ -716,11 +716,22 @@ address discovery, first that applies: --ip/IP; ECS task metadata v4 (awsvpc: th
 address and the container port; bridge: the host's address and the HostPort mapped to PORT;
 it also gives PORT when unset); EC2 instance metadata (IMDSv2 local-ipv4).
 
+With -- CMD, a registry that does not answer is retried (said once) while CMD keeps serving.
+
 exit codes:
-    0  registered (--once), deregistered, or stopped by SIGTERM/SIGINT and deregistered
+    0  registered (--once), or stopped by SIGTERM/SIGINT and deregistered
     2  a missing or bad setting
     4  the registry or a metadata endpoint cannot be reached
   N    with -- CMD: CMD's exit status (128+S when signal S killed it; 126/127: cannot run it)
+"""
+
+_DEREGISTER_EPILOG = """\
+environment (a flag beats its variable): NAME, SERVICE, REGISTRY_URL, as for register.
+
+exit codes:
+    0  deregistered
+    2  a missing or bad setting
+    4  the registry cannot be reached
 """
 
 
@@ -789,7 +800,7 @@ def add_commands(commands: Any) -> None:
         help="delete a service container's keys (the branch's too when no service is left)",
         description="Delete /deployment/<branch>/service/<service> (and the branch's keys when "
         "no other service is left). Takes the same settings as register.",
-        epilog=_EPILOG,
+        epilog=_DEREGISTER_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _identity(deregister, address=False)
