@@ -26,6 +26,7 @@ from harness import (
     wait_for,
 )
 
+from generator.names import label
 from generator.registry import Entry, open_registry
 
 pytestmark = pytest.mark.integration
@@ -425,3 +426,63 @@ def test_watch_stops_cleanly_on_sigterm_and_sigint(
         assert router.process.wait(5) == 0
         assert not pid_alive(router.process.pid)
         assert "stopped" in router.log.read_text()
+
+
+def test_watch_a_registry_file(
+    tmp_path: Path, frontend: Callable[..., Frontend], backends: Callable[..., dict[str, Backend]]
+) -> None:
+    found = backends("web", "api")
+    registry = tmp_path / "registry.yaml"
+
+    def write(services: dict[str, Backend]) -> None:
+        lines = ["deployment:", "  local:", "    service:"]
+        for name, backend in services.items():
+            lines += [f"      {name}: {{ip: 127.0.0.1, port: '{backend.port}'}}"]
+        registry.write_text("\n".join(lines) + "\n")
+
+    write({"web": found["web"]})
+    router = frontend(f"file:{registry}")
+    router.wait_route(f"local-web.{DOMAIN}", "web")
+    write(found)
+    router.wait_route(f"local-api.{DOMAIN}", "api")
+    write({"api": found["api"]})
+    router.wait_route(f"local-web.{DOMAIN}", None)
+    router.wait_route(f"local.{DOMAIN}", "api")  # the only service is the default
+
+
+def test_wait_returns_once_the_route_answers_and_gives_up_when_it_does_not(
+    etcd: Etcd, frontend: Callable[..., Frontend], backends: Callable[..., dict[str, Backend]]
+) -> None:
+    web = backends("web")["web"]
+    router = frontend(registry_url("etcd2", etcd))
+    wait_for(lambda: "registry index" in router.log.read_text(), 10, what="the first apply")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVTEST_ROUTER_")}
+    waiting = [
+        str(BIN),
+        "wait",
+        "--name",
+        "Feature/Wait",
+        "--service",
+        "web",
+        "--domain",
+        DOMAIN,
+        "--frontend",
+        f"http://127.0.0.1:{router.nginx.port}",
+    ]
+
+    gave_up = subprocess.run(
+        [*waiting, "--timeout", "1"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert gave_up.returncode == 1, gave_up.stderr
+    assert "does not route feature-wait-web.dev.test yet" in gave_up.stderr
+    assert gave_up.stderr.strip().splitlines()[-1].startswith("devtest-router: gave up")
+
+    waiter = subprocess.Popen(
+        [*waiting, "--timeout", "30"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    registry = open_registry(registry_url("etcd2", etcd))
+    registry.register(entry(label("Feature/Wait"), "web", web), ttl=60)
+    registry.close()
+    _, said = waiter.communicate(timeout=30)
+    assert waiter.returncode == 0, said
+    assert "feature-wait-web.dev.test answers (200)" in said
