@@ -14,64 +14,128 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
-from .check import check, routes_in
+from .check import check, check_fragments, routes_in
 from .config import Config
 from .errors import ApplyError, CheckError, InternalError, UsageError
 from .nginx import Wrapper, run_command
 from .pipeline import Plan, Rendered, make_plan, removal_refusal
+from .render import ROUTES_MARKER
 
 NEW_FILE_MODE = 0o644
 
 
-def parse_back(rendered: Rendered, config: Config, staged: Path, scratch: Path) -> Wrapper:
-    """The crossplane gate on a staged file: raises unless it holds exactly the routing table."""
-    wrapper = Wrapper(scratch, staged)
-    wrapper.write()
-    failures = check(wrapper.parse(), rendered.table, config, str(staged))
-    if failures:
-        detail = "; ".join(failures[:5]) + (
-            f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
+class Checker:
+    """The crossplane gate, with memory.
+
+    The file around the deployments' lines (the skeleton, small) is parsed every time; each
+    deployment's lines are parsed once and remembered for as long as they stay the same, so a
+    long-running watcher parses only what changed. Either way every byte of the file has been
+    parsed back: the file is the skeleton with the lines spliced in at the one marker entry the
+    skeleton's hostname map must hold.
+    """
+
+    def __init__(self) -> None:
+        self._passed: set[tuple[str, frozenset[tuple[str, str]]]] = set()
+
+    def __call__(self, rendered: Rendered, config: Config, scratch: Path) -> None:
+        marker = ROUTES_MARKER.split()
+        failures = check(
+            _parse(scratch / "skeleton", rendered.skeleton),
+            {marker[0]: marker[1].rstrip(";")},
+            config,
+            str(scratch / "skeleton" / "included.conf"),
         )
-        if config.template_dir:  # an override template is the likelier culprit than we are
-            raise CheckError(
-                f"the rendered config fails the check: {detail}; nothing was "
-                f"changed. Fix the templates in {config.template_dir}"
+        keys = [(text, frozenset(wanted.items())) for text, wanted in rendered.fragments]
+        unchecked = [
+            (text, wanted)
+            for key, (text, wanted) in zip(keys, rendered.fragments, strict=True)
+            if key not in self._passed
+        ]
+        if unchecked:
+            lines = ["map $host $devtest_route {\n", "    hostnames;\n"]
+            spans = []
+            for text, wanted in unchecked:
+                first = len(lines) + 1
+                lines.extend(text.splitlines(keepends=True))
+                spans.append((first, len(lines), wanted))
+            lines.append("}\n")
+            routes = scratch / "routes"
+            failures += check_fragments(
+                _parse(routes, "".join(lines)), str(routes / "included.conf"), spans
             )
-        raise InternalError(f"the rendered config does not match the routing table: {detail}")
-    return wrapper
+        if failures:
+            _refuse(failures, config)
+        self._passed = set(keys)
 
 
-def gate(rendered: Rendered, config: Config, staged: Path, scratch: Path) -> None:
-    """The crossplane gate, then nginx's own test, on a staged file; raises if either refuses."""
-    passed, said = parse_back(rendered, config, staged, scratch).test(config.nginx)
+def _parse(folder: Path, text: str) -> dict[str, Any]:
+    """crossplane's payload for `text` included in a wrapper's http block, in `folder`."""
+    folder.mkdir()
+    included = folder / "included.conf"
+    included.write_text(text, encoding="utf-8")
+    wrapper = Wrapper(folder, included)
+    wrapper.write()
+    return wrapper.parse()
+
+
+def _refuse(failures: list[str], config: Config) -> None:
+    detail = "; ".join(failures[:5]) + (
+        f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
+    )
+    if config.template_dir:  # an override template is the likelier culprit than we are
+        raise CheckError(
+            f"the rendered config fails the check: {detail}; nothing was changed. Fix the "
+            f"templates in {config.template_dir}"
+        )
+    raise InternalError(f"the rendered config does not match the routing table: {detail}")
+
+
+def gate(rendered: Rendered, config: Config, staged: Path, scratch: Path, checker: Checker) -> None:
+    """The crossplane gate, then nginx's own test on the staged file; raises if either refuses."""
+    checker(rendered, config, scratch)
+    (scratch / "nginx").mkdir()
+    wrapper = Wrapper(scratch / "nginx", staged)
+    wrapper.write()
+    passed, said = wrapper.test(config.nginx)
     if not passed:
         raise CheckError(f"nginx rejects the rendered config; nothing was changed\n{_indent(said)}")
 
 
-def current_routes(target: Path, current: str | None, scratch: Path) -> dict[str, str]:
-    """The routes of the file in place, read back by crossplane ({} if it is not one of ours)."""
+def current_routes(
+    target: Path, current: str | None, scratch: Path, known: Known | None = None
+) -> dict[str, str]:
+    """The routes of the file in place: from `known` when that is the text we wrote last, else
+    read back by crossplane ({} if it is not one of ours)."""
     if current is None:
         return {}
+    if known is not None and known[0] == current:
+        return dict(known[1])
     scratch.mkdir()
     wrapper = Wrapper(scratch, target)
     wrapper.write()
     return routes_in(wrapper.parse(), str(target)) or {}
 
 
-def checked_text(rendered: Rendered, config: Config) -> str:
+# The text of a file we wrote and its routes (hostname -> target), so that a watcher need not
+# parse its own last file back to learn what an apply removes.
+Known = tuple[str, Mapping[str, str]]
+
+
+def checked_text(rendered: Rendered, config: Config, checker: Checker | None = None) -> str:
     """The rendered text once crossplane has read it back as the routing table (no nginx)."""
     with tempfile.TemporaryDirectory(prefix="devtest-router-") as folder:
-        staged = Path(folder) / "rendered.conf"
-        staged.write_text(rendered.text, encoding="utf-8")
-        parse_back(rendered, config, staged, Path(folder))
+        (checker or Checker())(rendered, config, Path(folder))
     return rendered.text
 
 
-def plan(rendered: Rendered, config: Config) -> Plan:
+def plan(
+    rendered: Rendered, config: Config, checker: Checker | None = None, known: Known | None = None
+) -> Plan:
     """Dry run: every check a real apply runs, on a copy in a temporary folder; changes nothing."""
     target = Path(config.output)
     current = _read(target)
@@ -79,16 +143,24 @@ def plan(rendered: Rendered, config: Config) -> Plan:
         scratch = Path(folder)
         staged = scratch / "rendered.conf"
         staged.write_text(rendered.text, encoding="utf-8")
-        gate(rendered, config, staged, scratch)
-        result = make_plan(current, current_routes(target, current, scratch / "current"), rendered)
+        gate(rendered, config, staged, scratch, checker or Checker())
+        result = make_plan(
+            current, current_routes(target, current, scratch / "current", known), rendered
+        )
     refusal = removal_refusal(result, config)
     if refusal:
         raise CheckError(refusal)
     return result
 
 
-def apply(rendered: Rendered, config: Config) -> Plan:
-    """Install `rendered` at config.output and reload nginx, or raise with the old file intact."""
+def apply(
+    rendered: Rendered, config: Config, checker: Checker | None = None, known: Known | None = None
+) -> Plan:
+    """Install `rendered` at config.output and reload nginx, or raise with the old file intact.
+
+    A long-running caller passes the same `checker` every time and, as `known`, the text and
+    routes of what it applied last.
+    """
     target = Path(config.output)
     folder = target.parent
     if not folder.is_dir():
@@ -103,9 +175,9 @@ def apply(rendered: Rendered, config: Config) -> Plan:
             scratch = Path(temporary)
             staged = _stage(folder, target.name, rendered.text)
             try:
-                gate(rendered, config, staged, scratch)
+                gate(rendered, config, staged, scratch, checker or Checker())
                 result = make_plan(
-                    current, current_routes(target, current, scratch / "current"), rendered
+                    current, current_routes(target, current, scratch / "current", known), rendered
                 )
                 refusal = removal_refusal(result, config)
                 if refusal:

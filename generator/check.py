@@ -10,11 +10,10 @@ contexts here, never which directives exist.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .config import Config
-from .model import RoutingTable
 
 ROUTE_MAP = ("$host", "$devtest_route")
 PROXY_PASS = ["http://$devtest_upstream"]
@@ -59,15 +58,25 @@ def _walk(
             yield from _walk(statement["block"], statement["directive"])
 
 
-def check(payload: Mapping[str, Any], table: RoutingTable, config: Config, path: str) -> list[str]:
-    """What is wrong with the parsed file at `path` (crossplane's payload), as lines; [] if ok."""
+def _parsed(payload: Mapping[str, Any], path: str) -> list[dict[str, Any]] | str:
+    """crossplane's statements of `path`, or what went wrong."""
     if payload.get("status") != "ok":
-        return [f"{error['error']}" for error in payload.get("errors", [])] or [
-            "crossplane could not parse the rendered config"
-        ]
+        errors = [str(error["error"]) for error in payload.get("errors", [])]
+        return "; ".join(errors) or "crossplane could not parse the rendered config"
     parsed = next((item["parsed"] for item in payload["config"] if item["file"] == path), None)
-    if parsed is None:
-        return [f"crossplane did not read {path}"]
+    return f"crossplane did not read {path}" if parsed is None else parsed
+
+
+def check(
+    payload: Mapping[str, Any], expected: Mapping[str, str], config: Config, path: str
+) -> list[str]:
+    """What is wrong with the parsed file at `path` (crossplane's payload), as lines; [] if ok.
+
+    `expected` is what the hostname map must hold exactly: hostname -> target.
+    """
+    parsed = _parsed(payload, path)
+    if isinstance(parsed, str):
+        return [parsed]
 
     failures: list[str] = []
     route_maps: list[list[dict[str, Any]]] = []
@@ -103,7 +112,43 @@ def check(payload: Mapping[str, Any], table: RoutingTable, config: Config, path:
     if len(route_maps) != 1:
         failures.append(f"expected one 'map $host $devtest_route' block, found {len(route_maps)}")
     else:
-        failures.extend(_compare_routes(route_maps[0], table))
+        failures.extend(_compare_routes(route_maps[0], expected))
+    return failures
+
+
+def check_fragments(
+    payload: Mapping[str, Any], path: str, spans: Sequence[tuple[int, int, Mapping[str, str]]]
+) -> list[str]:
+    """Check deployments' lines parsed together inside one `map $host $devtest_route` block.
+
+    `spans` gives each deployment's first and last line in the file and the entries it must
+    hold exactly; nothing else may stand in the file.
+    """
+    parsed = _parsed(payload, path)
+    if isinstance(parsed, str):
+        return [parsed]
+    if len(parsed) != 1 or tuple(parsed[0].get("args", ())) != ROUTE_MAP:
+        return ["a deployment's lines reach outside the hostname map"]
+    entries = [entry for entry in parsed[0]["block"] if entry["directive"] not in MAP_KEYWORDS]
+    failures = [
+        f"{entry['directive']!r} inside the hostname map is not a hostname entry"
+        for entry in parsed[0]["block"]
+        if "block" in entry or entry["directive"] == "include"
+    ]
+    owner: dict[int, int] = {}  # line -> the span it belongs to
+    for number, (first, last, _) in enumerate(spans):
+        owner.update(dict.fromkeys(range(first, last + 1), number))
+    inside: list[list[dict[str, Any]]] = [[] for _ in spans]
+    stray = 0
+    for entry in entries:
+        if entry["line"] in owner:
+            inside[owner[entry["line"]]].append(entry)
+        else:
+            stray += 1
+    for found, (_, _, wanted) in zip(inside, spans, strict=True):
+        failures.extend(_compare_routes(found, wanted))
+    if stray:
+        failures.append("the hostname map holds lines of no deployment")
     return failures
 
 
@@ -134,7 +179,7 @@ def routes_in(payload: Mapping[str, Any], path: str) -> dict[str, str] | None:
     return None
 
 
-def _compare_routes(entries: list[dict[str, Any]], table: RoutingTable) -> list[str]:
+def _compare_routes(entries: list[dict[str, Any]], expected: Mapping[str, str]) -> list[str]:
     found: dict[str, str] = {}
     counts: Counter[str] = Counter()
     for host, target in _map_entries(entries):
@@ -143,7 +188,6 @@ def _compare_routes(entries: list[dict[str, Any]], table: RoutingTable) -> list[
     failures = [
         f"hostname {host} is mapped {count} times" for host, count in counts.items() if count > 1
     ]
-    expected = {str(route.host): str(route.target) for route in table.routes}
     for host in sorted(expected.keys() - found.keys()):
         failures.append(f"route {host} is missing from the rendered config")
     for host in sorted(found.keys() - expected.keys()):

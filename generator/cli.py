@@ -11,15 +11,17 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any, TextIO
 
+import jinja2
 import yaml
 
 from . import __version__, register
 from .apply import apply, checked_text, plan
 from .config import ENV_PREFIX, Config, resolve
 from .errors import Error, UsageError
+from .incremental import Engine
 from .model import RoutingTable
 from .names import hostname, label
-from .pipeline import Builder, Plan, Rendered
+from .pipeline import Plan, Rendered, build
 from .probe import wait_until_routed
 from .registry import DEFAULT_REGISTRY, add_registry_arguments, registry_from_args
 from .render import environment
@@ -260,14 +262,14 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
     return resolve(schema("config"), flags, environ, file_data, config_name)
 
 
-def builder(config: Config) -> Builder:
-    """The pipeline for `config`: bundled templates, overridden by config.template_dir."""
+def templates(config: Config) -> jinja2.Environment:
+    """The bundled templates, overridden by those in config.template_dir."""
     folders = [data_dir("templates")]
     if config.template_dir:
         if not Path(config.template_dir).is_dir():
             raise UsageError(f"template_dir {config.template_dir}: no such folder")
         folders.insert(0, Path(config.template_dir))
-    return Builder(config, schema("snapshot"), environment(folders))
+    return environment(folders)
 
 
 def _build(args: argparse.Namespace, config: Config, streams: Streams) -> Rendered:
@@ -280,7 +282,7 @@ def _build(args: argparse.Namespace, config: Config, streams: Streams) -> Render
             reason = getattr(error, "strerror", None) or str(error)
             raise UsageError(f"snapshot {args.snapshot}: {reason}") from None
         source = args.snapshot
-    return builder(config)(loads(text, source))
+    return build(loads(text, source), config, schema("snapshot"), templates(config))
 
 
 def _report_problems(table: RoutingTable, streams: Streams) -> None:
@@ -361,16 +363,16 @@ def _describe(result: Plan, rendered: Rendered, config: Config) -> str:
 def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
     config = _settings(args, environ)
     registry = registry_from_args(args, environ)
-    build = builder(config)
+    engine = Engine(config, schema("snapshot"), templates(config))
 
     def apply_snapshot(snapshot: Mapping[str, Any]) -> tuple[Rendered, str]:
-        rendered = build(snapshot)
+        rendered = engine.build(snapshot)
         if config.dry_run:
-            result = plan(rendered, config)
+            result = engine.plan(rendered)
             streams.stdout.write(result.diff(config.output))
             streams.stdout.flush()
             return rendered, f"dry run: {result.summary()}"
-        return rendered, _describe(apply(rendered, config), rendered, config)
+        return rendered, _describe(engine.apply(rendered), rendered, config)
 
     timing = Timing(config.quiet_period, config.max_wait, config.resync_interval)
     watcher = Watcher(registry, apply_snapshot, streams.say, timing)

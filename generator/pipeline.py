@@ -10,11 +10,11 @@ from typing import Any
 import jinja2
 
 from .config import Config
-from .model import RoutingTable
-from .render import render
-from .routing import build_table
-from .snapshot import snapshot_id
-from .validate import SnapshotValidator, validate
+from .model import Problem, RoutingTable
+from .render import Fragment, Group, groups, render_group, render_skeleton, splice
+from .routing import Candidate, assemble, candidates
+from .snapshot import canonical, snapshot_id
+from .validate import SnapshotValidator
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,22 +22,18 @@ class Rendered:
     snapshot_id: str
     table: RoutingTable
     text: str
+    skeleton: str  # text with render.ROUTES_MARKER in place of the deployments' lines
+    fragments: tuple[tuple[Fragment, Mapping[str, str]], ...]  # lines, hostname -> target
 
 
-def build(
-    snapshot: Mapping[str, Any],
-    config: Config,
-    validator: SnapshotValidator,
-    templates: jinja2.Environment,
-) -> Rendered:
-    """Validate, route and render a loaded snapshot (see snapshot.loads)."""
-    deployments, problems = validate(snapshot, validator)
-    table = build_table(deployments, config, problems)
-    return Rendered(snapshot_id(snapshot), table, render(table, config, templates))
+class Pipeline:
+    """Validate, route and render snapshots, again and again.
 
-
-class Builder:
-    """build() with its validator and templates prepared once, for a process that builds often."""
+    The work for a deployment (validation, its routes, its rendered lines) is kept, keyed by
+    the deployment's content, and redone only when the deployment changes; collisions, the
+    routing table and the rest of the file are redone every time. A fresh Pipeline is the cold
+    run, so the bytes are the same whether a deployment's work was kept or not.
+    """
 
     def __init__(
         self, config: Config, snapshot_schema: Mapping[str, Any], templates: jinja2.Environment
@@ -45,9 +41,57 @@ class Builder:
         self.config = config
         self._validator = SnapshotValidator(snapshot_schema)
         self._templates = templates
+        # name -> (canonical JSON of the deployment, its route candidates, its problems)
+        self._deployments: dict[str, tuple[str, list[Candidate], list[Problem]]] = {}
+        self._fragments: dict[Group, Fragment] = {}
 
     def __call__(self, snapshot: Mapping[str, Any]) -> Rendered:
-        return build(snapshot, self.config, self._validator, self._templates)
+        kept: dict[str, tuple[str, list[Candidate], list[Problem]]] = {}
+        found: list[Candidate] = []
+        problems: list[Problem] = []
+        for name, value in sorted(snapshot["deployment"].items()):
+            text = canonical(value)
+            work = self._deployments.get(name)
+            if work is None or work[0] != text:
+                work = (text, *self._deployment(name, value))
+            kept[name] = work
+            found.extend(work[1])
+            problems.extend(work[2])
+        self._deployments = kept
+
+        table = assemble(found, problems, self.config)
+        parts = groups(table)
+        self._fragments = {
+            group: self._fragments.get(group) or render_group(group, self._templates)
+            for group in parts
+        }
+        fragments = tuple(
+            (self._fragments[group], {str(host): str(target) for host, target, _ in group[2]})
+            for group in parts
+        )
+        skeleton = render_skeleton(
+            table, self.config, self._templates, [fragment for fragment, _ in fragments]
+        )
+        identity = snapshot_id(snapshot, {name: work[0] for name, work in kept.items()})
+        text = splice(skeleton, [fragment for fragment, _ in fragments])
+        return Rendered(identity, table, text, skeleton, fragments)
+
+    def _deployment(self, name: str, value: Any) -> tuple[list[Candidate], list[Problem]]:
+        deployment, problems = self._validator.deployment(name, value)
+        if deployment is None:
+            return [], problems
+        asked, trouble = candidates(deployment, self.config)
+        return asked, problems + trouble
+
+
+def build(
+    snapshot: Mapping[str, Any],
+    config: Config,
+    snapshot_schema: Mapping[str, Any],
+    templates: jinja2.Environment,
+) -> Rendered:
+    """Validate, route and render a loaded snapshot (see snapshot.loads), from scratch."""
+    return Pipeline(config, snapshot_schema, templates)(snapshot)
 
 
 @dataclass(frozen=True, slots=True)

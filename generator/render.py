@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +16,7 @@ from .errors import UsageError
 from .model import Route, RoutingTable, Token
 
 TEMPLATE = "routes.conf.j2"
+GROUP_TEMPLATE = "deployment.conf.j2"
 _POINTER = 8  # sizeof(void *) on the 64-bit machines nginx runs on
 _CACHE_LINE = 64
 
@@ -25,7 +27,9 @@ class UncheckedValueError(jinja2.TemplateError):
 
 def _only_checked(value: Any) -> Any:
     """Jinja's finalize hook: the single gate between data and nginx syntax."""
-    if isinstance(value, Token) or (isinstance(value, int) and not isinstance(value, bool)):
+    if isinstance(value, Token | Fragment) or (
+        isinstance(value, int) and not isinstance(value, bool)
+    ):
         return value
     if value is None:
         return ""
@@ -76,43 +80,110 @@ def rfc3339(moment: datetime | None) -> Token | None:
     return None if moment is None else Token(moment.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
+class Fragment(str):
+    """Text a bundled or override template rendered from Tokens and ints alone.
+
+    The finalize gate lets it through, so a deployment's lines are rendered once and printed
+    by the main template as they are.
+    """
+
+    __slots__ = ()
+
+
+# Stands in for every deployment's lines while the rest of the file is rendered and checked: a
+# map entry, so the check can see it is inside `map $host $devtest_route` and nowhere else.
+ROUTES_MARKER = Fragment("    routes.devtest-router.invalid marker;\n")
+
+# A deployment's part of the file: its label, creation time and (host, target, kind) per route.
+Group = tuple[Token, Token | None, tuple[tuple[Token, Token, str], ...]]
+
+
+def groups(table: RoutingTable) -> list[Group]:
+    """The routes by deployment, in file order. Two branches can share a label (Feature/Foo and
+    feature-foo) and both keep some routes: each keeps its own group and created."""
+    by_deployment: dict[tuple[str, str], list[Route]] = {}
+    for route in table.routes:  # sorted by host already
+        by_deployment.setdefault((route.deployment_label, route.deployment), []).append(route)
+    return [
+        (
+            routes[0].deployment_label,
+            rfc3339(routes[0].created),
+            tuple((route.host, route.target, route.kind.value) for route in routes),
+        )
+        for _, routes in sorted(by_deployment.items(), key=lambda item: item[0])
+    ]
+
+
+def render_group(group: Group, templates: jinja2.Environment) -> Fragment:
+    """One deployment's lines in the hostname map (deployment.conf.j2)."""
+    label, created, routes = group
+    return Fragment(
+        _render(
+            templates,
+            GROUP_TEMPLATE,
+            label=label,
+            created=created,
+            routes=[
+                {"host": host, "target": target, "kind": kind} for host, target, kind in routes
+            ],
+        )
+    )
+
+
+def routes_id(fragments: Sequence[str]) -> Token:
+    """A name for the routes as rendered, that depends on nothing else: problems and stray keys
+    in the registry do not change it, so they never change the file or reload nginx."""
+    digest = hashlib.sha256()
+    for fragment in fragments:
+        digest.update(fragment.encode("ascii"))
+    return Token("sha256:" + digest.hexdigest()[:16])
+
+
+def render_skeleton(
+    table: RoutingTable,
+    config: Config,
+    templates: jinja2.Environment,
+    fragments: Sequence[str],
+) -> str:
+    """The whole file with ROUTES_MARKER where the deployments' lines go."""
+    longest = max((len(route.host) for route in table.routes), default=1)
+    newest = max((route.created for route in table.routes if route.created), default=None)
+    skeleton = _render(
+        templates,
+        TEMPLATE,
+        table_id=routes_id(fragments),
+        newest=rfc3339(newest),
+        routes_count=len(table.routes),
+        deployments_count=len(fragments),
+        routes=ROUTES_MARKER,
+        hash=HashSize.for_names(len(table.routes), longest),
+        domain=config.domain,
+        listen=config.listen,
+        access_log=config.access_log,
+        client_max_body_size=config.client_max_body_size,
+        proxy_connect_timeout=config.proxy_connect_timeout,
+        proxy_read_timeout=config.proxy_read_timeout,
+    )
+    if skeleton.count(ROUTES_MARKER) != 1:
+        raise UsageError(f"template {TEMPLATE} must print {{{{ routes }}}} exactly once")
+    return skeleton
+
+
+def splice(skeleton: str, fragments: Sequence[str]) -> str:
+    return skeleton.replace(ROUTES_MARKER, "".join(fragments))
+
+
 def render(table: RoutingTable, config: Config, templates: jinja2.Environment) -> str:
     """The config text for `table`: the same bytes for the same table and config, always."""
-    # One group per deployment: two branches can share a label (Feature/Foo, feature-foo)
-    # and both keep some routes, each deployment with its own created.
-    groups: dict[tuple[str, str], list[Route]] = {}
-    for route in sorted(table.routes, key=lambda r: (r.deployment_label, r.deployment, r.host)):
-        groups.setdefault((route.deployment_label, route.deployment), []).append(route)
-    deployments = [
-        {
-            "label": label,
-            "created": rfc3339(routes[0].created),
-            "routes": [
-                {"host": route.host, "target": route.target, "kind": route.kind.value}
-                for route in routes
-            ],
-        }
-        for (label, _), routes in groups.items()
-    ]
-    longest = max((len(route.host) for route in table.routes), default=1)
-    newest = max((stamp for d in deployments if (stamp := d["created"])), default=None)
+    fragments = [render_group(group, templates) for group in groups(table)]
+    return splice(render_skeleton(table, config, templates, fragments), fragments)
+
+
+def _render(templates: jinja2.Environment, name: str, **values: Any) -> str:
     try:
-        template = templates.get_template(TEMPLATE)
-        return template.render(
-            table_id=Token(table.content_id()),
-            newest=newest,
-            routes_count=len(table.routes),
-            deployments=deployments,
-            hash=HashSize.for_names(len(table.routes), longest),
-            domain=config.domain,
-            listen=config.listen,
-            access_log=config.access_log,
-            client_max_body_size=config.client_max_body_size,
-            proxy_connect_timeout=config.proxy_connect_timeout,
-            proxy_read_timeout=config.proxy_read_timeout,
-        )
+        return templates.get_template(name).render(**values)
     except jinja2.TemplateNotFound as error:
         raise UsageError(f"template {error.name} not found in the template folders") from None
     except jinja2.TemplateError as error:
         where = f" line {error.lineno}" if isinstance(error, jinja2.TemplateSyntaxError) else ""
-        raise UsageError(f"template {TEMPLATE}{where}: {error.message}") from None
+        raise UsageError(f"template {name}{where}: {error.message}") from None

@@ -194,7 +194,9 @@ def settle(candidates: Iterable[Candidate], config: Config) -> tuple[list[Route]
     routes: list[Route] = []
     problems: list[Problem] = []
     for host in sorted(by_host):
-        contenders = sorted(by_host[host], key=_precedence)
+        contenders = by_host[host]
+        if len(contenders) > 1:
+            contenders = sorted(contenders, key=_precedence)
         if host in reserved:
             problems.extend(
                 Problem(
@@ -248,6 +250,12 @@ def build_table(
         asked, trouble = candidates(deployment, config)
         found.extend(asked)
         all_problems.extend(trouble)
+    return assemble(found, all_problems, config)
+
+
+def assemble(
+    found: Iterable[Candidate], problems: Iterable[Problem], config: Config
+) -> RoutingTable:
+    """The routing table of every deployment's candidates, collisions settled."""
     routes, trouble = settle(found, config)
-    all_problems.extend(trouble)
-    return RoutingTable(config.domain, tuple(routes), tuple(sorted(set(all_problems))))
+    return RoutingTable(config.domain, tuple(routes), tuple(sorted({*problems, *trouble})))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -136,7 +137,22 @@ def loads(text: str, source: str = "snapshot") -> dict[str, Any]:
     return data
 
 
-def snapshot_id(data: Any) -> str:
-    """A name for the snapshot that depends only on its content, never on order or time."""
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(canonical.encode("ascii")).hexdigest()[:16]
+def canonical(value: Any) -> str:
+    """JSON with sorted keys and ASCII escapes: equal content, equal text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def snapshot_id(data: Mapping[str, Any], deployments: Mapping[str, str] | None = None) -> str:
+    """A name for the snapshot that depends only on its content, never on order or time.
+
+    `deployments` (name -> canonical JSON) saves recomputing what a caller already has.
+    """
+    if deployments is None:
+        deployments = {name: canonical(value) for name, value in data["deployment"].items()}
+    digest = hashlib.sha256(
+        canonical({k: v for k, v in data.items() if k != "deployment"}).encode("ascii")
+    )
+    for name in sorted(deployments):  # the length first: no name can pass for another
+        digest.update(f"{len(name)}:".encode("ascii") + name.encode("utf-8", "surrogatepass"))
+        digest.update(deployments[name].encode("ascii"))
+    return "sha256:" + digest.hexdigest()[:16]

@@ -1,0 +1,40 @@
+"""The pipeline, its checks and apply for a long-running process (the watcher, benchmarks).
+
+Each step keeps what it did for the deployments that did not change (see pipeline.Pipeline and
+apply.Checker), so an apply costs in proportion to the change, not to the registry, and still
+writes exactly what a cold run writes, every byte of it checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jinja2
+
+from .apply import Checker, Known, apply, checked_text, plan
+from .config import Config
+from .pipeline import Pipeline, Plan, Rendered
+
+
+class Engine:
+    def __init__(
+        self, config: Config, snapshot_schema: Mapping[str, Any], templates: jinja2.Environment
+    ) -> None:
+        self.config = config
+        self.build = Pipeline(config, snapshot_schema, templates)
+        self._checker = Checker()
+        self._known: Known | None = None  # what the last apply installed, and its routes
+
+    def check(self, rendered: Rendered) -> None:
+        """The crossplane gate (no nginx); raises like apply would."""
+        checked_text(rendered, self.config, self._checker)
+
+    def plan(self, rendered: Rendered) -> Plan:
+        return plan(rendered, self.config, self._checker, self._known)
+
+    def apply(self, rendered: Rendered) -> Plan:
+        result = apply(rendered, self.config, self._checker, self._known)
+        routes = {str(route.host): str(route.target) for route in rendered.table.routes}
+        self._known = (rendered.text, routes)
+        return result
