@@ -49,11 +49,14 @@ class Upstream:
 
     address: Address
     port: int
+    text: str = field(init=False, compare=False, repr=False)  # ipaddress's str() is slow
+
+    def __post_init__(self) -> None:
+        host = f"[{self.address}]" if self.address.version == 6 else str(self.address)
+        object.__setattr__(self, "text", f"{host}:{self.port}")
 
     def __str__(self) -> str:
-        if self.address.version == 6:
-            return f"[{self.address}]:{self.port}"
-        return f"{self.address}:{self.port}"
+        return self.text
 
 
 class RouteKind(StrEnum):

@@ -10,6 +10,7 @@ every machine and every run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -21,6 +22,7 @@ LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _NOT_SLUG = re.compile(r"[^a-z0-9]")
 
 
+@functools.lru_cache(maxsize=1 << 16)  # pure; names repeat across routes and applies
 def slug(name: str) -> str:
     """GitLab's CI_COMMIT_REF_SLUG rule, without its cut at 63 characters (label() shortens).
 
@@ -35,6 +37,7 @@ def short_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_LENGTH]
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def label(*names: str) -> Token:
     """The DNS label for the joined slugs of `names`, shortened with a hash suffix when too long.
 
