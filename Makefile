@@ -34,6 +34,13 @@ goldens: $(BIN)/devtest-router
 	$(BIN)/pytest tests/test_golden.py --update-goldens
 	git status --short fixtures
 
+# The benchmark suite (bench/run.py; docs/performance.md says what each figure means):
+# bench/results.json, bench/results.md and docs/performance.png. BENCH_ARGS=--quick: smaller.
+bench: $(BIN)/devtest-router deps
+	bash bench/install-deps $(BIN)/pip
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/plot.py
+
 lint: $(BIN)/devtest-router
 	$(BIN)/ruff check generator tests
 	$(BIN)/ruff format --check generator tests

@@ -23,7 +23,7 @@ from .check import check, check_fragments, routes_in
 from .config import Config
 from .errors import ApplyError, CheckError, InternalError, UsageError
 from .nginx import Wrapper, run_command
-from .pipeline import Plan, Rendered, make_plan, removal_refusal
+from .pipeline import Plan, Rendered, make_plan, no_gc, removal_refusal
 from .render import ROUTES_MARKER
 
 NEW_FILE_MODE = 0o644
@@ -43,6 +43,10 @@ class Checker:
         self._passed: set[tuple[str, frozenset[tuple[str, str]]]] = set()
 
     def __call__(self, rendered: Rendered, config: Config, scratch: Path) -> None:
+        with no_gc():  # crossplane makes a dict per statement, and no cycles
+            self._check(rendered, config, scratch)
+
+    def _check(self, rendered: Rendered, config: Config, scratch: Path) -> None:
         marker = ROUTES_MARKER.split()
         failures = check(
             _parse(scratch / "skeleton", rendered.skeleton),
@@ -50,11 +54,9 @@ class Checker:
             config,
             str(scratch / "skeleton" / "included.conf"),
         )
-        keys = [(text, frozenset(wanted.items())) for text, wanted in rendered.fragments]
+        keys = list(rendered.fragments)
         unchecked = [
-            (text, wanted)
-            for key, (text, wanted) in zip(keys, rendered.fragments, strict=True)
-            if key not in self._passed
+            (text, dict(wanted)) for text, wanted in keys if (text, wanted) not in self._passed
         ]
         if unchecked:
             lines = ["map $host $devtest_route {\n", "    hostnames;\n"]

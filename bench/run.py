@@ -1,0 +1,495 @@
+"""The benchmark suite (`make bench`): every figure, its target, confd's, and its ratio to a
+naive baseline measured in the same run. Writes bench/results.json and bench/results.md.
+
+    python bench/run.py                 # 1,000, 10,000 and 100,000 routes (7 minutes: --time-limit)
+    python bench/run.py --quick         # 1,000 and 10,000 routes, 20 events (about 1.5 minutes)
+    python bench/run.py --registry etcd2    # the live figures through etcd's v2 API
+
+The stages are planned to fit --time-limit: the 100,000-route event series gets the time that
+is left (at least one event is measured), and every series says how many events it measured.
+See docs/performance.md for what each figure measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
+import live
+from common import Figure
+
+# Targets (the value must be at most this) and confd's figures, from the issue.
+CONFD = {
+    "cold_10000": "0.35 s",
+    "cold_100000": "3.5 s",
+    "cold_peak_100000": "150 MB",
+    "live_p95_1000": "61 ms (to file)",
+    "live_p95_10000": "413 ms (to file)",
+    "live_p95_100000": "4.9 s (to file)",
+    "watcher_rss_100000": "227 MB",
+}
+TARGETS = {
+    "cold_10000": 0.35,
+    "cold_100000": 3.5,
+    "cold_peak_100000": 400.0,
+    "warm_100000": 0.15,
+    "nginx_t_100000": 0.5,
+    "nginx_t_peak_100000": 100.0,
+    "live_p95_1000": 0.3,
+    "live_p95_10000": 0.4,
+    "live_p95_100000": 1.0,
+    "burst_reloads": 10.0,
+    "burst_all_live": 2.0,
+    "reload_failed": 0.0,
+    "watcher_rss_100000": 230.0,
+}
+
+
+EVENTS_CAP = 90.0  # seconds for the events of a size that is not the last
+LAST_RESERVE = 90.0  # what the last size needs before its events (100,000: about 50 s here)
+
+
+def figure(key: str, text: str, value: float | None, unit: str, **more: Any) -> Figure:
+    return Figure(key, text, value, unit, TARGETS.get(key), CONFD.get(key, ""), **more)
+
+
+def routes_text(routes: int) -> str:
+    return f"{routes:,}"
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def run_pipeline(routes: int, warm: bool, folder: Path, timeout: float) -> dict[str, Any]:
+    """bench/pipeline.py for one size in a fresh process (its own peak memory)."""
+    snapshot = folder / f"snapshot-{routes}.json"
+    subprocess.run(
+        [sys.executable, str(common.BENCH / "synthetic.py"), "--routes", str(routes),
+         "--out", str(snapshot)],
+        check=True,
+    )  # fmt: skip
+    argv = [sys.executable, str(common.BENCH / "pipeline.py"), "--routes", str(routes),
+            "--snapshot", str(snapshot)]  # fmt: skip
+    if warm:
+        argv.append("--warm")
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish within {timeout:.0f} s"}
+    finally:
+        snapshot.unlink(missing_ok=True)
+    if done.returncode != 0:
+        return {
+            "error": (done.stderr.strip().splitlines() or ["failed"])[-1],
+            "stderr": done.stderr,
+        }
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def pipeline_figures(routes: int, found: dict[str, Any]) -> list[Figure]:
+    size = routes_text(routes)
+    if "error" in found:
+        return [
+            figure(
+                f"cold_{routes}", f"cold pipeline, {size} routes", None, "s", note=found["error"]
+            )
+        ]
+    cold = found["cold"]
+    parts = {**cold["build_parts"], **cold["check_parts"]}
+    build_rest = cold["build_parts"]["rest"]
+    check_rest = cold["check_parts"]["rest"]
+    phases = {
+        "load": cold["load"],
+        "validate": parts["validate"],
+        "route": parts["route"],
+        "render": parts["render"],
+        "id": parts["id"],
+        "build (rest)": build_rest,
+        "check: crossplane parse": parts["check: crossplane parse"],
+        "check: our rules": parts["check: our rules"],
+        "check (rest)": check_rest,
+        "write": cold["write"],
+    }
+    memory = found["memory"]
+    shown_phases = ", ".join(f"{name} {common.show(value, 's')}" for name, value in phases.items())
+    shown_memory = ", ".join(
+        f"{name} {memory[name]['peak_mb']:.0f} MB" for name in ("load", "build", "check", "write")
+    )
+    rss = cold.get("peak_rss_mb") or {}
+    shown_rss = ", ".join(f"{name} {value:.0f} MB" for name, value in rss.items() if value)
+    out = [
+        figure(
+            f"cold_{routes}",
+            f"cold pipeline, {size} routes",
+            cold["total"],
+            "s",
+            baseline="naive regenerate",
+            baseline_value=found["floor_seconds"],
+            note=f"phases: {shown_phases}",
+            extra={"phases": phases, "bytes": cold["bytes"], "routes": cold["routes"]},
+        ),
+        figure(
+            f"cold_peak_{routes}",
+            f"cold pipeline peak memory (max RSS), {size} routes",
+            found["max_rss_mb"],
+            "MB",
+            note=(f"process peak RSS during each phase: {shown_rss}; " if shown_rss else "")
+            + f"tracemalloc peak above the phase's start: {shown_memory}; interpreter and "
+            f"snapshot text before: {found['rss_before_mb']:.0f} MB",
+            extra={"memory": memory, "rss_before_mb": found["rss_before_mb"]},
+        ),
+    ]
+    nginx = found["nginx_t"]
+    if "error" in nginx:
+        out.append(
+            figure(f"nginx_t_{routes}", f"nginx -t, {size} routes", None, "s", note=nginx["error"])
+        )
+    else:
+        out.append(
+            figure(
+                f"nginx_t_{routes}",
+                f"nginx -t on our output, {size} routes",
+                nginx["seconds"],
+                "s",
+                baseline="nginx -t, empty file",
+                baseline_value=nginx["empty_seconds"],
+            )
+        )
+        out.append(
+            figure(
+                f"nginx_t_peak_{routes}",
+                f"nginx -t peak memory, {size} routes",
+                nginx["max_rss_mb"],
+                "MB",
+                baseline="nginx -t, empty file",
+                baseline_value=nginx["empty_max_rss_mb"],
+            )
+        )
+    if "warm" in found:
+        warm = found["warm"]
+        engine = warm.get("engine")
+        if engine is None:
+            out.append(
+                figure(
+                    f"warm_{routes}",
+                    f"warm re-apply after one change, {size} routes",
+                    None,
+                    "s",
+                    baseline="naive rebuild",
+                    baseline_value=warm["naive_seconds"],
+                    note="warm: not implemented (no generator.incremental.Engine)",
+                )
+            )
+        else:
+            parts_text = ", ".join(
+                f"{name} {common.show(value, 's')}"
+                for name, value in engine["parts_of_median"].items()
+            )
+            first = common.show(warm["first_build_seconds"], "s")
+            note = f"median of 5 changes: {parts_text}; first build {first}"
+            if not engine["same_bytes"]:
+                note += "; NOT the same bytes as the naive rebuild"
+            out.append(
+                figure(
+                    f"warm_{routes}",
+                    f"warm re-apply after one change, {size} routes",
+                    engine["seconds"],
+                    "s",
+                    baseline="naive rebuild",
+                    baseline_value=warm["naive_seconds"],
+                    note=note,
+                    extra={"warm": warm},
+                )
+            )
+    return out
+
+
+def live_figures(routes: int, found: dict[str, Any]) -> list[Figure]:
+    size = routes_text(routes)
+    out = []
+    naive = found.get("naive_event", {})
+    naive_seconds = naive.get("seconds")
+    events = found.get("events", {})
+    if events.get("count"):
+        note = f"n = {events['count']} events"
+        if events["count"] < events["asked"]:
+            note += f" of {events['asked']} asked (time limit)"
+        if naive.get("steps"):
+            note += "; naive event: " + ", ".join(
+                f"{name} {common.show(value, 's')}" for name, value in naive["steps"].items()
+            )
+        out.append(
+            figure(
+                f"live_p50_{routes}",
+                f"event to live p50, {size} routes",
+                events["p50"],
+                "s",
+                baseline="naive event" if naive_seconds else "",
+                baseline_value=naive_seconds,
+            )
+        )
+        out.append(
+            figure(
+                f"live_p95_{routes}",
+                f"event to live p95, {size} routes",
+                events["p95"],
+                "s",
+                baseline="naive event" if naive_seconds else "",
+                baseline_value=naive_seconds,
+                note=note,
+                extra={"events": events, "naive_event": naive},
+            )
+        )
+    else:
+        error = found.get("error") or events.get("error") or "no event measured"
+        out.append(
+            figure(f"live_p95_{routes}", f"event to live p95, {size} routes", None, "s", note=error)
+        )
+    watcher = events.get("watcher_after_events") or found.get("stage", {}).get(
+        "watcher_after_first_apply"
+    )
+    if watcher:
+        out.append(
+            figure(
+                f"watcher_rss_{routes}",
+                f"watcher resident memory, {size} routes",
+                watcher["VmRSS"],
+                "MB",
+                note=f"peak (VmHWM) {watcher['VmHWM']:.0f} MB",
+                extra={"stage": found.get("stage", {})},
+            )
+        )
+    burst = found.get("burst")
+    if burst is not None:
+        if "error" in burst:
+            out.append(
+                figure(
+                    "burst_reloads",
+                    "burst of 1,000 registrations in 10 s: reloads",
+                    None,
+                    "count",
+                    note=burst["error"],
+                )
+            )
+        else:
+            out.append(
+                figure(
+                    "burst_reloads",
+                    f"burst of 1,000 registrations in 10 s: reloads ({size} routes before)",
+                    burst["reloads"],
+                    "count",
+                )
+            )
+            confirmed = burst["all_confirmed_after_last_write"]
+            out.append(
+                figure(
+                    "burst_all_live",
+                    "burst: last write to all 1,000 live",
+                    burst["last_live_after_last_write"] if burst["not_live"] == 0 else None,
+                    "s",
+                    note=(
+                        f"the last one live at that time; all 1,000 confirmed by one sweep "
+                        f"{common.show(confirmed, 's')} after the last write"
+                        if confirmed is not None
+                        else f"{burst['not_live']} hostnames not live"
+                    ),
+                    extra={"burst": burst},
+                )
+            )
+    load = found.get("under_load")
+    if load is not None:
+        if "error" in load:
+            out.append(
+                figure(
+                    "reload_failed",
+                    "requests failed during 50 reloads under load",
+                    None,
+                    "count",
+                    note=load["error"],
+                )
+            )
+        else:
+            under = load["under_reloads"]
+            control = load["control"]
+            total = sum(run.get("failed", 0) for run in under.values())
+            requests = sum(run.get("requests", 0) for run in under.values())
+            detail = "; ".join(
+                f"{name}: {run.get('requests', 0)} requests, "
+                f"{run.get('non_2xx', 0)} non-2xx, socket errors {run.get('socket_errors', {})}"
+                for name, run in under.items()
+            )
+            control_failed = sum(run.get("failed", 0) for run in control.values())
+            control_requests = sum(run.get("requests", 0) for run in control.values())
+            out.append(
+                figure(
+                    "reload_failed",
+                    f"requests failed during {load['reloads']} reloads under load ({size} routes)",
+                    total,
+                    "count",
+                    note=f"of {requests} requests ({detail}); control without reloads: "
+                    f"{control_failed} failed of {control_requests}",
+                    extra={"under_load": load},
+                )
+            )
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def figures_of(raw: dict[str, Any]) -> list[Figure]:
+    """Every figure, in table order, from the raw measurements (keys are route counts)."""
+    figures: list[Figure] = []
+    for routes, found in sorted(raw.get("pipeline", {}).items(), key=lambda kv: int(kv[0])):
+        figures += pipeline_figures(int(routes), found)
+    for routes, found in sorted(raw.get("live", {}).items(), key=lambda kv: int(kv[0])):
+        figures += live_figures(int(routes), found)
+    # The watcher's memory against what one cold run of the same registry needs at its peak.
+    by_key = {item.key: item for item in figures}
+    for item in figures:
+        if item.key.startswith("watcher_rss_"):
+            cold = by_key.get("cold_peak_" + item.key.rsplit("_", 1)[1])
+            if cold is not None and cold.value:
+                item.baseline = "cold run peak RSS"
+                item.baseline_value = cold.value
+    order = [
+        "cold_1000", "cold_10000", "cold_100000", "cold_peak_1000", "cold_peak_10000",
+        "cold_peak_100000", "nginx_t_1000", "nginx_t_10000", "nginx_t_100000",
+        "nginx_t_peak_1000", "nginx_t_peak_10000", "nginx_t_peak_100000", "warm_10000",
+        "warm_100000", "live_p50_1000", "live_p95_1000", "live_p50_10000", "live_p95_10000",
+        "live_p50_100000", "live_p95_100000", "burst_reloads", "burst_all_live", "reload_failed",
+        "watcher_rss_1000", "watcher_rss_10000", "watcher_rss_100000",
+    ]  # fmt: skip
+    figures.sort(key=lambda item: order.index(item.key) if item.key in order else len(order))
+    return figures
+
+
+def report(results: dict[str, Any], figures: list[Figure], out: Path) -> None:
+    """Print the table and notes; write results.json (given) and results.md beside it."""
+    results["figures"] = [item.as_json() for item in figures]
+    common.dump(out, results)
+    markdown = out.with_suffix(".md")
+    markdown.write_text(
+        common.table(figures, markdown=True)
+        + "\n\nNotes:\n\n"
+        + "\n".join(f"- {item.figure}: {item.note}" for item in figures if item.note)
+        + "\n",
+        encoding="utf-8",
+    )
+    print(common.table(figures))
+    print()
+    for item in figures:
+        if item.note:
+            print(f"- {item.figure}: {item.note}")
+    machine = results["machine"]
+    print(
+        f"\n{machine['cores']} cores, {machine['memory_gib']} GiB, {machine['cpu']}; "
+        f"Python {machine['python']}; {machine['nginx']}; {machine['etcd']}"
+    )
+    source = results["source"]
+    dirty = source["uncommitted"]
+    print(
+        f"generator at {source['commit']}"
+        + (f" with {len(dirty)} uncommitted changes" if dirty else "")
+    )
+    if source.get("changed_during_run"):
+        print("WARNING: the generator's files changed during the run: the figures mix versions")
+    print(f"run took {results['seconds']:.0f} s; results in {out} and {markdown}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 and 10,000 routes only")
+    parser.add_argument("--registry", choices=("etcd3", "etcd2"), default="etcd3")
+    parser.add_argument("--events", type=int, default=50, help="events per size (default 50)")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=420.0,
+        help="seconds for the whole run (default 420: `make bench` on a fresh machine, installs "
+        "included, stays under 10 minutes); the last size's events get what is left",
+    )
+    parser.add_argument("--skip-live", action="store_true")
+    parser.add_argument("--out", type=Path, default=common.BENCH / "results.json")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="measure nothing: print the table again from the raw results in --out",
+    )
+    args = parser.parse_args()
+    if args.report:
+        results = json.loads(args.out.read_text(encoding="utf-8"))
+        report(results, figures_of(results["raw"]), args.out)
+        return 0
+
+    started = time.time()
+    deadline = time.monotonic() + args.time_limit
+    sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
+    warm_sizes = {10_000, 100_000}
+    api = "v3" if args.registry == "etcd3" else "v2"
+    events = min(args.events, 20) if args.quick else args.events
+    raw: dict[str, Any] = {"pipeline": {}, "live": {}}
+    common.say(f"bench: sizes {sizes}, registry {args.registry}, time limit {args.time_limit:g} s")
+    source_at_start = common.source_state()
+
+    with tempfile.TemporaryDirectory(prefix="devtest-bench-") as name:
+        for routes in sizes:
+            common.say(f"bench: pipeline, {routes:,} routes")
+            left = deadline - time.monotonic()
+            raw["pipeline"][routes] = run_pipeline(
+                routes, routes in warm_sizes, Path(name), max(60.0, left * 0.6)
+            )
+
+    if not args.skip_live:
+        for number, routes in enumerate(sizes):
+            now = time.monotonic()
+            last = number == len(sizes) - 1
+            # Each size but the last gets its 50 events (bounded by EVENTS_CAP), as long as
+            # the last keeps LAST_RESERVE seconds for its setup, first apply and naive event;
+            # the last size's events get whatever is left of the time limit.
+            if last:
+                events_deadline = deadline - 10.0
+            else:
+                events_deadline = min(now + EVENTS_CAP, deadline - LAST_RESERVE)
+            first = number == 0
+            common.say(
+                f"bench: live, {routes:,} routes (events for up to "
+                f"{max(0.0, events_deadline - now):.0f} s)"
+            )
+            raw["live"][routes] = live.run(
+                routes,
+                api,
+                events,
+                events_deadline,
+                burst=first,
+                under_load=first,
+                start_deadline=max(now + 60.0, deadline),
+            )
+
+    source = common.source_state()
+    if source["fingerprint"] != source_at_start["fingerprint"]:
+        source["changed_during_run"] = True
+    results = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": time.time() - started,
+        "arguments": vars(args) | {"out": str(args.out)},
+        "machine": common.machine(),
+        "source": source,
+        "raw": raw,
+    }
+    report(results, figures_of(raw), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
