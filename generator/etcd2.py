@@ -17,8 +17,7 @@ import etcd
 import urllib3
 from urllib3.exceptions import MaxRetryError
 
-from .errors import UsageError
-from .etcd_shared import MIN_WATCH, check_tls, first_line, why
+from .etcd_shared import MIN_WATCH, describe, first_line, why
 from .registry import (
     PREFIX,
     Endpoint,
@@ -81,15 +80,11 @@ class EtcdV2Registry:
     def __init__(
         self, endpoints: tuple[Endpoint, ...], secure: bool, tls: Tls, timeout: float
     ) -> None:
-        if not endpoints:
-            raise UsageError("registry: etcd needs at least one HOST:PORT")
+        self.description = describe("v2", endpoints, secure, tls)
         self.endpoints = endpoints
         self.secure = secure
         self.tls = tls
         self.timeout = timeout
-        where = ",".join(f"{e.host}:{e.port}" for e in endpoints)
-        self.description = f"etcd v2 at {where}"
-        check_tls(self.description, secure, tls)
         self._client: Any = None
         # Deployments whose `created` carries our TTL; one written without a TTL (by the
         # original curl script) is left alone, or it would start to expire.

@@ -28,8 +28,7 @@ from etcd3gw.exceptions import (
 )
 from etcd3gw.lease import Lease
 
-from .errors import UsageError
-from .etcd_shared import MIN_WATCH, check_tls, first_line, why
+from .etcd_shared import MIN_WATCH, describe, first_line, why
 from .registry import (
     PREFIX,
     Endpoint,
@@ -72,14 +71,10 @@ class EtcdV3Registry:
     def __init__(
         self, endpoints: tuple[Endpoint, ...], secure: bool, tls: Tls, timeout: float
     ) -> None:
-        if not endpoints:
-            raise UsageError("registry: etcd3 needs at least one HOST:PORT")
+        self.description = describe("v3", endpoints, secure, tls)
         self.endpoints = endpoints
         self.tls = tls
         self.timeout = timeout
-        where = ",".join(f"{e.host}:{e.port}" for e in endpoints)
-        self.description = f"etcd v3 at {where}"
-        check_tls(self.description, secure, tls)
         # One client (and so one requests session, with its own auth token) per endpoint:
         # etcd3gw talks to a single host. api_path is fixed at /v3/ (etcd >= 3.4) instead of
         # etcd3gw's discovery, which costs a GET /version per endpoint.

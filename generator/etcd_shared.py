@@ -9,11 +9,20 @@ import ssl
 import urllib3
 
 from .errors import UsageError
-from .registry import Tls
+from .registry import Endpoint, Tls
 
 # The shortest watch request: a shorter one could time out before etcd's response headers
 # arrive, which would look like a member that does not answer.
 MIN_WATCH = 0.2
+
+
+def describe(api: str, endpoints: tuple[Endpoint, ...], secure: bool, tls: Tls) -> str:
+    """"etcd v2 at host:port,..." for log lines, once the options are known to fit together."""
+    if not endpoints:
+        raise UsageError(f"registry: etcd {api} needs at least one HOST:PORT")
+    description = f"etcd {api} at " + ",".join(f"{e.host}:{e.port}" for e in endpoints)
+    check_tls(description, secure, tls)
+    return description
 
 
 def check_tls(description: str, secure: bool, tls: Tls) -> None:
