@@ -145,14 +145,7 @@ def plan(
         scratch = Path(folder)
         staged = scratch / "rendered.conf"
         staged.write_text(rendered.text, encoding="utf-8")
-        gate(rendered, config, staged, scratch, checker or Checker())
-        result = make_plan(
-            current, current_routes(target, current, scratch / "current", known), rendered
-        )
-    refusal = removal_refusal(result, config)
-    if refusal:
-        raise CheckError(refusal)
-    return result
+        return _checked_plan(rendered, config, current, staged, scratch, checker, known, "")
 
 
 def apply(
@@ -177,16 +170,35 @@ def apply(
             scratch = Path(temporary)
             staged = _stage(folder, target.name, rendered.text)
             try:
-                gate(rendered, config, staged, scratch, checker or Checker())
-                result = make_plan(
-                    current, current_routes(target, current, scratch / "current", known), rendered
-                )
-                refusal = removal_refusal(result, config)
-                if refusal:
-                    raise CheckError(refusal + "; nothing was changed")
+                result = _checked_plan(
+                    rendered, config, current, staged, scratch, checker, known,
+                    "; nothing was changed",
+                )  # fmt: skip
                 _install(staged, target, config)
             finally:
                 staged.unlink(missing_ok=True)
+    return result
+
+
+def _checked_plan(
+    rendered: Rendered,
+    config: Config,
+    current: str | None,
+    staged: Path,
+    scratch: Path,
+    checker: Checker | None,
+    known: Known | None,
+    refused_suffix: str,
+) -> Plan:
+    """What dry run and apply share: both gates on the staged file, the plan against the file
+    in place, and the safety threshold."""
+    gate(rendered, config, staged, scratch, checker or Checker())
+    target = Path(config.output)
+    routes = current_routes(target, current, scratch / "current", known)
+    result = make_plan(current, routes, rendered)
+    refusal = removal_refusal(result, config)
+    if refusal:
+        raise CheckError(refusal + refused_suffix)
     return result
 
 
