@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO := build/demo
 
-.PHONY: run test deps lint goldens bench clean
+.PHONY: run demo test deps lint goldens bench clean
 
 $(BIN)/devtest-router: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ run: $(BIN)/devtest-router deps
 	$(BIN)/devtest-router apply --dry-run --config fixtures/demo/config.yaml \
 		--output $(DEMO)/devtest-router.conf fixtures/demo/snapshot.json; \
 	status=$$?; [ $$status -le 1 ] || exit $$status
+
+# The whole frontend on loopback until Ctrl-C: etcd, nginx on 127.0.0.1:$(DEMO_PORT), the
+# watcher (domain localhost) and two demo branches; docs/local-mode.md. DEMO_DIR: its files.
+DEMO_PORT ?= 8080
+demo: $(BIN)/devtest-router deps
+	DEMO_PORT=$(DEMO_PORT) $(BIN)/python scripts/demo
 
 test: $(BIN)/devtest-router deps
 	$(BIN)/ruff check generator tests
