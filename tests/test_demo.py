@@ -316,3 +316,39 @@ def test_a_part_failing_at_start_is_one_line_and_stops_what_was_started(
     assert "start worker process" in (run.base / "nginx" / "error.log").read_text()
     assert not demo_pids(run.base)  # ... and are gone
     assert not port_open(port)
+
+
+@pytest.mark.parametrize("how", ["sigterm-to-the-demo", "ctrl-c-to-the-group"])
+def test_demo_stops_everything_on_sigterm_and_on_a_terminals_ctrl_c(
+    tmp_path: Path, demos: list[DemoRun], how: str
+) -> None:
+    port = free_port()
+    run = start_demo(tmp_path, port)
+    demos.append(run)
+    wait_for_line(run, r"^Registry: ")
+    pid = int(wait_for_line(run, r"^devtest-router demo: up on .*\(pid (\d+);").group(1))
+    pids = demo_pids(run.base, pid) | {pid}
+    ports = listening_ports(pids)
+    assert port in ports
+
+    if how == "sigterm-to-the-demo":
+        # A second demo on the same folder is refused in one line and leaves the first alone.
+        second = start_demo(tmp_path, free_port())
+        demos.append(second)
+        assert second.wait(START_TIMEOUT) != 0
+        assert [line for line in second.stderr if line.startswith("devtest-router demo:")] == [
+            f"devtest-router demo: another demo is running in {run.base}: stop it first, or "
+            "set DEMO_DIR to another folder"
+        ], second.output()
+        assert http_request(port, "main-web.localhost").status == 200
+        os.kill(pid, signal.SIGTERM)
+        assert run.wait() == 0, run.output()
+    else:
+        # A terminal's Ctrl-C reaches make and the demo together; make then ends itself by
+        # SIGINT once its recipe is done (GNU make's way), the demo still stops everything.
+        os.killpg(run.proc.pid, signal.SIGINT)
+        assert run.wait() == -signal.SIGINT, run.output()
+    assert run.stdout[-1] == "devtest-router demo: stopped; everything it started is gone"
+    assert not [p for p in pids if pid_alive(p)], run.output()
+    assert not demo_pids(run.base)
+    assert not [p for p in ports if port_open(p)], ports
