@@ -21,7 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from harness import find_binary, free_port, http_request, pid_alive, port_open, wait_for
+from harness import (
+    child_pids,
+    find_binary,
+    free_port,
+    http_request,
+    pid_alive,
+    port_open,
+    wait_for,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER = "DEVTEST_ROUTER_DEMO"
@@ -129,28 +137,22 @@ def demo_pids(base: Path, root: int | None = None) -> set[int]:
     root (nginx's workers)."""
     mark = f"{MARKER}={base}".encode()
     found: set[int] = set()
-    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        pid = int(entry.name)
         try:
             environ = (entry / "environ").read_bytes()
             cmdline = (entry / "cmdline").read_bytes()
-            stat = (entry / "stat").read_text()
         except OSError:
             continue  # exited while we looked
-        if not pid_alive(pid):
-            continue
-        parents[pid] = int(stat[stat.rindex(")") + 2 :].split()[1])
         if mark in environ.split(b"\0") or str(base).encode() in cmdline:
-            found.add(pid)
-    if root is not None:
-        tree = {root}
-        while grown := {p for p, parent in parents.items() if parent in tree} - tree:
-            tree |= grown
-        found |= tree - {root}
-    return found
+            found.add(int(entry.name))
+    tree: set[int] = set()
+    frontier = {root} if root is not None else set()
+    while frontier:
+        frontier = {child for p in frontier for child in child_pids(p)} - tree
+        tree |= frontier
+    return {p for p in found | tree if pid_alive(p)}
 
 
 def listening_ports(pids: set[int]) -> set[int]:
