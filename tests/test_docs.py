@@ -1,5 +1,5 @@
 """The docs stay true to the code: the configuration reference is generated from the schema and
-the parser."""
+the parser, and the operations guide lists every exit code the CLI has."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from generator.cli import _parser
+from generator.cli import EXIT_CODES, _parser
 from generator.config import ENV_PREFIX, resolve
 from generator.config_reference import main, reference, setting_flags
 from generator.errors import UsageError
@@ -114,3 +114,8 @@ def test_reference_handles_any_new_key_generically() -> None:
     # a | stays inside its table cell
     assert "| `--registry URL` | watch, wait | where `<branch>` keys live (`etcd\\|file`) |" in text
 
+
+def test_operations_guide_lists_every_exit_code() -> None:
+    guide = (DOCS / "operations.md").read_text(encoding="utf-8")
+    listed = {int(code) for code in re.findall(r"^\| `(\d+)` \|", guide, re.MULTILINE)}
+    assert listed == set(EXIT_CODES), "docs/operations.md: the exit code table differs from cli.py"
