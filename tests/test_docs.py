@@ -1,5 +1,6 @@
 """The docs stay true to the code: the configuration reference is generated from the schema and
-the parser, and the operations guide lists every exit code the CLI has."""
+the parser, the operations guide lists every exit code the CLI has, and the security notes list
+every network the upstream guard always refuses."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from generator.config import ENV_PREFIX, resolve
 from generator.config_reference import main, reference, setting_flags
 from generator.errors import UsageError
 from generator.resources import schema
+from generator.routing import ALWAYS_REFUSED
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -119,3 +121,12 @@ def test_operations_guide_lists_every_exit_code() -> None:
     guide = (DOCS / "operations.md").read_text(encoding="utf-8")
     listed = {int(code) for code in re.findall(r"^\| `(\d+)` \|", guide, re.MULTILINE)}
     assert listed == set(EXIT_CODES), "docs/operations.md: the exit code table differs from cli.py"
+
+
+def test_security_notes_list_every_always_refused_network() -> None:
+    notes = (DOCS / "security.md").read_text(encoding="utf-8")
+    section = notes.split("**Always refused**")[1].split("\n\n")[1]
+    listed = set(re.findall(r"^ *\| `([0-9a-f:./]+)` \|", section, re.MULTILINE))
+    assert listed == {str(network) for network, _ in ALWAYS_REFUSED}, (
+        "docs/security.md: the always-refused table differs from routing.ALWAYS_REFUSED"
+    )
