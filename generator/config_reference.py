@@ -38,8 +38,9 @@ class Flag:
 
     usage: str  # "--listen ADDRESS"
     repeatable: bool
-    commands: tuple[str, ...]
+    commands: tuple[str, ...]  # "" is the program itself: an option before the command
     help: str
+    elsewhere: tuple[str, ...] = ()  # commands with the same flag that read no config file
 
 
 def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -59,31 +60,38 @@ def _usage(action: argparse.Action) -> str:
     return f"{option} {metavar}"
 
 
+def _reads_settings(parser: argparse.ArgumentParser) -> bool:
+    return any(action.dest == CONFIG_FLAG for action in parser._actions)
+
+
 def setting_flags(
     parser: argparse.ArgumentParser, keys: Iterable[str]
 ) -> dict[str, tuple[Flag, ...]]:
-    """For each setting, the flags that set it, on the commands that read the settings."""
+    """For each setting, the flags that set it: on the program itself (before the command) and
+    on the commands that read the settings; the same flag on a command that reads no config
+    file (`wait --domain`) is noted apart."""
     wanted = set(keys)
-    found: dict[tuple[str, str], list[str]] = {}  # (key, usage) -> commands
+    found: dict[tuple[str, str], tuple[list[str], list[str]]] = {}  # -> (readers, others)
     details: dict[tuple[str, str], argparse.Action] = {}
-    for name, sub in commands(parser).items():
-        dests = {action.dest for action in sub._actions}
-        if CONFIG_FLAG not in dests:
-            continue  # e.g. `wait --domain`: a flag of the same name that reads no config file
+    for name, sub in [("", parser), *commands(parser).items()]:
+        reads = name == "" or _reads_settings(sub)
         for action in sub._actions:
             if action.dest in wanted and action.option_strings:
                 key = (action.dest, _usage(action))
-                found.setdefault(key, []).append(name)
-                details[key] = action
+                found.setdefault(key, ([], []))[0 if reads else 1].append(name)
+                details.setdefault(key, action)
     result: dict[str, list[Flag]] = {}
-    for (dest, usage), names in found.items():
+    for (dest, usage), (readers, others) in found.items():
+        if not readers:
+            continue  # only on commands that read no settings: not this setting's flag
         action = details[(dest, usage)]
         result.setdefault(dest, []).append(
             Flag(
                 usage,
                 isinstance(action, argparse._AppendAction),
-                tuple(names),
+                tuple(readers),
                 action.help or "",
+                tuple(others),
             )
         )
     return {key: tuple(flags) for key, flags in result.items()}
@@ -108,11 +116,7 @@ def group_flags(parser: argparse.ArgumentParser, title: str) -> list[Flag]:
 
 
 def settings_commands(parser: argparse.ArgumentParser) -> list[str]:
-    return [
-        name
-        for name, sub in commands(parser).items()
-        if any(action.dest == CONFIG_FLAG for action in sub._actions)
-    ]
+    return [name for name, sub in commands(parser).items() if _reads_settings(sub)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,8 +249,15 @@ def _flag_text(flags: Sequence[Flag]) -> str:
         return "none: set it in the config file or the environment"
     parts = []
     for flag in flags:
+        where = ", ".join(name or "before the command" for name in flag.commands)
         repeat = ", repeatable" if flag.repeatable else ""
-        parts.append(f"{code(flag.usage)} ({', '.join(flag.commands)}{repeat})")
+        also = (
+            f"; also taken by {', '.join(flag.elsewhere)}, which "
+            f"{'reads' if len(flag.elsewhere) == 1 else 'read'} no config file"
+            if flag.elsewhere
+            else ""
+        )
+        parts.append(f"{code(flag.usage)} ({where}{repeat}{also})")
     return "; ".join(parts)
 
 

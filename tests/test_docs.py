@@ -66,6 +66,7 @@ def test_the_documented_variable_is_the_one_config_reads(key: str) -> None:
 
 def _toy_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toy")
+    parser.add_argument("--log-format")  # before the command
     commands = parser.add_subparsers(dest="command")
     watch = commands.add_parser("watch")
     watch.add_argument("--config")
@@ -76,6 +77,7 @@ def _toy_parser() -> argparse.ArgumentParser:
     registry.add_argument("--registry", metavar="URL", help="where <branch> keys live (etcd|file)")
     wait = commands.add_parser("wait")  # no --config: its --metrics-listen is another thing
     wait.add_argument("--metrics-listen", metavar="URL")
+    wait.add_argument("--listen", action="append", metavar="ADDRESS")
     wait.add_argument_group("registry").add_argument("--registry", metavar="URL", help="x")
     return parser
 
@@ -97,13 +99,17 @@ def test_reference_handles_any_new_key_generically() -> None:
                 "items": {"type": "string", "enum": ["80", "443"]},
             },
             "log_format": {"type": "string", "default": "plain", "enum": ["plain", "json"]},
+            "site_dir": {"description": "Where the index goes.", "type": "string", "default": "/x"},
         }
     }
     text = reference(toy_schema, _toy_parser())
     assert "`--metrics-listen ADDRESS` (watch)" in text
     assert "--metrics-listen URL" not in text  # wait reads no settings
     assert "`--tls` (watch)" in text
-    assert "`--listen ADDRESS` (watch, repeatable)" in text
+    assert (
+        "`--listen ADDRESS` (watch, repeatable; also taken by wait, which reads no config" in text
+    )
+    assert "`--log-format LOG_FORMAT` (before the command)" in text
     assert "Serve /metrics at `<host>:<port>`; empty: off." in text
     assert "TLS for `*.<domain>`." in text
     assert "- **type:** string or null" in text
@@ -112,6 +118,7 @@ def test_reference_handles_any_new_key_generically() -> None:
     assert 'one of `"plain"`, `"json"`' in text
     assert "`DEVTEST_ROUTER_LOG_FORMAT`" in text
     assert "### log_format" in text
+    assert "### site_dir\n\nWhere the index goes.\n" in text
     assert "- **flag:** none: set it in the config file or the environment" in text
     # a | stays inside its table cell
     assert "| `--registry URL` | watch, wait | where `<branch>` keys live (`etcd\\|file`) |" in text
