@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO := build/demo
 
-.PHONY: run demo test deps lint goldens bench clean
+.PHONY: run demo test deps lint goldens bench docs clean
 
 $(BIN)/devtest-router: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ bench: $(BIN)/devtest-router deps
 	bash bench/install-deps $(BIN)/pip
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/plot.py
+
+# docs/configuration.md from schema/config.schema.json and the CLI's flags (tests/test_docs.py
+# fails when it is out of date).
+docs: $(BIN)/devtest-router
+	$(BIN)/python -m generator.config_reference --output docs/configuration.md
 
 lint: $(BIN)/devtest-router
 	$(BIN)/ruff check generator tests

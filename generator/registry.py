@@ -300,7 +300,10 @@ def add_registry_arguments(parser: argparse.ArgumentParser, default: str | None)
         "--etcd-key", metavar="FILE", help="client certificate's key (env DEVTEST_ROUTER_ETCD_KEY)"
     )
     group.add_argument(
-        "--etcd-user", metavar="NAME", help="etcd user (env DEVTEST_ROUTER_ETCD_USER)"
+        "--etcd-user",
+        metavar="NAME",
+        help="etcd user (env DEVTEST_ROUTER_ETCD_USER); the password only from the environment: "
+        "DEVTEST_ROUTER_ETCD_PASSWORD",
     )
     group.set_defaults(registry_default=default)
 

@@ -1,0 +1,139 @@
+"""The docs stay true to the code: the configuration reference is generated from the schema and
+the parser, the operations guide lists every exit code the CLI has, and the security notes list
+every network the upstream guard always refuses."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+from pathlib import Path
+
+import pytest
+
+from generator.cli import EXIT_CODES, _parser
+from generator.config import ENV_PREFIX, resolve
+from generator.config_reference import main, reference, setting_flags
+from generator.errors import UsageError
+from generator.resources import schema
+from generator.routing import ALWAYS_REFUSED
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_configuration_reference_is_up_to_date(tmp_path: Path) -> None:
+    written = tmp_path / "configuration.md"
+    assert main(["--output", str(written)]) == 0  # what `make docs` runs
+    now = written.read_text(encoding="utf-8")
+    committed = (DOCS / "configuration.md").read_text(encoding="utf-8")
+    if committed != now:
+        diff = "".join(
+            list(
+                difflib.unified_diff(
+                    committed.splitlines(keepends=True),
+                    now.splitlines(keepends=True),
+                    "docs/configuration.md",
+                    "what the schema and the flags say now",
+                )
+            )[:40]
+        )
+        pytest.fail(f"docs/configuration.md is out of date: run `make docs`\n{diff}")
+
+
+def test_every_setting_has_a_section_with_its_variable_and_flags() -> None:
+    properties = schema("config")["properties"]
+    parser = _parser()
+    text = reference(schema("config"), parser)
+    sections = dict(re.findall(r"^### (\S+)\n(.*?)(?=^##)", text, re.MULTILINE | re.DOTALL))
+    assert list(sections) == list(properties)
+    flags = setting_flags(parser, properties)
+    assert "--listen ADDRESS" in [flag.usage for flag in flags["listen"]]
+    assert "allowed_networks" not in flags  # it has no flag; the reference must say so
+    for key, section in sections.items():
+        assert f"`{ENV_PREFIX}{key.upper()}`" in section
+        for flag in flags.get(key, ()):
+            assert f"`{flag.usage}`" in section
+        if key not in flags:
+            assert "**flag:** none" in section
+
+
+@pytest.mark.parametrize("key", list(schema("config")["properties"]))
+def test_the_documented_variable_is_the_one_config_reads(key: str) -> None:
+    variable = f"{ENV_PREFIX}{key.upper()}"
+    with pytest.raises(UsageError, match=f"from environment variable {variable} "):
+        resolve(schema("config"), {}, {variable: "\x07"})
+
+
+def _toy_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toy")
+    parser.add_argument("--log-format")  # before the command
+    commands = parser.add_subparsers(dest="command")
+    watch = commands.add_parser("watch")
+    watch.add_argument("--config")
+    watch.add_argument("--metrics-listen", metavar="ADDRESS")
+    watch.add_argument("--tls", dest="tls_on", action="store_const", const=True)
+    watch.add_argument("--listen", action="append", metavar="ADDRESS")
+    registry = watch.add_argument_group("registry")
+    registry.add_argument("--registry", metavar="URL", help="where <branch> keys live (etcd|file)")
+    wait = commands.add_parser("wait")  # no --config: its --metrics-listen is another thing
+    wait.add_argument("--metrics-listen", metavar="URL")
+    wait.add_argument("--listen", action="append", metavar="ADDRESS")
+    wait.add_argument_group("registry").add_argument("--registry", metavar="URL", help="x")
+    return parser
+
+
+def test_reference_handles_any_new_key_generically() -> None:
+    toy_schema = {
+        "properties": {
+            "metrics_listen": {
+                "description": "Serve /metrics at <host>:<port>; empty: off.",
+                "type": ["string", "null"],
+                "default": None,
+                "pattern": "^(|[0-9.]+:[0-9]+)$",
+            },
+            "tls_on": {"description": "TLS for *.<domain>.", "type": "boolean", "default": False},
+            "listen": {
+                "type": "array",
+                "default": ["80"],
+                "minItems": 1,
+                "items": {"type": "string", "enum": ["80", "443"]},
+            },
+            "log_format": {"type": "string", "default": "plain", "enum": ["plain", "json"]},
+            "site_dir": {"description": "Where the index goes.", "type": "string", "default": "/x"},
+        }
+    }
+    text = reference(toy_schema, _toy_parser())
+    assert "`--metrics-listen ADDRESS` (watch)" in text
+    assert "--metrics-listen URL" not in text  # wait reads no settings
+    assert "`--tls` (watch)" in text
+    assert (
+        "`--listen ADDRESS` (watch, repeatable; also taken by wait, which reads no config" in text
+    )
+    assert "`--log-format LOG_FORMAT` (before the command)" in text
+    assert "Serve /metrics at `<host>:<port>`; empty: off." in text
+    assert "TLS for `*.<domain>`." in text
+    assert "- **type:** string or null" in text
+    assert "- **type:** list of strings" in text
+    assert 'at least 1 item; each item: one of `"80"`, `"443"`' in text
+    assert 'one of `"plain"`, `"json"`' in text
+    assert "`DEVTEST_ROUTER_LOG_FORMAT`" in text
+    assert "### log_format" in text
+    assert "### site_dir\n\nWhere the index goes.\n" in text
+    assert "- **flag:** none: set it in the config file or the environment" in text
+    # a | stays inside its table cell
+    assert "| `--registry URL` | watch, wait | where `<branch>` keys live (`etcd\\|file`) |" in text
+
+
+def test_operations_guide_lists_every_exit_code() -> None:
+    guide = (DOCS / "operations.md").read_text(encoding="utf-8")
+    listed = {int(code) for code in re.findall(r"^\| `(\d+)` \|", guide, re.MULTILINE)}
+    assert listed == set(EXIT_CODES), "docs/operations.md: the exit code table differs from cli.py"
+
+
+def test_security_notes_list_every_always_refused_network() -> None:
+    notes = (DOCS / "security.md").read_text(encoding="utf-8")
+    section = notes.split("**Always refused**")[1].split("\n\n")[1]
+    listed = set(re.findall(r"^ *\| `([0-9a-f:./]+)` \|", section, re.MULTILINE))
+    assert listed == {str(network) for network, _ in ALWAYS_REFUSED}, (
+        "docs/security.md: the always-refused table differs from routing.ALWAYS_REFUSED"
+    )
