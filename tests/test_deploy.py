@@ -469,3 +469,25 @@ def test_systemd_units_name_what_exists(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "devtest-router" not in done.stdout + done.stderr
+
+
+def test_deploy_docs_use_real_commands_and_list_every_file() -> None:
+    known = commands()
+    for doc in (REPO / "docs/ci.md", DEPLOY_DIR / "README.md"):
+        text = doc.read_text(encoding="utf-8")
+        fenced = re.findall(r"^```\w*\n(.*?)^```", text, re.M | re.S)
+        code = fenced + re.findall(
+            r"`([^`\n]+)`", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+        )
+        used = invocations("\n".join(code))
+        assert used, doc.name
+        for name, options in used:
+            assert name in known, f"{doc.name}: devtest-router has no command {name}"
+            assert set(options) <= known[name], f"{doc.name}: devtest-router {name} {options}"
+        for link in re.findall(r"\]\((\.\./[^)#]+|[\w./-]+\.(?:md|yml|json))\)", text):
+            assert (doc.parent / link).resolve().exists(), f"{doc.name} links to {link}"
+    listed = (DEPLOY_DIR / "README.md").read_text(encoding="utf-8")
+    for path in sorted(DEPLOY_DIR.rglob("*")):
+        if path.is_file() and path.name != "README.md":
+            name = str(path.relative_to(DEPLOY_DIR))
+            assert f"`{name}`" in listed, f"deploy/README.md does not list {name}"
