@@ -86,7 +86,7 @@ def test_health_check_passes_while_the_frontend_runs_and_fails_without_nginx(
 
     # nginx stops: the health check says so, and the entrypoint stops the watcher and exits
     nginx_pid, watcher_pid = frontend.nginx_pid, frontend.watcher_pid
-    subprocess.run(["kill", "-QUIT", str(nginx_pid)], check=True)
+    os.kill(nginx_pid, signal.SIGQUIT)
     wait_for(lambda: not pid_alive(nginx_pid), 15, what="nginx to stop")
     sick = frontend.health()
     assert sick.returncode == 1
@@ -220,8 +220,11 @@ REPO = Path(__file__).resolve().parent.parent
 DEPLOY_DIR = REPO / "deploy"
 CI_FILES = ("deploy/ci/github-actions.yml", "deploy/ci/gitlab-ci.yml")
 DOCKERFILES = ("deploy/frontend/Dockerfile", "deploy/service/Dockerfile")
-SCRIPTS = ("deploy/frontend/entrypoint.sh", "deploy/frontend/healthcheck.sh")
-SCRIPTS += ("deploy/service/entrypoint.sh",)
+SCRIPTS = (
+    "deploy/frontend/entrypoint.sh",
+    "deploy/frontend/healthcheck.sh",
+    "deploy/service/entrypoint.sh",
+)
 PLATFORM_VARIABLES = {"PATH", "GIT_STRATEGY"}  # read by the OS or the CI platform itself
 
 
