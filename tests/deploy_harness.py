@@ -1,0 +1,236 @@
+"""Helpers for tests/test_deploy.py: the deploy/ scripts run outside Docker, on loopback.
+
+The frontend image's entrypoint, health check and nginx.conf, and the example service's
+entrypoint, are run here as they are in the image, with every path and binary pointed by
+environment variables at a temporary folder, a real nginx (not root's port 80) and a real etcd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from harness import (
+    LOOPBACK,
+    Etcd,
+    _tail,
+    child_pids,
+    find_binary,
+    free_port,
+    http_request,
+    pid_alive,
+    wait_for,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+FRONTEND = DEPLOY / "frontend"
+SERVICE = DEPLOY / "service"
+
+# What the image's nginx.conf names, and where the tests put it instead (under the prefix).
+IMAGE_PATHS = {
+    "/var/log/nginx": "log",
+    "/run/nginx.pid": "nginx.pid",
+    "/var/cache/nginx": "cache",
+    "/etc/nginx/conf.d": "conf.d",
+}
+TEMP_DIRS = ("client_temp", "proxy_temp", "fastcgi_temp", "uwsgi_temp", "scgi_temp")
+
+
+def router_bin() -> str:
+    """The devtest-router command of the Python running the tests (the project's venv)."""
+    beside = Path(sys.executable).parent / "devtest-router"
+    return str(beside) if beside.exists() else find_binary("devtest-router")
+
+
+def localized_nginx_conf(prefix: Path) -> Path:
+    """deploy/frontend/nginx.conf with its absolute paths moved under `prefix` (and, as root,
+    `user root root` so the workers can use them); every path replaced must be in the file, so
+    a change to the image's config cannot make this a no-op."""
+    text = (FRONTEND / "nginx.conf").read_text(encoding="utf-8")
+    replacements = {**{path: str(prefix / sub) for path, sub in IMAGE_PATHS.items()}}
+    replacements["user nginx;"] = "user root root;" if os.geteuid() == 0 else ""
+    for old, new in replacements.items():
+        if old not in text:
+            raise AssertionError(f"deploy/frontend/nginx.conf no longer mentions {old}")
+        text = text.replace(old, new)
+    for sub in ("log", "conf.d", *(f"cache/{name}" for name in TEMP_DIRS)):
+        (prefix / sub).mkdir(parents=True, exist_ok=True)
+    path = prefix / "nginx.conf"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+
+
+class Frontend:
+    """deploy/frontend/entrypoint.sh run outside Docker: nginx (the image's nginx.conf, moved
+    under `base`) on a free loopback port and `devtest-router watch` on `etcd`."""
+
+    def __init__(self, base: Path, etcd: Etcd, domain: str = "dev.test") -> None:
+        self.base = base.resolve()
+        self.prefix = self.base / "nginx"
+        self.run_dir = self.base / "run"
+        self.log = self.base / "entrypoint.log"
+        self.port = free_port()
+        self.domain = domain
+        self.nginx_conf = localized_nginx_conf(self.prefix)
+        self.env = {
+            **os.environ,
+            "NGINX_BIN": find_binary("nginx"),
+            "NGINX_CONF": str(self.nginx_conf),
+            "NGINX_PREFIX": f"{self.prefix}/",
+            "NGINX_ERROR_LOG": str(self.prefix / "log" / "error.log"),
+            "NGINX_PID_FILE": str(self.prefix / "nginx.pid"),
+            "ROUTER_BIN": router_bin(),
+            "FRONTEND_RUN_DIR": str(self.run_dir),
+            "REGISTRY_URL": etcd.url,
+            "DEVTEST_ROUTER_DOMAIN": domain,
+            "DEVTEST_ROUTER_LISTEN": f"{LOOPBACK}:{self.port}",
+            "DEVTEST_ROUTER_OUTPUT": str(self.prefix / "conf.d" / "devtest-router.conf"),
+            "DEVTEST_ROUTER_ALLOW_LOOPBACK": "true",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(FRONTEND / "entrypoint.sh")],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(self._serving, 20, what=f"the frontend's first apply\n{self.tail()}")
+
+    def _serving(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"the entrypoint exited ({self.proc.returncode}):\n{self.tail()}")
+        try:
+            answer = http_request(self.port, f"nobody.{self.domain}", timeout=1)
+        except OSError:
+            return False
+        return answer.headers.get("x-devtest-router") == "unknown-host"
+
+    def tail(self) -> str:
+        return f"--- {self.log}:\n{_tail(self.log)}"
+
+    @property
+    def nginx_pid(self) -> int:
+        return int((self.prefix / "nginx.pid").read_text().strip())
+
+    @property
+    def watcher_pid(self) -> int:
+        return int((self.run_dir / "watcher.pid").read_text().strip())
+
+    def pids(self) -> set[int]:
+        """The entrypoint, nginx's master and workers and the watcher, while they live."""
+        found = {self.nginx_pid, *child_pids(self.nginx_pid), self.watcher_pid}
+        if self.proc is not None:
+            found.add(self.proc.pid)
+        return {pid for pid in found if pid_alive(pid)}
+
+    def health(self, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(FRONTEND / "healthcheck.sh")],
+            env={
+                **os.environ,
+                "HEALTHCHECK_URL": f"http://{LOOPBACK}:{self.port}/",
+                "CURL_BIN": find_binary("curl"),
+                "FRONTEND_RUN_DIR": str(self.run_dir),
+                **env,
+            },
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    def route(self, host: str, path: str = "/") -> tuple[int, bytes]:
+        answer = http_request(self.port, host, path, timeout=2)
+        return answer.status, answer.body
+
+    def stop(self) -> None:
+        """What a test left running is killed by pid (the test itself checks clean stops)."""
+        pids: set[int] = set()
+        for pid_file in (self.run_dir / "watcher.pid", self.prefix / "nginx.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pids.add(int(pid_file.read_text().strip()))
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                _kill(self.proc.pid)
+                self.proc.wait()
+        for pid in pids:
+            if pid_alive(pid):
+                _kill(pid)
+
+
+class Service:
+    """deploy/service/entrypoint.sh running deploy/service/app.py, registering in `etcd`."""
+
+    def __init__(self, base: Path, etcd: Etcd, name: str, service: str) -> None:
+        self.log = base.resolve() / f"service-{service}.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "ROUTER_BIN": router_bin(),
+            "REGISTRY_URL": etcd.url,
+            "NAME": name,
+            "SERVICE": service,
+            "PORT": str(self.port),
+            "IP": LOOPBACK,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(SERVICE / "entrypoint.sh"), sys.executable, str(SERVICE / "app.py")],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def tail(self) -> str:
+        return f"--- {self.log}:\n{_tail(self.log)}"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def v2_keys(etcd: Etcd, key: str) -> dict[str, str]:
+    """Every leaf under `key` in etcd's v2 keyspace, as {key: value}; {} when there is none."""
+    answer = http_request(
+        etcd.client_port, f"{LOOPBACK}:{etcd.client_port}", f"/v2/keys{key}?recursive=true"
+    )
+    if answer.status == 404:
+        return {}
+    leaves: dict[str, str] = {}
+
+    def walk(node: dict[str, object]) -> None:
+        for child in node.get("nodes", []) or []:  # type: ignore[attr-defined]
+            walk(child)
+        if not node.get("dir"):
+            leaves[str(node["key"])] = str(node.get("value"))
+
+    walk(answer.json()["node"])
+    return leaves

@@ -1,0 +1,502 @@
+"""deploy/: the scripts the images run, run outside Docker against a real etcd and nginx; and
+the files that cannot run here (compose, ECS, CI, Dockerfiles, systemd) held to the code.
+
+No Docker engine runs on the development machine, so no image is built: the entrypoints and
+the health check run as the images run them, with paths and binaries moved by environment
+variables (deploy_harness.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from deploy_harness import Frontend, Service, router_bin, v2_keys
+from harness import Backend, Etcd, Nginx, find_binary, http_request, pid_alive, wait_for
+
+from generator import cli
+from generator.config import ENV_PREFIX
+from generator.resources import schema
+
+
+@pytest.fixture
+def frontend(tmp_path: Path, etcd: Etcd) -> Iterator[Frontend]:
+    started = Frontend(tmp_path / "frontend", etcd)
+    try:
+        started.start()
+        yield started
+    finally:
+        started.stop()
+
+
+def put_v2(etcd: Etcd, key: str, value: str) -> None:
+    """A PUT as the original curl registration snippet makes it."""
+    answer = http_request(
+        etcd.client_port,
+        f"127.0.0.1:{etcd.client_port}",
+        f"/v2/keys{key}",
+        method="PUT",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        body=f"value={value}".encode(),
+    )
+    assert answer.status in (200, 201), answer.text
+
+
+# --------------------------------------------------------------------------
+# the frontend image's entrypoint and health check
+
+
+def test_frontend_routes_a_registered_backend_through_its_nginx(
+    frontend: Frontend, etcd: Etcd, backends: Callable[..., dict[str, Backend]]
+) -> None:
+    web = backends("feature-web")["feature-web"]
+    put_v2(etcd, "/deployment/feature/service/web/ip", "127.0.0.1")
+    put_v2(etcd, "/deployment/feature/service/web/port", str(web.port))
+    put_v2(etcd, "/deployment/feature/created", "2026-01-01T00:00:00Z")
+
+    def routed() -> bool:
+        status, body = frontend.route("feature-web.dev.test", "/hello")
+        return status == 200 and b'"feature-web"' in body
+
+    wait_for(routed, 20, what=f"feature-web.dev.test to reach its backend\n{frontend.tail()}")
+    assert web.requests[-1]["path"] == "/hello"
+    assert web.requests[-1]["host"] == "feature-web.dev.test"
+    status, _ = frontend.route("feature.dev.test")  # the default entry point (web)
+    assert status == 200
+
+
+def test_health_check_passes_while_the_frontend_runs_and_fails_without_nginx(
+    frontend: Frontend,
+) -> None:
+    healthy = frontend.health()
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert healthy.stdout.startswith("healthy:")
+
+    # nginx stops: the health check says so, and the entrypoint stops the watcher and exits
+    nginx_pid, watcher_pid = frontend.nginx_pid, frontend.watcher_pid
+    os.kill(nginx_pid, signal.SIGQUIT)
+    wait_for(lambda: not pid_alive(nginx_pid), 15, what="nginx to stop")
+    sick = frontend.health()
+    assert sick.returncode == 1
+    assert sick.stdout.startswith("unhealthy: nginx does not answer"), sick.stdout
+    assert frontend.proc is not None
+    assert frontend.proc.wait(15) != 0, frontend.tail()
+    assert not pid_alive(watcher_pid), frontend.tail()
+    assert "nginx exited" in frontend.log.read_text()
+
+
+def test_health_check_fails_without_the_watcher(frontend: Frontend, tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    elsewhere = tmp_path / "other-run"
+    elsewhere.mkdir()
+    (elsewhere / "watcher.pid").write_text(f"{dead.pid}\n")
+    sick = frontend.health(FRONTEND_RUN_DIR=str(elsewhere))
+    assert sick.returncode == 1
+    assert sick.stdout.startswith("unhealthy: the watcher is not running"), sick.stdout
+    assert frontend.health().returncode == 0
+
+
+def test_health_check_fails_on_an_nginx_without_our_config(tmp_path: Path) -> None:
+    with Nginx(tmp_path / "plain") as plain:
+        (plain.conf_dir / "other.conf").write_text(
+            f"server {{ listen 127.0.0.1:{plain.port} default_server; return 404; }}\n"
+        )
+        plain.reload()
+        frontend_run = tmp_path / "run"
+        frontend_run.mkdir()
+        result = subprocess.run(
+            [str(Path(__file__).parent.parent / "deploy/frontend/healthcheck.sh")],
+            env={
+                "PATH": "/usr/bin:/bin",
+                "CURL_BIN": find_binary("curl"),
+                "HEALTHCHECK_URL": f"http://127.0.0.1:{plain.port}/",
+                "FRONTEND_RUN_DIR": str(frontend_run),
+            },
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert "without devtest-router's unknown-host page" in result.stdout, result.stdout
+
+
+def test_sigterm_stops_nginx_and_the_watcher(frontend: Frontend) -> None:
+    assert frontend.proc is not None
+    pids = frontend.pids()
+    assert len(pids) >= 4  # the entrypoint, nginx's master and a worker, the watcher
+    frontend.proc.send_signal(signal.SIGTERM)
+    assert frontend.proc.wait(20) == 0, frontend.tail()
+    wait_for(lambda: not any(pid_alive(pid) for pid in pids), 10, what="every pid to be gone")
+    assert "SIGTERM received: stopping the watcher and nginx" in frontend.log.read_text()
+    assert not (frontend.run_dir / "watcher.pid").exists()
+
+
+# --------------------------------------------------------------------------
+# the example service's entrypoint
+
+
+def test_service_entrypoint_registers_is_routed_and_deregisters_on_sigterm(
+    frontend: Frontend, etcd: Etcd, tmp_path: Path
+) -> None:
+    service = Service(tmp_path / "service", etcd, name="feature/Deploy", service="api")
+    try:
+        service.start()
+        key = "/deployment/feature-deploy/service/api"
+        expected = {
+            f"{key}/ip": "127.0.0.1",
+            f"{key}/port": str(service.port),
+            "/deployment/feature-deploy/created": "",  # a time stamp, checked for presence
+        }
+
+        def registered() -> bool:
+            keys = v2_keys(etcd, "/deployment/feature-deploy")
+            return set(keys) == set(expected) and all(
+                keys[name] == value for name, value in expected.items() if value
+            )
+
+        wait_for(registered, 20, what=f"the service's keys in etcd\n{service.tail()}")
+
+        def routed() -> bool:
+            status, body = frontend.route("feature-deploy-api.dev.test", "/x")
+            return status == 200 and b'"service": "api"' in body
+
+        wait_for(routed, 20, what=f"the frontend to route to the service\n{frontend.tail()}")
+        _, body = frontend.route("feature-deploy-api.dev.test", "/x")
+        assert b'"branch": "feature/Deploy"' in body
+
+        assert service.proc is not None
+        service.proc.send_signal(signal.SIGTERM)
+        assert service.proc.wait(20) == 0, service.tail()
+        assert v2_keys(etcd, "/deployment/feature-deploy") == {}, service.tail()
+        wait_for(
+            lambda: frontend.route("feature-deploy-api.dev.test")[0] == 404,
+            20,
+            what="the route to go once the service deregistered",
+        )
+    finally:
+        service.stop()
+
+
+def test_service_entrypoint_without_a_registry_runs_the_command_unregistered(
+    tmp_path: Path, etcd: Etcd
+) -> None:
+    service = Service(tmp_path / "service", etcd, name="feature", service="web")
+    del service.env["REGISTRY_URL"]
+    try:
+        service.start()
+        wait_for(
+            lambda: _answers(service.port), 20, what=f"the unregistered service\n{service.tail()}"
+        )
+        assert v2_keys(etcd, "/deployment") == {}
+        assert "REGISTRY_URL is not set" in service.log.read_text()
+    finally:
+        service.stop()
+
+
+def _answers(port: int) -> bool:
+    try:
+        return http_request(port, "localhost", timeout=1).status == 200
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------
+# the files that never run here, held to the code so that they cannot drift silently
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY_DIR = REPO / "deploy"
+CI_FILES = ("deploy/ci/github-actions.yml", "deploy/ci/gitlab-ci.yml")
+DOCKERFILES = ("deploy/frontend/Dockerfile", "deploy/service/Dockerfile")
+SCRIPTS = (
+    "deploy/frontend/entrypoint.sh",
+    "deploy/frontend/healthcheck.sh",
+    "deploy/service/entrypoint.sh",
+)
+PLATFORM_VARIABLES = {"PATH", "GIT_STRATEGY"}  # read by the OS or the CI platform itself
+
+
+def variables_the_code_reads() -> set[str]:
+    """Environment variables devtest-router, the deploy scripts or the example app read."""
+    known = {ENV_PREFIX + key.upper() for key in schema("config")["properties"]}
+    for path in [*sorted((REPO / "generator").glob("*.py")), DEPLOY_DIR / "service/app.py"]:
+        text = path.read_text(encoding="utf-8")
+        known |= set(re.findall(r'environ\.get\(\s*"([A-Z][A-Z0-9_]*)"', text))
+        known |= set(re.findall(r'_setting\([^)]*?"([A-Z][A-Z0-9_]*)"\s*\)', text))
+        known |= {ENV_PREFIX + name for name in re.findall(r'ENV_PREFIX \+ "([A-Z_]+)"', text)}
+        known |= {f"{ENV_PREFIX}ETCD_{n.upper()}" for n in re.findall(r'"--etcd-([a-z]+)"', text)}
+    for script in SCRIPTS:
+        known |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", (REPO / script).read_text()))
+    # the search itself must keep finding what it is known to find
+    assert {"NAME", "SERVICE", "PORT", "IP", "REGISTRY_URL", "DEVTEST_ROUTER_TTL"} <= known
+    assert {"DEVTEST_ROUTER_DOMAIN", "DEVTEST_ROUTER_FRONTEND", "DEVTEST_ROUTER_ETCD_CA"} <= known
+    assert {"NGINX_BIN", "ROUTER_BIN", "HEALTHCHECK_URL"} <= known
+    return known
+
+
+def commands() -> dict[str, set[str]]:
+    """devtest-router's subcommands and each one's options, from the CLI's own parser."""
+    parser = cli._parser()
+    found: dict[str, set[str]] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[name] = {opt for item in sub._actions for opt in item.option_strings}
+    assert {"watch", "wait", "register", "deregister"} <= set(found)
+    return found
+
+
+def invocations(text: str) -> list[tuple[str, list[str]]]:
+    """(subcommand, --options) of every `devtest-router SUBCOMMAND ...` in text."""
+    found = []
+    for match in re.finditer(r"(\S*)\s*\bdevtest-router[ \t]+([a-z][a-z-]*)([^\n;&|)]*)", text):
+        if match.group(1) in ("install", "-q"):  # pip install devtest-router PACKAGE
+            continue
+        found.append((match.group(2), re.findall(r"(--[a-z][a-z-]*)", match.group(3))))
+    return found
+
+
+def strings(document: object) -> Iterator[str]:
+    """Every string value in a parsed YAML or JSON document (keys left out)."""
+    if isinstance(document, str):
+        yield document
+    elif isinstance(document, dict):
+        for value in document.values():
+            yield from strings(value)
+    elif isinstance(document, list):
+        for value in document:
+            yield from strings(value)
+
+
+def ci_variables(path: str, document: dict[Any, Any]) -> dict[str, str]:
+    """The variables a pipeline sets: env (GitHub: workflow, job, step) or variables (GitLab)."""
+    found: dict[str, str] = {}
+    maps = [document.get("env"), document.get("variables")]
+    for job in document.get("jobs", {}).values() if "github" in path else document.values():
+        if isinstance(job, dict):
+            maps += [job.get("env"), job.get("variables")]
+            maps += [step.get("env") for step in job.get("steps", []) if isinstance(step, dict)]
+    for mapping in maps:
+        found.update({str(k): str(v) for k, v in (mapping or {}).items()})
+    return found
+
+
+def test_ci_pipelines_parse_and_use_only_what_exists() -> None:
+    known = commands()
+    read = variables_the_code_reads()
+    for path in CI_FILES:
+        document = yaml.safe_load((REPO / path).read_text(encoding="utf-8"))
+        texts = list(strings(document))
+        used = invocations("\n".join(texts))
+        assert {"wait", "deregister"} <= {name for name, _ in used}, path
+        for name, options in used:
+            assert name in known, f"{path}: devtest-router has no command {name}"
+            for option in options:
+                assert option in known[name], f"{path}: devtest-router {name} has no {option}"
+        for file in re.findall(r"\b(deploy/[\w./@-]+)", "\n".join(texts)):
+            assert (REPO / file).exists(), f"{path} names {file}, which does not exist"
+        for variable, value in ci_variables(path, document).items():
+            referenced = any(
+                re.search(rf"\$\{{?{variable}\b", text) for text in texts if text != value
+            )
+            assert variable in read | PLATFORM_VARIABLES or referenced, (
+                f"{path} sets {variable}, which neither devtest-router nor the pipeline reads"
+            )
+
+
+def test_ci_pipelines_deploy_wait_test_and_tear_down() -> None:
+    github = yaml.safe_load((REPO / CI_FILES[0]).read_text(encoding="utf-8"))
+    events = github[True]  # YAML 1.1 reads the key `on` as true
+    assert "push" in events and "delete" in events
+    deploy_steps = [step.get("run", "") for step in github["jobs"]["deploy"]["steps"]]
+    waits = [i for i, run in enumerate(deploy_steps) if "devtest-router wait" in run]
+    tests = [i for i, run in enumerate(deploy_steps) if "pytest" in run]
+    assert waits and tests and waits[0] < tests[0]
+    teardown = github["jobs"]["teardown"]
+    assert "delete" in teardown["if"] and teardown["env"]["NAME"] == "${{ github.event.ref }}"
+
+    gitlab = yaml.safe_load((REPO / CI_FILES[1]).read_text(encoding="utf-8"))
+    stop = gitlab["deploy"]["environment"]["on_stop"]
+    assert gitlab[stop]["environment"] == {
+        "name": gitlab["deploy"]["environment"]["name"],
+        "action": "stop",
+    }
+    assert any("devtest-router deregister" in line for line in gitlab[stop]["script"])
+    assert any("devtest-router wait" in line for line in gitlab["integration"]["script"])
+
+
+def test_github_hostname_snippet_runs_and_names_the_route() -> None:
+    text = (REPO / CI_FILES[0]).read_text(encoding="utf-8")
+    snippet = re.search(r"python3 -c '([^']+)'", text)
+    assert snippet is not None
+    done = subprocess.run(
+        [sys.executable, "-c", snippet.group(1)],
+        env={"NAME": "Feature/Login", "DEVTEST_ROUTER_DOMAIN": "dev.example.com"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "feature-login-web.dev.example.com"
+
+
+def test_ecs_task_definition_uses_dynamic_host_ports_and_the_pipelines_fill_it() -> None:
+    path = DEPLOY_DIR / "ecs/service-task-definition.json"
+    task = json.loads(path.read_text(encoding="utf-8"))
+    assert task["networkMode"] == "bridge"
+    (container,) = task["containerDefinitions"]
+    (mapping,) = container["portMappings"]
+    assert mapping["hostPort"] == 0
+    env = {item["name"]: item["value"] for item in container["environment"]}
+    assert {"NAME", "SERVICE", "REGISTRY_URL", "PORT"} <= set(env)
+    assert set(env) <= variables_the_code_reads()
+    # register finds the host port ECS chose by matching PORT to the container port
+    assert env["PORT"] == str(mapping["containerPort"])
+    assert "IP" not in env  # the address comes from the metadata, not from the definition
+    placeholders = set(re.findall(r"\$\{([A-Z_]+)\}", path.read_text()))
+    for ci in CI_FILES:
+        text = (REPO / ci).read_text(encoding="utf-8")
+        substituted = re.search(r"envsubst '([^']+)'", text)
+        assert substituted is not None, ci
+        listed = set(re.findall(r"\$([A-Z_]+)", substituted.group(1)))
+        assert placeholders == listed, f"{ci} fills {listed}, the definition has {placeholders}"
+        document = yaml.safe_load(text)
+        defined = set(ci_variables(ci, document)) | set(
+            re.findall(r'echo "([A-Z_]+)=[^"]*" >> "\$GITHUB_ENV"', text)
+        )
+        assert listed - {"REGISTRY_URL"} <= defined, f"{ci}: {listed - defined} never set"
+
+
+def test_compose_file_matches_the_images_and_the_code() -> None:
+    compose = yaml.safe_load((DEPLOY_DIR / "docker-compose.yml").read_text(encoding="utf-8"))
+    read = variables_the_code_reads()
+    services = compose["services"]
+    assert "--enable-v2=true" in services["etcd"]["command"]  # REGISTRY_URL http:// is v2
+    default_networks = schema("config")["properties"]["allowed_networks"]["default"]
+    registering = 0
+    for name, service in services.items():
+        build = service.get("build")
+        if build:
+            context = (DEPLOY_DIR / build["context"]).resolve()
+            assert context == REPO
+            assert (context / build["dockerfile"]).is_file(), name
+        env = service.get("environment", {})
+        assert set(env) <= read, f"{name}: {set(env) - read} are read by nothing"
+        if "REGISTRY_URL" in env:
+            assert env["REGISTRY_URL"].startswith("http://etcd:"), name
+        if "NAME" in env:  # a service container: everything register needs, outside ECS
+            registering += 1
+            assert {"SERVICE", "PORT", "IP", "REGISTRY_URL"} <= set(env), name
+            assert env["IP"] == service["networks"]["devtest"]["ipv4_address"]
+            address = ipaddress.ip_address(env["IP"])
+            assert any(address in ipaddress.ip_network(net) for net in default_networks)
+    assert registering == 2
+    assert services["frontend"]["build"]["dockerfile"] == "deploy/frontend/Dockerfile"
+
+
+def dockerfile(path: str) -> tuple[dict[str, str], dict[str, str], list[list[str]]]:
+    """(COPY destination: source, ENV name: value, exec-form commands) of a Dockerfile."""
+    text = (REPO / path).read_text(encoding="utf-8").replace("\\\n", " ")
+    copies: dict[str, str] = {}
+    env: dict[str, str] = {}
+    execs: list[list[str]] = []
+    for line in text.splitlines():
+        word, _, rest = line.strip().partition(" ")
+        if word == "COPY":
+            *sources, dest = rest.split()
+            for source in sources:
+                copies[
+                    dest.rstrip("/") + "/" + Path(source).name if dest.endswith("/") else dest
+                ] = source
+        elif word == "ENV":
+            env.update(item.split("=", 1) for item in rest.split())  # type: ignore[misc]
+        elif word in ("ENTRYPOINT", "CMD", "HEALTHCHECK"):
+            execs.append(json.loads(rest[rest.index("[") :]))
+    return copies, env, execs
+
+
+@pytest.mark.parametrize("path", DOCKERFILES)
+def test_dockerfiles_copy_and_run_files_that_exist(path: str) -> None:
+    copies, env, execs = dockerfile(path)
+    for source in copies.values():
+        assert (REPO / source).exists(), f"{path} copies {source}, which does not exist"
+    assert set(env) - {"PATH"} <= variables_the_code_reads(), path
+    text = (REPO / path).read_text(encoding="utf-8")
+    for argv in execs:
+        for word in (w for w in argv if not w.startswith("-")):
+            copied = any(dest.endswith("/" + word) or dest == word for dest in copies)
+            installed = re.search(rf"apt-get install[^\n]*\b{re.escape(word)}\b", text)
+            assert copied or installed or word == "python3", f"{path} runs {word}: not in the image"
+    for dest, source in copies.items():
+        if source.startswith("deploy/") and dest.startswith("/usr/local/bin/"):
+            assert os.access(REPO / source, os.X_OK), f"{source} is not executable"
+
+
+def test_frontend_nginx_conf_bounds_old_workers() -> None:
+    text = (DEPLOY_DIR / "frontend/nginx.conf").read_text(encoding="utf-8")
+    assert re.search(r"^worker_shutdown_timeout \d+[sm];", text, re.M)
+    assert not re.search(r"^\s*map_hash", text, re.M)  # the generated file sizes them
+
+
+def test_systemd_units_name_what_exists(tmp_path: Path) -> None:
+    read = variables_the_code_reads()
+    units = sorted((DEPLOY_DIR / "systemd").glob("*.service"))
+    assert len(units) == 2
+    for env_file in sorted((DEPLOY_DIR / "systemd").glob("*.env")):
+        names = re.findall(r"^([A-Z][A-Z0-9_]*)=", env_file.read_text(), re.M)
+        assert names and set(names) <= read, env_file.name
+    for unit in units:
+        text = unit.read_text(encoding="utf-8")
+        execs = "\n".join(re.findall(r"^Exec\w+=(.*)$", text, re.M))
+        assert invocations(execs), unit.name
+        for name, options in invocations(execs):
+            assert name in commands() and set(options) <= commands()[name], unit.name
+        assert set(re.findall(r"^Environment=([A-Z_]+)=", text, re.M)) <= read
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:  # optional: checked where systemd is installed
+        return
+    router = router_bin()
+    for unit in units:
+        name = unit.name.replace("@.", "@web.")
+        text = unit.read_text(encoding="utf-8").replace("/usr/local/bin/devtest-router", router)
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    done = subprocess.run(
+        [analyze, "verify", *(str(p) for p in sorted(tmp_path.glob("*.service")))],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "devtest-router" not in done.stdout + done.stderr
+
+
+def test_deploy_docs_use_real_commands_and_list_every_file() -> None:
+    known = commands()
+    for doc in (REPO / "docs/ci.md", DEPLOY_DIR / "README.md"):
+        text = doc.read_text(encoding="utf-8")
+        fenced = re.findall(r"^```\w*\n(.*?)^```", text, re.M | re.S)
+        code = fenced + re.findall(
+            r"`([^`\n]+)`", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+        )
+        used = invocations("\n".join(code))
+        assert used, doc.name
+        for name, options in used:
+            assert name in known, f"{doc.name}: devtest-router has no command {name}"
+            assert set(options) <= known[name], f"{doc.name}: devtest-router {name} {options}"
+        for link in re.findall(r"\]\((\.\./[^)#]+|[\w./-]+\.(?:md|yml|json))\)", text):
+            assert (doc.parent / link).resolve().exists(), f"{doc.name} links to {link}"
+    listed = (DEPLOY_DIR / "README.md").read_text(encoding="utf-8")
+    for path in sorted(DEPLOY_DIR.rglob("*")):
+        if path.is_file() and path.name != "README.md":
+            name = str(path.relative_to(DEPLOY_DIR))
+            assert f"`{name}`" in listed, f"deploy/README.md does not list {name}"
