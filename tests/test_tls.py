@@ -333,6 +333,18 @@ def test_a_certificate_or_key_file_nginx_cannot_read_is_one_line_and_writes_noth
             "listen addresses ['8443'] of a server",
         ),
         (
+            False,
+            "    listen {{ address }}{% if default_server %}",
+            "    listen 9999{% if default_server %}",
+            "listen addresses ['9999'] of a server",
+        ),
+        (
+            False,
+            "{% call listen_lines(default_server=true) %}{% endcall %}\n    server_name _;",
+            "    server_name _;",
+            "listen addresses [] of a server",
+        ),
+        (
             True,
             "{% if tls %}\n\n# Plain HTTP",
             "{% if false %}\n\n# Plain HTTP",
