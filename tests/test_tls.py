@@ -262,13 +262,12 @@ def test_a_certificate_or_key_file_nginx_cannot_read_is_one_line_and_writes_noth
     output = tmp_path / "out" / OUTPUT
     output.parent.mkdir()
     argv = [
-        "apply", "--domain", DOMAIN, "--allow-loopback", "--access-log", "off",
+        "apply", "--domain", DOMAIN, "--allow-loopback",
         "--tls-certificate", str(files["certificate"]),
         "--tls-certificate-key", str(files["key"]),
         "--output", str(output), "--nginx", find_binary("nginx"),
         "--test-command", "false", "--reload-command", "false",
     ]  # fmt: skip
-    argv = [arg for arg in argv if arg not in ("--access-log", "off")]
     result = cli(argv, CLEAN, {"DEVTEST_ROUTER_ACCESS_LOG": "off"})
     setting = "tls_certificate" if missing == "certificate" else "tls_certificate_key"
     assert result.code == 2
