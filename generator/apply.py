@@ -100,12 +100,30 @@ def _refuse(failures: list[str], config: Config) -> None:
 def gate(rendered: Rendered, config: Config, staged: Path, scratch: Path, checker: Checker) -> None:
     """The crossplane gate, then nginx's own test on the staged file; raises if either refuses."""
     checker(rendered, config, scratch)
+    _require_tls_files(config)
     (scratch / "nginx").mkdir()
     wrapper = Wrapper(scratch / "nginx", staged)
     wrapper.write()
     passed, said = wrapper.test(config.nginx)
     if not passed:
         raise CheckError(f"nginx rejects the rendered config; nothing was changed\n{_indent(said)}")
+
+
+def _require_tls_files(config: Config) -> None:
+    """The certificate and key must be readable: nginx reads them at every test and reload.
+    Its own test would refuse a missing one too, but in lines of its own about its wrapper."""
+    for setting in ("tls_certificate", "tls_certificate_key"):
+        path = getattr(config, setting)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as error:
+            raise UsageError(
+                f"setting {setting}: cannot read {path} ({error.strerror}); nginx must read it: "
+                "fix the path or the file's permissions; nothing was changed"
+            ) from None
 
 
 def current_routes(

@@ -42,7 +42,14 @@ DIRECTIVES: Mapping[str, frozenset[str]] = {
     "proxy_connect_timeout": frozenset({"server", "location"}),
     "proxy_read_timeout": frozenset({"server", "location"}),
     "proxy_send_timeout": frozenset({"server", "location"}),
+    "ssl_certificate": frozenset({"server"}),
+    "ssl_certificate_key": frozenset({"server"}),
+    "ssl_protocols": frozenset({"server"}),
 }
+
+# The certificate directives may name only the configured files (None: TLS is off, none at all).
+TLS_FILES = {"ssl_certificate": "tls_certificate", "ssl_certificate_key": "tls_certificate_key"}
+TLS_PROTOCOLS = frozenset({"TLSv1.2", "TLSv1.3"})
 
 # Inside a map block every line is data (source value), except these, which nginx treats as
 # directives; `include` would read a file, so it never passes.
@@ -80,7 +87,6 @@ def check(
 
     failures: list[str] = []
     route_maps: list[list[dict[str, Any]]] = []
-    listens: list[str] = []
     for statement, parent in _walk(parsed):
         name = statement["directive"]
         where = f"{path}:{statement['line']}"
@@ -102,17 +108,64 @@ def check(
                 route_maps.append(statement["block"])
         elif name == "proxy_pass" and statement["args"] != PROXY_PASS:
             failures.append(f"proxy_pass must be {PROXY_PASS[0]} (in {where})")
-        elif name == "listen":
-            listens.append(statement["args"][0])
+        elif name in TLS_FILES:
+            wanted = getattr(config, TLS_FILES[name])
+            if wanted is None or statement["args"] != [wanted]:
+                failures.append(
+                    f"{name} must name the configured {TLS_FILES[name]} "
+                    f"({wanted or 'not set: TLS is off'}) (in {where})"
+                )
+        elif name == "ssl_protocols" and not set(statement["args"]) <= TLS_PROTOCOLS:
+            failures.append(f"ssl_protocols may name only {sorted(TLS_PROTOCOLS)} (in {where})")
 
-    if sorted(listens) != sorted(config.listen):
-        failures.append(
-            f"listen addresses {sorted(listens)} differ from the configured {sorted(config.listen)}"
-        )
+    failures.extend(_check_listens(parsed, config, path))
     if len(route_maps) != 1:
         failures.append(f"expected one 'map $host $devtest_route' block, found {len(route_maps)}")
     else:
         failures.extend(_compare_routes(route_maps[0], expected))
+    return failures
+
+
+def _check_listens(parsed: list[dict[str, Any]], config: Config, path: str) -> list[str]:
+    """Every server listens exactly on the configured listen addresses, or (TLS on) exactly on
+    tls_listen with ssl; with TLS on, some server does each. No listen parameter beyond those
+    (and default_server) passes."""
+    flags = {"default_server"} | ({"ssl", "http2"} if config.tls else set())
+    wanted = {"plain": sorted(config.listen)}
+    if config.tls:
+        wanted["ssl"] = sorted(config.tls_listen)
+    failures: list[str] = []
+    found: set[str] = set()
+    for server in parsed:
+        if server["directive"] != "server":
+            continue
+        where = f"{path}:{server['line']}"
+        listens = [
+            entry["args"] for entry in server.get("block", ()) if entry["directive"] == "listen"
+        ]
+        for args in listens:
+            extra = [flag for flag in args[1:] if flag not in flags]
+            if extra:
+                failures.append(
+                    f"listen {' '.join(args)}: parameter {extra[0]!r} is not one the settings "
+                    f"make (in {where})"
+                )
+        kinds = {"ssl" if "ssl" in args[1:] else "plain" for args in listens} or {"plain"}
+        if len(kinds) > 1:
+            failures.append(f"a server listens both with and without ssl (in {where})")
+            continue
+        kind = kinds.pop()
+        found.add(kind)
+        addresses = sorted(args[0] for args in listens)
+        if addresses != wanted.get(kind):
+            setting = "tls_listen" if kind == "ssl" else "listen"
+            failures.append(
+                f"listen addresses {addresses} of a server (in {where}) differ from the "
+                f"configured {setting} {wanted.get(kind, '(TLS is off)')}"
+            )
+    for kind in sorted(wanted.keys() - found):
+        setting = "tls_listen" if kind == "ssl" else "listen"
+        failures.append(f"no server listens on the configured {setting} {wanted[kind]}")
     return failures
 
 

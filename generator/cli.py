@@ -85,6 +85,21 @@ def _parser() -> argparse.ArgumentParser:
         help="PORT, IP:PORT or [IPV6]:PORT to listen on; repeatable (default: 80)",
     )
     group.add_argument(
+        "--tls-certificate",
+        metavar="FILE",
+        help="certificate (PEM, with its chain) for *.DOMAIN and DOMAIN; with "
+        "--tls-certificate-key, serves HTTPS and redirects plain HTTP to it (docs/tls.md)",
+    )
+    group.add_argument(
+        "--tls-certificate-key", metavar="FILE", help="the private key of --tls-certificate"
+    )
+    group.add_argument(
+        "--tls-listen",
+        action="append",
+        metavar="ADDRESS",
+        help="PORT, IP:PORT or [IPV6]:PORT for HTTPS when TLS is on; repeatable (default: 443)",
+    )
+    group.add_argument(
         "--template-dir",
         metavar="DIR",
         help="templates here override the bundled ones of the same name",

@@ -27,6 +27,9 @@ class Config:
     domain: Token
     default_service: str
     listen: tuple[Token, ...]
+    tls_certificate: Token | None  # TLS is on when both are set (resolve() allows no other mix)
+    tls_certificate_key: Token | None
+    tls_listen: tuple[Token, ...]
     output: str
     nginx: str
     test_command: str
@@ -47,6 +50,15 @@ class Config:
     quiet_period: float
     max_wait: float
     resync_interval: float
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_certificate is not None and self.tls_certificate_key is not None
+
+    @property
+    def tls_port(self) -> int:
+        """The port plain HTTP redirects to: the first tls_listen entry's."""
+        return int(self.tls_listen[0].rsplit(":", 1)[-1])
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -129,6 +141,7 @@ def resolve(
             f"setting {key} = {show(values[key])} from {source[key]} is not valid: "
             f"{_short(error)}. {description}"
         )
+    _check_tls(values, source)
     try:
         networks = tuple(
             ipaddress.ip_network(network, strict=False) for network in values["allowed_networks"]
@@ -143,11 +156,35 @@ def resolve(
         raise UsageError(f"a setting is not valid: {error}") from None
 
 
+def _check_tls(values: Mapping[str, Any], source: Mapping[str, str]) -> None:
+    """TLS needs the certificate and its key together, on addresses plain HTTP does not use."""
+    certificate, key = values["tls_certificate"], values["tls_certificate_key"]
+    if (certificate is None) != (key is None):
+        given, missing = (
+            ("tls_certificate", "tls_certificate_key")
+            if key is None
+            else ("tls_certificate_key", "tls_certificate")
+        )
+        raise UsageError(
+            f"setting {given} is set (from {source[given]}) but {missing} is not: TLS needs "
+            "both the certificate and its key; set both, or neither for plain HTTP"
+        )
+    shared = sorted(set(values["listen"]) & set(values["tls_listen"]))
+    if certificate is not None and shared:
+        raise UsageError(
+            f"setting tls_listen (from {source['tls_listen']}) shares {shared[0]} with listen "
+            f"(from {source['listen']}): plain HTTP and HTTPS need addresses of their own"
+        )
+
+
 def _config(values: dict[str, Any], networks: tuple[Network, ...]) -> Config:
     return Config(
         domain=Token(values["domain"]),
         default_service=values["default_service"],
         listen=tuple(Token(item) for item in values["listen"]),
+        tls_certificate=_token_or_none(values["tls_certificate"]),
+        tls_certificate_key=_token_or_none(values["tls_certificate_key"]),
+        tls_listen=tuple(Token(item) for item in values["tls_listen"]),
         output=values["output"],
         nginx=values["nginx"],
         test_command=values["test_command"],
@@ -169,6 +206,10 @@ def _config(values: dict[str, Any], networks: tuple[Network, ...]) -> Config:
         max_wait=float(values["max_wait"]),
         resync_interval=float(values["resync_interval"]),
     )
+
+
+def _token_or_none(value: str | None) -> Token | None:
+    return None if value is None else Token(value)
 
 
 def _short(error: jsonschema.ValidationError) -> str:
