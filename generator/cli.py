@@ -417,19 +417,19 @@ def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
 
     timing = Timing(config.quiet_period, config.max_wait, config.resync_interval)
     status = server = None
-    if config.metrics_listen:
-        status = Status()
-        server = Server(config.metrics_listen, status)  # fails here, before any apply
-        exposed = not ipaddress.ip_address(config.metrics_listen[0]).is_loopback
-        streams.say(
-            f"serving /healthz and /metrics on http://{server.shown}"
-            + ("; not a loopback address: whoever reaches it can read them" if exposed else ""),
-            "warning" if exposed else "info",
-            metrics_listen=server.shown,
-        )
-    watcher = Watcher(registry, apply_snapshot, streams.say, timing, status)
-    stop_on_signals(watcher)
     try:
+        if config.metrics_listen:
+            status = Status()
+            server = Server(config.metrics_listen, status)  # a port in use fails here, at once
+            exposed = not ipaddress.ip_address(config.metrics_listen[0]).is_loopback
+            streams.say(
+                f"serving /healthz and /metrics on http://{server.shown}"
+                + ("; not a loopback address: whoever reaches it can read them" if exposed else ""),
+                "warning" if exposed else "info",
+                metrics_listen=server.shown,
+            )
+        watcher = Watcher(registry, apply_snapshot, streams.say, timing, status)
+        stop_on_signals(watcher)
         return watcher.run()
     finally:
         if server is not None:
