@@ -22,7 +22,7 @@ from .errors import Error, UsageError
 from .incremental import Engine
 from .model import RoutingTable
 from .names import hostname, label
-from .observe import Outcome, Server, Status, problem_fields
+from .observe import Outcome, problem_fields
 from .pipeline import Plan, Rendered, build
 from .probe import wait_until_routed
 from .registry import DEFAULT_REGISTRY, add_registry_arguments, registry_from_args
@@ -419,6 +419,8 @@ def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
     status = server = None
     try:
         if config.metrics_listen:
+            from .metrics import Server, Status  # imported on use: other commands never pay
+
             status = Status()
             server = Server(config.metrics_listen, status)  # a port in use fails here, at once
             exposed = not ipaddress.ip_address(config.metrics_listen[0]).is_loopback
