@@ -487,7 +487,6 @@ def main(
     # The flag, else the environment; a command that reads the config file may change it (a
     # bad value in the environment is reported by the settings, in plain text).
     streams.log_format = args.log_format or environ.get(ENV_PREFIX + "LOG_FORMAT", "plain")
-    streams.capture_library_logs()
     try:
         return command(args, streams, environ)
     except Error as error:

@@ -8,7 +8,6 @@ is asked for (render's config, check's table, a dry run's diff) goes to stdout a
 from __future__ import annotations
 
 import json
-import logging
 from datetime import UTC, datetime
 from typing import Protocol, TextIO
 
@@ -52,28 +51,3 @@ class Streams:
         """One line on stderr (see format_line)."""
         line = format_line(message, level, fields, self.log_format, datetime.now(UTC))
         print(line, file=self.stderr, flush=True)
-
-    def capture_library_logs(self) -> None:
-        """Under JSON logs, the warnings libraries send through `logging` (urllib3's retries,
-        python-etcd's) become JSON lines too, so that every line on stderr parses."""
-        root = logging.getLogger()
-        for handler in [h for h in root.handlers if isinstance(h, _SayHandler)]:
-            root.removeHandler(handler)  # an earlier command's, in a test calling main() again
-        if self.log_format == "json":
-            handler = _SayHandler(self)
-            handler.setLevel(logging.WARNING)
-            root.addHandler(handler)
-
-
-class _SayHandler(logging.Handler):
-    def __init__(self, streams: Streams) -> None:
-        super().__init__()
-        self.streams = streams
-
-    def emit(self, record: logging.LogRecord) -> None:
-        level = "error" if record.levelno >= logging.ERROR else "warning"
-        try:
-            message = record.getMessage()
-        except Exception:  # a library's bad format string must not end the watcher
-            message = str(record.msg)
-        self.streams.say(" ".join(message.split()), level, logger=record.name)

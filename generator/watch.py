@@ -5,6 +5,7 @@ snapshot at one index and applies it (never an incrementally patched copy). Burs
 the registry has been quiet for `quiet` seconds, or `max_wait` seconds after the first change at
 the latest, so a steady trickle of writes still gets applied. An unreachable registry never
 means "no services": the last good config stays while the watcher retries with capped backoff.
+What happens is told to an Observer (observe.py): /healthz and /metrics are kept at the edge.
 """
 
 from __future__ import annotations
