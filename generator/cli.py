@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import sys
@@ -419,15 +418,15 @@ def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
     status = server = None
     try:
         if config.metrics_listen:
-            from .metrics import Server, Status  # imported on use: other commands never pay
+            from .metrics import Server, Status, exposure  # on use: other commands never pay
 
             status = Status()
             server = Server(config.metrics_listen, status)  # a port in use fails here, at once
-            exposed = not ipaddress.ip_address(config.metrics_listen[0]).is_loopback
+            warning = exposure(config.metrics_listen[0])
             streams.say(
                 f"serving /healthz and /metrics on http://{server.shown}"
-                + ("; not a loopback address: whoever reaches it can read them" if exposed else ""),
-                "warning" if exposed else "info",
+                + (f"; {warning}" if warning else ""),
+                "warning" if warning else "info",
                 metrics_listen=server.shown,
             )
         watcher = Watcher(registry, apply_snapshot, streams.say, timing, status)

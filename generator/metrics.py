@@ -8,8 +8,10 @@ prometheus_client and http.server.
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import json
 import socket
+import socketserver
 import threading
 import time
 from collections.abc import Callable
@@ -161,6 +163,19 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.status = status
         super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer's own asks getfqdn() for a name (a DNS query) that nothing here uses
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+
+def exposure(host: str) -> str | None:
+    """A warning when /metrics and /healthz would be served beyond this machine."""
+    if ipaddress.ip_address(host).is_loopback:
+        return None
+    return f"{host} is not a loopback address: whoever reaches it can read /metrics and /healthz"
 
 
 class Server:

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_watch import BIN, DOMAIN, Frontend, entry, registry_url
 
 from generator.config import listen_address
+from generator.metrics import exposure
 from generator.observe import Check, Health, health_report, starting, update
 from generator.registry import open_registry
 from generator.streams import LEVELS, format_line
@@ -165,6 +166,12 @@ def test_metrics_count_applies_reloads_routes_deployments_and_problems(
     assert code == 200 and body["status"] == "ok" and body["failing"] == [], body
     assert body["checks"]["registry"]["ok"] and body["checks"]["apply"]["ok"]
     assert http_request(port, f"127.0.0.1:{port}", "/other").status == 404
+
+    assert router.process is not None
+    router.process.send_signal(signal.SIGTERM)  # the server thread does not hold the exit
+    assert router.process.wait(10) == 0
+    with pytest.raises(ConnectionRefusedError):
+        http_request(port, f"127.0.0.1:{port}", "/healthz")
 
 
 @pytest.mark.parametrize("kind", ["etcd2", "etcd3"])
@@ -470,6 +477,16 @@ def test_listen_address(text: str | None, address: tuple[str, int] | None) -> No
 def test_listen_address_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="metrics_listen"):
         listen_address(text)
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"),
+    [("127.0.0.1", False), ("::1", False), ("0.0.0.0", True), ("10.1.2.3", True)],
+)
+def test_a_non_loopback_metrics_address_is_warned_about(host: str, warned: bool) -> None:
+    warning = exposure(host)
+    assert (warning is not None) == warned
+    assert warning is None or "not a loopback address" in warning
 
 
 def test_format_line_plain_keeps_the_message_and_json_adds_the_fields() -> None:
