@@ -433,7 +433,9 @@ def test_apply_register_and_errors_log_json_and_stdout_stays_as_it_is(
     )  # fmt: skip
     assert registered.returncode == 0, registered.stderr
     records = parse_log(registered.stderr)
-    assert any("registered /deployment/feature-json/service/web" in r["message"] for r in records)
+    [line] = [r for r in records if r["message"].startswith("registered ")]
+    assert line["key"] == "/deployment/feature-json/service/web", line
+    assert (line["deployment"], line["service"]) == ("feature-json", "web")
 
 
 # --------------------------------------------------------------------------
