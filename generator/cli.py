@@ -21,13 +21,14 @@ from .errors import Error, UsageError
 from .incremental import Engine
 from .model import RoutingTable
 from .names import hostname, label
+from .observe import Outcome, problem_fields
 from .pipeline import Plan, Rendered, build
 from .probe import wait_until_routed
 from .registry import DEFAULT_REGISTRY, add_registry_arguments, registry_from_args
 from .render import environment
 from .resources import data_dir, schema
 from .snapshot import loads, yaml_problem
-from .streams import Streams
+from .streams import LOG_FORMATS, Streams
 from .watch import Timing, Watcher, stop_on_signals
 
 EXIT_CODES = {
@@ -215,6 +216,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="apply at the latest this long after the first change of a burst (default: 2)",
     )
+    group.add_argument(
+        "--metrics-listen",
+        metavar="ADDRESS",
+        help="serve /healthz and /metrics on PORT (127.0.0.1), IP:PORT or [IPV6]:PORT "
+        "(default: off); see docs/observability.md",
+    )
 
     dump = command(
         "snapshot",
@@ -257,10 +264,16 @@ def _parser() -> argparse.ArgumentParser:
         help="give up after this long (default: 300)",
     )
     register.add_commands(commands)
+    for sub in commands.choices.values():  # every command's log lines, register's included
+        sub.add_argument(
+            "--log-format",
+            choices=LOG_FORMATS,
+            help="log lines on stderr: plain text, or one JSON object per line (default: plain)",
+        )
     return parser
 
 
-def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+def _settings(args: argparse.Namespace, environ: Mapping[str, str], streams: Streams) -> Config:
     config_name = args.config or environ.get(ENV_PREFIX + "CONFIG")
     file_data = None
     if config_name:
@@ -274,7 +287,9 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
             ) from None
     properties = schema("config")["properties"]
     flags = {key: value for key, value in vars(args).items() if key in properties}
-    return resolve(schema("config"), flags, environ, file_data, config_name)
+    config = resolve(schema("config"), flags, environ, file_data, config_name)
+    streams.log_format = config.log_format  # the config file may set it too
+    return config
 
 
 def templates(config: Config) -> jinja2.Environment:
@@ -300,21 +315,26 @@ def _build(args: argparse.Namespace, config: Config, streams: Streams) -> Render
     return build(loads(text, source), config, schema("snapshot"), templates(config))
 
 
-def _report_problems(table: RoutingTable, streams: Streams) -> None:
-    for problem in table.problems:
-        streams.say(f"problem: {problem}")
+def _report_problems(rendered: Rendered, streams: Streams) -> None:
+    for problem in rendered.table.problems:
+        streams.say(
+            f"problem: {problem}",
+            "warning",
+            snapshot=rendered.snapshot_id,
+            **problem_fields(problem),
+        )
 
 
 def _render(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
-    config = _settings(args, environ)
+    config = _settings(args, environ, streams)
     rendered = _build(args, config, streams)
-    _report_problems(rendered.table, streams)
+    _report_problems(rendered, streams)
     streams.stdout.write(checked_text(rendered, config))
     return 0
 
 
 def _check(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
-    config = _settings(args, environ)
+    config = _settings(args, environ, streams)
     rendered = _build(args, config, streams)
     table = rendered.table
     if args.json:
@@ -328,7 +348,7 @@ def _check(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
     else:
         streams.stdout.write(format_table(table))
     if args.strict and table.problems:
-        streams.say(f"{len(table.problems)} problems (--strict)")
+        streams.say(f"{len(table.problems)} problems (--strict)", "error")
         return 123
     return 0
 
@@ -349,9 +369,9 @@ def format_table(table: RoutingTable) -> str:
 
 
 def _apply(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
-    config = _settings(args, environ)
+    config = _settings(args, environ, streams)
     rendered = _build(args, config, streams)
-    _report_problems(rendered.table, streams)
+    _report_problems(rendered, streams)
     if config.dry_run:
         result = plan(rendered, config)
         streams.stdout.write(result.diff(config.output))
@@ -359,13 +379,31 @@ def _apply(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
             streams.say(
                 f"would change {config.output}: {result.summary()}; "
                 f"{len(rendered.table.routes)} routes, "
-                f"{len(rendered.table.problems)} problems"
+                f"{len(rendered.table.problems)} problems",
+                **_facts(rendered, "changed"),
             )
             return 1
-        streams.say(f"{config.output} is up to date ({len(rendered.table.routes)} routes)")
+        streams.say(
+            f"{config.output} is up to date ({len(rendered.table.routes)} routes)",
+            **_facts(rendered, "unchanged"),
+        )
         return 0
-    streams.say(_describe(apply(rendered, config), rendered, config))
+    result = apply(rendered, config)
+    streams.say(
+        _describe(result, rendered, config),
+        **_facts(rendered, "changed" if result.changes else "unchanged"),
+    )
     return 0
+
+
+def _facts(rendered: Rendered, result: str) -> dict[str, object]:
+    """The fields of an apply's JSON log line."""
+    return {
+        "snapshot": rendered.snapshot_id,
+        "result": result,
+        "routes": len(rendered.table.routes),
+        "problems": len(rendered.table.problems),
+    }
 
 
 def _describe(result: Plan, rendered: Rendered, config: Config) -> str:
@@ -376,25 +414,42 @@ def _describe(result: Plan, rendered: Rendered, config: Config) -> str:
 
 
 def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
-    config = _settings(args, environ)
+    config = _settings(args, environ, streams)
     registry = registry_from_args(args, environ)
     engine = Engine(config, schema("snapshot"), templates(config))
 
-    def apply_snapshot(snapshot: Mapping[str, Any]) -> tuple[Rendered, str]:
+    def apply_snapshot(snapshot: Mapping[str, Any]) -> Outcome:
         rendered = engine.build(snapshot)
         if config.dry_run:
             result = engine.plan(rendered)
             streams.stdout.write(result.diff(config.output))
             streams.stdout.flush()
-            return rendered, f"dry run: {result.summary()}"
-        return rendered, _describe(engine.apply(rendered), rendered, config)
+            return Outcome(rendered, f"dry run: {result.summary()}", result.changes, False)
+        result = engine.apply(rendered)
+        message = _describe(result, rendered, config)
+        return Outcome(rendered, message, result.changes, result.changes)
 
     timing = Timing(config.quiet_period, config.max_wait, config.resync_interval)
-    watcher = Watcher(registry, apply_snapshot, streams.say, timing)
-    stop_on_signals(watcher)
+    status = server = None
     try:
+        if config.metrics_listen:
+            from .metrics import Server, Status, exposure  # on use: other commands never pay
+
+            status = Status()
+            server = Server(config.metrics_listen, status)  # a port in use fails here, at once
+            warning = exposure(config.metrics_listen[0])
+            streams.say(
+                f"serving /healthz and /metrics on http://{server.shown}"
+                + (f"; {warning}" if warning else ""),
+                "warning" if warning else "info",
+                metrics_listen=server.shown,
+            )
+        watcher = Watcher(registry, apply_snapshot, streams.say, timing, status)
+        stop_on_signals(watcher)
         return watcher.run()
     finally:
+        if server is not None:
+            server.close()
         registry.close()
 
 
@@ -442,18 +497,24 @@ def main(
     except SystemExit as leaving:  # argparse has printed usage or help
         return int(leaving.code or 0)
     command: Callable[[argparse.Namespace, Streams, Mapping[str, str]], int] = args.run
+    environ = os.environ if environ is None else environ
+    # The flag, else the environment; a command that reads the config file may change it (a
+    # bad value in the environment is reported by the settings, in plain text).
+    streams.log_format = args.log_format or environ.get(ENV_PREFIX + "LOG_FORMAT", "plain")
     try:
-        return command(args, streams, os.environ if environ is None else environ)
+        return command(args, streams, environ)
     except Error as error:
-        streams.say(str(error))
+        streams.say(str(error), "error", exit_code=error.exit_code)
         return error.exit_code
     except KeyboardInterrupt:
-        streams.say("interrupted")
+        streams.say("interrupted", "error", exit_code=130)
         return 130
     except Exception as error:
         streams.say(
             f"internal error: {type(error).__name__}: {error}. This is a bug in "
-            "devtest-router; please report it with the command and snapshot"
+            "devtest-router; please report it with the command and snapshot",
+            "error",
+            exit_code=3,
         )
         return 3
 

@@ -50,6 +50,8 @@ class Config:
     quiet_period: float
     max_wait: float
     resync_interval: float
+    log_format: str  # plain or json: how log lines on stderr look
+    metrics_listen: tuple[str, int] | None  # (IP address, port) of /healthz and /metrics
 
     @property
     def tls(self) -> bool:
@@ -205,11 +207,34 @@ def _config(values: dict[str, Any], networks: tuple[Network, ...]) -> Config:
         quiet_period=float(values["quiet_period"]),
         max_wait=float(values["max_wait"]),
         resync_interval=float(values["resync_interval"]),
+        log_format=values["log_format"],
+        metrics_listen=listen_address(values["metrics_listen"]),
     )
 
 
 def _token_or_none(value: str | None) -> Token | None:
     return None if value is None else Token(value)
+
+
+def listen_address(text: str | None) -> tuple[str, int] | None:
+    """(IP address, port) of PORT, IPV4:PORT or [IPV6]:PORT; a bare PORT means 127.0.0.1.
+
+    Only IP addresses: a host name could resolve to an address nobody meant to expose.
+    """
+    if text is None:
+        return None
+    host, _, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"metrics_listen {text!r}: {host!r} is not an IP address; use PORT, IPV4:PORT "
+            "or [IPV6]:PORT"
+        ) from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"metrics_listen {text!r}: the port must be 1-65535")
+    return str(address), int(port)
 
 
 def _short(error: jsonschema.ValidationError) -> str:

@@ -520,6 +520,12 @@ class Session:
     def key(self) -> str:
         return f"/deployment/{self.entry.deployment}/service/{self.entry.service}"
 
+    def _say(self, message: str, level: str = "info") -> None:
+        entry = self.entry
+        self.streams.say(
+            message, level, deployment=entry.deployment, service=entry.service, key=self.key
+        )
+
     def register(self, how: str, refreshed: bool = True) -> None:
         self.registry.register(self.entry, self.ttl)
         self.registered = True
@@ -532,7 +538,7 @@ class Session:
                 f"ttl {self.ttl}s, not refreshed: the keys expire unless written again "
                 "(--ttl 0 keeps them)"
             )
-        self.streams.say(
+        self._say(
             f"registered {self.key} -> {self.entry.ip}:{self.entry.port} (address from {how}) "
             f"in {self.registry.description}; {ttl}"
         )
@@ -552,14 +558,15 @@ class Session:
             if not self._failing:
                 what = str(error) if isinstance(error, Error) else f"internal error: {error!r}"
                 step = "keepalive" if self.registered else "registration"
-                self.streams.say(
+                self._say(
                     f"{step} failed, retrying every {_retry(self.ttl):g}s (a registered entry "
-                    f"expires {self.ttl}s after the last success): {what}"
+                    f"expires {self.ttl}s after the last success): {what}",
+                    "error",
                 )
             self._failing = True
             return
         if self._failing:
-            self.streams.say(f"the registry answers again: {self.key} refreshed")
+            self._say(f"the registry answers again: {self.key} refreshed")
         self._failing = False
 
     def deregister(self) -> bool:
@@ -570,9 +577,9 @@ class Session:
             self.registry.deregister(self.entry)
         except Error as error:
             expiry = f"; it expires within {self.ttl}s" if self.ttl else ""
-            self.streams.say(f"could not deregister {self.key}{expiry}: {error}")
+            self._say(f"could not deregister {self.key}{expiry}: {error}", "error")
             return False
-        self.streams.say(f"deregistered {self.key} from {self.registry.description}")
+        self._say(f"deregistered {self.key} from {self.registry.description}")
         return True
 
 

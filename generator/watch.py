@@ -5,6 +5,7 @@ snapshot at one index and applies it (never an incrementally patched copy). Burs
 the registry has been quiet for `quiet` seconds, or `max_wait` seconds after the first change at
 the latest, so a steady trickle of writes still gets applied. An unreachable registry never
 means "no services": the last good config stays while the watcher retries with capped backoff.
+What happens is told to an Observer (observe.py): /healthz and /metrics are kept at the edge.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 
 from .errors import Error
 from .model import Problem
-from .pipeline import Rendered
+from .observe import Observer, Outcome, Unobserved, problem_fields
 from .registry import HistoryLost, Registry
+from .streams import Log
 
 Clock = Callable[[], float]
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)  # seconds between attempts while the registry is away
@@ -71,14 +73,16 @@ class Watcher:
     def __init__(
         self,
         registry: Registry,
-        apply: Callable[[Mapping[str, Any]], tuple[Rendered, str]],
-        log: Callable[[str], None],
+        apply: Callable[[Mapping[str, Any]], Outcome],
+        log: Log,
         timing: Timing = Timing(),
+        observer: Observer | None = None,
     ) -> None:
         self.registry = registry
-        self.apply = apply  # builds and applies a snapshot: (what was rendered, what happened)
+        self.apply = apply  # builds and applies a snapshot
         self.log = log
         self.timing = timing
+        self.observer: Observer = observer or Unobserved()  # metrics and health, if served
         self.stopping = threading.Event()
         self._trouble: str | None = None  # what went wrong last, said once until it changes
         self._problems: tuple[Problem, ...] | None = None
@@ -89,7 +93,8 @@ class Watcher:
     def run(self) -> int:
         self.log(
             f"watching {self.registry.description} (quiet {self.timing.quiet:g} s, "
-            f"max wait {self.timing.max_wait:g} s)"
+            f"max wait {self.timing.max_wait:g} s)",
+            registry=self.registry.description,
         )
         failures = 0
         while not self.stopping.is_set():
@@ -101,6 +106,7 @@ class Watcher:
                 self._follow(index, self.timing.resync if applied else backoff(failures))
                 continue
             except Error as error:  # unreachable or unreadable registry: nothing is changed
+                self.observer.registry_failed(str(error))
                 self._say_once(f"{error}; keeping the last good config, retrying")
             except Exception as error:  # a watcher that dies routes nothing new: log, retry
                 self._say_once(
@@ -114,7 +120,7 @@ class Watcher:
 
     def _say_once(self, trouble: str) -> None:
         if trouble != self._trouble:
-            self.log(trouble)
+            self.log(trouble, "error", registry=self.registry.description)
         self._trouble = trouble
 
     def _follow(self, index: int, patience: float) -> None:
@@ -125,7 +131,11 @@ class Watcher:
             try:
                 changed = self.registry.wait(index, IDLE_POLL)
             except HistoryLost:
-                self.log("the watch fell behind the registry's history; re-reading it in full")
+                self.log(
+                    "the watch fell behind the registry's history; re-reading it in full",
+                    "warning",
+                    registry_index=index,
+                )
                 return
             if changed is not None:
                 settle(self.registry.wait, changed, self.timing)
@@ -136,20 +146,49 @@ class Watcher:
     def _read_and_apply(self) -> tuple[int, bool]:
         """Read the registry and apply it: (the read's index, whether the apply succeeded)."""
         read = self.registry.read()
+        self.observer.registry_read(read.index)
         if self._trouble is not None:
-            self.log(f"{self.registry.description} is readable again")
+            self.log(
+                f"{self.registry.description} is readable again",
+                registry=self.registry.description,
+                registry_index=read.index,
+            )
             self._trouble = None
+        started = time.monotonic()
         try:
-            rendered, outcome = self.apply(read.snapshot)
-        except Error as error:  # logged and retried; never the end of the watcher
-            self.log(f"apply failed at registry index {read.index}: {error}")
+            outcome = self.apply(read.snapshot)
+        except Exception as error:
+            self.observer.apply_failed(_one_line(error), time.monotonic() - started)
+            if not isinstance(error, Error):
+                raise  # a bug: logged as one by run()
+            # logged and retried; never the end of the watcher
+            self.log(
+                f"apply failed at registry index {read.index}: {error}",
+                "error",
+                registry_index=read.index,
+            )
             return read.index, False
+        self.observer.applied(outcome, time.monotonic() - started)
+        rendered = outcome.rendered
+        fields = {"registry_index": read.index, "snapshot": rendered.snapshot_id}
         if rendered.table.problems != self._problems:
             for problem in rendered.table.problems:
-                self.log(f"problem: {problem}")
+                self.log(f"problem: {problem}", "warning", **fields, **problem_fields(problem))
             self._problems = rendered.table.problems
-        self.log(f"{outcome} (registry index {read.index})")
+        self.log(
+            f"{outcome.message} (registry index {read.index})",
+            **fields,
+            result="changed" if outcome.changed else "unchanged",
+            routes=len(rendered.table.routes),
+            problems=len(rendered.table.problems),
+        )
         return read.index, True
+
+
+def _one_line(error: Exception) -> str:
+    if isinstance(error, Error):
+        return str(error)
+    return f"internal error: {type(error).__name__}: {error}"
 
 
 def stop_on_signals(watcher: Watcher) -> None:

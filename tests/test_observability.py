@@ -1,0 +1,504 @@
+"""The watcher's /healthz and /metrics, and JSON log lines, against the real etcd and nginx.
+
+`devtest-router watch` runs as the process a user runs (test_watch.Frontend), with
+--metrics-listen on a free loopback port; /metrics is parsed with prometheus_client's parser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import etcd as python_etcd
+import pytest
+from harness import Backend, Etcd, Nginx, find_binary, free_port, free_ports, http_request, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+from test_watch import BIN, DOMAIN, Frontend, entry, registry_url
+
+from generator.config import listen_address
+from generator.metrics import exposure
+from generator.observe import Check, Health, health_report, starting, update
+from generator.registry import open_registry
+from generator.streams import LEVELS, format_line
+
+APPLIED = re.compile(r"\(registry index \d+\)$")  # the last words of a successful apply's line
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def metrics(port: int) -> dict[str, float]:
+    """Every sample of /metrics: {'name{label="value"}': value}, parsed by prometheus_client."""
+    response = http_request(port, f"127.0.0.1:{port}", "/metrics")
+    assert response.status == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def health(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        response = http_request(port, f"127.0.0.1:{port}", "/healthz")
+    except ConnectionRefusedError:
+        return 0, {}
+    assert response.headers["content-type"] == "application/json"
+    body: dict[str, Any] = response.json()
+    return response.status, body
+
+
+def applies(samples: dict[str, float], result: str) -> float:
+    return samples[f'devtest_router_applies_total{{result="{result}"}}']
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVTEST_ROUTER_")}
+    env.pop("REGISTRY_URL", None)
+    return env
+
+
+def write_v2(member: Etcd, key: str, value: str) -> None:
+    """A raw etcd v2 write, as a half-finished registration leaves it."""
+    client = python_etcd.Client(host="127.0.0.1", port=member.client_port)
+    client.write(key, value)
+
+
+def expected_table(url: str) -> dict[str, Any]:
+    """What `check --json` says of the registry now: the routes and problems to expect."""
+    env = clean_env()
+    snapshot = subprocess.run(
+        [str(BIN), "snapshot", "--registry", url], env=env, check=True, capture_output=True
+    ).stdout
+    checked = subprocess.run(
+        [str(BIN), "check", "--json", "--domain", DOMAIN, "--allow-loopback"],
+        input=snapshot,
+        env=env,
+        check=True,
+        capture_output=True,
+    ).stdout
+    table: dict[str, Any] = json.loads(checked)
+    return table
+
+
+@pytest.fixture
+def frontend(tmp_path: Path, nginx: Nginx) -> Iterator[Callable[..., Frontend]]:
+    started: list[Frontend] = []
+
+    def start(url: str, *extra: str) -> Frontend:
+        made = Frontend(nginx, url, tmp_path, list(extra))
+        made.start()
+        started.append(made)
+        return made
+
+    try:
+        yield start
+    finally:
+        for made in started:
+            made.stop()
+
+
+# --------------------------------------------------------------------------
+# /healthz and /metrics
+
+
+def test_metrics_count_applies_reloads_routes_deployments_and_problems(
+    etcd: Etcd, frontend: Callable[..., Frontend], backends: Callable[..., dict[str, Backend]]
+) -> None:
+    found = backends("web", "api")
+    port = free_port()
+    url = registry_url("etcd2", etcd)
+    router = frontend(url, "--metrics-listen", str(port))  # a bare port: 127.0.0.1
+    wait_for(lambda: health(port)[0] == 200, 15, what=f"/healthz 200; log:\n{router.log_tail()}")
+
+    registry = open_registry(url)
+    try:
+        registry.register(entry("alpha", "web", found["web"]), ttl=120)
+        registry.register(entry("alpha", "api", found["api"]), ttl=120)
+        registry.register(entry("beta", "web", found["web"]), ttl=120)
+    finally:
+        registry.close()
+    write_v2(etcd, "/deployment/broken/service/web/ip", "127.0.0.1")  # no port: problems
+    expected = expected_table(url)
+    assert len(expected["routes"]) == 5  # alpha, alpha-web, alpha-api, beta, beta-web
+    assert expected["problems"]
+
+    def settled() -> bool:
+        samples = metrics(port)
+        return (
+            samples["devtest_router_routes"] == len(expected["routes"])
+            and samples["devtest_router_problems"] == len(expected["problems"])
+            and samples["devtest_router_nginx_reloads_total"] == router.reloads()
+        )
+
+    wait_for(settled, 20, what=f"metrics of the last apply; log:\n{router.log_tail()}")
+    router.wait_route(f"alpha-api.{DOMAIN}", "api")
+    samples = metrics(port)
+
+    def succeeded() -> int:  # the log line follows the metrics by a moment
+        lines = router.log.read_text().splitlines()
+        return sum(1 for line in lines if APPLIED.search(line))
+
+    total = applies(samples, "changed") + applies(samples, "unchanged")
+    wait_for(lambda: succeeded() == total, 10, what=f"{total} apply lines")
+    assert applies(samples, "failed") == 0
+    assert applies(samples, "changed") == samples["devtest_router_nginx_reloads_total"]
+    assert samples["devtest_router_nginx_reloads_total"] == router.reloads() >= 2
+    assert samples["devtest_router_apply_duration_seconds_count"] == total
+    assert samples["devtest_router_deployments"] == 2
+    assert samples["devtest_router_registry_reachable"] == 1
+    assert samples["devtest_router_registry_reconnects_total"] == 0
+    last = samples["devtest_router_last_successful_apply_timestamp_seconds"]
+    assert abs(last - datetime.now().timestamp()) < 3600  # a unix time, not a duration
+
+    code, body = health(port)
+    assert code == 200 and body["status"] == "ok" and body["failing"] == [], body
+    assert body["checks"]["registry"]["ok"] and body["checks"]["apply"]["ok"]
+    assert http_request(port, f"127.0.0.1:{port}", "/other").status == 404
+
+    assert router.process is not None
+    router.process.send_signal(signal.SIGTERM)  # the server thread does not hold the exit
+    assert router.process.wait(10) == 0
+    with pytest.raises(ConnectionRefusedError):
+        http_request(port, f"127.0.0.1:{port}", "/healthz")
+
+
+@pytest.mark.parametrize("kind", ["etcd2", "etcd3"])
+def test_healthz_names_the_registry_while_etcd_is_down_and_reconnects_are_counted(
+    kind: str,
+    tmp_path: Path,
+    frontend: Callable[..., Frontend],
+    backends: Callable[..., dict[str, Backend]],
+) -> None:
+    web = backends("web")["web"]
+    client, peer = free_ports(2)
+    member = Etcd(tmp_path / "etcd", client_port=client, peer_port=peer)
+    url = registry_url(kind, member)
+    port = free_port()
+    try:
+        member.start()
+        router = frontend(url, "--metrics-listen", f"127.0.0.1:{port}")
+        wait_for(lambda: health(port)[0] == 200, 15, what=f"200; log:\n{router.log_tail()}")
+
+        member.stop()
+        wait_for(lambda: health(port)[0] == 503, 20, what=f"503; log:\n{router.log_tail()}")
+        code, body = health(port)
+        assert code == 503 and body["failing"] == ["registry"], body
+        assert body["status"] == "failing"
+        registry_check = body["checks"]["registry"]
+        assert not registry_check["ok"]
+        assert f"127.0.0.1:{client}" in registry_check["detail"], body
+        datetime.fromisoformat(registry_check["since"])
+        assert body["checks"]["apply"]["ok"], "the last apply still holds"
+        down = metrics(port)
+        assert down["devtest_router_registry_reachable"] == 0
+        assert down["devtest_router_registry_reconnects_total"] == 0
+
+        member.restart()
+        registry = open_registry(url)
+        registry.register(entry("after", "web", web), ttl=60)
+        registry.close()
+        router.wait_route(f"after-web.{DOMAIN}", "web")
+        wait_for(lambda: health(port)[0] == 200, 20, what=f"200; log:\n{router.log_tail()}")
+        up = metrics(port)
+        assert up["devtest_router_registry_reachable"] == 1
+        assert up["devtest_router_registry_reconnects_total"] >= 1
+    finally:
+        member.stop()
+
+
+def test_a_failing_reload_counts_as_a_failed_apply_and_fails_healthz_until_it_works(
+    etcd: Etcd,
+    nginx: Nginx,
+    frontend: Callable[..., Frontend],
+    backends: Callable[..., dict[str, Backend]],
+    tmp_path: Path,
+) -> None:
+    web = backends("web")["web"]
+    port = free_port()
+    url = registry_url("etcd2", etcd)
+    broken = tmp_path / "reload-breaks"
+    # Frontend's reload (counted in tmp_path/reloads), but it exits 1 while `broken` exists
+    reload = f"test ! -e {broken} && {nginx.reload_command} && echo x >> {tmp_path / 'reloads'}"
+    router = frontend(
+        url, "--metrics-listen", f"127.0.0.1:{port}", "--reload-command", f"sh -c '{reload}'"
+    )
+    registry = open_registry(url)
+    try:
+        registry.register(entry("first", "web", web), ttl=120)
+        router.wait_route(f"first-web.{DOMAIN}", "web")
+        wait_for(lambda: health(port)[0] == 200, 15, what="200")
+        before = metrics(port)
+        before_reloads = router.reloads()
+        assert applies(before, "failed") == 0
+        assert before["devtest_router_nginx_reloads_total"] == before_reloads
+
+        broken.touch()
+        registry.register(entry("second", "web", web), ttl=120)
+        wait_for(
+            lambda: applies(metrics(port), "failed") >= 1,
+            20,
+            what=f"a failed apply; log:\n{router.log_tail()}",
+        )
+        code, body = health(port)
+        assert code == 503 and body["failing"] == ["apply"], body
+        assert "reload" in body["checks"]["apply"]["detail"], body
+        failing = metrics(port)
+        assert (
+            failing["devtest_router_nginx_reloads_total"]
+            == before["devtest_router_nginx_reloads_total"]
+        )
+        assert failing["devtest_router_routes"] == before["devtest_router_routes"]
+        assert router.answers(f"second-web.{DOMAIN}") is None  # nothing was changed
+
+        broken.unlink()  # the watcher retries after its backoff (at most 10 s)
+        router.wait_route(f"second-web.{DOMAIN}", "web", timeout=30)
+        wait_for(lambda: health(port)[0] == 200, 15, what="200 again")
+        after = metrics(port)
+        assert after["devtest_router_nginx_reloads_total"] == router.reloads()
+        assert applies(after, "changed") == router.reloads() == before_reloads + 1
+        assert applies(after, "failed") == router.log.read_text().count(
+            "apply failed at registry index"
+        )
+    finally:
+        registry.close()
+
+
+def test_metrics_listen_refuses_host_names_and_a_port_in_use(tmp_path: Path) -> None:
+    registry = tmp_path / "registry.json"
+    registry.write_text('{"deployment": {}}')
+    base = [str(BIN), "watch", "--registry", f"file:{registry}", "--output", str(tmp_path / "o")]
+    named = subprocess.run(
+        [*base, "--metrics-listen", "localhost:9180"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert named.returncode == 2, named.stderr
+    [line] = named.stderr.strip().splitlines()
+    assert "metrics_listen" in line and "--metrics-listen" in line, line
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = subprocess.run(
+            [*base, "--metrics-listen", f"127.0.0.1:{port}"],
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert busy.returncode == 2, busy.stderr
+    [line] = busy.stderr.strip().splitlines()
+    assert f"metrics_listen 127.0.0.1:{port}: cannot listen" in line, line
+    assert "Traceback" not in busy.stderr
+
+
+# --------------------------------------------------------------------------
+# JSON log lines
+
+
+def parse_log(text: str) -> list[dict[str, Any]]:
+    """Every line as JSON with the documented fields; fails on the first line that is not."""
+    records = []
+    for line in text.splitlines():
+        record = json.loads(line)
+        assert isinstance(record, dict), line
+        assert record["level"] in LEVELS, line
+        assert isinstance(record["message"], str) and record["message"], line
+        assert record["time"].endswith("Z"), line
+        datetime.fromisoformat(record["time"])
+        records.append(record)
+    return records
+
+
+def test_watch_log_lines_are_json_with_their_fields(
+    tmp_path: Path, frontend: Callable[..., Frontend], backends: Callable[..., dict[str, Backend]]
+) -> None:
+    web = backends("web")["web"]
+    client, peer = free_ports(2)
+    member = Etcd(tmp_path / "etcd", client_port=client, peer_port=peer)
+    url = registry_url("etcd2", member)
+    router = frontend(url, "--log-format", "json")  # etcd is not there yet: an error line
+    wait_for(lambda: "retrying" in router.log.read_text(), 15, what="the unreachable line")
+    try:
+        member.start()
+        registry = open_registry(url)
+        registry.register(entry("good", "web", web), ttl=60)
+        registry.close()
+        write_v2(member, "/deployment/broken/service/web/ip", "127.0.0.1")
+        router.wait_route(f"good-web.{DOMAIN}", "web")
+        wait_for(lambda: "broken" in router.log.read_text(), 15, what="the problem lines")
+        assert router.process is not None
+        router.process.send_signal(signal.SIGTERM)
+        assert router.process.wait(10) == 0
+    finally:
+        member.stop()
+
+    records = parse_log(router.log.read_text())
+    unreachable = [r for r in records if "retrying" in r["message"]]
+    assert unreachable and unreachable[0]["level"] == "error", unreachable
+    assert any("readable again" in r["message"] for r in records)
+    problems = [r for r in records if r["message"].startswith("problem: ")]
+    assert problems and all(r["level"] == "warning" for r in problems)
+    assert {r["deployment"] for r in problems} == {"broken"}
+    for record in problems:
+        assert record["key"].startswith("/deployment/broken") and record["code"], record
+        assert isinstance(record["registry_index"], int), record
+        assert record["snapshot"].startswith("sha256:"), record
+    outcomes = [r for r in records if "result" in r]
+    assert outcomes, records
+    for record in outcomes:
+        assert record["result"] in ("changed", "unchanged"), record
+        assert isinstance(record["registry_index"], int) and isinstance(record["routes"], int)
+        assert record["snapshot"].startswith("sha256:"), record
+    assert outcomes[-1]["routes"] == 2
+    assert records[-1]["message"] == "stopped"
+
+
+def test_apply_register_and_errors_log_json_and_stdout_stays_as_it_is(
+    etcd: Etcd, tmp_path: Path
+) -> None:
+    snapshot = tmp_path / "snapshot.json"
+    snapshot.write_text(
+        json.dumps(
+            {
+                "deployment": {
+                    "one": {"service": {"web": {"ip": "127.0.0.1", "port": "8080"}}},
+                    "half": {"service": {"web": {"ip": "127.0.0.1"}}},
+                }
+            }
+        )
+    )
+    env = clean_env()
+    common = ["--domain", DOMAIN, "--allow-loopback", str(snapshot)]
+
+    dry = subprocess.run(
+        [str(BIN), "apply", "--dry-run", "--log-format", "json", "--nginx", find_binary("nginx"),
+         "--output", str(tmp_path / "out.conf"), *common],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert dry.returncode == 1, dry.stderr
+    assert dry.stdout.startswith("--- /dev/null"), "the diff on stdout is not JSON"
+    records = parse_log(dry.stderr)
+    assert [r["level"] for r in records] == ["warning", "warning", "info"], records
+    assert records[-1]["result"] == "changed" and records[-1]["routes"] == 2
+    assert records[0]["deployment"] == "half"
+
+    # the environment and the config file set it too; render's config on stdout stays text
+    config = tmp_path / "config.yaml"
+    config.write_text("log_format: json\n")
+    for extra, environ in (
+        ([], {**env, "DEVTEST_ROUTER_LOG_FORMAT": "json"}),
+        (["--config", str(config)], env),
+    ):
+        rendered = subprocess.run(
+            [str(BIN), "render", *extra, *common],
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert rendered.returncode == 0, rendered.stderr
+        assert "server {" in rendered.stdout, rendered.stdout
+        assert len(parse_log(rendered.stderr)) == 2
+
+    bad = subprocess.run(
+        [str(BIN), "check", "--log-format", "json", "--domain", "Not A Domain", str(snapshot)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    [error] = parse_log(bad.stderr)
+    assert error["level"] == "error" and error["exit_code"] == 2
+    assert "domain" in error["message"]
+
+    registered = subprocess.run(
+        [str(BIN), "register", "--once", "--log-format", "json", "--ttl", "0"],
+        env={**env, "REGISTRY_URL": etcd.url, "NAME": "Feature/Json", "SERVICE": "web",
+             "PORT": "8080", "IP": "127.0.0.1"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert registered.returncode == 0, registered.stderr
+    records = parse_log(registered.stderr)
+    [line] = [r for r in records if r["message"].startswith("registered ")]
+    assert line["key"] == "/deployment/feature-json/service/web", line
+    assert (line["deployment"], line["service"]) == ("feature-json", "web")
+
+
+# --------------------------------------------------------------------------
+# the pure parts
+
+
+def test_health_report_names_failing_checks_and_since_when() -> None:
+    fresh = starting(100.0)
+    code, body = health_report(fresh)
+    assert code == 503 and body["failing"] == ["registry", "apply"]
+
+    ok = Health(update(fresh.registry, True, "read", 110.0), update(fresh.apply, True, "ok", 111.0))
+    code, body = health_report(ok)
+    assert code == 200 and body["status"] == "ok" and body["failing"] == []
+    assert body["checks"]["apply"]["since"] == "1970-01-01T00:01:51Z"
+
+    down = update(ok.registry, False, "etcd v2 at 127.0.0.1:1: refused", 120.0)
+    still_down = update(down, False, "etcd v2 at 127.0.0.1:1: timed out", 130.0)
+    assert still_down == Check(False, 120.0, "etcd v2 at 127.0.0.1:1: timed out")
+    code, body = health_report(Health(still_down, ok.apply))
+    assert code == 503 and body["failing"] == ["registry"]
+    assert body["checks"]["registry"]["since"] == "1970-01-01T00:02:00Z"
+    assert body["checks"]["registry"]["detail"].endswith("timed out")
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        (None, None),
+        ("9180", ("127.0.0.1", 9180)),
+        ("127.0.0.2:80", ("127.0.0.2", 80)),
+        ("[::1]:9180", ("::1", 9180)),
+        ("0.0.0.0:9180", ("0.0.0.0", 9180)),  # written out: served (and warned about)
+    ],
+)
+def test_listen_address(text: str | None, address: tuple[str, int] | None) -> None:
+    assert listen_address(text) == address
+
+
+@pytest.mark.parametrize("text", ["999.1.1.1:80", "127.0.0.1:0", "127.0.0.1:70000", "[x]:80"])
+def test_listen_address_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="metrics_listen"):
+        listen_address(text)
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"),
+    [("127.0.0.1", False), ("::1", False), ("0.0.0.0", True), ("10.1.2.3", True)],
+)
+def test_a_non_loopback_metrics_address_is_warned_about(host: str, warned: bool) -> None:
+    warning = exposure(host)
+    assert (warning is not None) == warned
+    assert warning is None or "not a loopback address" in warning
+
+
+def test_format_line_plain_keeps_the_message_and_json_adds_the_fields() -> None:
+    now = datetime.fromisoformat("2026-11-28T05:00:00.5+00:00")
+    fields: dict[str, object] = {"registry_index": 7, "deployment": None}
+    assert format_line("applied", "info", fields, "plain", now) == "devtest-router: applied"
+    record = json.loads(format_line("line\nbreak \ud800", "error", fields, "json", now))
+    assert record == {
+        "time": "2026-11-28T05:00:00.500Z",
+        "level": "error",
+        "message": "line\nbreak \ud800",
+        "registry_index": 7,
+    }
