@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .config import Config
+from .site import try_files
 
 ROUTE_MAP = ("$host", "$devtest_route")
 PROXY_PASS = ["http://$devtest_upstream"]
@@ -35,13 +36,19 @@ DIRECTIVES: Mapping[str, frozenset[str]] = {
     "return": frozenset({"if", "location", "server"}),
     "error_page": frozenset({"server", "location"}),
     "default_type": frozenset({"server", "location"}),
-    "add_header": frozenset({"location"}),
+    "add_header": frozenset({"server", "location"}),
     "proxy_pass": frozenset({"location"}),
     "proxy_http_version": frozenset({"server", "location"}),
     "proxy_set_header": frozenset({"server", "location"}),
     "proxy_connect_timeout": frozenset({"server", "location"}),
     "proxy_read_timeout": frozenset({"server", "location"}),
     "proxy_send_timeout": frozenset({"server", "location"}),
+    # the site folder: the index at the bare domain, 404 pages for unknown hostnames
+    "root": frozenset({"server", "location"}),
+    "types": frozenset({"server", "location"}),
+    "charset": frozenset({"server", "location"}),
+    "ssi": frozenset({"location"}),
+    "try_files": frozenset({"location"}),
 }
 
 # Inside a map block every line is data (source value), except these, which nginx treats as
@@ -80,7 +87,6 @@ def check(
 
     failures: list[str] = []
     route_maps: list[list[dict[str, Any]]] = []
-    listens: list[str] = []
     for statement, parent in _walk(parsed):
         name = statement["directive"]
         where = f"{path}:{statement['line']}"
@@ -102,17 +108,35 @@ def check(
                 route_maps.append(statement["block"])
         elif name == "proxy_pass" and statement["args"] != PROXY_PASS:
             failures.append(f"proxy_pass must be {PROXY_PASS[0]} (in {where})")
-        elif name == "listen":
-            listens.append(statement["args"][0])
+        elif name == "root" and statement["args"] != [config.site_dir]:
+            failures.append(f"root must be the site_dir {config.site_dir} (in {where})")
+        elif name == "try_files" and statement["args"] != try_files():
+            failures.append(f"try_files must be {' '.join(try_files())} (in {where})")
+        elif name == "types" and statement["block"]:
+            failures.append(f"a types block must be empty (in {where})")
 
-    if sorted(listens) != sorted(config.listen):
-        failures.append(
-            f"listen addresses {sorted(listens)} differ from the configured {sorted(config.listen)}"
-        )
+    failures.extend(_check_listens(parsed, config, path))
     if len(route_maps) != 1:
         failures.append(f"expected one 'map $host $devtest_route' block, found {len(route_maps)}")
     else:
         failures.extend(_compare_routes(route_maps[0], expected))
+    return failures
+
+
+def _check_listens(parsed: list[dict[str, Any]], config: Config, path: str) -> list[str]:
+    """Every server listens on exactly the configured addresses."""
+    failures = []
+    for server in parsed:
+        if server["directive"] != "server":
+            continue
+        listens = sorted(
+            entry["args"][0] for entry in server.get("block", ()) if entry["directive"] == "listen"
+        )
+        if listens != sorted(config.listen):
+            failures.append(
+                f"listen addresses {listens} of a server (in {path}:{server['line']}) differ "
+                f"from the configured {sorted(config.listen)}"
+            )
     return failures
 
 

@@ -28,6 +28,7 @@ class Config:
     default_service: str
     listen: tuple[Token, ...]
     output: str
+    site_dir: Token
     nginx: str
     test_command: str
     reload_command: str
@@ -149,6 +150,7 @@ def _config(values: dict[str, Any], networks: tuple[Network, ...]) -> Config:
         default_service=values["default_service"],
         listen=tuple(Token(item) for item in values["listen"]),
         output=values["output"],
+        site_dir=Token(values["site_dir"]),
         nginx=values["nginx"],
         test_command=values["test_command"],
         reload_command=values["reload_command"],
