@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -177,7 +177,8 @@ def pages(table: RoutingTable) -> dict[str, Page]:
 
 
 def document(page: Page, config: Config) -> dict[str, Any]:
-    """deployments.json, keys in this order:
+    """deployments.json, keys in this order (document_text writes each deployment and each
+    problem on a line of its own):
 
     {"version": 1, "domain": "dev.example.com", "default_service": "web",
      "deployments": [{"name": "feature/login", "label": "feature-login",
@@ -211,15 +212,14 @@ def environment(template_dirs: Sequence[Path]) -> jinja2.Environment:
 
 
 class Renderer:
-    """Renders pages, keeping each deployment's row of the index and entry of
-    deployments.json while the deployment stays the same: a long-running process (the watcher)
-    renders only what changed, and the bytes are those of a fresh Renderer."""
+    """Renders pages, keeping each deployment's row of the index while the deployment stays the
+    same: a long-running process (the watcher) renders only what changed, and the bytes are
+    those of a fresh Renderer."""
 
     def __init__(self, config: Config, templates: jinja2.Environment) -> None:
         self.config = config
         self._templates = templates
         self._rows: dict[Listing, Markup] = {}
-        self._entries: dict[Listing, str] = {}
 
     def __call__(self, page: Page) -> bytes:
         if page.kind is PageKind.DOCUMENT:
@@ -240,17 +240,7 @@ class Renderer:
         return text.encode("utf-8", "xmlcharrefreplace")
 
     def _document(self, page: Page) -> bytes:
-        """json.dumps(document(page, config), indent=2), each deployment's entry kept."""
-        kept, self._entries = self._entries, {}
-        for listing in page.listings:
-            self._entries[listing] = kept.get(listing) or _indented(listing.as_json())
-        head = document(replace(page, listings=()), self.config)
-        text = json.dumps(head, indent=2)
-        if page.listings:
-            entries = ",\n".join(self._entries[listing] for listing in page.listings)
-            text = text.replace('"deployments": []', f'"deployments": [\n{entries}\n  ]', 1)
-        # ASCII escapes: a name with a lone surrogate (JSON "\ud800") still makes valid JSON
-        return (text + "\n").encode("ascii")
+        return document_text(document(page, self.config)).encode("ascii")
 
     def _render(self, name: str, **values: Any) -> str:
         try:
@@ -264,9 +254,18 @@ class Renderer:
             raise UsageError(f"template {name}{where}: {error.message}") from None
 
 
-def _indented(entry: dict[str, Any]) -> str:
-    """An entry of the deployments list as json.dumps(indent=2) prints it at that depth."""
-    return "    " + json.dumps(entry, indent=2).replace("\n", "\n    ")
+def document_text(value: dict[str, Any]) -> str:
+    """deployments.json as text: one deployment, and one problem, per line (greppable, and
+    json's C encoder writes each line: fast at any size). ASCII escapes: a name with a lone
+    surrogate (JSON "\\ud800") still makes valid JSON."""
+    lines = []
+    for key, item in value.items():
+        if isinstance(item, list) and item:
+            entries = ",\n".join(f"    {json.dumps(entry)}" for entry in item)
+            lines.append(f"  {json.dumps(key)}: [\n{entries}\n  ]")
+        else:
+            lines.append(f"  {json.dumps(key)}: {json.dumps(item)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 def render_site(

@@ -572,15 +572,21 @@ def test_a_kept_renderer_gives_the_bytes_of_a_fresh_one() -> None:
         )
 
 
-def test_deployments_json_is_json_dumps_of_the_documented_shape() -> None:
+def test_deployments_json_holds_the_documented_shape_one_deployment_a_line() -> None:
     table, config = demo()
     page = site.pages(table)[site.DOCUMENT]
-    text = site.Renderer(config, site_templates())(page)
-    assert text == (json.dumps(site.document(page, config), indent=2) + "\n").encode()
-    assert json.loads(text)["deployments"][0]["services"][0] == {
-        "service": "api",
-        "host": "feature-login-api.localhost",
-    }
+    text = site.Renderer(config, site_templates())(page).decode("ascii")
+    assert json.loads(text) == site.document(page, config)
+    lines = text.splitlines()
+    entries = [json.loads(line.strip().rstrip(",")) for line in lines if line.startswith("    ")]
+    assert [entry.get("name", entry.get("key")) for entry in entries] == [
+        "feature/login",
+        "master",
+        *(problem.key for problem in table.problems),
+    ]
+    assert entries[0]["services"][0] == {"service": "api", "host": "feature-login-api.localhost"}
+    empty = site.pages(RoutingTable(table.domain, ()))[site.DOCUMENT]
+    assert json.loads(site.Renderer(config, site_templates())(empty))["deployments"] == []
 
 
 def test_a_problem_belongs_to_the_deployment_whose_key_starts_its_key() -> None:
