@@ -58,19 +58,23 @@ class SiteWriter:
 
     def plan(self, table: RoutingTable) -> SitePlan:
         """What apply would write and remove (a dry run: nothing is written)."""
-        with no_gc():
-            wanted = pages(table)
-            changed, _ = self._compare(wanted)
-        return SitePlan(tuple(path for path, _ in changed), tuple(self._stale(wanted)))
+        try:
+            with no_gc():
+                wanted = pages(table)
+                changed, _ = self._compare(wanted)
+            stale = self._stale(wanted)
+        except OSError as error:
+            raise ApplyError(f"cannot read the site in {self.folder}: {_reason(error)}") from None
+        return SitePlan(tuple(path for path, _ in changed), tuple(stale))
 
     def apply(self, table: RoutingTable) -> SitePlan:
         """Write the pages of `table` that changed and remove stale ones, or raise ApplyError."""
-        with no_gc():  # many small objects, no cycles (see pipeline.no_gc)
-            wanted = pages(table)
-            changed, known = self._compare(wanted)
-        stale = self._stale(wanted)
-        self._known = None  # until every write is done: a failure means "read the folder"
         try:
+            with no_gc():  # many small objects, no cycles (see pipeline.no_gc)
+                wanted = pages(table)
+                changed, known = self._compare(wanted)
+            stale = self._stale(wanted)
+            self._known = None  # until every write is done: a failure means "read the folder"
             (self.folder / NOT_FOUND_DIR).mkdir(parents=True, exist_ok=True)
             for path, data in changed:
                 _replace(self.folder / path, data)
@@ -78,7 +82,7 @@ class SiteWriter:
                 (self.folder / path).unlink(missing_ok=True)
         except OSError as error:
             raise ApplyError(
-                f"cannot write the site in {self.folder}: {error.strerror or error}; the "
+                f"cannot write the site in {self.folder}: {_reason(error)}; the "
                 "nginx config is in place, its pages are not (is site_dir writable?)"
             ) from None
         self._known = known
@@ -112,13 +116,10 @@ class SiteWriter:
         anything else someone keeps in the folder."""
         if self._known is not None:
             return sorted(self._known.keys() - wanted.keys())
-        folder = self.folder / NOT_FOUND_DIR
         try:
-            names = sorted(entry.name for entry in os.scandir(folder))
+            names = sorted(entry.name for entry in os.scandir(self.folder / NOT_FOUND_DIR))
         except FileNotFoundError:
             return []
-        except OSError as error:
-            raise ApplyError(f"cannot read {folder}: {error.strerror}") from None
         found = (f"{NOT_FOUND_DIR}/{name}" for name in names if _is_page(name))
         return [path for path in found if path not in wanted]
 
@@ -136,8 +137,10 @@ def _read(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
-    except OSError as error:
-        raise ApplyError(f"cannot read {path}: {error.strerror}") from None
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error)
 
 
 def _replace(path: Path, data: bytes) -> None:

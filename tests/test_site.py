@@ -395,6 +395,31 @@ def test_dry_run_writes_no_site_files(router: Router, backends: BackendFactory) 
     assert (router.site_dir / "not-found" / "multi.html").exists()
 
 
+def test_a_site_folder_that_cannot_be_written_is_one_line_and_the_next_apply_writes_it(
+    router: Router, backends: BackendFactory, tmp_path: Path
+) -> None:
+    data = registry(backends(*BACKENDS))
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the site folder should be\n")
+    code, said = router.apply(data, "--site-dir", str(blocked))
+    assert code == 123
+    assert said.splitlines()[-1] == (
+        f"devtest-router: cannot write the site in {blocked}: Not a directory; the "
+        "nginx config is in place, its pages are not (is site_dir writable?)"
+    ), said
+    assert "Traceback" not in said
+    assert router.reloads() == 1  # the routes went live; only the pages are missing
+    router.routes_to("master-web.localhost", "master-web")
+
+    blocked.unlink()
+    code, said = router.apply(data, "--site-dir", str(blocked))
+    assert code == 0, said
+    assert said.splitlines()[-1].startswith("devtest-router: nothing to do: "), said
+    assert said.splitlines()[-1].endswith("; 6 site files written, 0 removed"), said
+    assert router.reloads() == 1
+    assert (blocked / "index.html").is_file()
+
+
 def test_the_watcher_writes_a_site_only_change_without_a_reload(
     nginx: Nginx, tmp_path: Path, backends: BackendFactory
 ) -> None:
