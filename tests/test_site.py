@@ -22,8 +22,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import strategies
 import yaml
 from harness import Backend, Nginx, Response, find_binary, http_request, wait_for
+from hypothesis import HealthCheck, given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 from site_harness import ARTIFACTS, chromium, read_page
 
 from generator import site
@@ -594,6 +598,43 @@ def test_a_kept_renderer_gives_the_bytes_of_a_fresh_one() -> None:
         pages = site.pages(changed)
         assert {path: kept(page) for path, page in pages.items()} == site.render_site(
             changed, config, site_templates()
+        )
+
+
+@settings_(
+    max_examples=60,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(st.lists(st.one_of(strategies.realistic_snapshots, strategies.colliding_snapshots()),
+                min_size=1, max_size=4))  # fmt: skip
+def test_the_site_lists_every_route_once_and_a_kept_renderer_matches_a_fresh_one(
+    snapshots: list[dict[str, Any]],
+) -> None:
+    config = settings(domain="dev.test")
+    kept = site.Renderer(config, site_templates())
+    for snapshot in snapshots:
+        table = table_of(snapshot, config).table
+        pages = site.pages(table)
+        files = {path: kept(page) for path, page in pages.items()}
+        assert files == site.render_site(table, config, site_templates())
+        listed = json.loads(files[site.DOCUMENT])
+        hosts = [
+            link["host"]
+            for entry in listed["deployments"]
+            for link in [*entry["services"], *([entry["default"]] if entry["default"] else [])]
+        ]
+        assert sorted(hosts) == sorted(str(route.host) for route in table.routes)
+        assert listed["problems"] == [problem.as_json() for problem in table.problems]
+        labels = {entry["label"] for entry in listed["deployments"]}
+        assert {path for path in files if path.startswith("not-found/")} == {
+            f"not-found/{label}.html" for label in labels
+        }
+        index = read_page(files[site.INDEX].decode())
+        assert sorted(host_of(href) for href, _ in index.links if href.startswith("//")) == sorted(
+            hosts
         )
 
 
