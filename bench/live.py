@@ -229,7 +229,8 @@ class Stage:
         argv = [
             str(BIN), "watch", "--registry", self.url, "--domain", common.DOMAIN,
             "--allow-loopback", "--listen", f"{LOOPBACK}:{self.nginx.port}",
-            "--output", str(self.output), "--nginx", common.NGINX,
+            "--output", str(self.output), "--site-dir", str(self.folder / "site"),
+            "--nginx", common.NGINX,
             "--test-command", self.nginx.test_command, "--reload-command", self.reload_command,
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("DEVTEST_ROUTER_")}

@@ -14,7 +14,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -167,12 +167,18 @@ def plan(
 
 
 def apply(
-    rendered: Rendered, config: Config, checker: Checker | None = None, known: Known | None = None
+    rendered: Rendered,
+    config: Config,
+    checker: Checker | None = None,
+    known: Known | None = None,
+    after: Callable[[], object] | None = None,
 ) -> Plan:
     """Install `rendered` at config.output and reload nginx, or raise with the old file intact.
 
     A long-running caller passes the same `checker` every time and, as `known`, the text and
-    routes of what it applied last.
+    routes of what it applied last. `after` runs under the same lock once the file in place is
+    the rendered one (installed, or there already): the site is written from the same routing
+    table, and two applies never interleave their pages.
     """
     target = Path(config.output)
     folder = target.parent
@@ -183,6 +189,8 @@ def apply(
     with _locked(folder / f".{target.name}.lock"):
         current = _read(target)
         if current == rendered.text:
+            if after is not None:
+                after()
             return Plan(current, rendered.text, len(rendered.table.routes), (), (), ())
         with tempfile.TemporaryDirectory(prefix="devtest-router-") as temporary:
             scratch = Path(temporary)
@@ -195,6 +203,8 @@ def apply(
                 _install(staged, target, config)
             finally:
                 staged.unlink(missing_ok=True)
+        if after is not None:
+            after()
     return result
 
 

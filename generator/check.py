@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .config import Config
+from .site import try_files
 
 ROUTE_MAP = ("$host", "$devtest_route")
 PROXY_PASS = ["http://$devtest_upstream"]
@@ -35,7 +36,7 @@ DIRECTIVES: Mapping[str, frozenset[str]] = {
     "return": frozenset({"if", "location", "server"}),
     "error_page": frozenset({"server", "location"}),
     "default_type": frozenset({"server", "location"}),
-    "add_header": frozenset({"location"}),
+    "add_header": frozenset({"server", "location"}),
     "proxy_pass": frozenset({"location"}),
     "proxy_http_version": frozenset({"server", "location"}),
     "proxy_set_header": frozenset({"server", "location"}),
@@ -45,6 +46,12 @@ DIRECTIVES: Mapping[str, frozenset[str]] = {
     "ssl_certificate": frozenset({"server"}),
     "ssl_certificate_key": frozenset({"server"}),
     "ssl_protocols": frozenset({"server"}),
+    # the site folder: the index at the bare domain, 404 pages for unknown hostnames
+    "root": frozenset({"server", "location"}),
+    "types": frozenset({"server", "location"}),
+    "charset": frozenset({"server", "location"}),
+    "ssi": frozenset({"location"}),
+    "try_files": frozenset({"location"}),
 }
 
 # The certificate directives may name only the configured files (None: TLS is off, none at all).
@@ -117,6 +124,12 @@ def check(
                 )
         elif name == "ssl_protocols" and not set(statement["args"]) <= TLS_PROTOCOLS:
             failures.append(f"ssl_protocols may name only {sorted(TLS_PROTOCOLS)} (in {where})")
+        elif name == "root" and statement["args"] != [config.site_dir]:
+            failures.append(f"root must be the site_dir {config.site_dir} (in {where})")
+        elif name == "try_files" and statement["args"] != try_files():
+            failures.append(f"try_files must be {' '.join(try_files())} (in {where})")
+        elif name == "types" and statement["block"]:
+            failures.append(f"a types block must be empty (in {where})")
 
     failures.extend(_check_listens(parsed, config, path))
     if len(route_maps) != 1:

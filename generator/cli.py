@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import jinja2
 import yaml
 
-from . import __version__, register
+from . import __version__, register, site
 from .apply import apply, checked_text, plan
 from .config import ENV_PREFIX, Config, resolve
 from .errors import Error, UsageError
@@ -27,6 +27,7 @@ from .probe import wait_until_routed
 from .registry import DEFAULT_REGISTRY, add_registry_arguments, registry_from_args
 from .render import environment
 from .resources import data_dir, schema
+from .site_apply import SitePlan, SiteWriter
 from .snapshot import loads, yaml_problem
 from .streams import LOG_FORMATS, Streams
 from .watch import Timing, Watcher, stop_on_signals
@@ -104,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
         "--template-dir",
         metavar="DIR",
         help="templates here override the bundled ones of the same name",
+    )
+    group.add_argument(
+        "--site-dir",
+        metavar="DIR",
+        help="the folder apply writes the index of deployments and the 404 pages into, "
+        "which nginx serves "
+        "(default: /var/lib/devtest-router/site)",
     )
     group.add_argument(
         "--allow-loopback",
@@ -292,14 +300,24 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str], streams: Str
     return config
 
 
-def templates(config: Config) -> jinja2.Environment:
+def _template_folders(config: Config) -> list[Path]:
     """The bundled templates, overridden by those in config.template_dir."""
     folders = [data_dir("templates")]
     if config.template_dir:
         if not Path(config.template_dir).is_dir():
             raise UsageError(f"template_dir {config.template_dir}: no such folder")
         folders.insert(0, Path(config.template_dir))
-    return environment(folders)
+    return folders
+
+
+def templates(config: Config) -> jinja2.Environment:
+    """The nginx templates (only Tokens and ints printed)."""
+    return environment(_template_folders(config))
+
+
+def site_writer(config: Config) -> SiteWriter:
+    """Writes the site's pages (templates/site/, HTML-escaped) into config.site_dir."""
+    return SiteWriter(config, site.environment(_template_folders(config)))
 
 
 def _build(args: argparse.Namespace, config: Config, streams: Streams) -> Rendered:
@@ -372,25 +390,29 @@ def _apply(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
     config = _settings(args, environ, streams)
     rendered = _build(args, config, streams)
     _report_problems(rendered, streams)
+    writer = site_writer(config)
     if config.dry_run:
         result = plan(rendered, config)
+        pages = writer.plan(rendered.table)
         streams.stdout.write(result.diff(config.output))
         if result.changes:
             streams.say(
                 f"would change {config.output}: {result.summary()}; "
                 f"{len(rendered.table.routes)} routes, "
-                f"{len(rendered.table.problems)} problems",
+                f"{len(rendered.table.problems)} problems; {_site_summary(pages, True)}",
                 **_facts(rendered, "changed"),
             )
             return 1
         streams.say(
-            f"{config.output} is up to date ({len(rendered.table.routes)} routes)",
+            f"{config.output} is up to date ({len(rendered.table.routes)} routes); "
+            f"{_site_summary(pages, True)}",
             **_facts(rendered, "unchanged"),
         )
         return 0
-    result = apply(rendered, config)
+    written: list[SitePlan] = []
+    result = apply(rendered, config, after=lambda: written.append(writer.apply(rendered.table)))
     streams.say(
-        _describe(result, rendered, config),
+        _describe(result, rendered, config, written[0]),
         **_facts(rendered, "changed" if result.changes else "unchanged"),
     )
     return 0
@@ -406,17 +428,32 @@ def _facts(rendered: Rendered, result: str) -> dict[str, object]:
     }
 
 
-def _describe(result: Plan, rendered: Rendered, config: Config) -> str:
+def _site_summary(pages: SitePlan, dry_run: bool = False) -> str:
+    if not pages.changes:
+        return "site up to date"
+    if dry_run:
+        return (
+            f"would write {len(pages.written)} site files and remove {len(pages.removed)} "
+            "(nothing written: dry run)"
+        )
+    return pages.summary()
+
+
+def _describe(result: Plan, rendered: Rendered, config: Config, pages: SitePlan) -> str:
     routes = f"{len(rendered.table.routes)} routes, snapshot {rendered.snapshot_id}"
     if result.changes:
-        return f"applied {config.output}: {result.summary()}; {routes}; nginx reloaded"
-    return f"nothing to do: {config.output} is up to date ({routes})"
+        return (
+            f"applied {config.output}: {result.summary()}; {routes}; nginx reloaded; "
+            f"{_site_summary(pages)}"
+        )
+    return f"nothing to do: {config.output} is up to date ({routes}); {_site_summary(pages)}"
 
 
 def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
     config = _settings(args, environ, streams)
     registry = registry_from_args(args, environ)
     engine = Engine(config, schema("snapshot"), templates(config))
+    writer = site_writer(config)  # kept: it remembers the pages it wrote
 
     def apply_snapshot(snapshot: Mapping[str, Any]) -> Outcome:
         rendered = engine.build(snapshot)
@@ -424,9 +461,11 @@ def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
             result = engine.plan(rendered)
             streams.stdout.write(result.diff(config.output))
             streams.stdout.flush()
-            return Outcome(rendered, f"dry run: {result.summary()}", result.changes, False)
-        result = engine.apply(rendered)
-        message = _describe(result, rendered, config)
+            pages = _site_summary(writer.plan(rendered.table), True)
+            return Outcome(rendered, f"dry run: {result.summary()}; {pages}", result.changes, False)
+        written: list[SitePlan] = []
+        result = engine.apply(rendered, after=lambda: written.append(writer.apply(rendered.table)))
+        message = _describe(result, rendered, config, written[0])
         return Outcome(rendered, message, result.changes, result.changes)
 
     timing = Timing(config.quiet_period, config.max_wait, config.resync_interval)

@@ -31,6 +31,7 @@ class Config:
     tls_certificate_key: Token | None
     tls_listen: tuple[Token, ...]
     output: str
+    site_dir: Token
     nginx: str
     test_command: str
     reload_command: str
@@ -188,6 +189,7 @@ def _config(values: dict[str, Any], networks: tuple[Network, ...]) -> Config:
         tls_certificate_key=_token_or_none(values["tls_certificate_key"]),
         tls_listen=tuple(Token(item) for item in values["tls_listen"]),
         output=values["output"],
+        site_dir=Token(values["site_dir"]),
         nginx=values["nginx"],
         test_command=values["test_command"],
         reload_command=values["reload_command"],

@@ -7,7 +7,7 @@ writes exactly what a cold run writes, every byte of it checked.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jinja2
@@ -33,8 +33,9 @@ class Engine:
     def plan(self, rendered: Rendered) -> Plan:
         return plan(rendered, self.config, self._checker, self._known)
 
-    def apply(self, rendered: Rendered) -> Plan:
-        result = apply(rendered, self.config, self._checker, self._known)
+    def apply(self, rendered: Rendered, after: Callable[[], object] | None = None) -> Plan:
+        """apply.apply, remembering what it installed; `after` as there (the site)."""
+        result = apply(rendered, self.config, self._checker, self._known, after)
         routes = {str(route.host): str(route.target) for route in rendered.table.routes}
         self._known = (rendered.text, routes)
         return result

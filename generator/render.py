@@ -14,6 +14,7 @@ import jinja2
 from .config import Config
 from .errors import UsageError
 from .model import Route, RoutingTable, Token
+from .site import ASKED_LEVELS, domain_pattern
 
 TEMPLATE = "routes.conf.j2"
 GROUP_TEMPLATE = "deployment.conf.j2"
@@ -158,6 +159,9 @@ def render_skeleton(
         routes=ROUTES_MARKER,
         hash=HashSize.for_names(len(table.routes), longest),
         domain=config.domain,
+        domain_pattern=domain_pattern(config.domain),
+        asked_levels=ASKED_LEVELS,
+        site_dir=config.site_dir,
         listen=config.listen,
         tls=config.tls,
         tls_listen=config.tls_listen,

@@ -121,7 +121,11 @@ class Router:
         self.write_config()
 
     def write_config(self, **extra: Any) -> None:
-        settings = {"access_log": str(self.tmp / "router.access.log"), **extra}
+        settings = {
+            "access_log": str(self.tmp / "router.access.log"),
+            "site_dir": str(self.tmp / "site"),
+            **extra,
+        }
         self.config.write_text(json.dumps(settings), encoding="utf-8")  # JSON is YAML
 
     @property
@@ -288,7 +292,7 @@ def test_routes_reach_the_right_backend_with_forwarding_headers(
     assert result.out == ""
     assert result.err_lines == [
         f"devtest-router: applied {router.output}: 6 routes added, 0 removed, 0 changed; "
-        f"6 routes, snapshot {snapshot_id(data)}; nginx reloaded"
+        f"6 routes, snapshot {snapshot_id(data)}; nginx reloaded; 5 site files written, 0 removed"
     ]
     assert router.reloads() == 1
 
@@ -324,14 +328,15 @@ def test_routes_reach_the_right_backend_with_forwarding_headers(
     assert relayed["x-forwarded-for"] == "10.1.2.3, 127.0.0.1"
 
     answered = sum(len(backend.requests) for backend in found.values())
-    for host in (f"nobody-web.{DOMAIN}", f"master-web.{DOMAIN}.example", "other.test", DOMAIN):
+    for host in (f"nobody-web.{DOMAIN}", f"master-web.{DOMAIN}.example", "other.test"):
         page = http_request(port, host)
         assert page.status == 404, host
-        assert page.headers["content-type"].startswith("text/plain")
-        assert page.text == (
-            f"devtest-router: no deployment answers to {host}.\n"
-            f"Hostnames are <branch>-<service>.{DOMAIN} and <branch>.{DOMAIN}.\n"
-        )
+        assert page.headers["content-type"] == "text/html; charset=utf-8"
+        assert page.headers["x-devtest-router"] == "unknown-host"
+        assert f'No service answers to <code id="asked">{host}</code>' in page.text
+    # the bare domain is the frontend's own: the index of deployments, never a branch
+    index = http_request(port, DOMAIN)
+    assert index.status == 200 and f"//master-web.{DOMAIN}/" in index.text
     # an unknown host never reaches some branch's backend
     assert sum(len(backend.requests) for backend in found.values()) == answered
 
@@ -399,7 +404,7 @@ def test_same_snapshot_again_changes_and_reloads_nothing(
     assert again.out == ""
     assert again.err_lines == [
         f"devtest-router: nothing to do: {router.output} is up to date "
-        f"(6 routes, snapshot {snapshot_id(data)})"
+        f"(6 routes, snapshot {snapshot_id(data)}); site up to date"
     ]
     # The same registry in another key order is the same snapshot: still nothing to do.
     reordered = {"deployment": dict(reversed(list(data["deployment"].items())))}
@@ -423,7 +428,7 @@ def test_removed_deployment_loses_its_routes_and_the_other_keeps_routing(
     result = router.applied(data)
     assert result.err_lines == [
         f"devtest-router: applied {router.output}: 0 routes added, 3 removed, 0 changed; "
-        f"3 routes, snapshot {snapshot_id(data)}; nginx reloaded"
+        f"3 routes, snapshot {snapshot_id(data)}; nginx reloaded; 2 site files written, 1 removed"
     ]
     for host in ("feature-login-web", "feature-login-api", "feature-login"):
         router.unknown(f"{host}.{DOMAIN}")
@@ -692,7 +697,7 @@ def test_dry_run_shows_the_diff_and_changes_nothing(
     assert first.out.startswith(f"--- /dev/null\n+++ {router.output} (rendered)\n")
     assert first.err_lines == [
         f"devtest-router: would change {router.output}: 3 routes added, 0 removed, 0 changed; "
-        "3 routes, 0 problems"
+        "3 routes, 0 problems; would write 4 site files and remove 0 (nothing written: dry run)"
     ]
     assert listing(folder) == {}  # not even the lock file
     assert router.reloads() == 0
@@ -712,12 +717,14 @@ def test_dry_run_shows_the_diff_and_changes_nothing(
     assert any(line.lstrip().startswith(f"feature-login-web.{DOMAIN} ") for line in added)
     assert ahead.err_lines == [
         f"devtest-router: would change {router.output}: 3 routes added, 0 removed, 0 changed; "
-        "6 routes, 0 problems"
+        "6 routes, 0 problems; would write 3 site files and remove 0 (nothing written: dry run)"
     ]
 
     current = router.apply(master_only, "--dry-run")
     assert (current.code, current.out) == (0, "")
-    assert current.err_lines == [f"devtest-router: {router.output} is up to date (3 routes)"]
+    assert current.err_lines == [
+        f"devtest-router: {router.output} is up to date (3 routes); site up to date"
+    ]
 
     # dry runs test with nginx too
     templates = override(

@@ -10,6 +10,8 @@ and what devtest-router prints for it:
     expected.conf                    stdout of `devtest-router render`
     expected-table.json              stdout of `devtest-router check --json`
     expected-problems.txt            stderr of `devtest-router render`: one line per problem
+    expected-site/                   the site apply writes into site_dir (generator/site.py):
+                                     index.html, deployments.json and the 404 pages
 
 After a change that is meant to change the output, regenerate and review what changed:
 
@@ -31,10 +33,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import yaml
 
+from generator import site
 from generator.cli import main
-from generator.render import TEMPLATE
-from generator.resources import data_dir
+from generator.config import resolve
+from generator.pipeline import build
+from generator.render import TEMPLATE, environment
+from generator.resources import data_dir, schema
 from generator.snapshot import loads
 
 if TYPE_CHECKING:
@@ -45,6 +51,7 @@ SNAPSHOTS = ("snapshot.json", "snapshot.yaml")
 CONFIG = "config.yaml"
 CONF, TABLE, PROBLEMS = "expected.conf", "expected-table.json", "expected-problems.txt"
 EXPECTED = (CONF, TABLE, PROBLEMS)
+SITE = "expected-site"
 REGENERATE = "make goldens (.venv/bin/pytest tests/test_golden.py --update-goldens)"
 PROBLEM_PREFIX = "devtest-router: problem: "
 
@@ -100,7 +107,35 @@ def produce(case: Path, stdin: str | None = None) -> dict[str, str]:
     assert check.code == 0, (
         f"{case.name}: `devtest-router check --json` exited {check.code}:\n{check.stderr}"
     )
-    return {CONF: render.stdout, TABLE: check.stdout, PROBLEMS: render.stderr}
+    produced = {CONF: render.stdout, TABLE: check.stdout, PROBLEMS: render.stderr}
+    return produced | site_files(case, stdin)
+
+
+def site_files(case: Path, stdin: str | None = None) -> dict[str, str]:
+    """The site apply would write for `case`: expected-site/<path> -> text. The same settings
+    and pipeline as the CLI (no CLI command prints the site; apply writes it)."""
+    config_file = case / CONFIG
+    config = resolve(
+        schema("config"), {}, {}, yaml.safe_load(config_file.read_text()), str(config_file)
+    )
+    path = snapshot_path(case)
+    text = path.read_text(encoding="utf-8") if stdin is None else stdin
+    rendered = build(
+        loads(text, str(path)), config, schema("snapshot"), environment([data_dir("templates")])
+    )
+    files = site.render_site(rendered.table, config, site.environment([data_dir("templates")]))
+    return {f"{SITE}/{name}": data.decode("utf-8") for name, data in files.items()}
+
+
+def expected_names(case: Path) -> list[str]:
+    """The expected files `case` holds: the three texts and every file under expected-site/."""
+    folder = case / SITE
+    found = (
+        sorted(str(path.relative_to(case)) for path in folder.rglob("*") if path.is_file())
+        if folder.is_dir()
+        else []
+    )
+    return [*EXPECTED, *found]
 
 
 # --------------------------------------------------------------------------
@@ -149,15 +184,28 @@ def mismatch(path: Path, actual: str) -> str | None:
 
 
 def compare(case: Path, actual: Mapping[str, str]) -> list[str]:
-    """One report per expected file of `case` that does not hold `actual`; [] when all match."""
-    return [report for name in EXPECTED if (report := mismatch(case / name, actual[name]))]
+    """One report per expected file of `case` that does not hold `actual`, and one per
+    expected file nothing produces any more; [] when all match."""
+    reports = [report for name in actual if (report := mismatch(case / name, actual[name]))]
+    reports.extend(
+        f"{case / name} is no longer produced. Remove it with: {REGENERATE}"
+        for name in expected_names(case)
+        if name not in actual
+    )
+    return reports
 
 
 def rewrite(case: Path, actual: Mapping[str, str]) -> list[Path]:
-    """Write the expected files of `case` that differ from `actual`; the ones rewritten."""
+    """Write the expected files of `case` that differ from `actual` and remove those nothing
+    produces; the ones rewritten or removed."""
     rewritten = []
-    for name in EXPECTED:
+    for name in expected_names(case):
+        if name not in actual:
+            (case / name).unlink()
+            rewritten.append(case / name)
+    for name in actual:
         if mismatch(case / name, actual[name]) is not None:
+            (case / name).parent.mkdir(parents=True, exist_ok=True)
             (case / name).write_bytes(actual[name].encode("utf-8"))
             rewritten.append(case / name)
     return rewritten
@@ -176,7 +224,8 @@ def _diff(expected: str, actual: str, what: str) -> str:
 
 
 def assert_same(first: Mapping[str, str], second: Mapping[str, str], why: str) -> None:
-    for name in EXPECTED:
+    assert first.keys() == second.keys(), f"{why}: other files"
+    for name in first:
         assert first[name] == second[name], f"{why}: {name} differs\n" + _diff(
             first[name], second[name], name
         )

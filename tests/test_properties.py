@@ -622,7 +622,7 @@ def test_directive_assertion_catches_foreign_directives() -> None:
     for bad in (
         text + "load_module /tmp/evil.so;\n",
         text + "include /etc/nginx/mime.types;\n",
-        text.replace("server_name _;", "server_name _;\n    root /;"),
+        text.replace("server_name _;", "server_name _;\n    autoindex on;"),
         text.replace("proxy_http_version 1.1;", "proxy_http_version 1.1;\n alias /etc/;"),
         text.replace("server_name _;", "server_name _;\n    if ($host) { return 404; }"),
         text.replace('    default "";', '    default "";\n    include /etc/passwd;'),

@@ -106,7 +106,10 @@ class Frontend:
         self.certificate = certificate
         self.plain_port, self.tls_port = nginx.ports[0], nginx.ports[1]
         self.output = nginx.conf_dir / OUTPUT
-        self.environ = {"DEVTEST_ROUTER_ACCESS_LOG": str(tmp / "router.access.log")}
+        self.environ = {
+            "DEVTEST_ROUTER_ACCESS_LOG": str(tmp / "router.access.log"),
+            "DEVTEST_ROUTER_SITE_DIR": str(tmp / "site"),  # never the default under /var/lib
+        }
 
     def argv(self) -> list[str]:
         tls = []
@@ -402,8 +405,12 @@ def test_https_with_sni_reaches_each_backend_and_plain_http_redirects(
         assert (seen["name"], seen["host"], seen["path"]) == (backend, host, "/some/path?q=1")
         assert seen["x-forwarded-proto"] == "https"
 
-    # the certificate's second name, the bare domain, verifies too (its page is the index's)
-    assert frontend.https(DOMAIN).status == 404
+    # the certificate's second name, the bare domain, verifies too, and serves the index over
+    # HTTPS (its server listens through the same macro as the routes' server)
+    index = frontend.https(DOMAIN)
+    assert index.status == 200, index.text
+    assert f"//main-web.{DOMAIN}/" in index.text and f"//feature-login.{DOMAIN}/" in index.text
+    assert frontend.https(DOMAIN, "/deployments.json").json()["deployments"]
     unknown = frontend.https(f"nobody-web.{DOMAIN}")
     assert unknown.status == 404 and unknown.headers["x-devtest-router"] == "unknown-host"
     # the client really checks names: one the certificate does not cover is refused

@@ -65,6 +65,7 @@ class Frontend:
             str(BIN), "watch", "--registry", self.url, "--domain", DOMAIN, "--allow-loopback",
             "--listen", f"127.0.0.1:{self.nginx.port}",
             "--output", str(self.nginx.conf_dir / "devtest-router.conf"),
+            "--site-dir", str(self.folder / "site"),
             "--nginx", find_binary("nginx"),
             "--test-command", self.nginx.test_command, "--reload-command", reload,
             *self.extra,

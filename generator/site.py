@@ -1,0 +1,276 @@
+"""The frontend's own pages: the routing table and its problems as the files of the site folder.
+
+Pure: (routing table, config, templates) -> {relative path: bytes}, the same bytes for the same
+table and config (no clock: pages print absolute times, and a small script in the browser says
+how long ago). nginx serves the folder (site_dir) at the bare domain, and its 404 pages to
+hostnames it does not route (templates/routes.conf.j2):
+
+    index.html              every deployment with its links, and every problem in the registry
+    deployments.json        the same for scripts (shape: see document())
+    not-found.html          the 404 page for a hostname of no deployment
+    not-found/<label>.html  the 404 page for <label>.<domain> and <label>-<anything>.<domain>
+                            that no route answers: that deployment's services and problems
+
+The pages go through their own Jinja environment, which escapes every value for HTML; the
+nginx environment (render.py) prints only Tokens and ints, and the two never mix.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from .config import Config
+from .errors import UsageError
+from .model import Problem, Route, RouteKind, RoutingTable, Token
+from .validate import key_path
+
+INDEX = "index.html"
+DOCUMENT = "deployments.json"
+NOT_FOUND = "not-found.html"
+NOT_FOUND_DIR = "not-found"
+DOCUMENT_VERSION = 1
+
+# How many times nginx cuts the last `-segment` off an unknown hostname's first label to find
+# a deployment's 404 page (feature-x-my-api -> feature-x-my -> feature-x): a fixed chain of
+# maps, whatever the number of routes. A service part with more hyphens than this gets the
+# generic page.
+ASKED_LEVELS = 8
+
+
+def try_files() -> list[str]:
+    """What nginx tries for an unknown hostname, the longest label first (see ASKED_LEVELS)."""
+    pages = [f"/{NOT_FOUND_DIR}/$devtest_asked_{level}.html" for level in range(ASKED_LEVELS)]
+    return [*pages, f"/{NOT_FOUND}", "=404"]
+
+
+def domain_pattern(domain: str) -> Token:
+    """The domain as a regex that matches only itself: dots as `[.]` (a Token has no `\\`)."""
+    return Token(domain.replace(".", "[.]"))
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A hostname that routes, and the service it reaches."""
+
+    service: str  # raw, as registered
+    host: Token
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """A deployment as the site lists it: what of it routes, and the problems under its key."""
+
+    name: str  # raw branch name, as registered
+    label: Token
+    created: str | None  # RFC 3339, UTC
+    default: Link | None  # the default entry point <label>.<domain>
+    services: tuple[Link, ...]  # by hostname
+    problems: tuple[Problem, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "label": str(self.label),
+            "created": self.created,
+            "default": None if self.default is None else _link_json(self.default),
+            "services": [_link_json(link) for link in self.services],
+            "problems": [problem.as_json() for problem in self.problems],
+        }
+
+
+def _link_json(link: Link) -> dict[str, str]:
+    return {"service": link.service, "host": str(link.host)}
+
+
+class PageKind(Enum):
+    INDEX = "site/index.html.j2"
+    DOCUMENT = "deployments.json"  # json.dumps, no template
+    NOT_FOUND = "site/not-found.html.j2"
+
+
+INDEX_ROW = "site/index-row.html.j2"  # one deployment's row of the index, kept by Renderer
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """What one file of the site is made of: equal pages give equal bytes (for one config)."""
+
+    kind: PageKind
+    listings: tuple[Listing, ...]
+    problems: tuple[Problem, ...] = ()
+    routes: int = 0
+
+
+def listings(table: RoutingTable) -> tuple[Listing, ...]:
+    """Every deployment with a route, by label then name (the config file's order).
+
+    Two branches can share a label (Feature/Foo and feature-foo) and both keep some routes: each
+    is listed on its own. A problem belongs to the deployment whose key starts its key; those of
+    deployments that route nothing are in the table's problems only.
+    """
+    by_deployment: dict[tuple[Token, str], list[Route]] = {}
+    for route in table.routes:
+        by_deployment.setdefault((route.deployment_label, route.deployment), []).append(route)
+    problems: dict[tuple[Token, str], list[Problem]] = {}
+    if table.problems:
+        keys = {key_path("deployment", name): (label, name) for label, name in by_deployment}
+        for problem in table.problems:
+            owner = _owner(problem.key, keys)
+            if owner is not None:
+                problems.setdefault(owner, []).append(problem)
+    found = []
+    for (label, name), routes in sorted(by_deployment.items()):
+        created = routes[0].created
+        default = None
+        services = []
+        for route in routes:
+            if route.kind is RouteKind.DEFAULT:
+                default = Link(route.service, route.host)
+            else:
+                services.append(Link(route.service, route.host))
+        found.append(
+            Listing(
+                name=name,
+                label=label,
+                created=None if created is None else f"{created:%Y-%m-%dT%H:%M:%SZ}",
+                default=default,
+                services=tuple(services),
+                problems=tuple(problems.get((label, name), ())),
+            )
+        )
+    return tuple(found)
+
+
+def _owner(key: str, keys: Mapping[str, tuple[Token, str]]) -> tuple[Token, str] | None:
+    """The deployment whose key is `key` or a folder above it (a quoted name may hold a /)."""
+    cut = len(key)
+    while cut > 0:
+        owner = keys.get(key[:cut])
+        if owner is not None:
+            return owner
+        cut = key.rfind("/", 0, cut)
+    return None
+
+
+def pages(table: RoutingTable) -> dict[str, Page]:
+    """Relative path -> what the file is made of, for every file of the site, sorted by path."""
+    listed = listings(table)
+    by_label: dict[str, list[Listing]] = {}
+    for listing in listed:
+        by_label.setdefault(listing.label, []).append(listing)
+    site = {
+        INDEX: Page(PageKind.INDEX, listed, table.problems, len(table.routes)),
+        DOCUMENT: Page(PageKind.DOCUMENT, listed, table.problems, len(table.routes)),
+        NOT_FOUND: Page(PageKind.NOT_FOUND, ()),
+    }
+    for label, group in by_label.items():
+        site[f"{NOT_FOUND_DIR}/{label}.html"] = Page(PageKind.NOT_FOUND, tuple(group))
+    return dict(sorted(site.items()))
+
+
+def document(page: Page, config: Config) -> dict[str, Any]:
+    """deployments.json, keys in this order (document_text writes each deployment and each
+    problem on a line of its own):
+
+    {"version": 1, "domain": "dev.example.com", "default_service": "web",
+     "deployments": [{"name": "feature/login", "label": "feature-login",
+                      "created": "2026-11-27T14:30:00Z" or null,
+                      "default": {"service": "web", "host": "feature-login.dev.example.com"}
+                                 or null,
+                      "services": [{"service": "api", "host": "feature-login-api.dev..."}, ...],
+                      "problems": [{"key": ..., "code": ..., "message": ...}, ...]}, ...],
+     "problems": [every problem in the registry, as above]}
+    """
+    return {
+        "version": DOCUMENT_VERSION,
+        "domain": str(config.domain),
+        "default_service": config.default_service,
+        "deployments": [listing.as_json() for listing in page.listings],
+        "problems": [problem.as_json() for problem in page.problems],
+    }
+
+
+def environment(template_dirs: Sequence[Path]) -> jinja2.Environment:
+    """The pages' Jinja environment: every printed value escaped for HTML (and so no value can
+    open an nginx SSI comment, `<!--#`, in a page nginx runs SSI on)."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(folder) for folder in template_dirs]),
+        undefined=jinja2.StrictUndefined,
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+class Renderer:
+    """Renders pages, keeping each deployment's row of the index while the deployment stays the
+    same: a long-running process (the watcher) renders only what changed, and the bytes are
+    those of a fresh Renderer."""
+
+    def __init__(self, config: Config, templates: jinja2.Environment) -> None:
+        self.config = config
+        self._templates = templates
+        self._rows: dict[Listing, Markup] = {}
+
+    def __call__(self, page: Page) -> bytes:
+        if page.kind is PageKind.DOCUMENT:
+            return self._document(page)
+        values: dict[str, Any] = {}
+        if page.kind is PageKind.INDEX:
+            kept, self._rows = self._rows, {}
+            for listing in page.listings:
+                self._rows[listing] = kept.get(listing) or Markup(
+                    self._render(INDEX_ROW, listing=listing)
+                )
+            values["rows"] = Markup("").join(self._rows[listing] for listing in page.listings)
+        text = self._render(
+            page.kind.value, listings=page.listings, problems=page.problems, routes=page.routes,
+            **values,
+        )  # fmt: skip
+        # a lone surrogate becomes a character reference the browser shows as a replacement sign
+        return text.encode("utf-8", "xmlcharrefreplace")
+
+    def _document(self, page: Page) -> bytes:
+        return document_text(document(page, self.config)).encode("ascii")
+
+    def _render(self, name: str, **values: Any) -> str:
+        try:
+            return self._templates.get_template(name).render(
+                domain=self.config.domain, default_service=self.config.default_service, **values
+            )
+        except jinja2.TemplateNotFound as error:
+            raise UsageError(f"template {error.name} not found in the template folders") from None
+        except jinja2.TemplateError as error:
+            where = f" line {error.lineno}" if isinstance(error, jinja2.TemplateSyntaxError) else ""
+            raise UsageError(f"template {name}{where}: {error.message}") from None
+
+
+def document_text(value: dict[str, Any]) -> str:
+    """deployments.json as text: one deployment, and one problem, per line (greppable, and
+    json's C encoder writes each line: fast at any size). ASCII escapes: a name with a lone
+    surrogate (JSON "\\ud800") still makes valid JSON."""
+    lines = []
+    for key, item in value.items():
+        if isinstance(item, list) and item:
+            entries = ",\n".join(f"    {json.dumps(entry)}" for entry in item)
+            lines.append(f"  {json.dumps(key)}: [\n{entries}\n  ]")
+        else:
+            lines.append(f"  {json.dumps(key)}: {json.dumps(item)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def render_site(
+    table: RoutingTable, config: Config, templates: jinja2.Environment
+) -> dict[str, bytes]:
+    """Every file of the site: relative path -> bytes."""
+    render = Renderer(config, templates)
+    return {path: render(page) for path, page in pages(table).items()}

@@ -1,0 +1,756 @@
+"""The frontend's own pages: the index of deployments, /deployments.json and the 404 pages.
+
+Pure parts (generator/site.py, the check of the nginx side) are tested on data; the rest
+through `devtest-router apply` and `watch` against a real nginx and real backends on loopback,
+and the index once more in headless Chromium (its links followed through nginx, a screenshot
+kept under build/test-artifacts/).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import strategies
+import yaml
+from harness import Backend, Nginx, Response, find_binary, http_request, wait_for
+from hypothesis import HealthCheck, given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
+from site_harness import ARTIFACTS, chromium, read_page
+
+from generator import site
+from generator.apply import checked_text
+from generator.cli import main
+from generator.config import Config, resolve
+from generator.errors import InternalError
+from generator.model import RoutingTable
+from generator.pipeline import Rendered, build
+from generator.render import environment
+from generator.resources import data_dir, schema
+from generator.site_apply import SiteWriter
+from generator.snapshot import loads
+
+DOMAIN = "localhost"  # Chromium resolves *.localhost to loopback by itself
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+BIN = Path(sys.executable).parent / "devtest-router"
+UNKNOWN = "x-devtest-router"
+
+BackendFactory = Callable[..., dict[str, Backend]]
+Snapshot = dict[str, Any]
+
+
+# --------------------------------------------------------------------------
+# data
+
+
+def settings(**values: Any) -> Config:
+    return resolve(schema("config"), {"allow_loopback": True, **values}, {})
+
+
+def table_of(snapshot: Snapshot, config: Config) -> Rendered:
+    return build(snapshot, config, schema("snapshot"), environment([data_dir("templates")]))
+
+
+def site_templates() -> Any:
+    return site.environment([data_dir("templates")])
+
+
+def registry(found: Mapping[str, Any]) -> Snapshot:
+    """Three deployments that route and two that do not, with a problem of each kind:
+    feature/login's worker is half-written, multi has no web service (no default entry
+    point), demo's only upstream is refused and ttl is a stray key."""
+
+    def at(name: str) -> dict[str, str]:
+        return {"ip": "127.0.0.1", "port": str(found[name].port)}
+
+    return {
+        "deployment": {
+            "master": {
+                "created": "2026-11-20T09:00:00Z",
+                "service": {"web": at("master-web"), "api": at("master-api")},
+            },
+            "feature/login": {
+                "created": "2026-11-27T14:30:00Z",
+                "service": {
+                    "web": at("feature-login-web"),
+                    "api": at("feature-login-api"),
+                    "worker": {"ip": "127.0.0.1"},
+                },
+            },
+            "multi": {
+                "service": {"my-api": at("multi-my-api"), "docs": at("multi-docs")},
+            },
+            "demo": {
+                "created": "2026-11-28T08:00:00Z",
+                "service": {"api": {"ip": "169.254.169.254", "port": "80"}},
+            },
+            "ttl": None,
+        }
+    }
+
+
+BACKENDS = (
+    "master-web",
+    "master-api",
+    "feature-login-web",
+    "feature-login-api",
+    "multi-my-api",
+    "multi-docs",
+)
+ROUTED = {  # hostname -> the backend it reaches
+    "master.localhost": "master-web",
+    "master-web.localhost": "master-web",
+    "master-api.localhost": "master-api",
+    "feature-login.localhost": "feature-login-web",
+    "feature-login-web.localhost": "feature-login-web",
+    "feature-login-api.localhost": "feature-login-api",
+    "multi-my-api.localhost": "multi-my-api",
+    "multi-docs.localhost": "multi-docs",
+}
+
+
+# --------------------------------------------------------------------------
+# a router: nginx plus devtest-router apply into a site folder
+
+
+@dataclass
+class Router:
+    nginx: Nginx
+    tmp: Path
+
+    @property
+    def site_dir(self) -> Path:
+        return self.tmp / "site"
+
+    @property
+    def counter(self) -> Path:
+        return self.tmp / "reloads"
+
+    def argv(self, *extra: str) -> list[str]:
+        reload = f"{self.nginx.reload_command} && echo x >> {shlex.quote(str(self.counter))}"
+        return [
+            "apply",
+            "--domain", DOMAIN,
+            "--listen", f"127.0.0.1:{self.nginx.port}",
+            "--allow-loopback",
+            "--output", str(self.nginx.conf_dir / "devtest-router.conf"),
+            "--site-dir", str(self.site_dir),
+            "--nginx", find_binary("nginx"),
+            "--test-command", self.nginx.test_command,
+            "--reload-command", shlex.join(["sh", "-c", reload]),
+            *extra,
+        ]  # fmt: skip
+
+    def apply(self, data: Snapshot, *extra: str) -> tuple[int, str]:
+        err = io.StringIO()
+        code = main(
+            self.argv(*extra),
+            stdin=io.StringIO(json.dumps(data)),
+            stdout=io.StringIO(),
+            stderr=err,
+            environ={},
+        )
+        return code, err.getvalue()
+
+    def applied(self, data: Snapshot) -> str:
+        code, err = self.apply(data)
+        assert code == 0, err
+        wait_for(lambda: len(self.nginx.worker_pids()) == 1, what="old nginx workers to quit")
+        return err
+
+    def reloads(self) -> int:
+        return len(self.counter.read_text().split()) if self.counter.exists() else 0
+
+    def get(self, host: str, path: str = "/") -> Response:
+        return http_request(self.nginx.port, host, path)
+
+    def routes_to(self, host: str, backend: str) -> None:
+        def answered() -> bool:
+            try:
+                response = self.get(host)
+            except OSError:
+                return False
+            return response.status == 200 and response.json()["name"] == backend
+
+        wait_for(answered, what=f"{host} to reach {backend}")
+
+
+@pytest.fixture
+def router(nginx: Nginx, tmp_path: Path) -> Router:
+    return Router(nginx, tmp_path)
+
+
+@pytest.fixture
+def routed(router: Router, backends: BackendFactory) -> Iterator[tuple[Router, Snapshot]]:
+    data = registry(backends(*BACKENDS))
+    router.applied(data)
+    for host, backend in ROUTED.items():
+        router.routes_to(host, backend)
+    yield router, data
+
+
+def check_json(data: Snapshot) -> dict[str, Any]:
+    """`devtest-router check --json` for the same snapshot and settings."""
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["check", "--json", "--domain", DOMAIN, "--allow-loopback"]
+    code = main(argv, stdin=io.StringIO(json.dumps(data)), stdout=out, stderr=err, environ={})
+    assert code == 0, err.getvalue()
+    document: dict[str, Any] = json.loads(out.getvalue())
+    return document
+
+
+def host_of(href: str) -> str:
+    """The hostname a page's link goes to (links are //host/, or http://host:port/ once the
+    page's script gave them its port)."""
+    parts = urlsplit(href)
+    assert parts.hostname, href
+    assert parts.path == "/", href
+    return parts.hostname
+
+
+def not_found(response: Response, host: str) -> None:
+    """The unknown-host 404 page, naming the host asked for."""
+    assert response.status == 404, (host, response.status)
+    assert response.headers.get(UNKNOWN) == "unknown-host"  # devtest-router wait relies on it
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert read_page(response.text).text_by_id["asked"] == host
+
+
+# --------------------------------------------------------------------------
+# through nginx
+
+
+def test_index_and_json_list_exactly_the_registered_deployments_and_problems(
+    routed: tuple[Router, Snapshot],
+) -> None:
+    router, data = routed
+    expected = check_json(data)
+
+    index = router.get(DOMAIN)
+    assert index.status == 200
+    assert index.headers["content-type"] == "text/html; charset=utf-8"
+    page = read_page(index.text)
+    rows = [attrs["data-deployment"] for attrs in page.attributes if "data-deployment" in attrs]
+    assert rows == ["feature-login", "master", "multi"]
+    links = {host_of(href) for href, _ in page.links if href.startswith("//")}
+    assert links == set(ROUTED)
+    for problem in expected["problems"]:
+        assert f"{problem['key']}: {problem['message']} [{problem['code']}]" in page.text
+    assert "3 deployments, 8 routes, 4 problems in the registry" in page.text
+
+    document = router.get(DOMAIN, "/deployments.json")
+    assert document.status == 200
+    assert document.headers["content-type"] == "application/json"
+    listed = document.json()
+    assert list(listed) == ["version", "domain", "default_service", "deployments", "problems"]
+    assert listed["problems"] == expected["problems"]
+    assert [entry["name"] for entry in listed["deployments"]] == [
+        "feature/login",
+        "master",
+        "multi",
+    ]
+    by_name = {entry["name"]: entry for entry in listed["deployments"]}
+    assert by_name["feature/login"] == {
+        "name": "feature/login",
+        "label": "feature-login",
+        "created": "2026-11-27T14:30:00Z",
+        "default": {"service": "web", "host": "feature-login.localhost"},
+        "services": [
+            {"service": "api", "host": "feature-login-api.localhost"},
+            {"service": "web", "host": "feature-login-web.localhost"},
+        ],
+        "problems": [
+            p for p in expected["problems"] if p["key"].startswith('/deployment/"feature/login"/')
+        ],
+    }
+    assert by_name["multi"]["default"] is None and by_name["multi"]["created"] is None
+    assert [p["code"] for p in by_name["multi"]["problems"]] == ["no-default-service"]
+    # every host the JSON lists is a route, and every route is listed
+    hosts = {
+        link["host"]
+        for entry in listed["deployments"]
+        for link in [*entry["services"], *([entry["default"]] if entry["default"] else [])]
+    }
+    assert hosts == {route["host"] for route in expected["routes"]} == set(ROUTED)
+
+
+def test_404_for_an_unknown_service_names_the_branchs_services(
+    routed: tuple[Router, Snapshot],
+) -> None:
+    router, _ = routed
+    for asked in (
+        "feature-login-nope.localhost",
+        "feature-login-my-new-api.localhost",  # a service part with hyphens: cut until found
+        "feature-login-worker.localhost",  # registered, but half-written
+    ):
+        response = router.get(asked)
+        not_found(response, asked)
+        page = read_page(response.text)
+        hosts = [host_of(href) for href, _ in page.links]
+        assert hosts == [
+            "feature-login.localhost",
+            "feature-login-api.localhost",
+            "feature-login-web.localhost",
+            DOMAIN,
+        ], asked
+        assert "has no port yet" in page.text  # the worker's problem says why it has no URL
+        for host in hosts[:-1]:
+            router.routes_to(host, ROUTED[host])  # each link reaches its backend through nginx
+
+    # a branch without a default entry point: its own hostname lists its services
+    response = router.get("multi.localhost")
+    not_found(response, "multi.localhost")
+    page = read_page(response.text)
+    assert [host_of(href) for href, _ in page.links] == [
+        "multi-docs.localhost",
+        "multi-my-api.localhost",
+        DOMAIN,
+    ]
+    assert "no default entry point" in page.text and "no-default-service" in page.text
+
+
+def test_404_for_an_unknown_branch_links_to_the_index(routed: tuple[Router, Snapshot]) -> None:
+    router, _ = routed
+    for asked in ("nobody-web.localhost", "nobody.localhost", "other.test", "demo-api.localhost"):
+        response = router.get(asked)
+        not_found(response, asked)
+        page = read_page(response.text)
+        assert [href for href, _ in page.links] == ["//localhost/"], asked
+        assert "Hostnames are <branch>-<service>.localhost" in page.text
+    # the host asked for is printed escaped: nginx's SSI echo escapes it
+    hostile = router.get('a<b>"c.localhost')
+    assert hostile.status == 404
+    assert "a&lt;b&gt;&quot;c.localhost" in hostile.text and "a<b>" not in hostile.text
+
+
+def test_a_change_only_to_the_problems_writes_the_site_and_reloads_nothing(
+    routed: tuple[Router, Snapshot],
+) -> None:
+    router, data = routed
+    reloads = router.reloads()
+    config = router.nginx.conf_dir / "devtest-router.conf"
+    before = config.stat()
+    pages = {path: (router.site_dir / path).stat() for path in ("not-found/master.html",)}
+
+    data["deployment"]["stray"] = "not a deployment"
+    code, said = router.apply(data)
+    assert code == 0, said
+    assert said.splitlines()[-1].endswith("; 2 site files written, 0 removed"), said
+    assert "nothing to do" in said
+    assert router.reloads() == reloads
+    assert config.stat().st_mtime_ns == before.st_mtime_ns
+    for path, stat in pages.items():  # an unchanged page is not written again
+        assert (router.site_dir / path).stat().st_mtime_ns == stat.st_mtime_ns
+    index = read_page(router.get(DOMAIN).text)
+    assert '/deployment/stray: is "not a deployment", not a deployment directory' in index.text
+    assert [p["key"] for p in router.get(DOMAIN, "/deployments.json").json()["problems"]][-2:] == [
+        "/deployment/stray",
+        "/deployment/ttl",
+    ]
+
+
+def test_a_removed_deployment_loses_its_404_page_and_its_row(
+    routed: tuple[Router, Snapshot],
+) -> None:
+    router, data = routed
+    del data["deployment"]["multi"]
+    said = router.applied(data)
+    assert said.splitlines()[-1].endswith("nginx reloaded; 2 site files written, 1 removed"), said
+    assert not (router.site_dir / "not-found" / "multi.html").exists()
+    response = router.get("multi-docs.localhost")
+    not_found(response, "multi-docs.localhost")
+    assert [href for href, _ in read_page(response.text).links] == ["//localhost/"]
+    assert 'data-deployment="multi"' not in router.get(DOMAIN).text
+
+
+def test_dry_run_writes_no_site_files(router: Router, backends: BackendFactory) -> None:
+    data = registry(backends(*BACKENDS))
+    code, said = router.apply(data, "--dry-run")
+    assert code == 1, said
+    assert said.splitlines()[-1].endswith(
+        "would write 6 site files and remove 0 (nothing written: dry run)"
+    ), said
+    assert not router.site_dir.exists()
+    router.applied(data)
+    written = sorted(path.name for path in router.site_dir.rglob("*"))
+    assert written == sorted(
+        [
+            *("index.html", "deployments.json", "not-found.html", "not-found"),
+            *("feature-login.html", "master.html", "multi.html"),
+        ]
+    )
+    del data["deployment"]["multi"]
+    code, said = router.apply(data, "--dry-run")
+    assert code == 1 and said.splitlines()[-1].endswith(
+        "would write 2 site files and remove 1 (nothing written: dry run)"
+    ), said
+    assert (router.site_dir / "not-found" / "multi.html").exists()
+
+
+def test_a_site_folder_that_cannot_be_written_is_one_line_and_the_next_apply_writes_it(
+    router: Router, backends: BackendFactory, tmp_path: Path
+) -> None:
+    data = registry(backends(*BACKENDS))
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the site folder should be\n")
+    code, said = router.apply(data, "--site-dir", str(blocked))
+    assert code == 123
+    assert said.splitlines()[-1] == (
+        f"devtest-router: cannot write the site in {blocked}: Not a directory; the "
+        "nginx config is in place, its pages are not (is site_dir writable?)"
+    ), said
+    assert "Traceback" not in said
+    assert router.reloads() == 1  # the routes went live; only the pages are missing
+    router.routes_to("master-web.localhost", "master-web")
+
+    blocked.unlink()
+    code, said = router.apply(data, "--site-dir", str(blocked))
+    assert code == 0, said
+    assert said.splitlines()[-1].startswith("devtest-router: nothing to do: "), said
+    assert said.splitlines()[-1].endswith("; 6 site files written, 0 removed"), said
+    assert router.reloads() == 1
+    assert (blocked / "index.html").is_file()
+
+
+def test_the_watcher_writes_a_site_only_change_without_a_reload(
+    nginx: Nginx, tmp_path: Path, backends: BackendFactory
+) -> None:
+    found = backends("web")
+    registry_file = tmp_path / "registry.yaml"
+    web = {"ip": "127.0.0.1", "port": str(found["web"].port)}
+    registry_file.write_text(yaml.safe_dump({"deployment": {"local": {"service": {"web": web}}}}))
+    counter, log, site_dir = tmp_path / "reloads", tmp_path / "watch.log", tmp_path / "site"
+    reload = f"{nginx.reload_command} && echo x >> {shlex.quote(str(counter))}"
+    argv = [
+        str(BIN), "watch", "--registry", f"file:{registry_file}", "--domain", DOMAIN,
+        "--allow-loopback", "--listen", f"127.0.0.1:{nginx.port}",
+        "--output", str(nginx.conf_dir / "devtest-router.conf"), "--site-dir", str(site_dir),
+        "--nginx", find_binary("nginx"), "--test-command", nginx.test_command,
+        "--reload-command", shlex.join(["sh", "-c", reload]), "--quiet-period", "0.05",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVTEST_ROUTER_")}
+    env.pop("REGISTRY_URL", None)
+    with log.open("ab") as out:
+        watcher = subprocess.Popen(argv, stdout=out, stderr=out, env=env)
+    try:
+
+        def index_has(text: str) -> bool:
+            try:
+                response = http_request(nginx.port, DOMAIN)
+            except OSError:
+                return False
+            return response.status == 200 and text in read_page(response.text).text
+
+        wait_for(lambda: index_has("local-web.localhost"), 15, what="the first apply")
+        reloads = len(counter.read_text().split())
+        registry_file.write_text(
+            yaml.safe_dump({"deployment": {"local": {"service": {"web": web}}, "ttl": None}})
+        )
+        wait_for(lambda: index_has("/deployment/ttl: is null"), 15, what="the problem listed")
+        assert len(counter.read_text().split()) == reloads
+        assert "nothing to do" in log.read_text() and "2 site files written" in log.read_text()
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
+
+
+# --------------------------------------------------------------------------
+# headless Chromium: the index as people see it
+
+
+def test_the_index_in_chromium_links_every_route_and_shows_how_long_ago(
+    routed: tuple[Router, Snapshot], tmp_path: Path
+) -> None:
+    router, _ = routed
+    port = router.nginx.port
+    url = f"http://{DOMAIN}:{port}/"
+    dom = chromium(url, tmp_path / "chromium", "--dump-dom")
+    page = read_page(dom)
+    # The script gave every link the page's own port and filled in how long ago.
+    hrefs = [href for href, _ in page.links if href != "/deployments.json"]
+    assert all(href.startswith("http://") and f":{port}/" in href for href in hrefs), hrefs
+    assert {host_of(href) for href in hrefs} == set(ROUTED)
+    for href in hrefs:  # follow each link through nginx
+        host = host_of(href)
+        assert urlsplit(href).port == port
+        router.routes_to(host, ROUTED[host])
+    # master and feature/login have a created time (multi has none): how long ago, filled in
+    agos = re.findall(r'<span class="ago" data-since="[^"]+"> \(([^)]+)\)</span>', dom)
+    assert len(agos) == 2 and all(agos), agos  # e.g. "14 hours ago", "last week"
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for name, at in (
+        ("site-index.png", url),
+        ("site-404.png", f"http://feature-login-nope.{DOMAIN}:{port}/"),
+    ):
+        shot = ARTIFACTS / name
+        shot.unlink(missing_ok=True)
+        chromium(at, tmp_path / "chromium", f"--screenshot={shot}", "--window-size=1280,900")
+        assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), name
+
+
+# --------------------------------------------------------------------------
+# the site folder (no nginx)
+
+
+def test_only_files_whose_bytes_changed_are_written_and_stale_pages_removed(
+    tmp_path: Path,
+) -> None:
+    config = settings(site_dir=str(tmp_path / "site"))
+    data = registry(_ports())
+    first = table_of(data, config).table
+    cold = SiteWriter(config, site_templates())
+    assert cold.apply(first).written == (
+        "deployments.json",
+        "index.html",
+        "not-found.html",
+        "not-found/feature-login.html",
+        "not-found/master.html",
+        "not-found/multi.html",
+    )
+    (tmp_path / "site" / "robots.txt").write_text("not ours\n")
+    (tmp_path / "site" / "not-found" / "notes.txt").write_text("not ours either\n")
+    before = {path: path.stat() for path in (tmp_path / "site").rglob("*") if path.is_file()}
+
+    again = SiteWriter(config, site_templates())  # a new process: compares with the folder
+    assert again.apply(first).changes is False
+    data["deployment"].pop("multi")
+    plan = again.apply(table_of(data, config).table)
+    assert plan.written == ("deployments.json", "index.html")
+    assert plan.removed == ("not-found/multi.html",)
+    for path, stat in before.items():
+        if path.name in ("index.html", "deployments.json", "multi.html"):
+            continue
+        assert path.stat().st_ino == stat.st_ino and path.stat().st_mtime_ns == stat.st_mtime_ns
+    leftovers = [p.name for p in (tmp_path / "site").rglob(".*")]
+    assert leftovers == []  # every write went through a temporary file and a rename
+    assert oct((tmp_path / "site" / "index.html").stat().st_mode & 0o777) == "0o644"
+
+
+def _ports() -> dict[str, Any]:
+    """Stand-ins for backends where no request is made: only their port is read."""
+
+    @dataclass
+    class Port:
+        port: int
+
+    return {name: Port(9100 + number) for number, name in enumerate(BACKENDS)}
+
+
+def test_a_kept_writer_renders_only_what_changed(tmp_path: Path) -> None:
+    config = settings(site_dir=str(tmp_path / "site"))
+    data = registry(_ports())
+    writer = SiteWriter(config, site_templates())
+    writer.apply(table_of(data, config).table)
+    rendered: list[site.PageKind] = []
+    original = writer._render
+
+    def counting(page: site.Page) -> bytes:
+        rendered.append(page.kind)
+        return original(page)
+
+    writer._render = counting  # type: ignore[assignment]
+    assert writer.apply(table_of(data, config).table).changes is False
+    assert rendered == []
+    data["deployment"]["master"]["created"] = "2026-11-21T09:00:00Z"
+    plan = writer.apply(table_of(data, config).table)
+    assert plan.written == ("deployments.json", "index.html", "not-found/master.html")
+    assert sorted(kind.name for kind in rendered) == ["DOCUMENT", "INDEX", "NOT_FOUND"]
+    cold = site.render_site(table_of(data, config).table, config, site_templates())
+    on_disk = {
+        str(path.relative_to(tmp_path / "site")): path.read_bytes()
+        for path in (tmp_path / "site").rglob("*")
+        if path.is_file()
+    }
+    assert on_disk == cold
+
+
+# --------------------------------------------------------------------------
+# the pages (pure)
+
+
+def demo() -> tuple[RoutingTable, Config]:
+    case = FIXTURES / "demo"
+    config = resolve(
+        schema("config"), {}, {}, yaml.safe_load((case / "config.yaml").read_text()), "demo"
+    )
+    snapshot = loads((case / "snapshot.json").read_text(), "demo")
+    return table_of(snapshot, config).table, config
+
+
+def test_a_kept_renderer_gives_the_bytes_of_a_fresh_one() -> None:
+    table, config = demo()
+    kept = site.Renderer(config, site_templates())
+    for routes in (table.routes, table.routes[:3], table.routes, (), table.routes[2:]):
+        changed = RoutingTable(table.domain, routes, table.problems)
+        pages = site.pages(changed)
+        assert {path: kept(page) for path, page in pages.items()} == site.render_site(
+            changed, config, site_templates()
+        )
+
+
+@settings_(
+    max_examples=60,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(st.lists(st.one_of(strategies.realistic_snapshots, strategies.colliding_snapshots()),
+                min_size=1, max_size=4))  # fmt: skip
+def test_the_site_lists_every_route_once_and_a_kept_renderer_matches_a_fresh_one(
+    snapshots: list[dict[str, Any]],
+) -> None:
+    config = settings(domain="dev.test")
+    kept = site.Renderer(config, site_templates())
+    for snapshot in snapshots:
+        table = table_of(snapshot, config).table
+        pages = site.pages(table)
+        files = {path: kept(page) for path, page in pages.items()}
+        assert files == site.render_site(table, config, site_templates())
+        listed = json.loads(files[site.DOCUMENT])
+        hosts = [
+            link["host"]
+            for entry in listed["deployments"]
+            for link in [*entry["services"], *([entry["default"]] if entry["default"] else [])]
+        ]
+        assert sorted(hosts) == sorted(str(route.host) for route in table.routes)
+        assert listed["problems"] == [problem.as_json() for problem in table.problems]
+        labels = {entry["label"] for entry in listed["deployments"]}
+        assert {path for path in files if path.startswith("not-found/")} == {
+            f"not-found/{label}.html" for label in labels
+        }
+        index = read_page(files[site.INDEX].decode())
+        assert sorted(host_of(href) for href, _ in index.links if href.startswith("//")) == sorted(
+            hosts
+        )
+
+
+def test_deployments_json_holds_the_documented_shape_one_deployment_a_line() -> None:
+    table, config = demo()
+    page = site.pages(table)[site.DOCUMENT]
+    text = site.Renderer(config, site_templates())(page).decode("ascii")
+    assert json.loads(text) == site.document(page, config)
+    lines = text.splitlines()
+    entries = [json.loads(line.strip().rstrip(",")) for line in lines if line.startswith("    ")]
+    assert [entry.get("name", entry.get("key")) for entry in entries] == [
+        "feature/login",
+        "master",
+        *(problem.key for problem in table.problems),
+    ]
+    assert entries[0]["services"][0] == {"service": "api", "host": "feature-login-api.localhost"}
+    empty = site.pages(RoutingTable(table.domain, ()))[site.DOCUMENT]
+    assert json.loads(site.Renderer(config, site_templates())(empty))["deployments"] == []
+
+
+def test_a_problem_belongs_to_the_deployment_whose_key_starts_its_key() -> None:
+    config = settings()
+    web = {"ip": "127.0.0.1", "port": "9100"}
+    data = {
+        "deployment": {
+            "foo": {"service": {"web": web}},
+            "foo-bar": {"service": {"web": web, "api": {"ip": "127.0.0.1"}}},
+            "feature/x": {"service": {"web": web, "stray": {"ip": "127.0.0.1"}}},
+        }
+    }
+    listings = {entry.name: entry for entry in site.listings(table_of(data, config).table)}
+    assert [p.key for p in listings["foo"].problems] == []
+    assert [p.key for p in listings["foo-bar"].problems] == ["/deployment/foo-bar/service/api"]
+    assert [p.key for p in listings["feature/x"].problems] == [
+        '/deployment/"feature/x"/service/stray'
+    ]
+
+
+def test_registry_strings_reach_the_pages_escaped_never_as_markup() -> None:
+    case = FIXTURES / "hostile-values"
+    config = resolve(
+        schema("config"), {}, {}, yaml.safe_load((case / "config.yaml").read_text()), "hostile"
+    )
+    snapshot = loads((case / "snapshot.json").read_text(), "hostile")
+    files = site.render_site(table_of(snapshot, config).table, config, site_templates())
+
+    def strings(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield key
+                yield from strings(value)
+        elif isinstance(node, str):
+            yield node
+
+    markup = [text for text in strings(snapshot) if any(c in text for c in "<>&\"'")]
+    assert markup, "the hostile case has names with markup characters"
+    for path, data in files.items():
+        if path.endswith(".html"):
+            html = data.decode()
+            leaked = [text for text in markup if text in html]
+            assert not leaked, (path, leaked)
+            # the only SSI command is the template's own echo of the host
+            assert html.count("<!--#") == (1 if path.startswith("not-found") else 0), path
+    names = {entry["name"] for entry in json.loads(files[site.DOCUMENT])["deployments"]}
+    assert names <= set(snapshot["deployment"])
+
+
+# --------------------------------------------------------------------------
+# the check of the nginx side
+
+
+def rendered_demo(site_dir: str = "/srv/site") -> tuple[Rendered, Config]:
+    config = resolve(
+        schema("config"),
+        {"site_dir": site_dir},
+        {},
+        yaml.safe_load((FIXTURES / "demo" / "config.yaml").read_text()),
+        "demo",
+    )
+    snapshot = loads((FIXTURES / "demo" / "snapshot.json").read_text(), "demo")
+    return table_of(snapshot, config), config
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "said"),
+    [
+        ("    root /srv/site;\n    types {}", "    root /;\n    types {}", "root must be"),
+        ("text/html;\n    charset", "text/html;\n    root /etc;\n    charset", "root must be"),
+        ("/not-found.html =404;", "/../../etc/passwd =404;", "try_files must be"),
+        ("    types {}\n    default_type text/html;\n    charset utf-8;\n    add_header",
+         "    types { text/plain conf; }\n    default_type text/html;\n    charset utf-8;\n"
+         "    add_header", "types block must be empty"),
+        ("server_name \"~^localhost$\";", "server_name \"~^localhost$\";\n    ssi on;",
+         "'ssi' is not allowed inside 'server'"),
+        ("    listen 127.0.0.1:8080;\n", "    listen 127.0.0.1:8081;\n", "listen addresses"),
+    ],
+)  # fmt: skip
+def test_the_check_refuses_a_site_directive_the_template_does_not_write(
+    old: str, new: str, said: str
+) -> None:
+    rendered, config = rendered_demo()
+    assert checked_text(rendered, config) == rendered.text  # the bundled template passes
+    assert rendered.skeleton.count(old) == 1, old
+    forged = Rendered(
+        rendered.snapshot_id,
+        rendered.table,
+        rendered.text.replace(old, new),
+        rendered.skeleton.replace(old, new),
+        rendered.fragments,
+    )
+    with pytest.raises(InternalError, match=said):  # the bundled template: a bug if it did
+        checked_text(forged, config)
+
+
+def test_the_domain_is_a_regex_of_itself_only() -> None:
+    assert site.domain_pattern("dev.example.com") == "dev[.]example[.]com"
+    assert site.try_files()[0] == "/not-found/$devtest_asked_0.html"
+    assert site.try_files()[-2:] == ["/not-found.html", "=404"]
+    assert len(site.try_files()) == site.ASKED_LEVELS + 2
