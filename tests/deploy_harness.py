@@ -95,6 +95,7 @@ class Frontend:
             "DEVTEST_ROUTER_DOMAIN": domain,
             "DEVTEST_ROUTER_LISTEN": f"{LOOPBACK}:{self.port}",
             "DEVTEST_ROUTER_OUTPUT": str(self.prefix / "conf.d" / "devtest-router.conf"),
+            "DEVTEST_ROUTER_SITE_DIR": str(self.prefix / "site"),  # not the image's /var/lib
             "DEVTEST_ROUTER_ALLOW_LOOPBACK": "true",
         }
         self.proc: subprocess.Popen[bytes] | None = None
