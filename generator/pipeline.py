@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import gc
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import jinja2
 
 from .config import Config
-from .model import Problem, RoutingTable
-from .render import Fragment, Group, groups, render_group, render_skeleton, splice
-from .routing import Candidate, assemble, candidates
-from .snapshot import canonical, snapshot_id
+from .model import Problem, Route, RoutingTable
+from .names import label
+from .render import Fragment, group_of, joined_routes_id, render_group, skeleton_text, splice
+from .routing import Candidate, candidates, reserved_hosts, settle_host
+from .snapshot import canonical, deployment_part, snapshot_id_of
 from .validate import SnapshotValidator
 
 
@@ -29,13 +33,34 @@ class Rendered:
     fragments: tuple[tuple[Fragment, frozenset[tuple[str, str]]], ...]
 
 
+# A non-string JSON value (number, true, false) begins right after one of these in canonical
+# JSON; a deployment whose text has none holds only objects, lists, strings and null.
+_NOT_PLAIN = re.compile(r"[:\[,][-0-9tf]")
+
+
+class _Work(NamedTuple):
+    """What was done for one deployment, kept while its content stays the same."""
+
+    value: Any  # as last read
+    # only objects, lists, strings and null: then `==` with `value` means the same JSON
+    plain: bool
+    part: bytes  # its part of snapshot_id (snapshot.deployment_part)
+    candidates: tuple[Candidate, ...]
+    problems: tuple[Problem, ...]
+
+
+GroupKey = tuple[str, str]  # (deployment label, deployment): the file's order of deployments
+Fragments = tuple[Fragment, frozenset[tuple[str, str]]]
+
+
 class Pipeline:
     """Validate, route and render snapshots, again and again.
 
-    The work for a deployment (validation, its routes, its rendered lines) is kept, keyed by
-    the deployment's content, and redone only when the deployment changes; collisions, the
-    routing table and the rest of the file are redone every time. A fresh Pipeline is the cold
-    run, so the bytes are the same whether a deployment's work was kept or not.
+    Everything is kept between builds and redone only where a deployment changed: its
+    validation and route candidates (the deployment compared by content), the collisions of
+    the hostnames it asks for, the lines of the deployments whose routes those decide, and
+    the counts the rest of the file prints. A fresh Pipeline is the cold run: the same code
+    with every deployment new, so the bytes are the same whether work was kept or not.
     """
 
     def __init__(
@@ -44,51 +69,213 @@ class Pipeline:
         self.config = config
         self._validator = SnapshotValidator(snapshot_schema)
         self._templates = templates
-        # name -> (canonical JSON of the deployment, its route candidates, its problems)
-        self._deployments: dict[str, tuple[str, list[Candidate], list[Problem]]] = {}
-        self._fragments: dict[Group, tuple[Fragment, frozenset[tuple[str, str]]]] = {}
+        self._reserved = reserved_hosts(config)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._work: dict[str, _Work] = {}
+        self._names: list[str] = []  # sorted
+        self._contenders: dict[str, list[Candidate]] = {}  # hostname -> who asks for it
+        self._winners: dict[str, Route] = {}
+        self._lost: dict[str, list[Problem]] = {}  # hostname -> its losers' problems
+        self._hosts: list[str] = []  # sorted, the winners' hostnames
+        self._routes: list[Route] = []  # the winners, in the order of _hosts
+        self._problem_counts: dict[Problem, int] = {}
+        self._problems: tuple[Problem, ...] = ()
+        self._problems_changed = False
+        self._groups: dict[GroupKey, Fragments] = {}
+        self._group_keys: list[GroupKey] = []  # sorted
+        self._lengths: dict[int, int] = {}  # hostname length -> routes
+        self._created: dict[datetime, int] = {}  # created -> routes
 
     def __call__(self, snapshot: Mapping[str, Any]) -> Rendered:
         with no_gc():
-            return self._build(snapshot)
+            try:
+                return self._build(snapshot)
+            except BaseException:  # e.g. an override template fails: kept work may be half
+                self._reset()  # updated, so the next build starts cold
+                raise
 
     def _build(self, snapshot: Mapping[str, Any]) -> Rendered:
-        kept: dict[str, tuple[str, list[Candidate], list[Problem]]] = {}
-        found: list[Candidate] = []
-        problems: list[Problem] = []
-        for name, value in sorted(snapshot["deployment"].items()):
+        deployments: Mapping[str, Any] = snapshot["deployment"]
+        changed: list[tuple[str, _Work | None, _Work | None]] = []
+        work = self._work
+        for name, value in deployments.items():
+            kept = work.get(name)
+            if kept is not None and kept.plain and kept.value == value:
+                continue
             text = canonical(value)
-            work = self._deployments.get(name)
-            if work is None or work[0] != text:
-                work = (text, *self._deployment(name, value))
-            kept[name] = work
-            found.extend(work[1])
-            problems.extend(work[2])
-        self._deployments = kept
+            part = deployment_part(name, text)
+            if kept is not None and kept.part == part:
+                continue
+            plain = _NOT_PLAIN.search(text) is None and text[:1] not in "-0123456789tf"
+            asked, problems = self._deployment(name, value)
+            changed.append((name, kept, _Work(value, plain, part, asked, problems)))
+        added = sum(1 for _, kept, _ in changed if kept is None)
+        if len(work) + added > len(deployments):  # some were removed
+            changed.extend((name, work[name], None) for name in work.keys() - deployments.keys())
 
-        table = assemble(found, problems, self.config)
-        parts = groups(table)
-        self._fragments = {
-            group: self._fragments.get(group) or self._fragment(group) for group in parts
-        }
-        fragments = tuple(self._fragments[group] for group in parts)
-        skeleton = render_skeleton(
-            table, self.config, self._templates, [fragment for fragment, _ in fragments]
+        hosts: set[str] = set()
+        dirty: set[str] = set()  # deployments whose lines may change
+        for name, old, new in changed:
+            dirty.add(name)
+            if old is not None:
+                self._count(old.problems, -1)
+                for candidate in old.candidates:
+                    host = candidate.route.host
+                    hosts.add(host)
+                    others = [c for c in self._contenders[host] if c is not candidate]
+                    if others:
+                        self._contenders[host] = others
+                    else:
+                        del self._contenders[host]
+            if new is not None:
+                self._count(new.problems, 1)
+                for candidate in new.candidates:
+                    hosts.add(candidate.route.host)
+                    self._contenders.setdefault(candidate.route.host, []).append(candidate)
+                work[name] = new
+            else:
+                del work[name]
+        _update_sorted(self._names, {name for name, _, _ in changed}, work)
+
+        placed: dict[str, Route] = {}  # new winners
+        for settled in hosts:
+            self._settle(settled, dirty, placed)
+        self._place(hosts, placed)
+
+        keys: dict[GroupKey, Fragments | None] = {}
+        for name in dirty:
+            keys.update(self._group(name))
+        for key, fragment in keys.items():
+            if fragment is None:
+                self._groups.pop(key, None)
+            else:
+                self._groups[key] = fragment
+        _update_sorted(self._group_keys, keys.keys(), self._groups)
+
+        if self._problems_changed:
+            self._problems = tuple(sorted(self._problem_counts))
+            self._problems_changed = False
+        table = RoutingTable(self.config.domain, tuple(self._routes), self._problems)
+        fragments = tuple(self._groups[key] for key in self._group_keys)
+        joined = "".join([fragment for fragment, _ in fragments])
+        skeleton = skeleton_text(
+            self.config,
+            self._templates,
+            table_id=joined_routes_id(joined),
+            newest=max(self._created, default=None),
+            routes_count=len(self._routes),
+            deployments_count=len(fragments),
+            longest=max(self._lengths, default=1),
         )
-        identity = snapshot_id(snapshot, {name: work[0] for name, work in kept.items()})
-        text = splice(skeleton, [fragment for fragment, _ in fragments])
-        return Rendered(identity, table, text, skeleton, fragments)
+        identity = snapshot_id_of(snapshot, [work[name].part for name in self._names])
+        return Rendered(identity, table, splice(skeleton, [joined]), skeleton, fragments)
 
-    def _fragment(self, group: Group) -> tuple[Fragment, frozenset[tuple[str, str]]]:
+    def _count(self, problems: Iterable[Problem], step: int) -> None:
+        counts = self._problem_counts
+        changed = False
+        for problem in problems:
+            count = counts.get(problem, 0) + step
+            if count:
+                counts[problem] = count
+                changed = changed or count == step  # a new one
+            else:
+                del counts[problem]
+                changed = True
+        self._problems_changed = self._problems_changed or changed
+
+    def _settle(self, host: str, dirty: set[str], placed: dict[str, Route]) -> None:
+        """Settle one hostname again; the deployments of its old and new winner are dirty."""
+        contenders = self._contenders.get(host)
+        winner, lost = settle_host(host, contenders, self._reserved) if contenders else (None, [])
+        self._count(self._lost.pop(host, ()), -1)
+        if lost:
+            self._lost[host] = lost
+            self._count(lost, 1)
+        old = self._winners.pop(host, None)
+        if old is not None:
+            dirty.add(old.deployment)
+            _step(self._lengths, len(host), -1)
+            if old.created is not None:
+                _step(self._created, old.created, -1)
+        if winner is not None:
+            dirty.add(winner.deployment)
+            self._winners[host] = placed[host] = winner
+            _step(self._lengths, len(host), 1)
+            if winner.created is not None:
+                _step(self._created, winner.created, 1)
+
+    def _place(self, hosts: set[str], placed: dict[str, Route]) -> None:
+        """The sorted hostnames and routes after `hosts` were settled again."""
+        if len(hosts) * 16 > len(self._hosts) + 64:  # many changed: sorting all is cheaper
+            self._hosts = sorted(self._winners)
+            self._routes = [self._winners[host] for host in self._hosts]
+            return
+        for host in hosts:
+            at = bisect.bisect_left(self._hosts, host)
+            present = at < len(self._hosts) and self._hosts[at] == host
+            if host in placed:
+                if present:
+                    self._routes[at] = placed[host]
+                else:
+                    self._hosts.insert(at, host)
+                    self._routes.insert(at, placed[host])
+            elif present:
+                del self._hosts[at]
+                del self._routes[at]
+
+    def _group(self, name: str) -> dict[GroupKey, Fragments | None]:
+        """The lines of deployment `name` as its routes now stand (None: it routes nothing)."""
+        work = self._work.get(name)
+        key = (label(name), name)
+        if work is None:
+            return {key: None}
+        routes = sorted(
+            (c.route for c in work.candidates if self._winners.get(c.route.host) is c.route),
+            key=_host,
+        )
+        if not routes:
+            return {key: None}
+        group = group_of(routes)
         lines = render_group(group, self._templates)
-        return lines, frozenset((str(host), str(target)) for host, target, _ in group[2])
+        return {key: (lines, frozenset((host, target) for host, target, _ in group[2]))}
 
-    def _deployment(self, name: str, value: Any) -> tuple[list[Candidate], list[Problem]]:
+    def _deployment(
+        self, name: str, value: Any
+    ) -> tuple[tuple[Candidate, ...], tuple[Problem, ...]]:
         deployment, problems = self._validator.deployment(name, value)
         if deployment is None:
-            return [], problems
+            return (), tuple(problems)
         asked, trouble = candidates(deployment, self.config)
-        return asked, problems + trouble
+        return tuple(asked), (*problems, *trouble)
+
+
+def _host(route: Route) -> str:
+    return route.host
+
+
+def _step(counts: dict[Any, int], key: Any, step: int) -> None:
+    count = counts.get(key, 0) + step
+    if count:
+        counts[key] = count
+    else:
+        del counts[key]
+
+
+def _update_sorted(items: list[Any], touched: Iterable[Any], present: Mapping[Any, Any]) -> None:
+    """Keep `items` the sorted keys of `present`, after the keys `touched` came or went."""
+    touched = list(touched)
+    if len(touched) * 16 > len(items) + 64:  # many: sorting all is cheaper than inserting
+        items[:] = sorted(present)
+        return
+    for key in touched:
+        at = bisect.bisect_left(items, key)
+        there = at < len(items) and items[at] == key
+        if key in present and not there:
+            items.insert(at, key)
+        elif key not in present and there:
+            del items[at]
 
 
 @contextmanager

@@ -106,12 +106,7 @@ def groups(table: RoutingTable) -> list[Group]:
     for route in table.routes:  # sorted by host already
         by_deployment.setdefault((route.deployment_label, route.deployment), []).append(route)
     return [
-        (
-            routes[0].deployment_label,
-            rfc3339(routes[0].created),
-            tuple((route.host, route.target, route.kind.value) for route in routes),
-        )
-        for _, routes in sorted(by_deployment.items(), key=lambda item: item[0])
+        group_of(routes) for _, routes in sorted(by_deployment.items(), key=lambda item: item[0])
     ]
 
 
@@ -134,10 +129,21 @@ def render_group(group: Group, templates: jinja2.Environment) -> Fragment:
 def routes_id(fragments: Sequence[str]) -> Token:
     """A name for the routes as rendered, that depends on nothing else: problems and stray keys
     in the registry do not change it, so they never change the file or reload nginx."""
-    digest = hashlib.sha256()
-    for fragment in fragments:
-        digest.update(fragment.encode("ascii"))
-    return Token("sha256:" + digest.hexdigest()[:16])
+    return joined_routes_id("".join(fragments))
+
+
+def joined_routes_id(joined: str) -> Token:
+    """routes_id of the fragments already joined into one string."""
+    return Token("sha256:" + hashlib.sha256(joined.encode("ascii")).hexdigest()[:16])
+
+
+def group_of(routes: Sequence[Route]) -> Group:
+    """The group of one deployment's routes (sorted by host)."""
+    return (
+        routes[0].deployment_label,
+        rfc3339(routes[0].created),
+        tuple((route.host, route.target, route.kind.value) for route in routes),
+    )
 
 
 def render_skeleton(
@@ -149,15 +155,37 @@ def render_skeleton(
     """The whole file with ROUTES_MARKER where the deployments' lines go."""
     longest = max((len(route.host) for route in table.routes), default=1)
     newest = max((route.created for route in table.routes if route.created), default=None)
+    return skeleton_text(
+        config,
+        templates,
+        table_id=routes_id(fragments),
+        newest=newest,
+        routes_count=len(table.routes),
+        deployments_count=len(fragments),
+        longest=longest,
+    )
+
+
+def skeleton_text(
+    config: Config,
+    templates: jinja2.Environment,
+    *,
+    table_id: Token,
+    newest: datetime | None,
+    routes_count: int,
+    deployments_count: int,
+    longest: int,
+) -> str:
+    """render_skeleton from the figures it prints (a long-running caller keeps them)."""
     skeleton = _render(
         templates,
         TEMPLATE,
-        table_id=routes_id(fragments),
+        table_id=table_id,
         newest=rfc3339(newest),
-        routes_count=len(table.routes),
-        deployments_count=len(fragments),
+        routes_count=routes_count,
+        deployments_count=deployments_count,
         routes=ROUTES_MARKER,
-        hash=HashSize.for_names(len(table.routes), longest),
+        hash=HashSize.for_names(routes_count, longest),
         domain=config.domain,
         domain_pattern=domain_pattern(config.domain),
         asked_levels=ASKED_LEVELS,

@@ -185,42 +185,58 @@ def _precedence(candidate: Candidate) -> tuple[bool, datetime | None, int, str, 
     )
 
 
+def reserved_hosts(config: Config) -> frozenset[str]:
+    """The hostnames the frontend keeps for itself: the bare domain and reserved_names."""
+    return frozenset(
+        {str(config.domain)} | {f"{name}.{config.domain}" for name in config.reserved_names}
+    )
+
+
 def settle(candidates: Iterable[Candidate], config: Config) -> tuple[list[Route], list[Problem]]:
     """One route per hostname by the collision rule; reserved hostnames refused."""
-    reserved = {str(config.domain)} | {f"{name}.{config.domain}" for name in config.reserved_names}
+    reserved = reserved_hosts(config)
     by_host: dict[str, list[Candidate]] = {}
     for candidate in candidates:
         by_host.setdefault(candidate.route.host, []).append(candidate)
     routes: list[Route] = []
     problems: list[Problem] = []
     for host in sorted(by_host):
-        contenders = by_host[host]
-        if len(contenders) > 1:
-            contenders = sorted(contenders, key=_precedence)
-        if host in reserved:
-            problems.extend(
-                Problem(
-                    loser.key,
-                    "reserved-host",
-                    f"asks for {host}, which the frontend keeps for itself (the bare "
-                    "domain and reserved_names); rename the branch or service",
-                )
-                for loser in contenders
-            )
-            continue
-        winner, *losers = contenders
-        routes.append(winner.route)
-        problems.extend(
+        winner, lost = settle_host(host, by_host[host], reserved)
+        if winner is not None:
+            routes.append(winner)
+        problems.extend(lost)
+    return routes, problems
+
+
+def settle_host(
+    host: str, contenders: list[Candidate], reserved: frozenset[str]
+) -> tuple[Route | None, list[Problem]]:
+    """The route that keeps `host` (None if it is reserved) and the problems of the others.
+
+    The order of `contenders` does not matter: the collision rule orders them completely."""
+    if len(contenders) > 1:
+        contenders = sorted(contenders, key=_precedence)
+    if host in reserved:
+        return None, [
             Problem(
                 loser.key,
-                "host-collision",
-                f"{_describe(loser.route)} lands on {host}, which belongs to "
-                f"{_describe(winner.route)} ({_why(winner.route, loser.route)}); this route "
-                "is dropped: rename the branch or service",
+                "reserved-host",
+                f"asks for {host}, which the frontend keeps for itself (the bare "
+                "domain and reserved_names); rename the branch or service",
             )
-            for loser in losers
+            for loser in contenders
+        ]
+    winner, *losers = contenders
+    return winner.route, [
+        Problem(
+            loser.key,
+            "host-collision",
+            f"{_describe(loser.route)} lands on {host}, which belongs to "
+            f"{_describe(winner.route)} ({_why(winner.route, loser.route)}); this route "
+            "is dropped: rename the branch or service",
         )
-    return routes, problems
+        for loser in losers
+    ]
 
 
 def _why(winner: Route, loser: Route) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import yaml
@@ -149,10 +149,21 @@ def snapshot_id(data: Mapping[str, Any], deployments: Mapping[str, str] | None =
     """
     if deployments is None:
         deployments = {name: canonical(value) for name, value in data["deployment"].items()}
+    return snapshot_id_of(
+        data, [deployment_part(name, deployments[name]) for name in sorted(deployments)]
+    )
+
+
+def deployment_part(name: str, text: str) -> bytes:
+    """What snapshot_id hashes for one deployment: its name's length first (no name can pass
+    for another), the name, its canonical JSON."""
+    return f"{len(name)}:".encode("ascii") + name.encode("utf-8", "surrogatepass") + text.encode()
+
+
+def snapshot_id_of(data: Mapping[str, Any], parts: Iterable[bytes]) -> str:
+    """snapshot_id from every deployment's deployment_part, in the order of their names."""
     digest = hashlib.sha256(
         canonical({k: v for k, v in data.items() if k != "deployment"}).encode("ascii")
     )
-    for name in sorted(deployments):  # the length first: no name can pass for another
-        digest.update(f"{len(name)}:".encode("ascii") + name.encode("utf-8", "surrogatepass"))
-        digest.update(deployments[name].encode("ascii"))
+    digest.update(b"".join(parts))
     return "sha256:" + digest.hexdigest()[:16]
