@@ -33,9 +33,8 @@ class Rendered:
     fragments: tuple[tuple[Fragment, frozenset[tuple[str, str]]], ...]
 
 
-# A non-string JSON value (number, true, false) begins right after one of these in canonical
-# JSON; a deployment whose text has none holds only objects, lists, strings and null.
-_NOT_PLAIN = re.compile(r"[:\[,][-0-9tf]")
+# Canonical JSON of objects, lists, strings and null only (no number, true or false).
+_PLAIN = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[{}\[\]:,]|null)*')
 
 
 class _Work(NamedTuple):
@@ -108,7 +107,7 @@ class Pipeline:
             part = deployment_part(name, text)
             if kept is not None and kept.part == part:
                 continue
-            plain = _NOT_PLAIN.search(text) is None and text[:1] not in "-0123456789tf"
+            plain = _PLAIN.fullmatch(text) is not None
             asked, problems = self._deployment(name, value)
             changed.append((name, kept, _Work(value, plain, part, asked, problems)))
         added = sum(1 for _, kept, _ in changed if kept is None)
