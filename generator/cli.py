@@ -410,7 +410,11 @@ def _apply(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
         )
         return 0
     written: list[SitePlan] = []
-    result = apply(rendered, config, after=lambda: written.append(writer.apply(rendered.table)))
+    result = apply(
+        rendered,
+        config,
+        after=lambda: written.append(writer.apply(rendered.table, rendered.deployments)),
+    )
     streams.say(
         _describe(result, rendered, config, written[0]),
         **_facts(rendered, "changed" if result.changes else "unchanged"),
@@ -464,7 +468,10 @@ def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
             pages = _site_summary(writer.plan(rendered.table), True)
             return Outcome(rendered, f"dry run: {result.summary()}; {pages}", result.changes, False)
         written: list[SitePlan] = []
-        result = engine.apply(rendered, after=lambda: written.append(writer.apply(rendered.table)))
+        result = engine.apply(
+            rendered,
+            after=lambda: written.append(writer.apply(rendered.table, rendered.deployments)),
+        )
         message = _describe(result, rendered, config, written[0])
         return Outcome(rendered, message, result.changes, result.changes)
 

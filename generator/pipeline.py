@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import jinja2
 
 from .config import Config
-from .model import Problem, Route, RoutingTable
+from .model import Problem, Route, RoutingTable, Token
 from .names import label
 from .render import Fragment, group_of, joined_routes_id, render_group, skeleton_text, splice
 from .routing import Candidate, candidates, reserved_hosts, settle_host
@@ -31,6 +31,9 @@ class Rendered:
     skeleton: str  # text with render.ROUTES_MARKER in place of the deployments' lines
     # each deployment's lines, and the (hostname, target) pairs they must hold
     fragments: tuple[tuple[Fragment, frozenset[tuple[str, str]]], ...]
+    # (label, name) -> the deployment's routes by hostname, the same tuple while they stay the
+    # same (site_apply.SiteWriter compares them by identity); None: not kept
+    deployments: Mapping[tuple[Token, str], tuple[Route, ...]] | None = None
 
 
 # Canonical JSON of objects, lists, strings and null only (no number, true or false).
@@ -48,7 +51,7 @@ class _Work(NamedTuple):
     problems: tuple[Problem, ...]
 
 
-GroupKey = tuple[str, str]  # (deployment label, deployment): the file's order of deployments
+GroupKey = tuple[Token, str]  # (deployment label, deployment): the file's order of deployments
 Fragments = tuple[Fragment, frozenset[tuple[str, str]]]
 
 
@@ -84,6 +87,7 @@ class Pipeline:
         self._problems_changed = False
         self._groups: dict[GroupKey, Fragments] = {}
         self._group_keys: list[GroupKey] = []  # sorted
+        self._group_routes: dict[GroupKey, tuple[Route, ...]] = {}
         self._lengths: dict[int, int] = {}  # hostname length -> routes
         self._created: dict[datetime, int] = {}  # created -> routes
 
@@ -136,7 +140,7 @@ class Pipeline:
                 work[name] = new
             else:
                 del work[name]
-        _update_sorted(self._names, {name for name, _, _ in changed}, work)
+        update_sorted(self._names, {name for name, _, _ in changed}, work)
 
         placed: dict[str, Route] = {}  # new winners
         for settled in hosts:
@@ -151,7 +155,7 @@ class Pipeline:
                 self._groups.pop(key, None)
             else:
                 self._groups[key] = fragment
-        _update_sorted(self._group_keys, keys.keys(), self._groups)
+        update_sorted(self._group_keys, keys.keys(), self._groups)
 
         if self._problems_changed:
             self._problems = tuple(sorted(self._problem_counts))
@@ -169,7 +173,8 @@ class Pipeline:
             longest=max(self._lengths, default=1),
         )
         identity = snapshot_id_of(snapshot, [work[name].part for name in self._names])
-        return Rendered(identity, table, splice(skeleton, [joined]), skeleton, fragments)
+        text = splice(skeleton, [joined])
+        return Rendered(identity, table, text, skeleton, fragments, dict(self._group_routes))
 
     def _count(self, problems: Iterable[Problem], step: int) -> None:
         counts = self._problem_counts
@@ -229,13 +234,16 @@ class Pipeline:
         work = self._work.get(name)
         key = (label(name), name)
         if work is None:
+            self._group_routes.pop(key, None)
             return {key: None}
         routes = sorted(
             (c.route for c in work.candidates if self._winners.get(c.route.host) is c.route),
             key=_host,
         )
         if not routes:
+            self._group_routes.pop(key, None)
             return {key: None}
+        self._group_routes[key] = tuple(routes)
         group = group_of(routes)
         lines = render_group(group, self._templates)
         return {key: (lines, frozenset((host, target) for host, target, _ in group[2]))}
@@ -262,7 +270,7 @@ def _step(counts: dict[Any, int], key: Any, step: int) -> None:
         del counts[key]
 
 
-def _update_sorted(items: list[Any], touched: Iterable[Any], present: Mapping[Any, Any]) -> None:
+def update_sorted(items: list[Any], touched: Iterable[Any], present: Mapping[Any, Any]) -> None:
     """Keep `items` the sorted keys of `present`, after the keys `touched` came or went."""
     touched = list(touched)
     if len(touched) * 16 > len(items) + 64:  # many: sorting all is cheaper than inserting

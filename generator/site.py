@@ -18,7 +18,7 @@ nginx environment (render.py) prints only Tokens and ints, and the two never mix
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -116,37 +116,60 @@ def listings(table: RoutingTable) -> tuple[Listing, ...]:
     is listed on its own. A problem belongs to the deployment whose key starts its key; those of
     deployments that route nothing are in the table's problems only.
     """
-    by_deployment: dict[tuple[Token, str], list[Route]] = {}
+    by_deployment = deployment_routes(table)
+    owned = owners(table.problems, key_paths(by_deployment))
+    return tuple(
+        listing(key, routes, owned.get(key, ())) for key, routes in sorted(by_deployment.items())
+    )
+
+
+DeploymentKey = tuple[Token, str]  # (label, name): the order of the config file and the index
+
+
+def deployment_routes(table: RoutingTable) -> dict[DeploymentKey, tuple[Route, ...]]:
+    """Each deployment's routes, by hostname."""
+    by_deployment: dict[DeploymentKey, list[Route]] = {}
     for route in table.routes:
         by_deployment.setdefault((route.deployment_label, route.deployment), []).append(route)
-    problems: dict[tuple[Token, str], list[Problem]] = {}
-    if table.problems:
-        keys = {key_path("deployment", name): (label, name) for label, name in by_deployment}
-        for problem in table.problems:
-            owner = _owner(problem.key, keys)
-            if owner is not None:
-                problems.setdefault(owner, []).append(problem)
-    found = []
-    for (label, name), routes in sorted(by_deployment.items()):
-        created = routes[0].created
-        default = None
-        services = []
-        for route in routes:
-            if route.kind is RouteKind.DEFAULT:
-                default = Link(route.service, route.host)
-            else:
-                services.append(Link(route.service, route.host))
-        found.append(
-            Listing(
-                name=name,
-                label=label,
-                created=None if created is None else f"{created:%Y-%m-%dT%H:%M:%SZ}",
-                default=default,
-                services=tuple(services),
-                problems=tuple(problems.get((label, name), ())),
-            )
-        )
-    return tuple(found)
+    return {key: tuple(routes) for key, routes in by_deployment.items()}
+
+
+def key_paths(keys: Iterable[DeploymentKey]) -> dict[str, DeploymentKey]:
+    """Each deployment's registry key -> the deployment."""
+    return {key_path("deployment", name): (label, name) for label, name in keys}
+
+
+def owners(
+    problems: Iterable[Problem], paths: Mapping[str, DeploymentKey]
+) -> dict[DeploymentKey, tuple[Problem, ...]]:
+    """The problems of each listed deployment (see listings)."""
+    found: dict[DeploymentKey, list[Problem]] = {}
+    for problem in problems:
+        owner = _owner(problem.key, paths)
+        if owner is not None:
+            found.setdefault(owner, []).append(problem)
+    return {key: tuple(owned) for key, owned in found.items()}
+
+
+def listing(key: DeploymentKey, routes: Sequence[Route], problems: tuple[Problem, ...]) -> Listing:
+    """One deployment as listed, from its routes (by hostname) and its problems."""
+    label, name = key
+    created = routes[0].created
+    default = None
+    services = []
+    for route in routes:
+        if route.kind is RouteKind.DEFAULT:
+            default = Link(route.service, route.host)
+        else:
+            services.append(Link(route.service, route.host))
+    return Listing(
+        name=name,
+        label=label,
+        created=None if created is None else f"{created:%Y-%m-%dT%H:%M:%SZ}",
+        default=default,
+        services=tuple(services),
+        problems=problems,
+    )
 
 
 def _owner(key: str, keys: Mapping[str, tuple[Token, str]]) -> tuple[Token, str] | None:
@@ -223,24 +246,43 @@ class Renderer:
 
     def __call__(self, page: Page) -> bytes:
         if page.kind is PageKind.DOCUMENT:
-            return self._document(page)
-        values: dict[str, Any] = {}
+            return document_text(document(page, self.config)).encode("ascii")
         if page.kind is PageKind.INDEX:
             kept, self._rows = self._rows, {}
             for listing in page.listings:
-                self._rows[listing] = kept.get(listing) or Markup(
-                    self._render(INDEX_ROW, listing=listing)
-                )
-            values["rows"] = Markup("").join(self._rows[listing] for listing in page.listings)
-        text = self._render(
-            page.kind.value, listings=page.listings, problems=page.problems, routes=page.routes,
-            **values,
-        )  # fmt: skip
+                self._rows[listing] = kept.get(listing) or self.row(listing)
+            rows = [self._rows[listing] for listing in page.listings]
+            return self.index(page.listings, rows, page.problems, page.routes)
+        return self.page(page)
+
+    def row(self, listing: Listing) -> Markup:
+        """One deployment's row of the index."""
+        return Markup(self._render(INDEX_ROW, listing=listing))
+
+    def index(
+        self,
+        listings: Sequence[Listing],
+        rows: Iterable[Markup],
+        problems: Sequence[Problem],
+        routes: int,
+    ) -> bytes:
+        """index.html from each listing's row (see row)."""
+        return self.page(
+            Page(PageKind.INDEX, (), tuple(problems), routes),
+            listings=listings,
+            rows=Markup("").join(rows),
+        )
+
+    def page(self, page: Page, **values: Any) -> bytes:
+        values.setdefault("listings", page.listings)
+        text = self._render(page.kind.value, problems=page.problems, routes=page.routes, **values)
         # a lone surrogate becomes a character reference the browser shows as a replacement sign
         return text.encode("utf-8", "xmlcharrefreplace")
 
-    def _document(self, page: Page) -> bytes:
-        return document_text(document(page, self.config)).encode("ascii")
+    def document(self, lines: Sequence[str], problems: Sequence[Problem]) -> bytes:
+        """deployments.json from each listing's document_line."""
+        value = document(Page(PageKind.DOCUMENT, (), tuple(problems)), self.config)
+        return document_text(value, {"deployments": lines}).encode("ascii")
 
     def _render(self, name: str, **values: Any) -> str:
         try:
@@ -254,17 +296,26 @@ class Renderer:
             raise UsageError(f"template {name}{where}: {error.message}") from None
 
 
-def document_text(value: dict[str, Any]) -> str:
+def document_line(listing: Listing) -> str:
+    """One deployment's line in deployments.json."""
+    return json.dumps(listing.as_json())
+
+
+def document_text(value: dict[str, Any], dumped: Mapping[str, Sequence[str]] | None = None) -> str:
     """deployments.json as text: one deployment, and one problem, per line (greppable, and
     json's C encoder writes each line: fast at any size). ASCII escapes: a name with a lone
-    surrogate (JSON "\\ud800") still makes valid JSON."""
+    surrogate (JSON "\\ud800") still makes valid JSON. `dumped` holds lists whose entries are
+    dumped already (the deployments, by a writer that keeps them)."""
     lines = []
     for key, item in value.items():
-        if isinstance(item, list) and item:
-            entries = ",\n".join(f"    {json.dumps(entry)}" for entry in item)
-            lines.append(f"  {json.dumps(key)}: [\n{entries}\n  ]")
+        entries = None if dumped is None else dumped.get(key)
+        if entries is None and isinstance(item, list):
+            entries = [json.dumps(entry) for entry in item]
+        if entries:
+            joined = ",\n".join(f"    {entry}" for entry in entries)
+            lines.append(f"  {json.dumps(key)}: [\n{joined}\n  ]")
         else:
-            lines.append(f"  {json.dumps(key)}: {json.dumps(item)}")
+            lines.append(f"  {json.dumps(key)}: {json.dumps([] if entries is not None else item)}")
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 

@@ -12,20 +12,39 @@ short differs from its page, so the next apply rewrites it.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup
 
 from .config import Config
 from .errors import ApplyError
-from .model import RoutingTable
-from .pipeline import no_gc
-from .site import NOT_FOUND_DIR, Page, Renderer, pages
+from .model import Problem, Route, RoutingTable
+from .pipeline import no_gc, update_sorted
+from .site import (
+    DOCUMENT,
+    INDEX,
+    NOT_FOUND,
+    NOT_FOUND_DIR,
+    DeploymentKey,
+    Listing,
+    Page,
+    PageKind,
+    Renderer,
+    deployment_routes,
+    document_line,
+    key_paths,
+    listing,
+    owners,
+    pages,
+)
+from .validate import key_path
 
 FILE_MODE = 0o644  # nginx's workers run as another user
 
@@ -46,40 +65,81 @@ class SitePlan:
 
 
 class SiteWriter:
-    """Writes the site folder config.site_dir; keep one for as long as the process runs."""
+    """Writes the site folder config.site_dir; keep one for as long as the process runs.
+
+    It keeps, per deployment, its routes as last written (compared by identity: the pipeline
+    keeps a deployment's routes while they stay the same), its listing, its row of the index
+    and its line of deployments.json, and a digest of each file written; an apply renders the
+    pages of the deployments that changed, and the index and deployments.json from the kept
+    rows and lines. A fresh writer is the cold run: the same code with every deployment new.
+    """
 
     def __init__(self, config: Config, templates: jinja2.Environment) -> None:
         self.config = config
         self.folder = Path(config.site_dir)
         self._render = Renderer(config, templates)
-        # relative path -> (the page, a digest of its bytes), as last written; None until the
-        # first apply, which compares with the files in the folder instead
-        self._known: dict[str, tuple[Page, bytes]] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        # relative path -> a digest of its bytes, as last written; None until the first apply,
+        # which compares with the files in the folder instead
+        self._known: dict[str, bytes] | None = None
+        self._routes: Mapping[DeploymentKey, tuple[Route, ...]] = {}
+        self._paths: dict[str, DeploymentKey] = {}  # registry key -> deployment
+        self._owned: dict[DeploymentKey, tuple[Problem, ...]] = {}
+        self._problems: tuple[Problem, ...] | None = None
+        self._listed: dict[DeploymentKey, Listing] = {}
+        self._rows: dict[DeploymentKey, Markup] = {}
+        self._lines: dict[DeploymentKey, str] = {}
+        self._keys: list[DeploymentKey] = []  # sorted
+        self._count: int | None = None  # routes
 
     def plan(self, table: RoutingTable) -> SitePlan:
         """What apply would write and remove (a dry run: nothing is written)."""
         try:
             with no_gc():
                 wanted = pages(table)
-                changed, _ = self._compare(wanted)
-            stale = self._stale(wanted)
+                changed = []
+                for path, page in wanted.items():
+                    data = self._render(page)
+                    if self._known is not None:
+                        same = self._known.get(path) == _digest(data)
+                    else:
+                        same = _read(self.folder / path) == data
+                    if not same:
+                        changed.append(path)
+            if self._known is not None:
+                stale = sorted(self._known.keys() - wanted.keys())
+            else:
+                stale = self._in_folder(wanted.keys())
         except OSError as error:
             raise ApplyError(f"cannot read the site in {self.folder}: {_reason(error)}") from None
-        return SitePlan(tuple(path for path, _ in changed), tuple(stale))
+        return SitePlan(tuple(changed), tuple(stale))
 
-    def apply(self, table: RoutingTable) -> SitePlan:
-        """Write the pages of `table` that changed and remove stale ones, or raise ApplyError."""
+    def apply(
+        self,
+        table: RoutingTable,
+        routes: Mapping[DeploymentKey, tuple[Route, ...]] | None = None,
+    ) -> SitePlan:
+        """Write the pages of `table` that changed and remove stale ones, or raise ApplyError.
+
+        `routes` is site.deployment_routes(table), from a caller that keeps it (the pipeline)."""
         try:
             with no_gc():  # many small objects, no cycles (see pipeline.no_gc)
-                wanted = pages(table)
+                try:
+                    wanted, gone = self._update(table, routes)
+                except BaseException:  # e.g. a template fails: what is kept may be half new
+                    self._reset()  # so the next apply starts cold, from the folder
+                    raise
                 changed, known = self._compare(wanted)
-            stale = self._stale(wanted)
+            stale = self._stale(gone)
             self._known = None  # until every write is done: a failure means "read the folder"
             (self.folder / NOT_FOUND_DIR).mkdir(parents=True, exist_ok=True)
             for path, data in changed:
                 _replace(self.folder / path, data)
             for path in stale:
                 (self.folder / path).unlink(missing_ok=True)
+                known.pop(path, None)
         except OSError as error:
             raise ApplyError(
                 f"cannot write the site in {self.folder}: {_reason(error)}; the "
@@ -88,34 +148,107 @@ class SiteWriter:
         self._known = known
         return SitePlan(tuple(path for path, _ in changed), tuple(stale))
 
-    def _compare(
-        self, wanted: Mapping[str, Page]
-    ) -> tuple[list[tuple[str, bytes]], dict[str, tuple[Page, bytes]]]:
-        """The files whose bytes differ from what is in place, with their bytes; and what
-        every file is made of once they are written."""
-        changed: list[tuple[str, bytes]] = []
-        known: dict[str, tuple[Page, bytes]] = {}
-        for path, page in wanted.items():
-            kept = None if self._known is None else self._known.get(path)
-            if kept is not None and kept[0] == page:
-                known[path] = kept  # made of the same page: the same bytes, not rendered again
+    def _update(
+        self, table: RoutingTable, routes: Mapping[DeploymentKey, tuple[Route, ...]] | None
+    ) -> tuple[dict[str, bytes], set[str]]:
+        """Take in `table`: the pages that may have changed, with their bytes, and the paths
+        of the pages that went (every page when nothing is known of what was written)."""
+        if routes is None:
+            routes = deployment_routes(table)
+        kept = self._routes
+        touched = [key for key, value in routes.items() if kept.get(key) is not value]
+        added = [key for key in touched if key not in kept]
+        removed = []
+        if len(kept) + len(added) > len(routes):
+            removed = [key for key in kept.keys() - routes.keys()]
+        self._routes = routes
+        for key in removed:
+            del self._paths[key_path("deployment", key[1])]
+        self._paths.update(key_paths(added))
+        dirty = {*touched, *removed}
+        if added or removed or table.problems is not self._problems:
+            owned = owners(table.problems, self._paths)
+            dirty.update(
+                key
+                for key in owned.keys() | self._owned.keys()
+                if owned.get(key) != self._owned.get(key)
+            )
+            self._owned = owned
+        problems_changed = self._problems != table.problems
+        self._problems = table.problems
+
+        labels: set[str] = set()
+        for key in dirty:
+            value = routes.get(key)
+            if value is None:
+                if self._listed.pop(key, None) is not None:
+                    del self._rows[key], self._lines[key]
+                    labels.add(key[0])
                 continue
-            data = self._render(page)
-            digest = _digest(data)
-            known[path] = (page, digest)
-            if kept is not None:
-                same = kept[1] == digest
+            listed = listing(key, value, self._owned.get(key, ()))
+            if self._listed.get(key) != listed:
+                self._listed[key] = listed
+                self._rows[key] = self._render.row(listed)
+                self._lines[key] = document_line(listed)
+                labels.add(key[0])
+        update_sorted(self._keys, dirty, self._listed)
+
+        count = len(table.routes)
+        everything = self._known is None
+        wanted: dict[str, bytes] = {}
+        if everything or labels or problems_changed or count != self._count:
+            ordered = [self._listed[key] for key in self._keys]
+            wanted[INDEX] = self._render.index(
+                ordered, [self._rows[key] for key in self._keys], table.problems, count
+            )
+            wanted[DOCUMENT] = self._render.document(
+                [self._lines[key] for key in self._keys], table.problems
+            )
+        self._count = count
+        if everything:
+            wanted[NOT_FOUND] = self._render(Page(PageKind.NOT_FOUND, ()))
+            labels = {key[0] for key in self._keys}
+        gone = set()
+        for name in labels:
+            at = bisect.bisect_left(self._keys, (name, ""))
+            group = []
+            while at < len(self._keys) and self._keys[at][0] == name:
+                group.append(self._listed[self._keys[at]])
+                at += 1
+            path = f"{NOT_FOUND_DIR}/{name}.html"
+            if group:
+                wanted[path] = self._render(Page(PageKind.NOT_FOUND, tuple(group)))
             else:
-                same = self._known is None and _read(self.folder / path) == data
+                gone.add(path)
+        return wanted, gone
+
+    def _compare(
+        self, wanted: Mapping[str, bytes]
+    ) -> tuple[list[tuple[str, bytes]], dict[str, bytes]]:
+        """The files whose bytes differ from what is in place, with their bytes; and the digest
+        of every file once they are written."""
+        changed: list[tuple[str, bytes]] = []
+        known = dict(self._known or {})
+        for path, data in sorted(wanted.items()):
+            digest = _digest(data)
+            if self._known is not None:
+                same = self._known.get(path) == digest
+            else:
+                same = _read(self.folder / path) == data
+            known[path] = digest
             if not same:
                 changed.append((path, data))
         return changed, known
 
-    def _stale(self, wanted: Mapping[str, Page]) -> list[str]:
-        """Pages in place that `wanted` does not hold: only files of our own layout, never
+    def _stale(self, gone: Iterable[str]) -> list[str]:
+        """Pages in place that are no longer wanted: only files of our own layout, never
         anything else someone keeps in the folder."""
         if self._known is not None:
-            return sorted(self._known.keys() - wanted.keys())
+            return sorted(path for path in gone if path in self._known)
+        return self._in_folder({f"{NOT_FOUND_DIR}/{key[0]}.html" for key in self._keys})
+
+    def _in_folder(self, wanted: Container[str]) -> list[str]:
+        """The pages in the folder that `wanted` does not hold."""
         try:
             names = sorted(entry.name for entry in os.scandir(self.folder / NOT_FOUND_DIR))
         except FileNotFoundError:

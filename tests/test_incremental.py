@@ -8,6 +8,9 @@ cold one does.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,17 +18,19 @@ import strategies
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from generator import resources
+from generator import resources, site
 from generator.apply import checked_text
 from generator.config import resolve
 from generator.errors import InternalError
 from generator.incremental import Engine
 from generator.pipeline import Rendered, build
 from generator.render import Fragment, environment
+from generator.site_apply import SiteWriter
 
 CONFIG = resolve(resources.schema("config"), {"domain": "dev.test", "allow_loopback": True}, {})
 TEMPLATES = environment([resources.data_dir("templates")])
 SCHEMA = resources.schema("snapshot")
+SITE_TEMPLATES = site.environment([resources.data_dir("templates")])
 
 # One registry edit: (what, branch, service, value). Edits that collide, half-write, remove and
 # re-add are all in here, since those are the paths where kept work could go stale.
@@ -76,17 +81,31 @@ def test_warm_builds_are_byte_for_byte_the_cold_build(
 ) -> None:
     engine = Engine(CONFIG, SCHEMA, TEMPLATES)
     snapshot = start
-    for step in [None, *steps]:
-        if step is not None:
-            snapshot = edited(snapshot, step)
-        warm = engine.build(snapshot)
-        cold = build(snapshot, CONFIG, SCHEMA, TEMPLATES)
-        assert warm.text == cold.text
-        assert warm.table == cold.table
-        assert warm.snapshot_id == cold.snapshot_id
-        assert warm.skeleton == cold.skeleton and warm.fragments == cold.fragments
-        engine.check(warm)  # the warm gate, parsing only what changed, passes like the cold
-        assert checked_text(cold, CONFIG) == cold.text
+    with tempfile.TemporaryDirectory() as folder:
+        config = dataclasses.replace(CONFIG, site_dir=folder)
+        writer = SiteWriter(config, SITE_TEMPLATES)  # kept, as the watcher keeps it
+        for step in [None, *steps]:
+            if step is not None:
+                snapshot = edited(snapshot, step)
+            warm = engine.build(snapshot)
+            cold = build(snapshot, CONFIG, SCHEMA, TEMPLATES)
+            assert warm.text == cold.text
+            assert warm.table == cold.table
+            assert warm.snapshot_id == cold.snapshot_id
+            assert warm.skeleton == cold.skeleton and warm.fragments == cold.fragments
+            engine.check(warm)  # the warm gate, parsing only what changed, passes like the cold
+            assert checked_text(cold, CONFIG) == cold.text
+            # the site the kept writer leaves in the folder is the one a cold run renders
+            writer.apply(warm.table, warm.deployments)
+            assert _files(Path(folder)) == site.render_site(cold.table, config, SITE_TEMPLATES)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in folder.rglob("*")
+        if path.is_file()
+    }
 
 
 def test_the_warm_check_still_catches_a_changed_fragment() -> None:

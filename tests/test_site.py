@@ -15,7 +15,7 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from generator.apply import checked_text
 from generator.cli import main
 from generator.config import Config, resolve
 from generator.errors import InternalError
-from generator.model import RoutingTable
+from generator.model import Problem, RoutingTable
 from generator.pipeline import Rendered, build
 from generator.render import environment
 from generator.resources import data_dir, schema
@@ -555,13 +555,19 @@ def test_a_kept_writer_renders_only_what_changed(tmp_path: Path) -> None:
     writer = SiteWriter(config, site_templates())
     writer.apply(table_of(data, config).table)
     rendered: list[site.PageKind] = []
-    original = writer._render
+    renderer = writer._render
+    page, document = renderer.page, renderer.document
 
-    def counting(page: site.Page) -> bytes:
-        rendered.append(page.kind)
-        return original(page)
+    def counting(made: site.Page, **values: Any) -> bytes:
+        rendered.append(made.kind)
+        return page(made, **values)
 
-    writer._render = counting  # type: ignore[assignment]
+    def counting_document(lines: Sequence[str], problems: Sequence[Problem]) -> bytes:
+        rendered.append(site.PageKind.DOCUMENT)
+        return document(lines, problems)
+
+    renderer.page = counting  # type: ignore[method-assign]
+    renderer.document = counting_document  # type: ignore[method-assign]
     assert writer.apply(table_of(data, config).table).changes is False
     assert rendered == []
     data["deployment"]["master"]["created"] = "2026-11-21T09:00:00Z"
