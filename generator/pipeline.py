@@ -125,7 +125,7 @@ class Pipeline:
             if old is not None:
                 self._count(old.problems, -1)
                 for candidate in old.candidates:
-                    host = candidate.route.host
+                    host = candidate.host
                     hosts.add(host)
                     others = [c for c in self._contenders[host] if c is not candidate]
                     if others:
@@ -135,8 +135,8 @@ class Pipeline:
             if new is not None:
                 self._count(new.problems, 1)
                 for candidate in new.candidates:
-                    hosts.add(candidate.route.host)
-                    self._contenders.setdefault(candidate.route.host, []).append(candidate)
+                    hosts.add(candidate.host)
+                    self._contenders.setdefault(candidate.host, []).append(candidate)
                 work[name] = new
             else:
                 del work[name]
@@ -237,7 +237,7 @@ class Pipeline:
             self._group_routes.pop(key, None)
             return {key: None}
         routes = sorted(
-            (c.route for c in work.candidates if self._winners.get(c.route.host) is c.route),
+            (c for c in work.candidates if self._winners.get(c.host) is c),
             key=_host,
         )
         if not routes:

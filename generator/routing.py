@@ -10,10 +10,10 @@ hostname.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from datetime import datetime
-from typing import NamedTuple
 
 from .config import Config
 from .model import (
@@ -30,10 +30,15 @@ from .model import (
 from .names import hostname, label
 from .validate import key_path, show
 
+# A route some deployment asks for, before collisions with other deployments.
+Candidate = Route
 
-class Candidate(NamedTuple):
-    route: Route
-    key: str  # where a problem about this route points
+
+def where(route: Route) -> str:
+    """The registry key a problem about this route points at."""
+    if route.kind is RouteKind.DEFAULT:
+        return key_path("deployment", route.deployment)
+    return key_path("deployment", route.deployment, "service", route.service)
 
 
 _LINK_LOCAL = "is link-local (where cloud metadata services answer)"
@@ -55,6 +60,22 @@ ALWAYS_REFUSED: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str],
     )
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+# A network as the integers `address in network` compares: (version, network, netmask).
+Masked = tuple[int, int, int]
+
+
+@functools.lru_cache(maxsize=16)
+def _masks(
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+) -> tuple[Masked, ...]:
+    return tuple(
+        (network.version, int(network.network_address), int(network.netmask))
+        for network in networks
+    )
+
+
+_REFUSED = _masks(tuple(network for network, _ in ALWAYS_REFUSED))
 
 
 def _hosts(address: Address) -> list[Address]:
@@ -80,17 +101,19 @@ def guard(ip: str, port: str, config: Config) -> Upstream | str:
     # An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is that IPv4 host: judge and route it as such.
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
+    allowed = _masks(config.allowed_networks)
     for host in _hosts(address):
-        for network, why in ALWAYS_REFUSED:
-            if host in network:
-                return f"{why}: always refused"
-        if host.is_loopback:
+        version, value = host.version, int(host)
+        for (network_version, network, mask), why in zip(_REFUSED, ALWAYS_REFUSED, strict=True):
+            if version == network_version and value & mask == network:
+                return f"{why[1]}: always refused"
+        if value >> 24 == 127 if version == 4 else value == 1:  # loopback
             if config.allow_loopback:
                 continue
             return "is loopback: refused unless allow_loopback is set (local use and tests only)"
-        if not any(host in network for network in config.allowed_networks):
-            allowed = ", ".join(str(network) for network in config.allowed_networks) or "none"
-            return f"is outside the allowed networks ({allowed}): refused; see allowed_networks"
+        if not any(v == version and value & mask == network for v, network, mask in allowed):
+            named = ", ".join(str(network) for network in config.allowed_networks) or "none"
+            return f"is outside the allowed networks ({named}): refused; see allowed_networks"
     return Upstream(address, int(port))
 
 
@@ -116,12 +139,11 @@ def candidates(deployment: Deployment, config: Config) -> tuple[list[Candidate],
     problems: list[Problem] = []
     upstreams: dict[str, Upstream] = {}
     for service in deployment.services:
-        where = key_path("deployment", deployment.name, "service", service.name)
         upstream = guard(service.ip, service.port, config)
         if isinstance(upstream, str):
             problems.append(
                 Problem(
-                    where,
+                    key_path("deployment", deployment.name, "service", service.name),
                     "refused-upstream",
                     f"upstream {_address(service.ip, service.port)} {upstream}; "
                     "the service is skipped",
@@ -130,18 +152,15 @@ def candidates(deployment: Deployment, config: Config) -> tuple[list[Candidate],
             continue
         upstreams[service.name] = upstream
         host = hostname(deployment.name, service.name, config.domain)
-        found.append(
-            Candidate(_route(host, deployment, service, upstream, RouteKind.SERVICE), where)
-        )
+        found.append(_route(host, deployment, service, upstream, RouteKind.SERVICE))
 
     default = _default_service(deployment, config)
-    where = key_path("deployment", deployment.name)
     waiting = config.default_service in deployment.registered  # its own problem says why
     if default is None and deployment.services and not waiting:
         names = ", ".join(show(name) for name in deployment.registered)
         problems.append(
             Problem(
-                where,
+                key_path("deployment", deployment.name),
                 "no-default-service",
                 f"has no default entry point {hostname(deployment.name, None, config.domain)}: no "
                 f"service named {show(config.default_service)} among {names}; register one "
@@ -150,11 +169,7 @@ def candidates(deployment: Deployment, config: Config) -> tuple[list[Candidate],
         )
     elif default is not None and default.name in upstreams:
         host = hostname(deployment.name, None, config.domain)
-        found.append(
-            Candidate(
-                _route(host, deployment, default, upstreams[default.name], RouteKind.DEFAULT), where
-            )
-        )
+        found.append(_route(host, deployment, default, upstreams[default.name], RouteKind.DEFAULT))
     return found, problems
 
 
@@ -173,8 +188,7 @@ def _route(
     )
 
 
-def _precedence(candidate: Candidate) -> tuple[bool, datetime | None, int, str, str]:
-    route = candidate.route
+def _precedence(route: Candidate) -> tuple[bool, datetime | None, int, str, str]:
     created = route.created
     return (
         created is None,
@@ -197,7 +211,7 @@ def settle(candidates: Iterable[Candidate], config: Config) -> tuple[list[Route]
     reserved = reserved_hosts(config)
     by_host: dict[str, list[Candidate]] = {}
     for candidate in candidates:
-        by_host.setdefault(candidate.route.host, []).append(candidate)
+        by_host.setdefault(candidate.host, []).append(candidate)
     routes: list[Route] = []
     problems: list[Problem] = []
     for host in sorted(by_host):
@@ -219,7 +233,7 @@ def settle_host(
     if host in reserved:
         return None, [
             Problem(
-                loser.key,
+                where(loser),
                 "reserved-host",
                 f"asks for {host}, which the frontend keeps for itself (the bare "
                 "domain and reserved_names); rename the branch or service",
@@ -227,12 +241,12 @@ def settle_host(
             for loser in contenders
         ]
     winner, *losers = contenders
-    return winner.route, [
+    return winner, [
         Problem(
-            loser.key,
+            where(loser),
             "host-collision",
-            f"{_describe(loser.route)} lands on {host}, which belongs to "
-            f"{_describe(winner.route)} ({_why(winner.route, loser.route)}); this route "
+            f"{_describe(loser)} lands on {host}, which belongs to "
+            f"{_describe(winner)} ({_why(winner, loser)}); this route "
             "is dropped: rename the branch or service",
         )
         for loser in losers

@@ -372,7 +372,7 @@ def assert_collisions_settled(
     contenders: dict[str, list[routing.Candidate]] = {}
     for deployment in deployments:
         for candidate in routing.candidates(deployment, config)[0]:
-            contenders.setdefault(candidate.route.host, []).append(candidate)
+            contenders.setdefault(candidate.host, []).append(candidate)
     reserved = {str(config.domain)} | {f"{name}.{config.domain}" for name in config.reserved_names}
     routes = list(table.routes)
     assert {route.host for route in routes} == set(contenders) - reserved
@@ -381,22 +381,22 @@ def assert_collisions_settled(
         surviving = [route for route in routes if route.host == host]
         if host in reserved:
             assert not surviving, f"reserved {host} routes"
-            assert all((c.key, "reserved-host") in problems for c in group)
+            assert all((routing.where(c), "reserved-host") in problems for c in group)
             continue
         assert len(surviving) == 1, f"{host}: {len(surviving)} routes survive"
         winner = surviving[0]
-        assert winner in [candidate.route for candidate in group], f"{host}: unknown winner"
-        oldest = min(group, key=lambda c: _precedence(c.route)).route
+        assert winner in group, f"{host}: unknown winner"
+        oldest = min(group, key=_precedence)
         if winner.created is not None:
-            assert all(
-                c.route.created is None or winner.created <= c.route.created for c in group
-            ), f"{host}: {winner.deployment} is not the oldest"
+            assert all(c.created is None or winner.created <= c.created for c in group), (
+                f"{host}: {winner.deployment} is not the oldest"
+            )
         else:
-            assert all(c.route.created is None for c in group), f"{host}: None beat a time"
+            assert all(c.created is None for c in group), f"{host}: None beat a time"
         assert winner == oldest, f"{host}: {winner.deployment} won, {oldest.deployment} should"
         for loser in group:
-            if loser.route != winner:
-                assert (loser.key, "host-collision") in problems, f"{loser.key} not reported"
+            if loser != winner:
+                assert (routing.where(loser), "host-collision") in problems, f"{loser} not reported"
 
 
 # --- property 8: nginx
