@@ -10,12 +10,11 @@ hostname.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from collections.abc import Iterable
 from datetime import datetime
 
-from .config import Config
+from .config import Config, Network
 from .model import (
     Address,
     Deployment,
@@ -65,16 +64,18 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 Masked = tuple[int, int, int]
 
 
-@functools.lru_cache(maxsize=16)
-def _masks(
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
-) -> tuple[Masked, ...]:
-    return tuple(
-        (network.version, int(network.network_address), int(network.netmask))
-        for network in networks
-    )
+def _masks(networks: tuple[Network, ...]) -> tuple[Masked, ...]:
+    """The networks as integers; the last answer is kept (by identity: hashing networks is slow)."""
+    if _last_masks[0] is not networks:
+        masks = tuple(
+            (network.version, int(network.network_address), int(network.netmask))
+            for network in networks
+        )
+        _last_masks[:] = [networks, masks]
+    return _last_masks[1]  # type: ignore[return-value]
 
 
+_last_masks: list[object] = [None, ()]
 _REFUSED = _masks(tuple(network for network, _ in ALWAYS_REFUSED))
 
 
