@@ -192,23 +192,32 @@ class Pipeline:
     def _settle(self, host: str, dirty: set[str], placed: dict[str, Route]) -> None:
         """Settle one hostname again; the deployments of its old and new winner are dirty."""
         contenders = self._contenders.get(host)
-        winner, lost = settle_host(host, contenders, self._reserved) if contenders else (None, [])
-        self._count(self._lost.pop(host, ()), -1)
+        winner: Route | None
+        lost: list[Problem]
+        if contenders is None:
+            winner, lost = None, []
+        elif len(contenders) == 1 and host not in self._reserved:
+            winner, lost = contenders[0], []  # the common case, as settle_host would have it
+        else:
+            winner, lost = settle_host(host, contenders, self._reserved)
+        if host in self._lost:
+            self._count(self._lost.pop(host), -1)
         if lost:
             self._lost[host] = lost
             self._count(lost, 1)
         old = self._winners.pop(host, None)
+        lengths, created = self._lengths, self._created
         if old is not None:
             dirty.add(old.deployment)
-            _step(self._lengths, len(host), -1)
+            _step(lengths, len(host), -1)
             if old.created is not None:
-                _step(self._created, old.created, -1)
+                _step(created, old.created, -1)
         if winner is not None:
             dirty.add(winner.deployment)
             self._winners[host] = placed[host] = winner
-            _step(self._lengths, len(host), 1)
+            lengths[len(host)] = lengths.get(len(host), 0) + 1
             if winner.created is not None:
-                _step(self._created, winner.created, 1)
+                created[winner.created] = created.get(winner.created, 0) + 1
 
     def _place(self, hosts: set[str], placed: dict[str, Route]) -> None:
         """The sorted hostnames and routes after `hosts` were settled again."""
