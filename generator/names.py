@@ -37,13 +37,25 @@ def short_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_LENGTH]
 
 
-@functools.lru_cache(maxsize=1 << 17)
 def label(*names: str) -> Token:
     """The DNS label for the joined slugs of `names`, shortened with a hash suffix when too long.
 
     A name with no usable character (all symbols, or all non-ASCII) still gets a stable label: the
     hash of the raw name.
     """
+    if len(names) == 1:
+        return _single_label(names[0])
+    return _label(names)
+
+
+# A branch's label is asked for by each of its routes; a (branch, service) pair's only once per
+# change of the deployment (the pipeline keeps its routes), so only single names are cached.
+@functools.lru_cache(maxsize=1 << 16)
+def _single_label(name: str) -> Token:
+    return _label((name,))
+
+
+def _label(names: tuple[str, ...]) -> Token:
     parts = [slug(name) or f"x{short_hash(name)}" for name in names]
     joined = "-".join(parts)
     if len(joined) > MAX_LABEL:
