@@ -77,7 +77,9 @@ class Pipeline:
     def _reset(self) -> None:
         self._work: dict[str, _Work] = {}
         self._names: list[str] = []  # sorted
-        self._contenders: dict[str, list[Candidate]] = {}  # hostname -> who asks for it
+        # hostname -> who asks for it: one candidate, or a list of two or more (few: a list
+        # for each of 100,000 hostnames would cost 7 MB)
+        self._contenders: dict[str, Candidate | list[Candidate]] = {}
         self._winners: dict[str, Route] = {}
         self._lost: dict[str, list[Problem]] = {}  # hostname -> its losers' problems
         self._hosts: list[str] = []  # sorted, the winners' hostnames
@@ -127,16 +129,23 @@ class Pipeline:
                 for candidate in old.candidates:
                     host = candidate.host
                     hosts.add(host)
-                    others = [c for c in self._contenders[host] if c is not candidate]
-                    if others:
-                        self._contenders[host] = others
-                    else:
+                    asking = self._contenders[host]
+                    if not isinstance(asking, list):
                         del self._contenders[host]
+                        continue
+                    others = [c for c in asking if c is not candidate]
+                    self._contenders[host] = others if len(others) > 1 else others[0]
             if new is not None:
                 self._count(new.problems, 1)
                 for candidate in new.candidates:
                     hosts.add(candidate.host)
-                    self._contenders.setdefault(candidate.host, []).append(candidate)
+                    present = self._contenders.get(candidate.host)
+                    if present is None:
+                        self._contenders[candidate.host] = candidate
+                    elif isinstance(present, list):
+                        present.append(candidate)
+                    else:
+                        self._contenders[candidate.host] = [present, candidate]
                 work[name] = new
             else:
                 del work[name]
@@ -196,10 +205,12 @@ class Pipeline:
         lost: list[Problem]
         if contenders is None:
             winner, lost = None, []
-        elif len(contenders) == 1 and host not in self._reserved:
-            winner, lost = contenders[0], []  # the common case, as settle_host would have it
-        else:
+        elif isinstance(contenders, list):
             winner, lost = settle_host(host, contenders, self._reserved)
+        elif host not in self._reserved:
+            winner, lost = contenders, []  # the common case, as settle_host would have it
+        else:
+            winner, lost = settle_host(host, [contenders], self._reserved)
         if host in self._lost:
             self._count(self._lost.pop(host), -1)
         if lost:
