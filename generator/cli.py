@@ -18,7 +18,7 @@ from . import __version__, register, site
 from .apply import apply, checked_text, plan
 from .config import ENV_PREFIX, Config, resolve
 from .errors import Error, UsageError
-from .incremental import Engine
+from .incremental import Engine, release_free_memory
 from .model import RoutingTable
 from .names import hostname, label
 from .observe import Outcome, problem_fields
@@ -473,6 +473,7 @@ def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
             after=lambda: written.append(writer.apply(rendered.table, rendered.deployments)),
         )
         message = _describe(result, rendered, config, written[0])
+        release_free_memory()  # what this apply's checks and writes needed is free again
         return Outcome(rendered, message, result.changes, result.changes)
 
     timing = Timing(config.quiet_period, config.max_wait, config.resync_interval)
