@@ -14,7 +14,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from .check import check, check_fragments, routes_in
 from .config import Config
 from .errors import ApplyError, CheckError, InternalError, UsageError
 from .nginx import Wrapper, run_command
-from .pipeline import Plan, Rendered, make_plan, no_gc, removal_refusal
+from .pipeline import Plan, Rendered, make_plan, no_gc, plan_between, removal_refusal
 from .render import ROUTES_MARKER
 
 NEW_FILE_MODE = 0o644
@@ -126,24 +126,20 @@ def _require_tls_files(config: Config) -> None:
             ) from None
 
 
-def current_routes(
-    target: Path, current: str | None, scratch: Path, known: Known | None = None
-) -> dict[str, str]:
-    """The routes of the file in place: from `known` when that is the text we wrote last, else
-    read back by crossplane ({} if it is not one of ours)."""
+def current_routes(target: Path, current: str | None, scratch: Path) -> dict[str, str]:
+    """The routes of the file in place, read back by crossplane ({} if it is not one of ours)."""
     if current is None:
         return {}
-    if known is not None and known[0] == current:
-        return dict(known[1])
     scratch.mkdir()
     wrapper = Wrapper(scratch, target)
     wrapper.write()
     return routes_in(wrapper.parse(), str(target)) or {}
 
 
-# The text of a file we wrote and its routes (hostname -> target), so that a watcher need not
-# parse its own last file back to learn what an apply removes.
-Known = tuple[str, Mapping[str, str]]
+# What a long-running caller applied last, so that it need not parse its own last file back to
+# learn what an apply removes: when the file in place is still its text, the plan is the change
+# between the two (pipeline.plan_between).
+Known = Rendered
 
 
 def checked_text(rendered: Rendered, config: Config, checker: Checker | None = None) -> str:
@@ -175,8 +171,8 @@ def apply(
 ) -> Plan:
     """Install `rendered` at config.output and reload nginx, or raise with the old file intact.
 
-    A long-running caller passes the same `checker` every time and, as `known`, the text and
-    routes of what it applied last. `after` runs under the same lock once the file in place is
+    A long-running caller passes the same `checker` every time and, as `known`, what it
+    applied last. `after` runs under the same lock once the file in place is
     the rendered one (installed, or there already): the site is written from the same routing
     table, and two applies never interleave their pages.
     """
@@ -221,9 +217,11 @@ def _checked_plan(
     """What dry run and apply share: both gates on the staged file, the plan against the file
     in place, and the safety threshold."""
     gate(rendered, config, staged, scratch, checker or Checker())
-    target = Path(config.output)
-    routes = current_routes(target, current, scratch / "current", known)
-    result = make_plan(current, routes, rendered)
+    if known is not None and current is not None and known.text == current:
+        result = plan_between(known, rendered)
+    else:
+        routes = current_routes(Path(config.output), current, scratch / "current")
+        result = make_plan(current, routes, rendered)
     refusal = removal_refusal(result, config)
     if refusal:
         raise CheckError(refusal + refused_suffix)

@@ -26,7 +26,7 @@ class Engine:
         self.config = config
         self.build = Pipeline(config, snapshot_schema, templates)
         self._checker = Checker()
-        self._known: Known | None = None  # what the last apply installed, and its routes
+        self._known: Known | None = None  # what the last apply installed
 
     def check(self, rendered: Rendered) -> None:
         """The crossplane gate (no nginx); raises like apply would."""
@@ -38,8 +38,7 @@ class Engine:
     def apply(self, rendered: Rendered, after: Callable[[], object] | None = None) -> Plan:
         """apply.apply, remembering what it installed; `after` as there (the site)."""
         result = apply(rendered, self.config, self._checker, self._known, after)
-        routes = {str(route.host): str(route.target) for route in rendered.table.routes}
-        self._known = (rendered.text, routes)
+        self._known = rendered
         return result
 
 

@@ -380,6 +380,28 @@ def make_plan(current: str | None, current_routes: Mapping[str, str], rendered: 
     )
 
 
+def plan_between(installed: Rendered, rendered: Rendered) -> Plan:
+    """make_plan for `rendered` over the file of `installed`, from the deployments whose routes
+    changed (a deployment whose routes tuple is the same object has the same routes)."""
+    before, after = installed.deployments, rendered.deployments
+    if before is None or after is None:
+        routes = {str(route.host): str(route.target) for route in installed.table.routes}
+        return make_plan(installed.text, routes, rendered)
+    keys = [key for key, routes in after.items() if before.get(key) is not routes]
+    if len(before) + sum(1 for key in keys if key not in before) > len(after):  # some went
+        keys.extend(before.keys() - after.keys())
+    old = {route.host: route.target for key in keys for route in before.get(key, ())}
+    new = {route.host: route.target for key in keys for route in after.get(key, ())}
+    return Plan(
+        current=installed.text,
+        new=rendered.text,
+        current_routes=len(installed.table.routes),
+        added=tuple(sorted(new.keys() - old.keys())),
+        removed=tuple(sorted(old.keys() - new.keys())),
+        changed=tuple(sorted(host for host in new.keys() & old.keys() if new[host] != old[host])),
+    )
+
+
 def removal_refusal(plan: Plan, config: Config) -> str | None:
     """Why the safety threshold refuses this plan, or None."""
     if config.force or plan.current_routes <= config.removal_guard_min_routes:

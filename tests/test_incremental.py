@@ -23,7 +23,7 @@ from generator.apply import checked_text
 from generator.config import resolve
 from generator.errors import InternalError
 from generator.incremental import Engine, release_free_memory
-from generator.pipeline import Rendered, build
+from generator.pipeline import Rendered, build, make_plan, plan_between
 from generator.render import Fragment, environment
 from generator.site_apply import SiteWriter
 
@@ -84,6 +84,7 @@ def test_warm_builds_are_byte_for_byte_the_cold_build(
     with tempfile.TemporaryDirectory() as folder:
         config = dataclasses.replace(CONFIG, site_dir=folder)
         writer = SiteWriter(config, SITE_TEMPLATES)  # kept, as the watcher keeps it
+        previous: Rendered | None = None
         for step in [None, *steps]:
             if step is not None:
                 snapshot = edited(snapshot, step)
@@ -98,6 +99,10 @@ def test_warm_builds_are_byte_for_byte_the_cold_build(
             # the site the kept writer leaves in the folder is the one a cold run renders
             writer.apply(warm.table, warm.deployments)
             assert _files(Path(folder)) == site.render_site(cold.table, config, SITE_TEMPLATES)
+            if previous is not None:  # the plan from what changed is the plan from all routes
+                routes = {str(route.host): str(route.target) for route in previous.table.routes}
+                assert plan_between(previous, warm) == make_plan(previous.text, routes, warm)
+            previous = warm
 
 
 def _files(folder: Path) -> dict[str, bytes]:
