@@ -10,11 +10,13 @@ put back byte for byte and nothing is reloaded: nginx keeps serving the routes i
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -59,20 +61,64 @@ class Checker:
             (text, dict(wanted)) for text, wanted in keys if (text, wanted) not in self._passed
         ]
         if unchecked:
-            lines = ["map $host $devtest_route {\n", "    hostnames;\n"]
-            spans = []
-            for text, wanted in unchecked:
-                first = len(lines) + 1
-                lines.extend(text.splitlines(keepends=True))
-                spans.append((first, len(lines), wanted))
-            lines.append("}\n")
-            routes = scratch / "routes"
-            failures += check_fragments(
-                _parse(routes, "".join(lines)), str(routes / "included.conf"), spans
-            )
+            failures += _check_in_parts(scratch, unchecked)
         if failures:
             _refuse(failures, config)
         self._passed = set(keys)
+
+
+# Unchecked lines longer than this (in characters) are parsed in two processes at once when
+# this process may fork (no other thread): crossplane's lexer reads a character at a time, and
+# a cold 100,000-route file is 8 MB of it. Each part is a real crossplane parse, as one is.
+PARALLEL_FROM = 200_000
+
+Unchecked = Sequence[tuple[str, dict[str, str]]]
+
+
+def _check_in_parts(scratch: Path, unchecked: Unchecked) -> list[str]:
+    """check_fragments over `unchecked`, in two processes when it is long (see PARALLEL_FROM)."""
+    size = sum(len(text) for text, _ in unchecked)
+    if size < PARALLEL_FROM or threading.active_count() > 1 or not hasattr(os, "fork"):
+        return _check_part(scratch / "routes", unchecked)
+    half, middle = 0, 0
+    while middle < len(unchecked) and half < size // 2:
+        half += len(unchecked[middle][0])
+        middle += 1
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        status = 1
+        try:
+            os.close(read)
+            found = _check_part(scratch / "routes-2", unchecked[middle:])
+            with os.fdopen(write, "w", encoding="utf-8") as pipe:
+                json.dump(found, pipe)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    try:
+        failures = _check_part(scratch / "routes-1", unchecked[:middle])
+    finally:
+        with os.fdopen(read, encoding="utf-8") as pipe:
+            answer = pipe.read()
+        _, status = os.waitpid(child, 0)
+    if status != 0:
+        raise InternalError("the process checking half of the routes failed; nothing was changed")
+    second: list[str] = json.loads(answer)
+    return failures + second
+
+
+def _check_part(folder: Path, unchecked: Unchecked) -> list[str]:
+    """crossplane's parse of deployments' lines inside one hostname map, checked."""
+    lines = ["map $host $devtest_route {\n", "    hostnames;\n"]
+    spans = []
+    for text, wanted in unchecked:
+        first = len(lines) + 1
+        lines.extend(text.splitlines(keepends=True))
+        spans.append((first, len(lines), wanted))
+    lines.append("}\n")
+    return check_fragments(_parse(folder, "".join(lines)), str(folder / "included.conf"), spans)
 
 
 def _parse(folder: Path, text: str) -> dict[str, Any]:

@@ -18,8 +18,8 @@ import strategies
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from generator import resources, site
-from generator.apply import checked_text
+from generator import apply, resources, site
+from generator.apply import Checker, checked_text
 from generator.config import resolve
 from generator.errors import InternalError
 from generator.incremental import Engine, release_free_memory
@@ -163,3 +163,31 @@ def test_free_heap_pages_go_back_to_the_system() -> None:
     blocks = [bytearray(100_000) for _ in range(400)]
     del blocks[:-1]
     assert release_free_memory() is True
+
+
+@pytest.mark.parametrize("forged_at", [None, 0, -1])
+def test_long_lines_are_parsed_in_two_processes_and_either_one_refuses(
+    forged_at: int | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snapshot = {
+        "deployment": {
+            f"b{n}": {"service": {"web": {"ip": "127.0.0.1", "port": str(8000 + n)}}}
+            for n in range(40)
+        }
+    }
+    rendered = build(snapshot, CONFIG, SCHEMA, TEMPLATES)
+    fragments = list(rendered.fragments)
+    if forged_at is not None:  # a forged fragment in the first half, or in the second
+        text, wanted = fragments[forged_at]
+        fragments[forged_at] = (Fragment(text.replace("127.0.0.1:80", "127.0.0.1:99")), wanted)
+    forged = dataclasses.replace(rendered, fragments=tuple(fragments))
+    monkeypatch.setattr(apply, "PARALLEL_FROM", 0)
+    checker = Checker()
+    if forged_at is None:
+        checker(forged, CONFIG, tmp_path)
+    else:
+        with pytest.raises(InternalError, match="maps to"):
+            checker(forged, CONFIG, tmp_path)
+    # both halves were parsed, each in its own folder (the second by the forked process)
+    assert (tmp_path / "routes-1" / "included.conf").is_file()
+    assert (tmp_path / "routes-2" / "included.conf").is_file()
