@@ -63,9 +63,6 @@ class Pipeline:
     the hostnames it asks for, the lines of the deployments whose routes those decide, and
     the counts the rest of the file prints. A fresh Pipeline is the cold run: the same code
     with every deployment new, so the bytes are the same whether work was kept or not.
-
-    A snapshot is data: once built, it is not changed in place (the watcher reads a new one for
-    every apply); a deployment is compared with the one kept from an earlier snapshot.
     """
 
     def __init__(
@@ -110,8 +107,8 @@ class Pipeline:
         work = self._work
         for name, value in deployments.items():
             kept = work.get(name)
-            if kept is not None and kept.plain and kept.value is not value and kept.value == value:
-                continue  # (the same object may have been changed in place: compared below)
+            if kept is not None and kept.plain and kept.value == value:
+                continue
             text = canonical(value)
             part = deployment_part(name, text)
             if kept is not None and kept.part == part:

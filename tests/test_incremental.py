@@ -191,11 +191,3 @@ def test_long_lines_are_parsed_in_two_processes_and_either_one_refuses(
     # both halves were parsed, each in its own folder (the second by the forked process)
     assert (tmp_path / "routes-1" / "included.conf").is_file()
     assert (tmp_path / "routes-2" / "included.conf").is_file()
-
-
-def test_a_deployment_changed_in_place_is_built_again() -> None:
-    snapshot = {"deployment": {"b": {"service": {"web": {"ip": "127.0.0.1", "port": "8001"}}}}}
-    engine = Engine(CONFIG, SCHEMA, TEMPLATES)
-    engine.build(snapshot)
-    snapshot["deployment"]["b"]["service"]["web"]["port"] = "8002"  # the same object, changed
-    assert engine.build(snapshot).text == build(snapshot, CONFIG, SCHEMA, TEMPLATES).text
