@@ -63,6 +63,10 @@ class Pipeline:
     the hostnames it asks for, the lines of the deployments whose routes those decide, and
     the counts the rest of the file prints. A fresh Pipeline is the cold run: the same code
     with every deployment new, so the bytes are the same whether work was kept or not.
+
+    A snapshot is data: once built, it is not changed in place (the watcher reads a new one for
+    every apply). A deployment of strings only is compared with `==` to the one kept from an
+    earlier snapshot, and may be that very object (a snapshot made from another shares them).
     """
 
     def __init__(
