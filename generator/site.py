@@ -270,7 +270,7 @@ class Renderer:
         return self.page(
             Page(PageKind.INDEX, (), tuple(problems), routes),
             listings=listings,
-            rows=Markup("").join(rows),
+            rows=Markup("".join(rows)),  # each row is Markup: no escaping (nor copy) again
         )
 
     def page(self, page: Page, **values: Any) -> bytes:
