@@ -262,7 +262,8 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--frontend",
         metavar="URL",
-        help="where the frontend answers, e.g. http://dev.example.com (default: http://127.0.0.1)",
+        help="where the frontend answers, e.g. http://dev.example.com (default: "
+        "$DEVTEST_ROUTER_FRONTEND, else http://127.0.0.1)",
     )
     group.add_argument(
         "--timeout",
