@@ -19,7 +19,7 @@ import urllib3
 from urllib3.exceptions import MaxRetryError
 
 from .etcd_shared import MIN_WATCH, describe, first_line, why
-from .keytree import PREFIX, Change, KeyTree
+from .keytree import PREFIX, Change, KeyTree, no_gc
 from .registry import (
     Changes,
     Endpoint,
@@ -171,13 +171,14 @@ class EtcdV2Registry:
             except etcd.EtcdKeyNotFound as error:  # nothing registered yet
                 index = int((error.payload or {}).get("index", 0))
                 return Read({"deployment": {}}, index, KeyTree())
-            try:
-                node = json.loads(response.data)["node"]
-            except (ValueError, KeyError, TypeError) as error:
-                raise RegistryUnavailable(
-                    f"{self.description}: not etcd's answer ({first_line(error)})"
-                ) from None
-            keys = KeyTree(_values(node))
+            with no_gc():
+                try:
+                    node = json.loads(response.data)["node"]
+                except (ValueError, KeyError, TypeError) as error:
+                    raise RegistryUnavailable(
+                        f"{self.description}: not etcd's answer ({first_line(error)})"
+                    ) from None
+                keys = KeyTree(_values(node))
             return Read(keys.snapshot(), int(response.getheader("x-etcd-index") or 0), keys)
 
         return self._call(action)

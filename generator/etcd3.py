@@ -30,7 +30,7 @@ from etcd3gw.exceptions import (
 from etcd3gw.lease import Lease
 
 from .etcd_shared import MIN_WATCH, describe, first_line, why
-from .keytree import PREFIX, Change, KeyTree
+from .keytree import PREFIX, Change, KeyTree, no_gc
 from .registry import (
     Changes,
     Endpoint,
@@ -189,8 +189,9 @@ class EtcdV3Registry:
         def action(client: Etcd3Client) -> Read:
             # Not etcd3gw's get_prefix(): it drops the response header, and with it the
             # revision this snapshot is at, which wait() needs.
-            reply = client.post(client.get_url("/kv/range"), json=_range(f"{PREFIX}/"))
-            keys = KeyTree(_pairs(reply.get("kvs", [])))
+            with no_gc():
+                reply = client.post(client.get_url("/kv/range"), json=_range(f"{PREFIX}/"))
+                keys = KeyTree(_pairs(reply.get("kvs", [])))
             return Read(keys.snapshot(), int(reply["header"]["revision"]), keys)
 
         return self._call(action)

@@ -17,7 +17,7 @@ MIN_WATCH = 0.2
 
 
 def describe(api: str, endpoints: tuple[Endpoint, ...], secure: bool, tls: Tls) -> str:
-    """"etcd v2 at host:port,..." for log lines, once the options are known to fit together."""
+    """ "etcd v2 at host:port,..." for log lines, once the options are known to fit together."""
     if not endpoints:
         raise UsageError(f"registry: etcd {api} needs at least one HOST:PORT")
     description = f"etcd {api} at " + ",".join(f"{e.host}:{e.port}" for e in endpoints)
