@@ -18,7 +18,7 @@ import etcd
 import urllib3
 from urllib3.exceptions import MaxRetryError
 
-from .etcd_shared import MIN_WATCH, describe, first_line, why
+from .etcd_shared import MIN_WATCH, SHORTEST_WATCH, describe, first_line, why
 from .keytree import PREFIX, Change, KeyTree, no_gc
 from .registry import (
     Changes,
@@ -192,13 +192,23 @@ class EtcdV2Registry:
 
         def action(client: Any) -> Changes | None:
             while True:
-                step = min(max(deadline - time.monotonic(), MIN_WATCH), self.timeout)
+                step = min(max(deadline - time.monotonic(), SHORTEST_WATCH), self.timeout)
+                # Connecting gets the whole timeout; only waiting for an event is cut short.
+                limits = urllib3.Timeout(connect=self.timeout, read=step)
                 try:
-                    event = client.watch(PREFIX, index=after + 1, recursive=True, timeout=step)
+                    event = client.watch(PREFIX, index=after + 1, recursive=True, timeout=limits)
                 except etcd.EtcdWatchTimedOut:
                     if time.monotonic() >= deadline:
                         return None
                     continue  # quiet for `self.timeout`: watch again
+                except etcd.EtcdConnectionFailed as error:
+                    # No headers within a wait shorter than MIN_WATCH (a quiet period): not
+                    # yet a member that fails; a longer wait says. python-etcd dropped the
+                    # member from its list meanwhile: build the client again.
+                    if step >= MIN_WATCH or not _read_timed_out(error):
+                        raise
+                    self.close()
+                    return None
                 except (etcd.EtcdEventIndexCleared, etcd.EtcdWatcherCleared):
                     raise HistoryLost(
                         f"{self.description}: events after index {after} were cleared "
@@ -363,6 +373,16 @@ def _remove_empty_dirs(client: Any, directory: str) -> bool:
             if node.key != directory:
                 with contextlib.suppress(etcd.EtcdKeyNotFound, etcd.EtcdDirNotEmpty):
                     client.delete(node.key, dir=True)
+    return False
+
+
+def _read_timed_out(error: BaseException) -> bool:
+    """Whether python-etcd gave up on a member because a read timed out (not a refusal)."""
+    seen: object = error
+    for _ in range(5):
+        if isinstance(seen, urllib3.exceptions.ReadTimeoutError):
+            return True
+        seen = getattr(seen, "cause", None) or getattr(seen, "reason", None)
     return False
 
 

@@ -29,7 +29,7 @@ from etcd3gw.exceptions import (
 )
 from etcd3gw.lease import Lease
 
-from .etcd_shared import MIN_WATCH, describe, first_line, why
+from .etcd_shared import MIN_WATCH, SHORTEST_WATCH, describe, first_line, why
 from .keytree import PREFIX, Change, KeyTree, no_gc
 from .registry import (
     Changes,
@@ -216,7 +216,8 @@ class EtcdV3Registry:
         }
         while True:
             # Each read may wait at most this long; a member quiet for `self.timeout` is asked
-            # again, so that one that stopped answering is noticed.
+            # again, so that one that stopped answering is noticed. Until etcd confirms the
+            # watch (created) at least MIN_WATCH; after that only until the deadline.
             step = min(max(deadline - time.monotonic(), MIN_WATCH), self.timeout)
             created = False
             try:
@@ -252,7 +253,9 @@ class EtcdV3Registry:
                             if "auth token" in reason:
                                 raise _TokenRejected(reason)
                             raise Etcd3Exception(reason, reason)
-                        created = created or bool(result.get("created"))
+                        if result.get("created") and not created:
+                            created = True
+                            _wait_until(response, deadline)
                         events = result.get("events")
                         if events:
                             return _changes(events)
@@ -493,6 +496,16 @@ def _revoke(client: Etcd3Client, lease: int) -> None:
     except Etcd3Exception as error:
         if _grpc_code(error) != _GRPC_NOT_FOUND:
             raise  # not found: expired already, its keys are gone
+
+
+def _wait_until(response: requests.Response, deadline: float) -> None:
+    """Wait for the watch's events only until `deadline` (a burst's quiet period, shorter than
+    the MIN_WATCH given to the request for etcd to confirm it): requests sets one read timeout
+    for a whole request, the socket takes a new one for the reads still to come."""
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        sock.settimeout(max(deadline - time.monotonic(), SHORTEST_WATCH))
 
 
 def _timed_out(error: BaseException) -> bool:
