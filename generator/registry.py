@@ -45,7 +45,7 @@ class HistoryLost(Exception):
 class Read:
     snapshot: dict[str, Any]  # {"deployment": {...}}, as etcdwatch writes it
     index: int  # watch for changes after this (v2 X-Etcd-Index, v3 revision, file mtime in ns)
-    keys: KeyTree | None = None  # the keys read (etcd), for the watcher to apply events to
+    keys: KeyTree | None = None  # the keys read (etcd); the watcher applies later events to them
 
 
 @dataclass(frozen=True, slots=True)
