@@ -216,7 +216,7 @@ def _parser() -> argparse.ArgumentParser:
         "--quiet-period",
         type=float,
         metavar="SECONDS",
-        help="apply once the registry has been quiet this long (default: 0.2)",
+        help="apply once the registry has been quiet this long (default: 0.05)",
     )
     group.add_argument(
         "--max-wait",
