@@ -216,7 +216,7 @@ def _parser() -> argparse.ArgumentParser:
         "--quiet-period",
         type=float,
         metavar="SECONDS",
-        help="apply once the registry has been quiet this long (default: 0.2)",
+        help="apply once the registry has been quiet this long (default: 0.05)",
     )
     group.add_argument(
         "--max-wait",
@@ -262,7 +262,8 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--frontend",
         metavar="URL",
-        help="where the frontend answers, e.g. http://dev.example.com (default: http://127.0.0.1)",
+        help="where the frontend answers, e.g. http://dev.example.com (default: "
+        "$DEVTEST_ROUTER_FRONTEND, else http://127.0.0.1)",
     )
     group.add_argument(
         "--timeout",

@@ -9,24 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import etcd
 import urllib3
 from urllib3.exceptions import MaxRetryError
 
-from .etcd_shared import MIN_WATCH, describe, first_line, why
+from .etcd_shared import MIN_WATCH, SHORTEST_WATCH, describe, first_line, why
+from .keytree import PREFIX, Change, KeyTree, no_gc
 from .registry import (
-    PREFIX,
+    Changes,
     Endpoint,
     Entry,
     HistoryLost,
     Read,
     RegistryUnavailable,
     Tls,
-    build_snapshot,
 )
 
 T = TypeVar("T")
@@ -162,27 +163,52 @@ class EtcdV2Registry:
         def action(client: Any) -> Read:
             try:
                 # Not quorum=true: during an election a quorum read hangs until the timeout;
-                # the watch is served by the member alone anyway.
-                result = client.read(PREFIX, recursive=True)
+                # the watch is served by the member alone anyway. Not client.read(): its
+                # result objects cost more than the request at 100,000 routes.
+                response = client.api_execute(
+                    client.key_endpoint + PREFIX, client._MGET, params={"recursive": "true"}
+                )
             except etcd.EtcdKeyNotFound as error:  # nothing registered yet
-                return Read({"deployment": {}}, int((error.payload or {}).get("index", 0)))
-            pairs = [(node.key, None if node.dir else node.value) for node in result.leaves]
-            return Read(build_snapshot(pairs), int(result.etcd_index))
+                index = int((error.payload or {}).get("index", 0))
+                return Read({"deployment": {}}, index, KeyTree())
+            with no_gc():
+                try:
+                    node = json.loads(response.data)["node"]
+                except (ValueError, KeyError, TypeError) as error:
+                    raise RegistryUnavailable(
+                        f"{self.description}: not etcd's answer ({first_line(error)})"
+                    ) from None
+                keys = KeyTree(_values(node))
+            return Read(keys.snapshot(), int(response.getheader("x-etcd-index") or 0), keys)
 
         return self._call(action)
 
     def wait(self, after: int, timeout: float) -> int | None:
+        changes = self.watch(after, timeout)
+        return None if changes is None else changes.index
+
+    def watch(self, after: int, timeout: float) -> Changes | None:
         deadline = time.monotonic() + timeout
 
-        def action(client: Any) -> int | None:
+        def action(client: Any) -> Changes | None:
             while True:
-                step = min(max(deadline - time.monotonic(), MIN_WATCH), self.timeout)
+                step = min(max(deadline - time.monotonic(), SHORTEST_WATCH), self.timeout)
+                # Connecting gets the whole timeout; only waiting for an event is cut short.
+                limits = urllib3.Timeout(connect=self.timeout, read=step)
                 try:
-                    event = client.watch(PREFIX, index=after + 1, recursive=True, timeout=step)
+                    event = client.watch(PREFIX, index=after + 1, recursive=True, timeout=limits)
                 except etcd.EtcdWatchTimedOut:
                     if time.monotonic() >= deadline:
                         return None
                     continue  # quiet for `self.timeout`: watch again
+                except etcd.EtcdConnectionFailed as error:
+                    # No headers within a wait shorter than MIN_WATCH (a quiet period): not
+                    # yet a member that fails; a longer wait says. python-etcd dropped the
+                    # member from its list meanwhile: build the client again.
+                    if step >= MIN_WATCH or not _read_timed_out(error):
+                        raise
+                    self.close()
+                    return None
                 except (etcd.EtcdEventIndexCleared, etcd.EtcdWatcherCleared):
                     raise HistoryLost(
                         f"{self.description}: events after index {after} were cleared "
@@ -190,7 +216,7 @@ class EtcdV2Registry:
                     ) from None
                 except etcd.EtcdClusterIdChanged:
                     raise HistoryLost(f"{self.description}: another etcd cluster") from None
-                return int(event.modifiedIndex)
+                return Changes(int(event.modifiedIndex), _change(event))
 
         return self._call(action)
 
@@ -281,6 +307,40 @@ class EtcdV2Registry:
             client.http.clear()
 
 
+def _values(node: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(key, value) of every key under a node of a recursive read (directories left out)."""
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        if current.get("dir"):
+            pending.extend(current.get("nodes", ()))
+        elif "value" in current:
+            yield current["key"], current["value"]
+
+
+_WRITES = frozenset({"set", "create", "update", "compareAndSwap"})
+_REMOVALS = frozenset({"delete", "compareAndDelete", "expire"})
+
+
+def _change(event: Any) -> tuple[Change, ...] | None:
+    """What a v2 watch event changed; None if it is not of a shape expected (read it all).
+
+    A removed node takes everything under it (a directory deleted or expired); a written key
+    has a value. A directory created (or set over a key: v2 replaces it) is empty; one updated
+    only had its TTL changed, and keeps its keys.
+    """
+    key, action = event.key, event.action
+    if not isinstance(key, str):
+        return None
+    if action in _REMOVALS or (event.dir and action in ("set", "create")):
+        return (Change(key, None, subtree=True),)
+    if event.dir and action == "update":
+        return ()
+    if action in _WRITES and not event.dir and isinstance(event.value, str):
+        return (Change(key, event.value),)
+    return None
+
+
 def _has_values(client: Any, directory: str) -> bool:
     """Whether any key with a value is under `directory` (not only empty directories)."""
     try:
@@ -313,6 +373,16 @@ def _remove_empty_dirs(client: Any, directory: str) -> bool:
             if node.key != directory:
                 with contextlib.suppress(etcd.EtcdKeyNotFound, etcd.EtcdDirNotEmpty):
                     client.delete(node.key, dir=True)
+    return False
+
+
+def _read_timed_out(error: BaseException) -> bool:
+    """Whether python-etcd gave up on a member because a read timed out (not a refusal)."""
+    seen: object = error
+    for _ in range(5):
+        if isinstance(seen, urllib3.exceptions.ReadTimeoutError):
+            return True
+        seen = getattr(seen, "cause", None) or getattr(seen, "reason", None)
     return False
 
 

@@ -12,9 +12,10 @@ range with its header revision, the watch, failover across endpoints and user/pa
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import requests
@@ -28,16 +29,16 @@ from etcd3gw.exceptions import (
 )
 from etcd3gw.lease import Lease
 
-from .etcd_shared import MIN_WATCH, describe, first_line, why
+from .etcd_shared import MIN_WATCH, SHORTEST_WATCH, describe, first_line, why
+from .keytree import PREFIX, Change, KeyTree, no_gc
 from .registry import (
-    PREFIX,
+    Changes,
     Endpoint,
     Entry,
     HistoryLost,
     Read,
     RegistryUnavailable,
     Tls,
-    build_snapshot,
 )
 
 T = TypeVar("T")
@@ -188,18 +189,23 @@ class EtcdV3Registry:
         def action(client: Etcd3Client) -> Read:
             # Not etcd3gw's get_prefix(): it drops the response header, and with it the
             # revision this snapshot is at, which wait() needs.
-            reply = client.post(client.get_url("/kv/range"), json=_range(f"{PREFIX}/"))
-            pairs = [(_text(kv["key"]), _text(kv.get("value", ""))) for kv in reply.get("kvs", [])]
-            return Read(build_snapshot(pairs), int(reply["header"]["revision"]))
+            with no_gc():
+                reply = client.post(client.get_url("/kv/range"), json=_range(f"{PREFIX}/"))
+                keys = KeyTree(_pairs(reply.get("kvs", [])))
+            return Read(keys.snapshot(), int(reply["header"]["revision"]), keys)
 
         return self._call(action)
 
     def wait(self, after: int, timeout: float) -> int | None:
+        changes = self.watch(after, timeout)
+        return None if changes is None else changes.index
+
+    def watch(self, after: int, timeout: float) -> Changes | None:
         deadline = time.monotonic() + timeout
         return self._call(lambda client: self._watch(client, after, deadline))
 
-    def _watch(self, client: Etcd3Client, after: int, deadline: float) -> int | None:
-        """The revision of the first change after `after`, None at the deadline.
+    def _watch(self, client: Etcd3Client, after: int, deadline: float) -> Changes | None:
+        """The first change after `after` (all events of its revision), None at the deadline.
 
         Not etcd3gw's watch_prefix(): it skips a response with `canceled` (so a compacted
         start revision or a rejected token leaves it waiting forever), its request has no
@@ -210,7 +216,8 @@ class EtcdV3Registry:
         }
         while True:
             # Each read may wait at most this long; a member quiet for `self.timeout` is asked
-            # again, so that one that stopped answering is noticed.
+            # again, so that one that stopped answering is noticed. Until etcd confirms the
+            # watch (created) at least MIN_WATCH; after that only until the deadline.
             step = min(max(deadline - time.monotonic(), MIN_WATCH), self.timeout)
             created = False
             try:
@@ -246,10 +253,12 @@ class EtcdV3Registry:
                             if "auth token" in reason:
                                 raise _TokenRejected(reason)
                             raise Etcd3Exception(reason, reason)
-                        created = created or bool(result.get("created"))
+                        if result.get("created") and not created:
+                            created = True
+                            _wait_until(response, deadline)
                         events = result.get("events")
                         if events:
-                            return max(int(event["kv"]["mod_revision"]) for event in events)
+                            return _changes(events)
                 raise _Unanswered("the watch ended")
             except (requests.ConnectionError, requests.Timeout) as error:
                 if not (created and _timed_out(error)):
@@ -401,6 +410,42 @@ def _text(b64: str) -> str:
     return base64.b64decode(b64).decode("utf-8", errors="replace")
 
 
+def _pairs(kvs: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
+    """(key, value) of a range's key-values, decoded (an empty value is left out by the
+    gateway)."""
+    decode = binascii.a2b_base64
+    for kv in kvs:
+        value = kv.get("value")
+        yield (
+            decode(kv["key"]).decode("utf-8", errors="replace"),
+            decode(value).decode("utf-8", errors="replace") if value else "",
+        )
+
+
+def _changes(events: list[Any]) -> Changes:
+    """A watch response's events (one revision) as changes; changes None (read it all) for an
+    event not of the shape expected. Without a revision the answer is not etcd's."""
+    try:
+        revision = max(int(event["kv"]["mod_revision"]) for event in events)
+    except (KeyError, TypeError, ValueError) as error:
+        raise _Unanswered(f"a watch event without a revision ({first_line(error)})") from None
+    changes: list[Change] = []
+    try:
+        for event in events:
+            kv = event["kv"]
+            key = _text(kv["key"])
+            kind = event.get("type", "PUT")  # the gateway leaves out PUT, the enum's zero
+            if kind == "PUT":
+                changes.append(Change(key, _text(kv["value"]) if kv.get("value") else ""))
+            elif kind == "DELETE":
+                changes.append(Change(key, None))
+            else:
+                return Changes(revision, None)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return Changes(revision, None)
+    return Changes(revision, tuple(changes))
+
+
 def _range(key: str, prefix: bool = True) -> dict[str, str]:
     """{"key": ...} for one key, with "range_end" for every key that starts with `key`."""
     if not prefix:
@@ -451,6 +496,16 @@ def _revoke(client: Etcd3Client, lease: int) -> None:
     except Etcd3Exception as error:
         if _grpc_code(error) != _GRPC_NOT_FOUND:
             raise  # not found: expired already, its keys are gone
+
+
+def _wait_until(response: requests.Response, deadline: float) -> None:
+    """Wait for the watch's events only until `deadline` (a burst's quiet period, shorter than
+    the MIN_WATCH given to the request for etcd to confirm it): requests sets one read timeout
+    for a whole request, the socket takes a new one for the reads still to come."""
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        sock.settimeout(max(deadline - time.monotonic(), SHORTEST_WATCH))
 
 
 def _timed_out(error: BaseException) -> bool:

@@ -11,9 +11,11 @@ import urllib3
 from .errors import UsageError
 from .registry import Endpoint, Tls
 
-# The shortest watch request: a shorter one could time out before etcd's response headers
-# arrive, which would look like a member that does not answer.
+# A watch request that gets no answer at all within this long means a member that does not
+# answer. A shorter one (a burst's quiet period) that times out means only "no change yet".
 MIN_WATCH = 0.2
+# The shortest wait for a change: quiet periods shorter than MIN_WATCH are kept, not rounded up.
+SHORTEST_WATCH = 0.005
 
 
 def describe(api: str, endpoints: tuple[Endpoint, ...], secure: bool, tls: Tls) -> str:

@@ -28,7 +28,7 @@ class Outcome:
 
 class Observer(Protocol):
     def registry_read(self, index: int) -> None:
-        """The registry answered a whole read at `index`."""
+        """The registry answered at `index`: a whole read, or the events up to it."""
 
     def registry_failed(self, error: str) -> None:
         """The registry could not be reached or read (a read or a watch)."""

@@ -633,6 +633,13 @@ def _sidecar(session: Session, address: Address, streams: Streams) -> int:
 def _wrap(session: Session, settings: Settings, address: Address, streams: Streams) -> int:
     command = settings.command
     check = settings.check_port or address.container_port
+    if port_answers(check):  # someone else's server would be registered as CMD's
+        streams.say(
+            f"127.0.0.1:{check} already accepts connections before {command[0]} started: "
+            "another process listens there and would be registered in its place; stop it or "
+            "use another PORT (or --check-port)"
+        )
+        return UsageError.exit_code
     with SignalWaiter((*FORWARDED, signal.SIGCHLD)) as waiter:
         try:
             child = Child(command)

@@ -15,16 +15,18 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from .errors import Error, UsageError
+from .keytree import PREFIX as PREFIX  # re-exported: the backends and tests import them here
+from .keytree import Change, KeyTree
+from .keytree import build_snapshot as build_snapshot
 from .snapshot import loads
 
-PREFIX = "/deployment"
 # Where watch and snapshot look when neither --registry nor REGISTRY_URL names an etcd.
 DEFAULT_REGISTRY = "file:/var/lib/devtest-router/registry.json"
 
@@ -43,6 +45,15 @@ class HistoryLost(Exception):
 class Read:
     snapshot: dict[str, Any]  # {"deployment": {...}}, as etcdwatch writes it
     index: int  # watch for changes after this (v2 X-Etcd-Index, v3 revision, file mtime in ns)
+    keys: KeyTree | None = None  # the keys read (etcd); the watcher applies later events to them
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What a watch saw after some index."""
+
+    index: int  # watch again after this
+    changes: tuple[Change, ...] | None  # in order; None: unknown, read everything again
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +92,9 @@ class Registry(Protocol):
         RegistryUnavailable.
         """
 
+    def watch(self, after: int, timeout: float) -> Changes | None:
+        """As wait(), with what changed: the events of the first change after `after`."""
+
     def register(self, entry: Entry, ttl: int) -> None:
         """Write ip, port and (unless present) created, expiring after `ttl` seconds."""
 
@@ -91,32 +105,6 @@ class Registry(Protocol):
         """Delete the service's keys, and the deployment's when no other service is left."""
 
     def close(self) -> None: ...
-
-
-def build_snapshot(pairs: Iterable[tuple[str, str | None]]) -> dict[str, Any]:
-    """The etcdwatch-shaped snapshot of (key, value) pairs under /deployment.
-
-    A value of None marks a directory. Empty directories are left out: etcd v2 keeps them after
-    their keys expire, and a service directory emptied by its TTL is a service that left, not
-    one half-written. Keys are split on '/': a branch name with '/' registered unslugified
-    nests, as it does in etcd v2.
-    """
-    deployments: dict[str, Any] = {}
-    for key, value in pairs:
-        if value is None or not key.startswith(PREFIX + "/"):
-            continue
-        parts = key[len(PREFIX) :].strip("/").split("/")
-        if not parts[0]:
-            continue
-        node = deployments
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        if not isinstance(node.get(parts[-1]), dict):  # a directory beats a stray leaf
-            node[parts[-1]] = value
-    return {"deployment": deployments}
 
 
 _HOST_PORT = re.compile(
@@ -228,6 +216,11 @@ class FileRegistry:
             if left <= 0:
                 return None
             time.sleep(min(0.05, left))
+
+    def watch(self, after: int, timeout: float) -> Changes | None:
+        """A file says only that it changed: read it again."""
+        stamp = self.wait(after, timeout)
+        return None if stamp is None else Changes(stamp, None)
 
     def _edit(self, change: Any) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

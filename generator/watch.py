@@ -1,7 +1,11 @@
 """The watcher that replaces etcdwatch: read the whole prefix, apply, wait for changes, repeat.
 
-A watch event is only a signal: after a burst settles, the watcher re-reads a consistent
-snapshot at one index and applies it (never an incrementally patched copy). Bursts settle when
+It keeps the keys it read (keytree.KeyTree) and applies the watch's events to them, so a change
+costs what the change is, not what the registry is: the snapshot built from the events is the
+one a full read at the same index would give. It reads everything again when it cannot follow
+the events: at start and after the registry was away, when the history was lost (etcd v2
+cleared the index, v3 compacted), after an event of a shape it does not know, for a registry
+that only says "changed" (a file), and every `resync` seconds. Bursts settle when
 the registry has been quiet for `quiet` seconds, or `max_wait` seconds after the first change at
 the latest, so a steady trickle of writes still gets applied. An unreachable registry never
 means "no services": the last good config stays while the watcher retries with capped backoff.
@@ -18,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import Error
+from .keytree import Change
 from .model import Problem
 from .observe import Observer, Outcome, Unobserved, problem_fields
-from .registry import HistoryLost, Registry
+from .registry import Changes, HistoryLost, Read, Registry
 from .streams import Log
 
 Clock = Callable[[], float]
@@ -32,7 +37,7 @@ IDLE_POLL = 0.5  # longest block in wait(), so a stop request is noticed within 
 class Timing:
     quiet: float = 0.2
     max_wait: float = 2.0
-    resync: float = 300.0  # re-read even without events: a safety net under a silent watch
+    resync: float = 300.0  # read in full at least this often: a safety net under the events
 
 
 def settle(
@@ -67,6 +72,34 @@ def backoff(failures: int) -> float:
     return BACKOFF[min(failures, len(BACKOFF)) - 1]
 
 
+class _Burst:
+    """Registry.watch as settle() wants it (an index or None), keeping the changes seen; a
+    change it cannot follow (or a lost history) marks the burst for a full read."""
+
+    def __init__(self, registry: Registry, first: Changes) -> None:
+        self.registry = registry
+        self.changes: list[Change] = []
+        self.known = True
+        self.add(first)
+
+    def add(self, changes: Changes) -> None:
+        if changes.changes is None:
+            self.known = False
+        elif self.known:
+            self.changes.extend(changes.changes)
+
+    def __call__(self, after: int, timeout: float) -> int | None:
+        try:
+            changes = self.registry.watch(after, timeout)
+        except HistoryLost:
+            self.known = False
+            raise
+        if changes is None:
+            return None
+        self.add(changes)
+        return changes.index
+
+
 class Watcher:
     """Runs until stop() (or SIGTERM/SIGINT when started through run())."""
 
@@ -86,6 +119,7 @@ class Watcher:
         self.stopping = threading.Event()
         self._trouble: str | None = None  # what went wrong last, said once until it changes
         self._problems: tuple[Problem, ...] | None = None
+        self._read_at = time.monotonic()  # when the registry was last read in full
 
     def stop(self) -> None:
         self.stopping.set()
@@ -97,13 +131,16 @@ class Watcher:
             registry=self.registry.description,
         )
         failures = 0
+        read: Read | None = None  # what to apply next; None: read the registry in full
         while not self.stopping.is_set():
             try:
-                index, applied = self._read_and_apply()
+                if read is None:
+                    read = self._read()
+                applied = self._apply(read)
                 # A failed apply is tried again after a backoff even if nothing changes (nginx
                 # may be restarting); otherwise the next read waits for a change or the resync.
                 failures = 0 if applied else failures + 1
-                self._follow(index, self.timing.resync if applied else backoff(failures))
+                read = self._follow(read, self.timing.resync if applied else backoff(failures))
                 continue
             except Error as error:  # unreachable or unreadable registry: nothing is changed
                 self.observer.registry_failed(str(error))
@@ -113,6 +150,7 @@ class Watcher:
                     f"internal error: {type(error).__name__}: {error}; keeping the last good "
                     "config, retrying. This is a bug in devtest-router; please report it"
                 )
+            read = None  # after a failure the kept keys may have missed events: read them all
             failures += 1
             self.stopping.wait(backoff(failures))
         self.log("stopped")
@@ -123,29 +161,38 @@ class Watcher:
             self.log(trouble, "error", registry=self.registry.description)
         self._trouble = trouble
 
-    def _follow(self, index: int, patience: float) -> None:
-        """Wait for changes after `index`; return when a re-read is due: after a settled
-        change, a lost history, `patience` seconds without events, or a stop."""
-        idle_since = time.monotonic()
-        while not self.stopping.is_set():
+    def _follow(self, read: Read, patience: float) -> Read | None:
+        """Wait for changes after `read`; the keys changed by a settled burst of them, or None
+        when a full read is due: the events cannot be followed (a lost history, an unknown
+        event, no keys kept), `patience` seconds without events, the resync, or a stop."""
+        due = min(time.monotonic() + patience, self._read_at + self.timing.resync)
+        while not self.stopping.is_set() and time.monotonic() < due:
             try:
-                changed = self.registry.wait(index, IDLE_POLL)
+                changed = self.registry.watch(read.index, IDLE_POLL)
             except HistoryLost:
                 self.log(
                     "the watch fell behind the registry's history; re-reading it in full",
                     "warning",
-                    registry_index=index,
+                    registry_index=read.index,
                 )
-                return
+                return None
             if changed is not None:
-                settle(self.registry.wait, changed, self.timing)
-                return
-            if time.monotonic() - idle_since >= patience:
-                return
+                burst = _Burst(self.registry, changed)
+                index = settle(burst, changed.index, self.timing)
+                if not burst.known or read.keys is None:
+                    return None
+                read.keys.apply(burst.changes)
+                return Read(read.keys.snapshot(), index, read.keys)
+        return None
 
-    def _read_and_apply(self) -> tuple[int, bool]:
-        """Read the registry and apply it: (the read's index, whether the apply succeeded)."""
+    def _read(self) -> Read:
+        """The whole registry, read at one index."""
         read = self.registry.read()
+        self._read_at = time.monotonic()
+        return read
+
+    def _apply(self, read: Read) -> bool:
+        """Apply what was read (in full or from events): whether the apply succeeded."""
         self.observer.registry_read(read.index)
         if self._trouble is not None:
             self.log(
@@ -167,7 +214,7 @@ class Watcher:
                 "error",
                 registry_index=read.index,
             )
-            return read.index, False
+            return False
         self.observer.applied(outcome, time.monotonic() - started)
         rendered = outcome.rendered
         fields = {"registry_index": read.index, "snapshot": rendered.snapshot_id}
@@ -182,7 +229,7 @@ class Watcher:
             routes=len(rendered.table.routes),
             problems=len(rendered.table.problems),
         )
-        return read.index, True
+        return True
 
 
 def _one_line(error: Exception) -> str:

@@ -756,6 +756,22 @@ def test_wrapper_gives_up_in_one_line_when_the_child_exits_before_listening(
 
 
 @pytest.mark.integration
+def test_wrapper_refuses_a_port_another_process_already_listens_on(
+    run: Any, tmp_path: Path
+) -> None:
+    registry, port = tmp_path / "registry.json", free_port()
+    with socket.create_server((LOOPBACK, port)):  # someone else's server on the port
+        wrapper = run(*wrapper_argv(registry, port, "touch", str(tmp_path / "ran")))
+        assert wrapper.wait() == 2
+    assert not (tmp_path / "ran").exists() and not registry.exists()
+    assert wrapper.err.splitlines()[-1:] == [
+        f"devtest-router: 127.0.0.1:{port} already accepts connections before touch started: "
+        "another process listens there and would be registered in its place; stop it or use "
+        "another PORT (or --check-port)"
+    ]
+
+
+@pytest.mark.integration
 def test_wrapper_cannot_run_a_missing_command(run: Any, tmp_path: Path) -> None:
     wrapper = run(*wrapper_argv(tmp_path / "r.json", free_port(), "no-such-command-here"))
     assert wrapper.wait() == 127

@@ -4,7 +4,7 @@
 # and the container exits non-zero, so the platform restarts it.
 #
 # The watcher takes its settings from the environment as always: REGISTRY_URL,
-# DEVTEST_ROUTER_DOMAIN, DEVTEST_ROUTER_LISTEN, DEVTEST_ROUTER_OUTPUT, ... (devtest-router --help).
+# DEVTEST_ROUTER_DOMAIN, DEVTEST_ROUTER_LISTEN, DEVTEST_ROUTER_OUTPUT, ... (devtest-router watch --help).
 # Every path and binary below can be overridden, so the script also runs outside Docker (the
 # tests run it with a non-root nginx on a loopback port).
 set -euo pipefail
