@@ -85,12 +85,22 @@ def _check_in_parts(scratch: Path, unchecked: Unchecked) -> list[str]:
         half += len(unchecked[middle][0])
         middle += 1
     read, write = os.pipe()
-    child = os.fork()
+    try:
+        child = os.fork()
+    except OSError:  # no process to spare (pids.max, memory): parse it all here instead
+        os.close(read)
+        os.close(write)
+        return _check_part(scratch / "routes", unchecked)
     if child == 0:  # pragma: no cover - the child reports through the pipe
         status = 1
         try:
             os.close(read)
-            found = _check_part(scratch / "routes-2", unchecked[middle:])
+            try:
+                found: list[str] | dict[str, str] = _check_part(
+                    scratch / "routes-2", unchecked[middle:]
+                )
+            except Exception as error:  # its cause goes to the parent, not a traceback here
+                found = {"error": f"{type(error).__name__}: {error}"}
             with os.fdopen(write, "w", encoding="utf-8") as pipe:
                 json.dump(found, pipe)
             status = 0
@@ -103,10 +113,13 @@ def _check_in_parts(scratch: Path, unchecked: Unchecked) -> list[str]:
         with os.fdopen(read, encoding="utf-8") as pipe:
             answer = pipe.read()
         _, status = os.waitpid(child, 0)
-    if status != 0:
-        raise InternalError("the process checking half of the routes failed; nothing was changed")
-    second: list[str] = json.loads(answer)
-    return failures + second
+    second = json.loads(answer) if status == 0 else {"error": f"wait status {status}"}
+    if isinstance(second, dict):
+        raise InternalError(
+            f"the process checking half of the routes failed ({second['error']}); nothing was "
+            "changed"
+        )
+    return failures + list(second)
 
 
 def _check_part(folder: Path, unchecked: Unchecked) -> list[str]:

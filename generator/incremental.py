@@ -55,7 +55,10 @@ def release_free_memory() -> bool:
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+        function = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc
         return None
+    function.argtypes = [ctypes.c_size_t]  # int malloc_trim(size_t pad)
+    function.restype = ctypes.c_int
+    trim: Callable[[int], int] = function
     return trim

@@ -128,11 +128,11 @@ class SiteWriter:
             with no_gc():  # many small objects, no cycles (see pipeline.no_gc)
                 try:
                     wanted, gone = self._update(table, routes)
-                except BaseException:  # e.g. a template fails: what is kept may be half new
-                    self._reset()  # so the next apply starts cold, from the folder
+                    changed, known = self._compare(wanted)
+                    stale = self._stale(gone)
+                except BaseException:  # a template or the folder fails: what is kept may be
+                    self._reset()  # half new, so the next apply starts cold, from the folder
                     raise
-                changed, known = self._compare(wanted)
-            stale = self._stale(gone)
             self._known = None  # until every write is done: a failure means "read the folder"
             (self.folder / NOT_FOUND_DIR).mkdir(parents=True, exist_ok=True)
             for path, data in changed:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -191,3 +193,44 @@ def test_long_lines_are_parsed_in_two_processes_and_either_one_refuses(
     # both halves were parsed, each in its own folder (the second by the forked process)
     assert (tmp_path / "routes-1" / "included.conf").is_file()
     assert (tmp_path / "routes-2" / "included.conf").is_file()
+
+
+def test_without_a_process_to_spare_the_check_runs_in_this_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fork fails with EAGAIN under a container's pids.max (root ignores RLIMIT_NPROC, so the
+    # failure is injected): the check still runs, here, and no pipe descriptor is left open
+    snapshot = {
+        "deployment": {
+            f"b{n}": {"service": {"web": {"ip": "127.0.0.1", "port": str(8000 + n)}}}
+            for n in range(40)
+        }
+    }
+    rendered = build(snapshot, CONFIG, SCHEMA, TEMPLATES)
+
+    def no_fork() -> int:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(apply, "PARALLEL_FROM", 0)
+    monkeypatch.setattr(apply.os, "fork", no_fork)
+    before = len(os.listdir("/proc/self/fd"))
+    Checker()(rendered, CONFIG, tmp_path)
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert (tmp_path / "routes" / "included.conf").is_file()  # parsed in one process
+    assert not (tmp_path / "routes-1").exists()
+
+
+def test_a_failure_in_the_checking_process_names_its_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snapshot = {
+        "deployment": {
+            f"b{n}": {"service": {"web": {"ip": "127.0.0.1", "port": str(8000 + n)}}}
+            for n in range(40)
+        }
+    }
+    rendered = build(snapshot, CONFIG, SCHEMA, TEMPLATES)
+    monkeypatch.setattr(apply, "PARALLEL_FROM", 0)
+    (tmp_path / "routes-2").mkdir()  # the forked process cannot make its folder
+    with pytest.raises(InternalError, match=r"half of the routes failed \(FileExistsError: "):
+        Checker()(rendered, CONFIG, tmp_path)
