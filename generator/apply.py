@@ -24,8 +24,9 @@ from typing import Any
 from .check import check, check_fragments, routes_in
 from .config import Config
 from .errors import ApplyError, CheckError, InternalError, UsageError
+from .memory import no_gc
 from .nginx import Wrapper, run_command
-from .pipeline import Plan, Rendered, make_plan, no_gc, plan_between, removal_refusal
+from .pipeline import Plan, Rendered, make_plan, plan_between, removal_refusal
 from .render import ROUTES_MARKER
 
 NEW_FILE_MODE = 0o644

@@ -18,7 +18,8 @@ from . import __version__, register, site
 from .apply import apply, checked_text, plan
 from .config import ENV_PREFIX, Config, resolve
 from .errors import Error, UsageError
-from .incremental import Engine, release_free_memory
+from .incremental import Engine
+from .memory import release_free_memory
 from .model import RoutingTable
 from .names import hostname, label
 from .observe import Outcome, problem_fields

@@ -19,7 +19,8 @@ import urllib3
 from urllib3.exceptions import MaxRetryError
 
 from .etcd_shared import MIN_WATCH, SHORTEST_WATCH, describe, first_line, why
-from .keytree import PREFIX, Change, KeyTree, no_gc
+from .keytree import PREFIX, Change, KeyTree
+from .memory import no_gc
 from .registry import (
     Changes,
     Endpoint,

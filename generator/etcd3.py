@@ -30,7 +30,8 @@ from etcd3gw.exceptions import (
 from etcd3gw.lease import Lease
 
 from .etcd_shared import MIN_WATCH, SHORTEST_WATCH, describe, first_line, why
-from .keytree import PREFIX, Change, KeyTree, no_gc
+from .keytree import PREFIX, Change, KeyTree
+from .memory import no_gc
 from .registry import (
     Changes,
     Endpoint,

@@ -7,8 +7,6 @@ writes exactly what a cold run writes, every byte of it checked.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,25 +38,3 @@ class Engine:
         result = apply(rendered, self.config, self._checker, self._known, after)
         self._known = rendered
         return result
-
-
-def release_free_memory() -> bool:
-    """Hand the C heap's free pages back to the system (glibc's malloc_trim); True if some were.
-
-    A long-running process that built 100,000 routes once keeps the heap that build needed:
-    freed, but scattered between what is kept, so the system still counts it as the
-    process's own (about 75 MB at 100,000 routes). Elsewhere than glibc this does nothing."""
-    trim = _malloc_trim()
-    return trim is not None and bool(trim(0))
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        function = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-    function.argtypes = [ctypes.c_size_t]  # int malloc_trim(size_t pad)
-    function.restype = ctypes.c_int
-    trim: Callable[[int], int] = function
-    return trim

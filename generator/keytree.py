@@ -9,11 +9,11 @@ build_snapshot would give for the same keys: each group is built by the same rul
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from .memory import no_gc
 
 PREFIX = "/deployment"
 _UNDER = PREFIX + "/"
@@ -27,20 +27,6 @@ class Change:
     key: str
     value: str | None
     subtree: bool = False
-
-
-@contextmanager
-def no_gc() -> Iterator[None]:
-    """Hold the cyclic garbage collector off while decoding and building a full read: hundreds
-    of thousands of small objects and no cycles, and the collections their allocation alone
-    triggers cost as much as the work (as pipeline.no_gc says for the pipeline)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def deployment_of(key: str) -> str | None:

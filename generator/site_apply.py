@@ -25,8 +25,9 @@ from markupsafe import Markup
 
 from .config import Config
 from .errors import ApplyError
+from .memory import no_gc
 from .model import Problem, Route, RoutingTable
-from .pipeline import no_gc, update_sorted
+from .pipeline import update_sorted
 from .site import (
     DOCUMENT,
     INDEX,
@@ -125,7 +126,7 @@ class SiteWriter:
 
         `routes` is site.deployment_routes(table), from a caller that keeps it (the pipeline)."""
         try:
-            with no_gc():  # many small objects, no cycles (see pipeline.no_gc)
+            with no_gc():  # many small objects, no cycles (see memory.no_gc)
                 try:
                     wanted, gone = self._update(table, routes)
                     changed, known = self._compare(wanted)

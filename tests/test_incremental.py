@@ -24,7 +24,8 @@ from generator import apply, resources, site
 from generator.apply import Checker, checked_text
 from generator.config import resolve
 from generator.errors import InternalError
-from generator.incremental import Engine, release_free_memory
+from generator.incremental import Engine
+from generator.memory import release_free_memory
 from generator.pipeline import Rendered, build, make_plan, plan_between
 from generator.render import Fragment, environment
 from generator.site_apply import SiteWriter
