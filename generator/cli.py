@@ -380,7 +380,7 @@ def format_table(table: RoutingTable) -> str:
     for route in table.routes:
         what = "default entry point" if route.kind.value == "default" else "service"
         lines.append(
-            f"  {route.host:<{width}}  ->  {route.upstream}  "
+            f"  {route.host:<{width}}  ->  {route.pool}  "
             f"({route.deployment_label} {route.service_label}, {what})"
         )
     lines.append(f"{len(table.problems)} problems")

@@ -65,12 +65,39 @@ class RouteKind(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Service:
-    """A service entry of the right shape; routing still guards its address (see routing.py)."""
+class Instance:
+    """One container of a service, of the right shape; routing still guards its address.
 
-    name: str  # raw, as registered
+    A service's instances are registered under .../service/<service>/instance/<id>/{ip,port};
+    the seed's layout (.../service/<service>/{ip,port}, written by curl) is the instance
+    whose id is None.
+    """
+
+    id: str | None  # raw, as registered; None: the service's own ip and port keys
     ip: str
     port: str
+
+
+def instance_order(instance: Instance | Member) -> tuple[bool, str]:
+    """Instances in a stable order whatever the registry's: the plain keys first, then by id."""
+    id = instance.id if isinstance(instance, Instance) else instance.instance
+    return (id is not None, id or "")
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A service with its complete instances (sorted by instance_order; at least one)."""
+
+    name: str  # raw, as registered
+    instances: tuple[Instance, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One routed instance of a service: its id and its guarded address."""
+
+    instance: str | None  # None: the service's own ip and port keys
+    upstream: Upstream
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,15 +119,23 @@ class Route:
     service: str  # raw service name as registered
     deployment_label: Token  # DNS label of the branch, as it appears in hostnames and logs
     service_label: Token
-    upstream: Upstream
+    members: tuple[Member, ...]  # the service's routed instances, by instance_order
     kind: RouteKind
     created: datetime | None  # of the deployment; decides collisions
-    # The map value nginx sees: deployment label, service label and upstream, '/'-separated.
+    # Where nginx sends the requests: the address of the one upstream, or the name of the
+    # upstream group that balances over several (render.py prints the group's block).
+    pool: Token
+    # The map value nginx sees: deployment label, service label and pool, '/'-separated.
     target: Token = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
-        target = Token(f"{self.deployment_label}/{self.service_label}/{self.upstream}")
+        target = Token(f"{self.deployment_label}/{self.service_label}/{self.pool}")
         object.__setattr__(self, "target", target)  # made once: the hot path reads it often
+
+    @property
+    def upstreams(self) -> tuple[Upstream, ...]:
+        """The distinct addresses of the members, sorted: the servers of the pool."""
+        return tuple(sorted({member.upstream for member in self.members}))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -108,7 +143,11 @@ class Route:
             "kind": self.kind.value,
             "deployment": self.deployment,
             "service": self.service,
-            "upstream": str(self.upstream),
+            "upstream": str(self.pool),
+            "instances": [
+                {"instance": member.instance, "upstream": str(member.upstream)}
+                for member in self.members
+            ],
             "created": None if self.created is None else f"{self.created:%Y-%m-%dT%H:%M:%SZ}",
         }
 

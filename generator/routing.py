@@ -18,6 +18,8 @@ from .config import Config, Network
 from .model import (
     Address,
     Deployment,
+    Instance,
+    Member,
     Problem,
     Route,
     RouteKind,
@@ -26,7 +28,7 @@ from .model import (
     Token,
     Upstream,
 )
-from .names import hostname, label
+from .names import hostname, label, short_hash
 from .validate import key_path, show
 
 # A route some deployment asks for, before collisions with other deployments.
@@ -134,26 +136,71 @@ def _default_service(deployment: Deployment, config: Config) -> Service | None:
     return None
 
 
+def instance_key(deployment: str, service: str, instance: str | None) -> str:
+    """The registry key of one instance: its directory, or the service's for the plain keys."""
+    if instance is None:
+        return key_path("deployment", deployment, "service", service)
+    return key_path("deployment", deployment, "service", service, "instance", instance)
+
+
+def pool(deployment: str, service: str, members: tuple[Member, ...]) -> Token:
+    """Where a service's requests go: its one address, or the name of the upstream group
+    that balances over its several. The name is the service's hostname label and a hash of
+    the raw names (two branches can share a label), the same while the service lives, so an
+    instance that comes or goes changes the group's servers, not the hostname map."""
+    upstreams = {member.upstream for member in members}
+    if len(upstreams) == 1:
+        return Token(next(iter(upstreams)).text)
+    return Token(
+        f"{label(deployment, service)}--{short_hash(f'{len(deployment)}:{deployment}{service}')}"
+    )
+
+
+def members(
+    deployment: Deployment, service: Service, config: Config
+) -> tuple[tuple[Member, ...], list[Problem]]:
+    """The instances of `service` whose addresses pass the guard, and a problem for each other."""
+    passed: list[Member] = []
+    problems: list[Problem] = []
+    for instance in service.instances:
+        upstream = guard(instance.ip, instance.port, config)
+        if isinstance(upstream, str):
+            problems.append(_refused(deployment, service, instance, upstream))
+        else:
+            passed.append(Member(instance.id, upstream))
+    if passed and problems:  # the service routes: only the refused instances are skipped
+        problems = [
+            Problem(p.key, p.code, p.message.replace(_SERVICE_SKIPPED, _INSTANCE_SKIPPED))
+            for p in problems
+        ]
+    return tuple(passed), problems
+
+
+_SERVICE_SKIPPED = "the service is skipped"
+_INSTANCE_SKIPPED = "the instance is skipped; the service's other instances route"
+
+
+def _refused(deployment: Deployment, service: Service, instance: Instance, why: str) -> Problem:
+    return Problem(
+        instance_key(deployment.name, service.name, instance.id),
+        "refused-upstream",
+        f"upstream {_address(instance.ip, instance.port)} {why}; {_SERVICE_SKIPPED}",
+    )
+
+
 def candidates(deployment: Deployment, config: Config) -> tuple[list[Candidate], list[Problem]]:
     """The routes one deployment asks for, before collisions with other deployments."""
     found: list[Candidate] = []
     problems: list[Problem] = []
-    upstreams: dict[str, Upstream] = {}
+    routed: dict[str, tuple[Member, ...]] = {}
     for service in deployment.services:
-        upstream = guard(service.ip, service.port, config)
-        if isinstance(upstream, str):
-            problems.append(
-                Problem(
-                    key_path("deployment", deployment.name, "service", service.name),
-                    "refused-upstream",
-                    f"upstream {_address(service.ip, service.port)} {upstream}; "
-                    "the service is skipped",
-                )
-            )
+        passed, refused = members(deployment, service, config)
+        problems.extend(refused)
+        if not passed:
             continue
-        upstreams[service.name] = upstream
+        routed[service.name] = passed
         host = hostname(deployment.name, service.name, config.domain)
-        found.append(_route(host, deployment, service, upstream, RouteKind.SERVICE))
+        found.append(_route(host, deployment, service, passed, RouteKind.SERVICE))
 
     default = _default_service(deployment, config)
     waiting = config.default_service in deployment.registered  # its own problem says why
@@ -168,14 +215,18 @@ def candidates(deployment: Deployment, config: Config) -> tuple[list[Candidate],
                 "or set default_service",
             )
         )
-    elif default is not None and default.name in upstreams:
+    elif default is not None and default.name in routed:
         host = hostname(deployment.name, None, config.domain)
-        found.append(_route(host, deployment, default, upstreams[default.name], RouteKind.DEFAULT))
+        found.append(_route(host, deployment, default, routed[default.name], RouteKind.DEFAULT))
     return found, problems
 
 
 def _route(
-    host: Token, deployment: Deployment, service: Service, upstream: Upstream, kind: RouteKind
+    host: Token,
+    deployment: Deployment,
+    service: Service,
+    passed: tuple[Member, ...],
+    kind: RouteKind,
 ) -> Route:
     return Route(
         host,
@@ -183,9 +234,10 @@ def _route(
         service.name,
         label(deployment.name),
         label(service.name),
-        upstream,
+        passed,
         kind,
         deployment.created,
+        pool(deployment.name, service.name, passed),
     )
 
 

@@ -20,7 +20,7 @@ import fastjsonschema
 import jsonschema
 import referencing
 
-from .model import Deployment, Problem, Service
+from .model import Deployment, Instance, Problem, Service
 from .names import short_hash
 
 
@@ -221,7 +221,7 @@ class SnapshotValidator:
                     )
                 )
         services = tuple(
-            Service(service, str(entry["ip"]), str(entry["port"]))
+            Service(service, (Instance(None, str(entry["ip"]), str(entry["port"])),))
             for service, entry in sorted((value.get("service") or {}).items())
             if service not in skipped_services
         )

@@ -482,6 +482,7 @@ def test_check_json_is_the_routing_table() -> None:
         "deployment": "master",
         "service": "api",
         "upstream": "10.0.0.6:9000",
+        "instances": [{"instance": None, "upstream": "10.0.0.6:9000"}],
         "created": "2026-01-01T09:00:00Z",
     }
 

@@ -40,7 +40,7 @@ from generator import apply, check, cli, nginx, pipeline, render, resources, rou
 from generator import snapshot as snapshot_module
 from generator.config import Config, resolve
 from generator.errors import CheckError, SnapshotError
-from generator.model import Route, RouteKind, RoutingTable, Token, Upstream
+from generator.model import Member, Route, RouteKind, RoutingTable, Token, Upstream
 from generator.validate import SnapshotValidator, validate
 
 VALIDATOR = SnapshotValidator(resources.schema("snapshot"))
@@ -335,13 +335,13 @@ def registered(snapshot: dict[str, Any], route: Route) -> tuple[str, str]:
 
 
 def assert_upstreams_guarded(table: RoutingTable, config: Config) -> None:
-    for route in table.routes:
-        address = route.upstream.address
+    for route, upstream in ((r, u) for r in table.routes for u in r.upstreams):
+        address = upstream.address
         assert not address.is_link_local, f"{route.host}: link-local upstream {address}"
         assert not address.is_unspecified, f"{route.host}: unspecified upstream {address}"
         assert not address.is_multicast, f"{route.host}: multicast upstream {address}"
         assert not (address.version == 6 and address.ipv4_mapped), f"{route.host}: {address}"
-        assert 1 <= route.upstream.port <= 65535
+        assert 1 <= upstream.port <= 65535
         if address.is_loopback:
             assert config.allow_loopback, f"{route.host}: loopback upstream {address}"
         else:
@@ -691,7 +691,7 @@ def test_no_route_to_a_refused_upstream(snapshot: dict[str, Any], config: Config
         address = ipaddress.ip_address(ip)
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped
-        assert route.upstream == Upstream(address, int(port))
+        assert route.upstreams == (Upstream(address, int(port)),)
 
 
 @PURE
@@ -716,7 +716,8 @@ def test_guard_assertion_catches_refused_upstreams() -> None:
     _, table = _known_good()
     assert_upstreams_guarded(table, DEFAULT)
     for bad in ("169.254.169.254", "fe80::1", "0.0.0.0", "224.0.0.1", "127.0.0.1", "8.8.8.8"):
-        wrong = _with_route(table, upstream=Upstream(ipaddress.ip_address(bad), 80))
+        member = Member(None, Upstream(ipaddress.ip_address(bad), 80))
+        wrong = _with_route(table, members=(member,))
         with pytest.raises(AssertionError):
             assert_upstreams_guarded(wrong, DEFAULT)
 

@@ -102,7 +102,7 @@ def test_guard_refuses_ports_outside_1_to_65535(port: str) -> None:
 
 def test_ipv6_upstreams_are_bracketed() -> None:
     routes = table({"b": {"service": {"web": service(ip="fd00::5", port="9000")}}})
-    assert {str(route.upstream) for route in routes.routes} == {"[fd00::5]:9000"}
+    assert {str(up) for route in routes.routes for up in route.upstreams} == {"[fd00::5]:9000"}
 
 
 def collide(first_created: str | None, second_created: str | None) -> RoutingTable:
