@@ -5,7 +5,8 @@ table and config (no clock: pages print absolute times, and a small script in th
 how long ago). nginx serves the folder (site_dir) at the bare domain, and its 404 pages to
 hostnames it does not route (templates/routes.conf.j2):
 
-    index.html              every deployment with its links, and every problem in the registry
+    index.html              every deployment with its links, each service's instances (address
+                            and instance id), and every problem in the registry
     deployments.json        the same for scripts (shape: see document())
     not-found.html          the 404 page for a hostname of no deployment
     not-found/<label>.html  the 404 page for <label>.<domain> and <label>-<anything>.<domain>
@@ -29,7 +30,16 @@ from markupsafe import Markup
 
 from .config import Config
 from .errors import UsageError
-from .model import Problem, Route, RouteKind, RoutingTable, Token
+from .model import (
+    Member,
+    Problem,
+    Route,
+    RouteKind,
+    RoutingTable,
+    Token,
+    Upstream,
+    instance_order,
+)
 from .validate import key_path
 
 INDEX = "index.html"
@@ -58,10 +68,11 @@ def domain_pattern(domain: str) -> Token:
 
 @dataclass(frozen=True, slots=True)
 class Link:
-    """A hostname that routes, and the service it reaches."""
+    """A hostname that routes, the service it reaches and that service's routed instances."""
 
     service: str  # raw, as registered
     host: Token
+    members: tuple[Member, ...]  # by instance_order (the plain ip/port keys first, then by id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +86,14 @@ class Listing:
     services: tuple[Link, ...]  # by hostname
     problems: tuple[Problem, ...]
 
+    @property
+    def default_alone(self) -> bool:
+        """The default entry point's service has no hostname of its own here (it lost that to
+        another route): the index lists the instances under the entry point instead."""
+        if self.default is None:
+            return False
+        return all(link.service != self.default.service for link in self.services)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -86,8 +105,26 @@ class Listing:
         }
 
 
-def _link_json(link: Link) -> dict[str, str]:
-    return {"service": link.service, "host": str(link.host)}
+def _link_json(link: Link) -> dict[str, Any]:
+    return {
+        "service": link.service,
+        "host": str(link.host),
+        "instances": [
+            {"instance": member.instance, "address": member.upstream.text}
+            for member in link.members
+        ],
+    }
+
+
+def _member_order(member: Member) -> tuple[tuple[bool, str], Upstream]:
+    return instance_order(member), member.upstream
+
+
+def _link(route: Route) -> Link:
+    members = route.members
+    if len(members) > 1:  # the order the registry gave never shows
+        members = tuple(sorted(members, key=_member_order))
+    return Link(route.service, route.host, members)
 
 
 class PageKind(Enum):
@@ -159,9 +196,9 @@ def listing(key: DeploymentKey, routes: Sequence[Route], problems: tuple[Problem
     services = []
     for route in routes:
         if route.kind is RouteKind.DEFAULT:
-            default = Link(route.service, route.host)
+            default = _link(route)
         else:
-            services.append(Link(route.service, route.host))
+            services.append(_link(route))
     return Listing(
         name=name,
         label=label,
@@ -206,9 +243,11 @@ def document(page: Page, config: Config) -> dict[str, Any]:
     {"version": 1, "domain": "dev.example.com", "default_service": "web",
      "deployments": [{"name": "feature/login", "label": "feature-login",
                       "created": "2026-11-27T14:30:00Z" or null,
-                      "default": {"service": "web", "host": "feature-login.dev.example.com"}
-                                 or null,
-                      "services": [{"service": "api", "host": "feature-login-api.dev..."}, ...],
+                      "default": {"service": "web", "host": "feature-login.dev.example.com",
+                                  "instances": [...]} or null,
+                      "services": [{"service": "api", "host": "feature-login-api.dev...",
+                                    "instances": [{"instance": "a1b2c3" or null,
+                                                   "address": "10.0.3.7:8080"}, ...]}, ...],
                       "problems": [{"key": ..., "code": ..., "message": ...}, ...]}, ...],
      "problems": [every problem in the registry, as above]}
     """

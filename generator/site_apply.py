@@ -73,6 +73,9 @@ class SiteWriter:
     and its line of deployments.json, and a digest of each file written; an apply renders the
     pages of the deployments that changed, and the index and deployments.json from the kept
     rows and lines. A fresh writer is the cold run: the same code with every deployment new.
+    An instance that comes, goes or moves changes its routes' members, so the pipeline hands
+    over a new tuple, and the listing, which holds the members, differs: the row is rendered
+    again.
     """
 
     def __init__(self, config: Config, templates: jinja2.Environment) -> None:

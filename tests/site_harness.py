@@ -1,4 +1,5 @@
-"""Helpers for the site tests: reading the pages' links, and headless Chromium on loopback only.
+"""Helpers for the site tests: routing tables with several instances a service, reading the
+pages' links, and headless Chromium on loopback only.
 
 Chromium is Debian's `chromium` package (scripts/install-deps installs it). It runs with its own
 profile folder, resolves `localhost` and `*.localhost` to 127.0.0.1 and every other name to
@@ -7,14 +8,23 @@ nothing, and uses no proxy, so it contacts nothing but the loopback nginx of the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
 from harness import find_binary
+
+from generator import routing
+from generator.config import Config
+from generator.model import Deployment, Instance, Member, RoutingTable, Service
+
+InstanceSpec = tuple[str | None, str, int]  # (instance id or None: the ip/port keys, ip, port)
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "build" / "test-artifacts"  # gitignored (build/)
@@ -38,6 +48,52 @@ CHROMIUM_FLAGS = (
     "--no-proxy-server",
     "--host-resolver-rules=MAP localhost 127.0.0.1, MAP *.localhost 127.0.0.1, MAP * ~NOTFOUND",
 )
+
+
+# --------------------------------------------------------------------------
+# routing tables with instances: routing.build_table on validated deployments (what validation
+# hands over once it reads .../service/<service>/instance/<id>/{ip,port})
+
+
+def deployment(
+    name: str,
+    services: Mapping[str, Sequence[InstanceSpec]],
+    created: datetime | None = None,
+) -> Deployment:
+    """A validated deployment whose services have the instances given, in the order given."""
+    return Deployment(
+        name,
+        created,
+        tuple(
+            Service(service, tuple(Instance(id, ip, str(port)) for id, ip, port in instances))
+            for service, instances in sorted(services.items())
+        ),
+        tuple(sorted(services)),
+    )
+
+
+def table(config: Config, *deployments: Deployment) -> RoutingTable:
+    """The routing table of `deployments`, as the pipeline routes them."""
+    return routing.build_table(deployments, config)
+
+
+def with_members(
+    table: RoutingTable, deployment: str, service: str, members: Sequence[Member]
+) -> RoutingTable:
+    """`table` with the routes of one service (its hostname and the default entry point) going
+    to `members` instead."""
+    members = tuple(members)
+    routes = tuple(
+        dataclasses.replace(route, members=members, pool=routing.pool(deployment, service, members))
+        if (route.deployment, route.service) == (deployment, service)
+        else route
+        for route in table.routes
+    )
+    return RoutingTable(table.domain, routes, table.problems)
+
+
+# --------------------------------------------------------------------------
+# reading pages
 
 
 @dataclass
@@ -92,6 +148,10 @@ def read_page(html: str) -> Page:
     reader.feed(html)
     reader.close()
     return reader.page
+
+
+# --------------------------------------------------------------------------
+# headless Chromium
 
 
 def chromium(url: str, profile: Path, *extra: str, timeout: float = 120) -> str:

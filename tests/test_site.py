@@ -9,6 +9,8 @@ kept under build/test-artifacts/).
 from __future__ import annotations
 
 import io
+import ipaddress
+import itertools
 import json
 import os
 import re
@@ -17,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,15 +31,17 @@ from harness import Backend, Nginx, Response, find_binary, http_request, wait_fo
 from hypothesis import HealthCheck, given
 from hypothesis import settings as settings_
 from hypothesis import strategies as st
-from site_harness import ARTIFACTS, chromium, read_page
+from site_harness import ARTIFACTS, chromium, deployment, read_page, with_members
+from site_harness import table as routed_table
 
 from generator import site
 from generator.apply import checked_text
 from generator.cli import main
 from generator.config import Config, resolve
 from generator.errors import InternalError
-from generator.model import Problem, RoutingTable
-from generator.pipeline import Rendered, build
+from generator.model import Member, Problem, Route, RoutingTable, Token, Upstream, instance_order
+from generator.names import hostname
+from generator.pipeline import Pipeline, Rendered, build
 from generator.render import environment
 from generator.resources import data_dir, schema
 from generator.site_apply import SiteWriter
@@ -232,6 +237,7 @@ def not_found(response: Response, host: str) -> None:
 # through nginx
 
 
+@pytest.mark.integration
 def test_index_and_json_list_exactly_the_registered_deployments_and_problems(
     routed: tuple[Router, Snapshot],
 ) -> None:
@@ -262,14 +268,19 @@ def test_index_and_json_list_exactly_the_registered_deployments_and_problems(
         "multi",
     ]
     by_name = {entry["name"]: entry for entry in listed["deployments"]}
+    services = data["deployment"]["feature/login"]["service"]
+    web, api = (
+        [{"instance": None, "address": f"127.0.0.1:{services[name]['port']}"}]
+        for name in ("web", "api")
+    )
     assert by_name["feature/login"] == {
         "name": "feature/login",
         "label": "feature-login",
         "created": "2026-11-27T14:30:00Z",
-        "default": {"service": "web", "host": "feature-login.localhost"},
+        "default": {"service": "web", "host": "feature-login.localhost", "instances": web},
         "services": [
-            {"service": "api", "host": "feature-login-api.localhost"},
-            {"service": "web", "host": "feature-login-web.localhost"},
+            {"service": "api", "host": "feature-login-api.localhost", "instances": api},
+            {"service": "web", "host": "feature-login-web.localhost", "instances": web},
         ],
         "problems": [
             p for p in expected["problems"] if p["key"].startswith('/deployment/"feature/login"/')
@@ -284,8 +295,25 @@ def test_index_and_json_list_exactly_the_registered_deployments_and_problems(
         for link in [*entry["services"], *([entry["default"]] if entry["default"] else [])]
     }
     assert hosts == {route["host"] for route in expected["routes"]} == set(ROUTED)
+    # each link's instances are its route's, as `check --json` has them
+    instances = {
+        link["host"]: [(item["instance"], item["address"]) for item in link["instances"]]
+        for entry in listed["deployments"]
+        for link in [*entry["services"], *([entry["default"]] if entry["default"] else [])]
+    }
+    assert instances == {
+        route["host"]: [(item["instance"], item["upstream"]) for item in route["instances"]]
+        for route in expected["routes"]
+    }
+    # and the index lists them under each service
+    for entry in listed["deployments"]:
+        for link in entry["services"]:
+            [item] = link["instances"]
+            assert f"({link['service']}, 1 instance)" in page.text
+            assert f"{item['address']} ip/port keys" in page.text
 
 
+@pytest.mark.integration
 def test_404_for_an_unknown_service_names_the_branchs_services(
     routed: tuple[Router, Snapshot],
 ) -> None:
@@ -321,6 +349,7 @@ def test_404_for_an_unknown_service_names_the_branchs_services(
     assert "no default entry point" in page.text and "no-default-service" in page.text
 
 
+@pytest.mark.integration
 def test_404_for_an_unknown_branch_links_to_the_index(routed: tuple[Router, Snapshot]) -> None:
     router, _ = routed
     for asked in ("nobody-web.localhost", "nobody.localhost", "other.test", "demo-api.localhost"):
@@ -335,6 +364,7 @@ def test_404_for_an_unknown_branch_links_to_the_index(routed: tuple[Router, Snap
     assert "a&lt;b&gt;&quot;c.localhost" in hostile.text and "a<b>" not in hostile.text
 
 
+@pytest.mark.integration
 def test_a_change_only_to_the_problems_writes_the_site_and_reloads_nothing(
     routed: tuple[Router, Snapshot],
 ) -> None:
@@ -361,6 +391,7 @@ def test_a_change_only_to_the_problems_writes_the_site_and_reloads_nothing(
     ]
 
 
+@pytest.mark.integration
 def test_a_removed_deployment_loses_its_404_page_and_its_row(
     routed: tuple[Router, Snapshot],
 ) -> None:
@@ -375,6 +406,7 @@ def test_a_removed_deployment_loses_its_404_page_and_its_row(
     assert 'data-deployment="multi"' not in router.get(DOMAIN).text
 
 
+@pytest.mark.integration
 def test_dry_run_writes_no_site_files(router: Router, backends: BackendFactory) -> None:
     data = registry(backends(*BACKENDS))
     code, said = router.apply(data, "--dry-run")
@@ -399,6 +431,7 @@ def test_dry_run_writes_no_site_files(router: Router, backends: BackendFactory) 
     assert (router.site_dir / "not-found" / "multi.html").exists()
 
 
+@pytest.mark.integration
 def test_a_site_folder_that_cannot_be_written_is_one_line_and_the_next_apply_writes_it(
     router: Router, backends: BackendFactory, tmp_path: Path
 ) -> None:
@@ -424,6 +457,7 @@ def test_a_site_folder_that_cannot_be_written_is_one_line_and_the_next_apply_wri
     assert (blocked / "index.html").is_file()
 
 
+@pytest.mark.integration
 def test_the_watcher_writes_a_site_only_change_without_a_reload(
     nginx: Nginx, tmp_path: Path, backends: BackendFactory
 ) -> None:
@@ -470,14 +504,54 @@ def test_the_watcher_writes_a_site_only_change_without_a_reload(
 # headless Chromium: the index as people see it
 
 
-def test_the_index_in_chromium_links_every_route_and_shows_how_long_ago(
-    routed: tuple[Router, Snapshot], tmp_path: Path
+@pytest.mark.integration
+def test_the_index_in_chromium_links_every_route_shows_how_long_ago_and_the_instances(
+    routed: tuple[Router, Snapshot], backends: BackendFactory, tmp_path: Path
 ) -> None:
-    router, _ = routed
+    router, data = routed
+    # feature/login's web gets a second instance, a real backend of its own. Validation does
+    # not read instance keys yet, so the site is written again from the routing table of the
+    # apply with that service's routes given both instances (the nginx config still sends
+    # feature-login-web to the first).
+    first = int(data["deployment"]["feature/login"]["service"]["web"]["port"])
+    second = backends("feature-login-web-2")["feature-login-web-2"].port
+    config = settings(domain=DOMAIN, site_dir=str(router.site_dir))
+    loopback = ipaddress.ip_address("127.0.0.1")
+    members = [
+        Member(None, Upstream(loopback, first)),
+        Member("replica-2", Upstream(loopback, second)),
+    ]
+    two = with_members(table_of(data, config).table, "feature/login", "web", members)
+    assert SiteWriter(config, site_templates()).apply(two).written == (
+        "deployments.json",
+        "index.html",
+        "not-found/feature-login.html",
+    )
+    assert router.get(DOMAIN, "/deployments.json").json()["deployments"][0]["services"][1] == {
+        "service": "web",
+        "host": "feature-login-web.localhost",
+        "instances": [
+            {"instance": None, "address": f"127.0.0.1:{first}"},
+            {"instance": "replica-2", "address": f"127.0.0.1:{second}"},
+        ],
+    }
+
     port = router.nginx.port
     url = f"http://{DOMAIN}:{port}/"
     dom = chromium(url, tmp_path / "chromium", "--dump-dom")
     page = read_page(dom)
+    shown = " ".join(page.text.split())
+    assert (
+        f"feature-login-web.localhost (web, 2 instances) 127.0.0.1:{first} ip/port keys "
+        f"127.0.0.1:{second} instance replica-2 "
+    ) in shown, shown
+    for name, value in data["deployment"].items():  # every other service: one, its ip/port keys
+        for service, keys in (value or {}).get("service", {}).items():
+            if keys.get("ip") == "127.0.0.1" and "port" in keys:
+                host = hostname(name, service, DOMAIN)
+                if host != "feature-login-web.localhost":
+                    said = f"{host} ({service}, 1 instance) 127.0.0.1:{keys['port']} ip/port keys "
+                    assert said in shown, said
     # The script gave every link the page's own port and filled in how long ago.
     hrefs = [href for href, _ in page.links if href != "/deployments.json"]
     assert all(href.startswith("http://") and f":{port}/" in href for href in hrefs), hrefs
@@ -633,6 +707,14 @@ def test_the_site_lists_every_route_once_and_a_kept_renderer_matches_a_fresh_one
             for link in [*entry["services"], *([entry["default"]] if entry["default"] else [])]
         ]
         assert sorted(hosts) == sorted(str(route.host) for route in table.routes)
+        routes = table.by_host()
+        for entry in listed["deployments"]:
+            for link in [*entry["services"], *([entry["default"]] if entry["default"] else [])]:
+                members = sorted(routes[link["host"]].members, key=instance_order)
+                assert link["instances"] == [
+                    {"instance": member.instance, "address": member.upstream.text}
+                    for member in members
+                ]
         assert listed["problems"] == [problem.as_json() for problem in table.problems]
         labels = {entry["label"] for entry in listed["deployments"]}
         assert {path for path in files if path.startswith("not-found/")} == {
@@ -656,7 +738,11 @@ def test_deployments_json_holds_the_documented_shape_one_deployment_a_line() -> 
         "master",
         *(problem.key for problem in table.problems),
     ]
-    assert entries[0]["services"][0] == {"service": "api", "host": "feature-login-api.localhost"}
+    assert entries[0]["services"][0] == {
+        "service": "api",
+        "host": "feature-login-api.localhost",
+        "instances": [{"instance": None, "address": "127.0.0.1:9104"}],
+    }
     empty = site.pages(RoutingTable(table.domain, ()))[site.DOCUMENT]
     assert json.loads(site.Renderer(config, site_templates())(empty))["deployments"] == []
 
@@ -706,6 +792,234 @@ def test_registry_strings_reach_the_pages_escaped_never_as_markup() -> None:
             assert html.count("<!--#") == (1 if path.startswith("not-found") else 0), path
     names = {entry["name"] for entry in json.loads(files[site.DOCUMENT])["deployments"]}
     assert names <= set(snapshot["deployment"])
+
+
+# --------------------------------------------------------------------------
+# instances: routing tables built from validated deployments with several instances a service
+# (site_harness.table), as validation hands them over once it reads the instance keys
+
+CREATED = datetime(2026, 11, 27, 14, 30, tzinfo=UTC)
+
+
+def login(web: Sequence[tuple[str | None, str, int]]) -> Any:
+    """feature/login with `web` as its web service's instances, and an api of one."""
+    return deployment("feature/login", {"web": web, "api": [(None, "127.0.0.1", 9200)]}, CREATED)
+
+
+def solo() -> Any:
+    return deployment("solo", {"web": [("v6", "::1", 9301), ("v4", "127.0.0.1", 9300)]})
+
+
+WEB = [("b2", "127.0.0.1", 9102), (None, "127.0.0.1", 9100), ("a1", "127.0.0.1", 9101)]
+
+
+def flat(html: bytes) -> str:
+    """A page's text as a person reads it: its words, one space between each."""
+    return " ".join(read_page(html.decode()).text.split())
+
+
+def test_the_index_lists_each_services_instances_with_address_and_id() -> None:
+    config = settings(domain="dev.test")
+    files = site.render_site(routed_table(config, login(WEB), solo()), config, site_templates())
+    index = flat(files[site.INDEX])
+    assert (
+        "feature-login-web.dev.test (web, 3 instances) 127.0.0.1:9100 ip/port keys "
+        "127.0.0.1:9101 instance a1 127.0.0.1:9102 instance b2 "  # the plain keys first, then by id
+    ) in index
+    assert "feature-login-api.dev.test (api, 1 instance) 127.0.0.1:9200 ip/port keys " in index
+    assert "solo-web.dev.test (web, 2 instances) 127.0.0.1:9300 instance v4 [::1]:9301 " \
+        "instance v6 " in index  # fmt: skip
+    # the default entry point reaches web, listed under web's own hostname: not again
+    assert index.count("127.0.0.1:9101") == 1
+
+    listed = {entry["name"]: entry for entry in json.loads(files[site.DOCUMENT])["deployments"]}
+    assert json.loads(files[site.DOCUMENT])["version"] == 1
+    web_instances = [
+        {"instance": None, "address": "127.0.0.1:9100"},
+        {"instance": "a1", "address": "127.0.0.1:9101"},
+        {"instance": "b2", "address": "127.0.0.1:9102"},
+    ]
+    assert listed["feature/login"]["default"] == {
+        "service": "web",
+        "host": "feature-login.dev.test",
+        "instances": web_instances,
+    }
+    assert listed["feature/login"]["services"] == [
+        {
+            "service": "api",
+            "host": "feature-login-api.dev.test",
+            "instances": [{"instance": None, "address": "127.0.0.1:9200"}],
+        },
+        {"service": "web", "host": "feature-login-web.dev.test", "instances": web_instances},
+    ]
+    assert listed["solo"]["services"][0]["instances"] == [
+        {"instance": "v4", "address": "127.0.0.1:9300"},
+        {"instance": "v6", "address": "[::1]:9301"},
+    ]
+
+    # the branch's 404 page says how many instances each service has, not where they are
+    missing = flat(files["not-found/feature-login.html"])
+    assert "feature-login-api.dev.test (api, 1 instance)" in missing
+    assert "feature-login-web.dev.test (web, 3 instances)" in missing
+    assert "127.0.0.1:" not in missing
+
+
+def test_the_order_of_instances_never_changes_the_site() -> None:
+    config = settings(domain="dev.test")
+    templates = site_templates()
+    made = {
+        json.dumps(
+            {
+                path: data.decode()
+                for path, data in site.render_site(
+                    routed_table(config, login(order), solo()), config, templates
+                ).items()
+            }
+        )
+        for order in itertools.permutations(WEB)
+    }
+    assert len(made) == 1
+
+
+def test_instance_ids_reach_the_pages_escaped_never_as_markup() -> None:
+    config = settings(domain="dev.test")
+    hostile = '<!--#exec cmd="id" --><img src=x onerror=alert(1)>&amp;'
+    data = routed_table(config, login([(hostile, "127.0.0.1", 9101), (None, "127.0.0.1", 9100)]))
+    files = site.render_site(data, config, site_templates())
+    index = files[site.INDEX].decode()
+    assert hostile not in index and "<img" not in index and "<!--#" not in index
+    assert (
+        "&lt;!--#exec cmd=&#34;id&#34; --&gt;&lt;img src=x onerror=alert(1)&gt;&amp;amp;" in index
+    )
+    assert flat(files[site.INDEX]).count(f"instance {hostile}") == 1  # shown as text
+    [web] = [
+        link
+        for link in json.loads(files[site.DOCUMENT])["deployments"][0]["services"]
+        if link["service"] == "web"
+    ]
+    assert [item["instance"] for item in web["instances"]] == [None, hostile]
+
+
+def test_a_default_entry_point_whose_service_lost_its_hostname_lists_the_instances() -> None:
+    config = settings(domain="dev.test")
+    # a-web.dev.test: service web of branch a, and the default entry point of branch a-web,
+    # registered first, which wins it; a's web is still reached at a.dev.test
+    a = deployment("a", {"web": [("one", "127.0.0.1", 9401), ("two", "127.0.0.1", 9402)]},
+                   datetime(2026, 11, 28, tzinfo=UTC))  # fmt: skip
+    older = deployment("a-web", {"web": [(None, "127.0.0.1", 9500)]}, CREATED)
+    data = routed_table(config, a, older)
+    assert [str(route.host) for route in data.routes if route.deployment == "a"] == ["a.dev.test"]
+    [listing] = [entry for entry in site.listings(data) if entry.name == "a"]
+    assert listing.default_alone and listing.services == ()
+    index = flat(site.render_site(data, config, site_templates())[site.INDEX])
+    assert "a.dev.test (web) 127.0.0.1:9401 instance one 127.0.0.1:9402 instance two " in index
+    assert index.count("127.0.0.1:9500") == 1  # a-web's own web, under its hostname only
+    [other] = [entry for entry in site.listings(data) if entry.name == "a-web"]
+    assert not other.default_alone
+
+
+def kept_routes(
+    previous: Mapping[site.DeploymentKey, tuple[Route, ...]], table: RoutingTable
+) -> dict[site.DeploymentKey, tuple[Route, ...]]:
+    """table's routes by deployment, each deployment whose routes are equal keeping the tuple
+    of `previous`, as the pipeline keeps it (Rendered.deployments)."""
+    fresh = site.deployment_routes(table)
+    return {key: previous[key] if previous.get(key) == value else value
+            for key, value in fresh.items()}  # fmt: skip
+
+
+def test_an_instance_that_comes_goes_or_moves_rewrites_the_index_and_json_only(
+    tmp_path: Path,
+) -> None:
+    config = settings(domain="dev.test", site_dir=str(tmp_path / "site"))
+    one = [(None, "127.0.0.1", 9100)]
+    two = [*one, ("a1", "127.0.0.1", 9101)]
+    moved = [*one, ("a1", "127.0.0.1", 9111)]
+    writer = SiteWriter(config, site_templates())
+    rows: list[str] = []
+    row = writer._render.row
+
+    def counting(listing: site.Listing) -> Any:
+        rows.append(listing.name)
+        return row(listing)
+
+    writer._render.row = counting  # type: ignore[method-assign]
+    first = routed_table(config, login(one), solo())
+    routes = site.deployment_routes(first)
+    assert writer.apply(first, routes).written == (
+        "deployments.json",
+        "index.html",
+        "not-found.html",
+        "not-found/feature-login.html",
+        "not-found/solo.html",
+    )
+    steps = [
+        # (web's instances, the files written): the branch's 404 page shows the count
+        (two, ("deployments.json", "index.html", "not-found/feature-login.html")),
+        (moved, ("deployments.json", "index.html")),
+        (moved, ()),
+        (one, ("deployments.json", "index.html", "not-found/feature-login.html")),
+    ]
+    for web, written in steps:
+        rows.clear()
+        now = routed_table(config, login(web), solo())
+        before, routes = routes, kept_routes(routes, now)
+        changed = [key for key in routes if routes[key] is not before.get(key)]
+        assert changed == ([] if not written else [(Token("feature-login"), "feature/login")])
+        plan = writer.apply(now, routes)
+        assert plan.written == written and plan.removed == (), web
+        assert rows == (["feature/login"] if written else []), web  # only its row again
+        on_disk = {
+            str(path.relative_to(tmp_path / "site")): path.read_bytes()
+            for path in (tmp_path / "site").rglob("*")
+            if path.is_file()
+        }
+        assert on_disk == site.render_site(now, config, site_templates())
+
+    # equal routes in new tuples (a writer not told what was kept): nothing rendered or written
+    rows.clear()
+    again = routed_table(config, login(one), solo())
+    assert writer.apply(again).changes is False
+    assert rows == []
+
+
+def test_through_the_pipeline_an_instance_that_moves_rewrites_the_index_and_json_only(
+    tmp_path: Path,
+) -> None:
+    config = settings(site_dir=str(tmp_path / "site"))
+    pipeline = Pipeline(config, schema("snapshot"), environment([data_dir("templates")]))
+    writer = SiteWriter(config, site_templates())
+    rows: list[str] = []
+    row = writer._render.row
+
+    def counting(listing: site.Listing) -> Any:
+        rows.append(listing.name)
+        return row(listing)
+
+    writer._render.row = counting  # type: ignore[method-assign]
+    data = registry(_ports())
+    rendered = pipeline(data)
+    writer.apply(rendered.table, rendered.deployments)
+
+    rows.clear()
+    again = pipeline(json.loads(json.dumps(data)))  # equal, not the same objects
+    assert again.deployments is not None and rendered.deployments is not None
+    assert all(again.deployments[key] is rendered.deployments[key] for key in again.deployments)
+    assert writer.apply(again.table, again.deployments).changes is False
+    assert rows == []
+
+    data = json.loads(json.dumps(data))  # a snapshot is never changed in place once built
+    data["deployment"]["master"]["service"]["api"]["port"] = "9999"  # a redeploy elsewhere
+    moved = pipeline(data)
+    assert moved.deployments is not None
+    changed = [
+        key for key in moved.deployments if moved.deployments[key] is not again.deployments[key]
+    ]
+    assert changed == [(Token("master"), "master")]
+    plan = writer.apply(moved.table, moved.deployments)
+    assert plan.written == ("deployments.json", "index.html")  # the 404 page: the same count
+    assert rows == ["master"]
+    assert "127.0.0.1:9999 ip/port keys" in flat((tmp_path / "site" / "index.html").read_bytes())
 
 
 # --------------------------------------------------------------------------
