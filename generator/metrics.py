@@ -21,7 +21,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .errors import UsageError
-from .observe import Check, Health, Outcome, health_report, starting, update
+from .observe import Check, Health, InstanceCount, Outcome, health_report, starting, update
 
 PREFIX = "devtest_router_"
 RESULTS = ("changed", "unchanged", "failed")
@@ -66,6 +66,13 @@ class Status:
             "Deployments with at least one route in the config last applied",
             registry=registry,
         )
+        self.instances = Gauge(
+            PREFIX + "instances",
+            "Instances (containers) the config last applied routes to, each once: a default "
+            "entry point reaches its service's instances, which are not counted again",
+            registry=registry,
+        )
+        self._count_instances = InstanceCount()
         self.problems = Gauge(
             PREFIX + "problems",
             "Problems (skipped entries, collisions) found in the snapshot last applied",
@@ -116,6 +123,7 @@ class Status:
         self.duration.observe(seconds)
         self.routes.set(len(table.routes))
         self.deployments.set(len({route.deployment for route in table.routes}))
+        self.instances.set(self._count_instances(table, outcome.rendered.deployments))
         self.problems.set(len(table.problems))
         now = self.clock()
         self.last_success.set(now)

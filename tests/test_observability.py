@@ -18,15 +18,30 @@ from pathlib import Path
 from typing import Any
 
 import etcd as python_etcd
+import prometheus_client
 import pytest
 from harness import Backend, Etcd, Nginx, find_binary, free_port, free_ports, http_request, wait_for
 from prometheus_client.parser import text_string_to_metric_families
+from site_harness import deployment, table
 from test_watch import BIN, DOMAIN, Frontend, entry, registry_url
 
-from generator.config import listen_address
-from generator.metrics import exposure
-from generator.observe import Check, Health, health_report, starting, update
+from generator import site
+from generator.config import listen_address, resolve
+from generator.metrics import Status, exposure
+from generator.model import Deployment, Route, RoutingTable
+from generator.observe import (
+    Check,
+    Health,
+    InstanceCount,
+    Outcome,
+    health_report,
+    routed_instances,
+    starting,
+    update,
+)
+from generator.pipeline import Rendered
 from generator.registry import open_registry
+from generator.resources import schema
 from generator.streams import LEVELS, format_line
 
 APPLIED = re.compile(r"\(registry index \d+\)$")  # the last words of a successful apply's line
@@ -47,6 +62,24 @@ def metrics(port: int) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
             samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return samples
+
+
+def settle(port: int, expected: dict[str, float], log: Callable[[], str]) -> dict[str, float]:
+    """Wait until the samples named in `expected` hold those values together (one apply sets
+    them), and return all samples; on a timeout, say what they were instead."""
+    last: dict[str, float] = {}
+
+    def holds() -> bool:
+        nonlocal last
+        last = metrics(port)
+        return all(last.get(name) == value for name, value in expected.items())
+
+    try:
+        wait_for(holds, 20, what="the metrics")
+    except AssertionError:
+        seen = {name: last.get(name) for name in expected}
+        raise AssertionError(f"metrics {seen}, expected {expected}; log:\n{log()}") from None
+    return last
 
 
 def health(port: int) -> tuple[int, dict[str, Any]]:
@@ -113,7 +146,8 @@ def frontend(tmp_path: Path, nginx: Nginx) -> Iterator[Callable[..., Frontend]]:
 # /healthz and /metrics
 
 
-def test_metrics_count_applies_reloads_routes_deployments_and_problems(
+@pytest.mark.integration
+def test_metrics_count_applies_reloads_routes_deployments_instances_and_problems(
     etcd: Etcd, frontend: Callable[..., Frontend], backends: Callable[..., dict[str, Backend]]
 ) -> None:
     found = backends("web", "api")
@@ -143,6 +177,9 @@ def test_metrics_count_applies_reloads_routes_deployments_and_problems(
         )
 
     wait_for(settled, 20, what=f"metrics of the last apply; log:\n{router.log_tail()}")
+    # alpha's web, alpha's api and beta's web: the default entry points alpha.<domain> and
+    # beta.<domain> reach the web instances already counted
+    settle(port, {"devtest_router_routes": 5, "devtest_router_instances": 3}, router.log_tail)
     router.wait_route(f"alpha-api.{DOMAIN}", "api")
     samples = metrics(port)
 
@@ -167,6 +204,20 @@ def test_metrics_count_applies_reloads_routes_deployments_and_problems(
     assert body["checks"]["registry"]["ok"] and body["checks"]["apply"]["ok"]
     assert http_request(port, f"127.0.0.1:{port}", "/other").status == 404
 
+    # beta goes, gamma comes with two services: each apply's count is exact
+    registry = open_registry(url)
+    try:
+        registry.deregister(entry("beta", "web", found["web"]))
+        gone = {"routes": 3, "deployments": 1, "instances": 2}
+        settle(port, {f"devtest_router_{k}": v for k, v in gone.items()}, router.log_tail)
+        registry.register(entry("gamma", "web", found["web"]), ttl=120)
+        registry.register(entry("gamma", "api", found["api"]), ttl=120)
+        came = {"routes": 6, "deployments": 2, "instances": 4}
+        settle(port, {f"devtest_router_{k}": v for k, v in came.items()}, router.log_tail)
+        router.wait_route(f"gamma-api.{DOMAIN}", "api")
+    finally:
+        registry.close()
+
     assert router.process is not None
     router.process.send_signal(signal.SIGTERM)  # the server thread does not hold the exit
     assert router.process.wait(10) == 0
@@ -174,6 +225,7 @@ def test_metrics_count_applies_reloads_routes_deployments_and_problems(
         http_request(port, f"127.0.0.1:{port}", "/healthz")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["etcd2", "etcd3"])
 def test_healthz_names_the_registry_while_etcd_is_down_and_reconnects_are_counted(
     kind: str,
@@ -218,6 +270,7 @@ def test_healthz_names_the_registry_while_etcd_is_down_and_reconnects_are_counte
         member.stop()
 
 
+@pytest.mark.integration
 def test_a_failing_reload_counts_as_a_failed_apply_and_fails_healthz_until_it_works(
     etcd: Etcd,
     nginx: Nginx,
@@ -325,6 +378,7 @@ def parse_log(text: str) -> list[dict[str, Any]]:
     return records
 
 
+@pytest.mark.integration
 def test_watch_log_lines_are_json_with_their_fields(
     tmp_path: Path, frontend: Callable[..., Frontend], backends: Callable[..., dict[str, Backend]]
 ) -> None:
@@ -369,6 +423,7 @@ def test_watch_log_lines_are_json_with_their_fields(
     assert records[-1]["message"] == "stopped"
 
 
+@pytest.mark.integration
 def test_apply_register_and_errors_log_json_and_stdout_stays_as_it_is(
     etcd: Etcd, tmp_path: Path
 ) -> None:
@@ -502,3 +557,59 @@ def test_format_line_plain_keeps_the_message_and_json_adds_the_fields() -> None:
         "message": "line\nbreak \ud800",
         "registry_index": 7,
     }
+
+
+# --------------------------------------------------------------------------
+# devtest_router_instances (pure): routing tables with several instances a service
+
+
+def instances_table(*deployments: Deployment) -> RoutingTable:
+    return table(resolve(schema("config"), {"allow_loopback": True}, {}), *deployments)
+
+
+def test_routed_instances_counts_each_instance_once_and_the_default_entry_point_not_again() -> None:
+    web = [(None, "127.0.0.1", 9100), ("a1", "127.0.0.1", 9101), ("b2", "127.0.0.1", 9102)]
+    one = deployment("one", {"web": web, "api": [("a1", "127.0.0.1", 9200)]})
+    # the same id in two services, or in two deployments, is two instances
+    two = deployment("two", {"web": [("a1", "127.0.0.1", 9101)]})
+    data = instances_table(one, two)
+    assert len(data.routes) == 5  # one, one-web, one-api, two, two-web
+    assert routed_instances(data.routes) == 5  # 3 web + 1 api + 1
+    assert routed_instances(()) == 0
+    # one address for two ids (a container registered twice) is still two instances
+    twice = deployment("twice", {"web": [("x", "127.0.0.1", 9300), ("y", "127.0.0.1", 9300)]})
+    assert routed_instances(instances_table(twice).routes) == 2
+
+
+def test_the_kept_count_is_the_count_of_the_table_after_every_change() -> None:
+    web = [(None, "127.0.0.1", 9100), ("a1", "127.0.0.1", 9101)]
+    steps = [
+        {"one": {"web": web[:1]}},
+        {"one": {"web": web}, "two": {"web": web, "api": web[1:]}},
+        {"one": {"web": web}, "two": {"web": web[1:]}},  # two's routes change
+        {"two": {"web": web[1:]}},  # one goes
+        {},
+        {"one": {"web": web}},
+    ]
+    count = InstanceCount()
+    kept: dict[Any, tuple[Route, ...]] = {}
+    for step in steps:
+        data = instances_table(*(deployment(name, services) for name, services in step.items()))
+        fresh = site.deployment_routes(data)
+        # as the pipeline does: an unchanged deployment's routes stay the same tuple
+        kept = {key: kept[key] if kept.get(key) == value else value for key, value in fresh.items()}
+        assert count(data, kept) == routed_instances(data.routes), step
+        assert InstanceCount()(data, None) == routed_instances(data.routes)
+    assert count(data, kept) == 2
+
+
+def test_the_gauge_of_an_apply_counts_the_instances_routed() -> None:
+    web = [(None, "127.0.0.1", 9100), ("a1", "127.0.0.1", 9101), ("b2", "127.0.0.1", 9102)]
+    data = instances_table(deployment("one", {"web": web}))  # one.<domain> and one-web
+    status = Status(clock=lambda: 1000.0)
+    rendered = Rendered("sha256:0", data, "", "", (), site.deployment_routes(data))
+    status.applied(Outcome(rendered, "applied", changed=True, reloaded=True), 0.1)
+    text = prometheus_client.generate_latest(status.metrics).decode()
+    assert "devtest_router_instances 3.0" in text.splitlines()
+    assert "# HELP devtest_router_instances Instances (containers)" in text
+    assert "# TYPE devtest_router_instances gauge" in text
