@@ -226,6 +226,13 @@ def _parser() -> argparse.ArgumentParser:
         help="apply at the latest this long after the first change of a burst (default: 2)",
     )
     group.add_argument(
+        "--removal-grace",
+        type=float,
+        metavar="SECONDS",
+        help="after the registry was unreachable, hold removals back this long once it is "
+        "read again; 0: off (default: 30, the default registration TTL)",
+    )
+    group.add_argument(
         "--metrics-listen",
         metavar="ADDRESS",
         help="serve /healthz and /metrics on PORT (127.0.0.1), IP:PORT or [IPV6]:PORT "
@@ -478,7 +485,9 @@ def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
         release_free_memory()  # what this apply's checks and writes needed is free again
         return Outcome(rendered, message, result.changes, result.changes)
 
-    timing = Timing(config.quiet_period, config.max_wait, config.resync_interval)
+    timing = Timing(
+        config.quiet_period, config.max_wait, config.resync_interval, config.removal_grace
+    )
     status = server = None
     try:
         if config.metrics_listen:

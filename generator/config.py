@@ -51,6 +51,7 @@ class Config:
     quiet_period: float
     max_wait: float
     resync_interval: float
+    removal_grace: float  # watch: seconds removals are held back after a reconnect (0: off)
     log_format: str  # plain or json: how log lines on stderr look
     metrics_listen: tuple[str, int] | None  # (IP address, port) of /healthz and /metrics
 
@@ -209,6 +210,7 @@ def _config(values: dict[str, Any], networks: tuple[Network, ...]) -> Config:
         quiet_period=float(values["quiet_period"]),
         max_wait=float(values["max_wait"]),
         resync_interval=float(values["resync_interval"]),
+        removal_grace=float(values["removal_grace"]),
         log_format=values["log_format"],
         metrics_listen=listen_address(values["metrics_listen"]),
     )
