@@ -252,11 +252,14 @@ def _parser() -> argparse.ArgumentParser:
     wait = command(
         "wait",
         [],
-        "block until <NAME>-<SERVICE>.<domain> answers through the frontend",
+        "block until an instance answers for <NAME>-<SERVICE>.<domain> through the frontend",
         _wait,
-        "The hostname is made as the generator makes it from what `register` writes. A route "
-        "answers when the frontend passes the request to its service (any status but 502, 503 "
-        "and 504); the frontend's own 404 page means not routed yet.\n\n" + _EXIT_TABLE,
+        "The hostname is made as the generator makes it from what `register` writes. The route "
+        "is up when an instance of its service answers, with any status but 503 (a service's "
+        "own 502 or 504 counts). Not up yet: the frontend's own 404 page (not routed yet), a "
+        "502 or 504 that nginx made because no instance accepted the connection or answered "
+        "in time (header X-Devtest-Router: no-instance, or nginx's own error page), and a "
+        "503.\n\n" + _EXIT_TABLE,
     )
     group = wait.add_argument_group("waiting")
     group.add_argument("--name", help="branch name (default: $NAME)")

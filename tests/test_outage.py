@@ -62,29 +62,29 @@ class Keys:
         )
         return response.status
 
-    def _pairs(self, name: str, backend: Backend) -> dict[str, str]:
+    def _pairs(self, name: str, port: int) -> dict[str, str]:
         return {
             f"{name}/created": "2026-11-28T10:00:00Z",
             f"{name}/service/web/ip": LOOPBACK,
-            f"{name}/service/web/port": str(backend.port),
+            f"{name}/service/web/port": str(port),
         }
 
-    def register(self, name: str, backend: Backend, ttl: int) -> None:
+    def register(self, name: str, port: int, ttl: int) -> None:
         if self.kind == "etcd2":
-            for key, value in self._pairs(name, backend).items():
+            for key, value in self._pairs(name, port).items():
                 assert self._v2(key, "PUT", value=value, ttl=ttl) in (200, 201)
             return
         lease = str(self.member.v3("lease/grant", {"TTL": ttl})["ID"])
         self.leases[name] = lease
-        for key, value in self._pairs(name, backend).items():
+        for key, value in self._pairs(name, port).items():
             self.member.v3(
                 "kv/put", {"key": b64(f"/deployment/{key}"), "value": b64(value), "lease": lease}
             )
 
-    def keepalive(self, name: str, backend: Backend, ttl: int) -> None:
+    def keepalive(self, name: str, port: int, ttl: int) -> None:
         """Extend the registration's TTL without an event (v2 refresh, v3 lease keepalive)."""
         if self.kind == "etcd2":
-            for key in self._pairs(name, backend):
+            for key in self._pairs(name, port):
                 self._v2(key, "PUT", ttl=ttl, refresh="true", prevExist="true")
         else:
             self.member.v3("lease/keepalive", {"ID": self.leases[name]})
@@ -162,15 +162,15 @@ def test_an_etcd_outage_longer_than_the_ttl_costs_no_request(
     keys = Keys(kind, member)
     clients: list[Client] = []
     try:
-        keys.register("kept", found["kept"], TTL)
-        keys.register("gone", found["gone"], TTL)
+        keys.register("kept", found["kept"].port, TTL)
+        keys.register("gone", found["gone"].port, TTL)
         refreshing = threading.Event()
         refreshing.set()
 
         def refresh() -> None:  # the clients' keepalives, every TTL/3
             while refreshing.is_set():
                 for name in ("kept", "gone"):
-                    keys.keepalive(name, found[name], TTL)
+                    keys.keepalive(name, found[name].port, TTL)
                 time.sleep(TTL / 3)
 
         refresher = threading.Thread(target=refresh, daemon=True)
@@ -186,8 +186,8 @@ def test_an_etcd_outage_longer_than_the_ttl_costs_no_request(
 
         refreshing.clear()  # the clients' keepalives stop with etcd (they cannot reach it)
         refresher.join(10)
-        keys.keepalive("kept", found["kept"], TTL)  # the last refresh: TTL s left from here
-        keys.keepalive("gone", found["gone"], TTL)
+        keys.keepalive("kept", found["kept"].port, TTL)  # the last refresh: TTL s left from here
+        keys.keepalive("gone", found["gone"].port, TTL)
         member.kill()
         wait_for(lambda: "retrying" in router.log.read_text(), 15, what="the outage noticed")
         time.sleep(OUTAGE)  # etcd stays down longer than the TTL
@@ -203,8 +203,8 @@ def test_an_etcd_outage_longer_than_the_ttl_costs_no_request(
         # is deleted first, as a lost one would be); gone's never comes back.
         if kind == "etcd3":
             keys.delete("kept")
-        keys.register("kept", found["kept"], 60)
-        keys.register("new", found["new"], 60)  # an addition during the grace: at once
+        keys.register("kept", found["kept"].port, 60)
+        keys.register("new", found["new"].port, 60)  # an addition during the grace: at once
         router.wait_route(f"new-web.{DOMAIN}", "new")
         assert "removal grace over" not in router.log.read_text(), router.log_tail()
 
