@@ -8,6 +8,7 @@ result, naming the layer a bad value came from.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -127,6 +128,12 @@ def resolve(
             raise UsageError(
                 f"setting {key} = {show(value)} from {source[key]} holds a control character "
                 "(a newline?)"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            # nan passes every minimum and maximum (a comparison with nan is false)
+            raise UsageError(
+                f"setting {key} = {value} from {source[key]} is not valid: it must be a "
+                "finite number"
             )
     validator_class = jsonschema.validators.validator_for(schema)
     errors = sorted(validator_class(schema).iter_errors(values), key=lambda e: list(e.path))

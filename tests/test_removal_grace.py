@@ -140,6 +140,16 @@ def test_removal_grace_is_a_validated_setting() -> None:
     for bad in (-1, 3601, "soon"):
         with pytest.raises(UsageError, match="setting removal_grace"):
             resolve(schema, {"removal_grace": bad}, {})
+    # nan passes any minimum and maximum: refused for every number setting, from any source
+    with pytest.raises(UsageError, match=r"removal_grace = nan from --removal-grace .* finite"):
+        resolve(schema, {"removal_grace": float("nan")}, {})
+    variable = "DEVTEST_ROUTER_MAX_REMOVED_FRACTION"
+    with pytest.raises(
+        UsageError, match=f"max_removed_fraction = nan from environment variable {variable}"
+    ):
+        resolve(schema, {}, {variable: "nan"})
+    with pytest.raises(UsageError, match=r"resync_interval = inf from config file c\.yaml"):
+        resolve(schema, {}, {}, {"resync_interval": float("inf")}, "c.yaml")
 
 
 # --------------------------------------------------------------------------
