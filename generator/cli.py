@@ -226,6 +226,13 @@ def _parser() -> argparse.ArgumentParser:
         help="apply at the latest this long after the first change of a burst (default: 2)",
     )
     group.add_argument(
+        "--removal-grace",
+        type=float,
+        metavar="SECONDS",
+        help="after the registry was unreachable, hold removals back this long once it is "
+        "read again; 0: off (default: 30, the default registration TTL)",
+    )
+    group.add_argument(
         "--metrics-listen",
         metavar="ADDRESS",
         help="serve /healthz and /metrics on PORT (127.0.0.1), IP:PORT or [IPV6]:PORT "
@@ -245,11 +252,14 @@ def _parser() -> argparse.ArgumentParser:
     wait = command(
         "wait",
         [],
-        "block until <NAME>-<SERVICE>.<domain> answers through the frontend",
+        "block until an instance answers for <NAME>-<SERVICE>.<domain> through the frontend",
         _wait,
-        "The hostname is made as the generator makes it from what `register` writes. A route "
-        "answers when the frontend passes the request to its service (any status but 502, 503 "
-        "and 504); the frontend's own 404 page means not routed yet.\n\n" + _EXIT_TABLE,
+        "The hostname is made as the generator makes it from what `register` writes. The route "
+        "is up when an instance of its service answers, with any status but 503 (a service's "
+        "own 502 or 504 counts). Not up yet: the frontend's own 404 page (not routed yet), a "
+        "502 or 504 that nginx made because no instance accepted the connection or answered "
+        "in time (header X-Devtest-Router: no-instance, or nginx's own error page), and a "
+        "503.\n\n" + _EXIT_TABLE,
     )
     group = wait.add_argument_group("waiting")
     group.add_argument("--name", help="branch name (default: $NAME)")
@@ -478,7 +488,9 @@ def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
         release_free_memory()  # what this apply's checks and writes needed is free again
         return Outcome(rendered, message, result.changes, result.changes)
 
-    timing = Timing(config.quiet_period, config.max_wait, config.resync_interval)
+    timing = Timing(
+        config.quiet_period, config.max_wait, config.resync_interval, config.removal_grace
+    )
     status = server = None
     try:
         if config.metrics_listen:

@@ -8,6 +8,7 @@ result, naming the layer a bad value came from.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,7 @@ class Config:
     quiet_period: float
     max_wait: float
     resync_interval: float
+    removal_grace: float  # watch: seconds removals are held back after a reconnect (0: off)
     log_format: str  # plain or json: how log lines on stderr look
     metrics_listen: tuple[str, int] | None  # (IP address, port) of /healthz and /metrics
 
@@ -126,6 +128,12 @@ def resolve(
             raise UsageError(
                 f"setting {key} = {show(value)} from {source[key]} holds a control character "
                 "(a newline?)"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            # nan passes every minimum and maximum (a comparison with nan is false)
+            raise UsageError(
+                f"setting {key} = {value} from {source[key]} is not valid: it must be a "
+                "finite number"
             )
     validator_class = jsonschema.validators.validator_for(schema)
     errors = sorted(validator_class(schema).iter_errors(values), key=lambda e: list(e.path))
@@ -209,6 +217,7 @@ def _config(values: dict[str, Any], networks: tuple[Network, ...]) -> Config:
         quiet_period=float(values["quiet_period"]),
         max_wait=float(values["max_wait"]),
         resync_interval=float(values["resync_interval"]),
+        removal_grace=float(values["removal_grace"]),
         log_format=values["log_format"],
         metrics_listen=listen_address(values["metrics_listen"]),
     )

@@ -10,6 +10,19 @@ the registry has been quiet for `quiet` seconds, or `max_wait` seconds after the
 the latest, so a steady trickle of writes still gets applied. An unreachable registry never
 means "no services": the last good config stays while the watcher retries with capped backoff.
 What happens is told to an Observer (observe.py): /healthz and /metrics are kept at the edge.
+
+Removal grace. When the registry was away longer than the registrations' TTL, it comes back
+without them (etcd v2 expires the keys at once; v3 renews every lease at its restart, so the
+keys of a client that does not come back go one TTL later), and the clients write them again
+within a third of their TTL. So after a reconnect (a read or watch failed, then a read
+succeeded) the watcher holds removals back for `removal_grace` seconds: it applies the current
+snapshot plus every key of the last snapshot it applied before the outage that is now missing
+(hold_removals: a merge at key level, the current value wins). Additions and changed values
+apply at once. Removals that come during the grace are held too, until its end: the grace
+covers the time the clients need to come back, and a removal seen then may just as well be an
+expiry caused by the outage (a v3 lease renewed at the restart runs out one TTL later). When
+the grace ends the current snapshot is applied, with or without an event. One log line when a
+grace starts and one when it ends.
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ class Timing:
     quiet: float = 0.2
     max_wait: float = 2.0
     resync: float = 300.0  # read in full at least this often: a safety net under the events
+    removal_grace: float = 30.0  # after a reconnect, hold removals back this long (0: off)
 
 
 def settle(
@@ -70,6 +84,78 @@ def settle(
 def backoff(failures: int) -> float:
     """Seconds to wait after `failures` failures in a row (1 or more)."""
     return BACKOFF[min(failures, len(BACKOFF)) - 1]
+
+
+_ABSENT = object()
+KeyPath = tuple[str, ...]  # a key's path in a snapshot: ("deployment", <branch>, "service", ...)
+
+
+def hold_removals(current: Mapping[str, Any], held: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`current` plus every key (leaf) of `held` that `current` lacks, merged at key level: where
+    both have a value, or one a directory and the other a value, current's wins.
+
+    Neither input is changed; a directory to which nothing is added is current's own object
+    (so an unchanged deployment stays the object the pipeline compared last time).
+    """
+    merged: dict[str, Any] | None = None
+    for name, old in held.items():
+        new = current.get(name, _ABSENT)
+        if new is _ABSENT:
+            value = old
+        elif isinstance(new, Mapping) and isinstance(old, Mapping) and new is not old:
+            value = hold_removals(new, old)
+            if value is new:
+                continue
+        else:
+            continue
+        if merged is None:
+            merged = dict(current)
+        merged[name] = value
+    return current if merged is None else merged
+
+
+def missing_keys(
+    current: Mapping[str, Any], held: Mapping[str, Any], at: KeyPath = ()
+) -> list[KeyPath]:
+    """The paths of the keys (leaves) of `held` that hold_removals adds to `current`."""
+    found: list[KeyPath] = []
+    for name, old in held.items():
+        new = current.get(name, _ABSENT)
+        if new is _ABSENT:
+            found.extend(_leaves(old, (*at, name)))
+        elif isinstance(new, Mapping) and isinstance(old, Mapping) and new is not old:
+            found.extend(missing_keys(new, old, (*at, name)))
+    return found
+
+
+def _leaves(value: Any, at: KeyPath) -> list[KeyPath]:
+    if not isinstance(value, Mapping):
+        return [at]
+    return [path for name, child in value.items() for path in _leaves(child, (*at, name))]
+
+
+def during_grace(
+    current: Mapping[str, Any], held: Mapping[str, Any] | None, grace_left: float
+) -> Mapping[str, Any]:
+    """What the watcher applies: `current`, plus the missing keys of `held` (the last snapshot
+    applied) while `grace_left` seconds of a removal grace are left."""
+    if held is None or grace_left <= 0:
+        return current
+    return hold_removals(current, held)
+
+
+def count_keys(paths: list[KeyPath]) -> tuple[int, int]:
+    """(keys, deployments they belong to) for the paths of snapshot keys."""
+    deployments = {path[1] for path in paths if len(path) > 1 and path[0] == "deployment"}
+    return len(paths), len(deployments)
+
+
+def _keys_of(paths: list[KeyPath]) -> str:
+    keys, deployments = count_keys(paths)
+    return (
+        f"{keys} {'key' if keys == 1 else 'keys'} of {deployments} "
+        f"{'deployment' if deployments == 1 else 'deployments'}"
+    )
 
 
 class _Burst:
@@ -120,6 +206,9 @@ class Watcher:
         self._trouble: str | None = None  # what went wrong last, said once until it changes
         self._problems: tuple[Problem, ...] | None = None
         self._read_at = time.monotonic()  # when the registry was last read in full
+        self._applied: Mapping[str, Any] | None = None  # the last snapshot applied (held keys too)
+        self._outage = False  # a read or watch failed since the last read that succeeded
+        self._grace_until: float | None = None  # while set, removals are held back until then
 
     def stop(self) -> None:
         self.stopping.set()
@@ -127,7 +216,8 @@ class Watcher:
     def run(self) -> int:
         self.log(
             f"watching {self.registry.description} (quiet {self.timing.quiet:g} s, "
-            f"max wait {self.timing.max_wait:g} s)",
+            f"max wait {self.timing.max_wait:g} s, removal grace "
+            f"{self.timing.removal_grace:g} s)",
             registry=self.registry.description,
         )
         failures = 0
@@ -143,6 +233,7 @@ class Watcher:
                 read = self._follow(read, self.timing.resync if applied else backoff(failures))
                 continue
             except Error as error:  # unreachable or unreadable registry: nothing is changed
+                self._outage = True
                 self.observer.registry_failed(str(error))
                 self._say_once(f"{error}; keeping the last good config, retrying")
             except Exception as error:  # a watcher that dies routes nothing new: log, retry
@@ -164,11 +255,20 @@ class Watcher:
     def _follow(self, read: Read, patience: float) -> Read | None:
         """Wait for changes after `read`; the keys changed by a settled burst of them, or None
         when a full read is due: the events cannot be followed (a lost history, an unknown
-        event, no keys kept), `patience` seconds without events, the resync, or a stop."""
+        event, no keys kept), `patience` seconds without events, the resync, or a stop. When a
+        removal grace ends first, `read` itself: applied again, without the held keys."""
         due = min(time.monotonic() + patience, self._read_at + self.timing.resync)
-        while not self.stopping.is_set() and time.monotonic() < due:
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            if self._grace_until is not None and now >= self._grace_until:
+                return read
+            if now >= due:
+                break
+            poll = min(IDLE_POLL, due - now)
+            if self._grace_until is not None:
+                poll = min(poll, self._grace_until - now)
             try:
-                changed = self.registry.watch(read.index, IDLE_POLL)
+                changed = self.registry.watch(read.index, poll)
             except HistoryLost:
                 self.log(
                     "the watch fell behind the registry's history; re-reading it in full",
@@ -194,16 +294,12 @@ class Watcher:
     def _apply(self, read: Read) -> bool:
         """Apply what was read (in full or from events): whether the apply succeeded."""
         self.observer.registry_read(read.index)
-        if self._trouble is not None:
-            self.log(
-                f"{self.registry.description} is readable again",
-                registry=self.registry.description,
-                registry_index=read.index,
-            )
-            self._trouble = None
+        if self._trouble is not None or self._outage:
+            self._readable_again(read)
+        snapshot = self._with_held_keys(read)
         started = time.monotonic()
         try:
-            outcome = self.apply(read.snapshot)
+            outcome = self.apply(snapshot)
         except Exception as error:
             self.observer.apply_failed(_one_line(error), time.monotonic() - started)
             if not isinstance(error, Error):
@@ -216,6 +312,7 @@ class Watcher:
             )
             return False
         self.observer.applied(outcome, time.monotonic() - started)
+        self._applied = snapshot
         rendered = outcome.rendered
         fields = {"registry_index": read.index, "snapshot": rendered.snapshot_id}
         if rendered.table.problems != self._problems:
@@ -230,6 +327,51 @@ class Watcher:
             problems=len(rendered.table.problems),
         )
         return True
+
+    def _readable_again(self, read: Read) -> None:
+        """Say the registry answers again; after an outage, start a removal grace (if on, and
+        if anything was applied before it)."""
+        fields: dict[str, object] = {
+            "registry": self.registry.description,
+            "registry_index": read.index,
+        }
+        message = f"{self.registry.description} is readable again"
+        grace = self.timing.removal_grace
+        if self._outage and grace > 0 and self._applied is not None:
+            missing = missing_keys(read.snapshot, self._applied)
+            self._grace_until = time.monotonic() + grace
+            keys, deployments = count_keys(missing)
+            message += (
+                f" after an outage: holding back removals for {grace:g} s "
+                f"({_keys_of(missing)} missing)"
+            )
+            fields.update(removal_grace=grace, held_keys=keys, held_deployments=deployments)
+        self.log(message, **fields)
+        self._trouble = None
+        self._outage = False
+
+    def _with_held_keys(self, read: Read) -> Mapping[str, Any]:
+        """The snapshot to apply: what was read, plus the keys held back while a removal grace
+        lasts; the end of a grace is said here, once."""
+        if self._grace_until is None:
+            return read.snapshot
+        left = self._grace_until - time.monotonic()
+        if left <= 0:
+            self._grace_until = None
+            gone = missing_keys(read.snapshot, self._applied) if self._applied else []
+            keys, deployments = count_keys(gone)
+            self.log(
+                "removal grace over: "
+                + (
+                    f"{_keys_of(gone)} held back are still missing; removing them"
+                    if gone
+                    else "no held-back key is missing any more"
+                ),
+                registry_index=read.index,
+                held_keys=keys,
+                held_deployments=deployments,
+            )
+        return during_grace(read.snapshot, self._applied, left)
 
 
 def _one_line(error: Exception) -> str:
