@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -301,25 +302,28 @@ class SnapshotValidator:
 
     def deployment(self, name: str, value: Any) -> tuple[Deployment | None, list[Problem]]:
         """The deployment with its broken parts dropped (None if nothing of it is usable)."""
-        findings = list(self._findings(value))
-        skip_deployment = False
-        skipped_services: set[str] = set()
-        skipped_instances: set[tuple[str, str | None]] = set()  # (service, instance id)
-        ignored: set[tuple[str, ...]] = set()
-        for where, rule, _ in findings:
-            cost = rule.cost
-            if cost is Cost.SKIP_DEPLOYMENT:
-                skip_deployment = True
-            elif cost is Cost.SKIP_SERVICE:
-                skipped_services.add(where[1])
-            elif cost is Cost.SKIP_INSTANCE:
-                skipped_instances.add((where[1], where[3] if len(where) > 3 else None))
-            else:
-                ignored.add(where)
-        if skip_deployment:
-            return None, _problems(name, findings, set())
-        services = _services(value.get("service"), skipped_services, skipped_instances, ignored)
-        problems = _problems(name, findings, {service.name for service in services})
+        findings: list[Finding] = []
+        skipped_services: AbstractSet[str] = _NONE
+        skipped_instances: AbstractSet[tuple[str, str | None]] = _NONE  # (service, id)
+        ignored: AbstractSet[tuple[str, ...]] = _NONE
+        if not self._passes(value):
+            findings = list(self._findings(value))
+            skipped_services, skipped_instances, ignored = set(), set(), set()
+            for where, rule, _ in findings:
+                cost = rule.cost
+                if cost is Cost.SKIP_DEPLOYMENT:
+                    return None, _problems(name, findings, set())
+                if cost is Cost.SKIP_SERVICE:
+                    skipped_services.add(where[1])
+                elif cost is Cost.SKIP_INSTANCE:
+                    skipped_instances.add((where[1], where[3] if len(where) > 3 else None))
+                else:
+                    ignored.add(where)
+        entries = sorted((value.get("service") or {}).items())
+        services = _services(entries, skipped_services, skipped_instances, ignored)
+        problems = (
+            _problems(name, findings, {service.name for service in services}) if findings else []
+        )
         created = None
         if "created" in value and ("created",) not in ignored:
             created = parse_time(value["created"])
@@ -344,13 +348,19 @@ class SnapshotValidator:
         registered = tuple(sorted(value.get("service") or {}))
         return Deployment(name, created, services, registered), problems
 
+    def _passes(self, value: Any) -> bool:
+        """Whether fastjsonschema passes the deployment: then it has no problem to report."""
+        if self._fast is None:
+            return False
+        try:
+            self._fast(value)
+        except fastjsonschema.JsonSchemaException:
+            return False
+        return True
+
     def _findings(self, value: Any) -> Iterator[Finding]:
-        if self._fast is not None:
-            try:
-                self._fast(value)
-                return
-            except fastjsonschema.JsonSchemaException:
-                pass
+        """What jsonschema finds wrong, each with its rule (a deployment that fails
+        fastjsonschema, or every deployment without the fast path)."""
         bad_ids = _bad_ids(value)
         for service, id in bad_ids:
             yield ("service", service, "instance", id), _BAD_INSTANCE_ID, {}
@@ -381,6 +391,7 @@ class SnapshotValidator:
 
 # Where (relative to the deployment), the rule, and the values its `says` names.
 Finding = tuple[tuple[str, ...], Rule, dict[str, str]]
+_NONE: frozenset[Any] = frozenset()
 
 
 def _bad_ids(value: Any) -> list[tuple[str, str]]:
@@ -397,20 +408,19 @@ def _bad_ids(value: Any) -> list[tuple[str, str]]:
 
 
 def _services(
-    found: Any,
-    skipped_services: set[str],
-    skipped_instances: set[tuple[str, str | None]],
-    ignored: set[tuple[str, ...]],
+    entries: list[tuple[str, Any]],
+    skipped_services: AbstractSet[str],
+    skipped_instances: AbstractSet[tuple[str, str | None]],
+    ignored: AbstractSet[tuple[str, ...]],
 ) -> tuple[Service, ...]:
-    """The services that keep a complete instance, each with its complete instances, sorted.
+    """The services (name, value; sorted) that keep a complete instance, each with its
+    complete instances in instance order.
 
-    Only what passed the schema or was skipped by a finding is here, so a shape test beside
-    each lookup only keeps a finding missed by mistake from becoming a traceback."""
-    if not isinstance(found, dict):
-        return ()
+    What is here passed the schema or was skipped by a finding; the shape tests beside each
+    lookup only keep a finding missed by mistake from becoming a traceback."""
     services: list[Service] = []
-    for service, entry in sorted(found.items()):
-        if service in skipped_services or not isinstance(entry, dict):
+    for service, entry in entries:
+        if not isinstance(entry, dict) or service in skipped_services:
             continue
         instances: list[Instance] = []
         if "ip" in entry and "port" in entry and (service, None) not in skipped_instances:
