@@ -168,7 +168,7 @@ RULES: tuple[tuple[tuple[str, ...], str, Rule], ...] = (
         ),
     ),
     (
-        # only when the service has no port key of its own (the schema's then/allOf/else)
+        # only when the service has neither an ip nor a port key (the schema's else/if/then)
         ("service", "*", "instance"),
         "minProperties",
         Rule(
