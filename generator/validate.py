@@ -3,7 +3,12 @@
 etcd is not transactional and etcdwatch passes on whatever is there, so a half-written entry is
 normal, not an error: it is skipped with a problem that names its key, and every other deployment
 still routes. The schema decides what is valid; the table below decides what a failure costs
-(the key is ignored, the service is skipped, or the deployment is skipped) and how to say so.
+(the key is ignored, the instance, the service or the deployment is skipped) and how to say so.
+
+A service's instances are its own ip and port keys (the seed's layout: the instance with no
+id) and each directory under its `instance` key. A broken instance costs only itself while
+another instance of the service is complete; a service with no complete instance is skipped
+(and its problems say so). The common case, a valid deployment, costs one fastjsonschema call.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -20,14 +26,29 @@ import fastjsonschema
 import jsonschema
 import referencing
 
-from .model import Deployment, Instance, Problem, Service
+from .model import Deployment, Instance, Problem, Service, instance_order
 from .names import short_hash
 
 
 class Cost(Enum):
-    IGNORE_KEY = "the key is ignored"
-    SKIP_SERVICE = "the service is skipped"
-    SKIP_DEPLOYMENT = "the deployment is skipped"
+    """What a problem costs, in the words its message uses.
+
+    A cost that takes instances (`instances`) is said as SKIP_SERVICE's when the service is
+    left with no complete instance: the message then says what happened to the service.
+    """
+
+    IGNORE_KEY = ("the key is ignored", False)
+    IGNORE_INSTANCES = ("the key is ignored", True)  # a service's instance directory
+    SKIP_INSTANCE = ("the instance is skipped", True)
+    SKIP_SERVICE = ("the service is skipped", False)
+    SKIP_DEPLOYMENT = ("the deployment is skipped", False)
+
+    text: str
+    instances: bool
+
+    def __init__(self, text: str, instances: bool) -> None:
+        self.text = text
+        self.instances = instances
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +62,16 @@ class Rule:
 _CREATED_FIX = (
     "the deployment routes but loses any hostname collision; write date -u +%Y-%m-%dT%H:%M:%SZ"
 )
+_INSTANCE_FIX = "it routes once its ip and port keys are both written"
 
-# Where a schema error sits (relative to the deployment; "*" is any service name) and which
-# keyword failed -> what it costs and what to tell the user. Checked in order; first match wins.
+# An instance id: the schema's propertyNames pattern, matched whole (a JSON Schema pattern's $
+# also matches before a final newline in Python's re, so jsonschema would pass "a1\n").
+INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+# Where a schema error sits (relative to the deployment; "*" is any service name or instance
+# id) and which keyword failed -> what it costs and what to tell the user. Checked in order;
+# first match wins. A service's own ip and port keys are its instance with no id: their
+# errors cost that instance (SKIP_INSTANCE), which is the service when it has no other.
 RULES: tuple[tuple[tuple[str, ...], str, Rule], ...] = (
     (
         (),
@@ -82,14 +110,11 @@ RULES: tuple[tuple[tuple[str, ...], str, Rule], ...] = (
         ),
     ),
     (
+        # ip or port missing, and no instance directory: the plain keys are all there is
+        # (a service with an instance directory says incomplete-instance: see _PLAIN_INCOMPLETE)
         ("service", "*"),
         "required",
-        Rule(
-            "incomplete-service",
-            Cost.SKIP_SERVICE,
-            "has no {missing} yet",
-            "it routes once its ip and port keys are both written",
-        ),
+        Rule("incomplete-service", Cost.SKIP_SERVICE, "has no {missing} yet", _INSTANCE_FIX),
     ),
     (
         ("service", "*"),
@@ -97,7 +122,7 @@ RULES: tuple[tuple[tuple[str, ...], str, Rule], ...] = (
         Rule(
             "stray-key",
             Cost.IGNORE_KEY,
-            "is not a service key (only 'ip' and 'port' are)",
+            "is not a service key (only 'ip', 'port' and 'instance' are)",
             "remove it",
         ),
     ),
@@ -116,7 +141,7 @@ RULES: tuple[tuple[tuple[str, ...], str, Rule], ...] = (
         "*",
         Rule(
             "bad-ip",
-            Cost.SKIP_SERVICE,
+            Cost.SKIP_INSTANCE,
             "is {value}, not an IPv4 or IPv6 address",
             "register the container's address (names are never resolved)",
         ),
@@ -126,12 +151,102 @@ RULES: tuple[tuple[tuple[str, ...], str, Rule], ...] = (
         "*",
         Rule(
             "bad-port",
+            Cost.SKIP_INSTANCE,
+            "is {value}, not a port number 1-65535",
+            "register the container's host port",
+        ),
+    ),
+    (
+        ("service", "*", "instance"),
+        "type",
+        Rule(
+            "bad-instances",
+            Cost.IGNORE_INSTANCES,
+            "is {value}, not a directory of instances",
+            "register each instance under "
+            "/deployment/<branch>/service/<service>/instance/<id>/ip and .../port",
+        ),
+    ),
+    (
+        # only when the service has neither an ip nor a port key (the schema's else/if/then)
+        ("service", "*", "instance"),
+        "minProperties",
+        Rule(
+            "incomplete-service",
             Cost.SKIP_SERVICE,
+            "holds no instance yet",
+            "it routes once an instance's ip and port keys are both written",
+        ),
+    ),
+    (
+        # not from the schema's propertyNames error (see SnapshotValidator._bad_ids)
+        ("service", "*", "instance", "*"),
+        "propertyNames",
+        Rule(
+            "bad-instance-id",
+            Cost.SKIP_INSTANCE,
+            "is not an instance id (a letter or digit, then up to 127 letters, digits, '.', "
+            "'_' or '-')",
+            "register the instance under such an id (register --instance or INSTANCE)",
+        ),
+    ),
+    (
+        ("service", "*", "instance", "*"),
+        "required",
+        Rule("incomplete-instance", Cost.SKIP_INSTANCE, "has no {missing} yet", _INSTANCE_FIX),
+    ),
+    (
+        ("service", "*", "instance", "*"),
+        "additionalProperties",
+        Rule(
+            "stray-key",
+            Cost.IGNORE_KEY,
+            "is not an instance key (only 'ip' and 'port' are)",
+            "remove it",
+        ),
+    ),
+    (
+        ("service", "*", "instance", "*"),
+        "type",
+        Rule(
+            "not-an-instance",
+            Cost.SKIP_INSTANCE,
+            "is {value}, not an instance directory with ip and port",
+            "register .../instance/<id>/ip and .../port",
+        ),
+    ),
+    (
+        ("service", "*", "instance", "*", "ip"),
+        "*",
+        Rule(
+            "bad-ip",
+            Cost.SKIP_INSTANCE,
+            "is {value}, not an IPv4 or IPv6 address",
+            "register the container's address (names are never resolved)",
+        ),
+    ),
+    (
+        ("service", "*", "instance", "*", "port"),
+        "*",
+        Rule(
+            "bad-port",
+            Cost.SKIP_INSTANCE,
             "is {value}, not a port number 1-65535",
             "register the container's host port",
         ),
     ),
 )
+
+# The service's own ip and port keys half-written beside an instance directory: they are one
+# instance of several, so only it is skipped (the service, if it has no complete other).
+_PLAIN_INCOMPLETE = Rule(
+    "incomplete-instance",
+    Cost.SKIP_INSTANCE,
+    "has no {missing} yet",
+    "its own ip and port keys route once both are written",
+)
+_INCOMPLETE_SERVICE = next(rule for _, _, rule in RULES if rule.code == "incomplete-service")
+_BAD_INSTANCE_ID = next(rule for _, _, rule in RULES if rule.code == "bad-instance-id")
 
 _PLAIN = re.compile(r"[A-Za-z0-9._~:@+=,-]{1,64}")
 
@@ -187,27 +302,28 @@ class SnapshotValidator:
 
     def deployment(self, name: str, value: Any) -> tuple[Deployment | None, list[Problem]]:
         """The deployment with its broken parts dropped (None if nothing of it is usable)."""
-        problems: list[Problem] = []
-        skip_deployment = False
-        skipped_services: set[str] = set()
-        ignored: set[tuple[str, ...]] = set()
-        for where, rule, detail in self._findings(value):
-            path = ("deployment", name, *where)
-            problems.append(
-                Problem(
-                    key_path(*path),
-                    rule.code,
-                    f"{rule.says.format(**detail)}: {rule.cost.value}; {rule.fix}",
-                )
-            )
-            if rule.cost is Cost.SKIP_DEPLOYMENT:
-                skip_deployment = True
-            elif rule.cost is Cost.SKIP_SERVICE:
-                skipped_services.add(where[1])
-            else:
-                ignored.add(where)
-        if skip_deployment:
-            return None, problems
+        findings: list[Finding] = []
+        skipped_services: AbstractSet[str] = _NONE
+        skipped_instances: AbstractSet[tuple[str, str | None]] = _NONE  # (service, id)
+        ignored: AbstractSet[tuple[str, ...]] = _NONE
+        if not self._passes(value):
+            findings = list(self._findings(value))
+            skipped_services, skipped_instances, ignored = set(), set(), set()
+            for where, rule, _ in findings:
+                cost = rule.cost
+                if cost is Cost.SKIP_DEPLOYMENT:
+                    return None, _problems(name, findings, set())
+                if cost is Cost.SKIP_SERVICE:
+                    skipped_services.add(where[1])
+                elif cost is Cost.SKIP_INSTANCE:
+                    skipped_instances.add((where[1], where[3] if len(where) > 3 else None))
+                else:
+                    ignored.add(where)
+        entries = sorted((value.get("service") or {}).items())
+        services = _services(entries, skipped_services, skipped_instances, ignored)
+        problems = (
+            _problems(name, findings, {service.name for service in services}) if findings else []
+        )
         created = None
         if "created" in value and ("created",) not in ignored:
             created = parse_time(value["created"])
@@ -220,11 +336,6 @@ class SnapshotValidator:
                         f"ignored; {_CREATED_FIX}",
                     )
                 )
-        services = tuple(
-            Service(service, (Instance(None, str(entry["ip"]), str(entry["port"])),))
-            for service, entry in sorted((value.get("service") or {}).items())
-            if service not in skipped_services
-        )
         if not services:
             problems.append(
                 Problem(
@@ -237,29 +348,111 @@ class SnapshotValidator:
         registered = tuple(sorted(value.get("service") or {}))
         return Deployment(name, created, services, registered), problems
 
-    def _findings(self, value: Any) -> Iterator[tuple[tuple[str, ...], Rule, dict[str, str]]]:
-        if self._fast is not None:
-            try:
-                self._fast(value)
-                return
-            except fastjsonschema.JsonSchemaException:
-                pass
+    def _passes(self, value: Any) -> bool:
+        """Whether fastjsonschema passes the deployment: then it has no problem to report."""
+        if self._fast is None:
+            return False
+        try:
+            self._fast(value)
+        except fastjsonschema.JsonSchemaException:
+            return False
+        return True
+
+    def _findings(self, value: Any) -> Iterator[Finding]:
+        """What jsonschema finds wrong, each with its rule (a deployment that fails
+        fastjsonschema, or every deployment without the fast path)."""
+        bad_ids = _bad_ids(value)
+        for service, id in bad_ids:
+            yield ("service", service, "instance", id), _BAD_INSTANCE_ID, {}
         for error in self._deployment.iter_errors(value):
+            if "propertyNames" in error.relative_schema_path:
+                continue  # _bad_ids found it (jsonschema names the directory, not the id)
             where = tuple(str(part) for part in error.absolute_path)
+            if len(where) > 3 and where[2] == "instance" and (where[1], where[3]) in bad_ids:
+                continue  # the instance is skipped for its id: one problem is enough
             instance: Any = error.instance
             rule = _rule_for(where, str(error.validator))
             if rule is None:  # a schema keyword the table does not know: skip the deployment
-                rule = Rule("invalid", Cost.SKIP_DEPLOYMENT, error.message, "fix the entry")
+                says = error.message.replace("{", "{{").replace("}", "}}")
+                rule = Rule("invalid", Cost.SKIP_DEPLOYMENT, says, "fix the entry")
             if error.validator == "additionalProperties":
                 known: Any = error.schema
                 for extra in sorted(set(instance) - set(known.get("properties", {}))):
                     yield (*where, extra), rule, {"value": show(instance[extra])}
             elif error.validator == "required":
+                if rule is _INCOMPLETE_SERVICE and "instance" in instance:
+                    rule = _PLAIN_INCOMPLETE
                 required: Any = error.validator_value
                 missing = " and ".join(key for key in required if key not in instance)
                 yield where, rule, {"missing": missing}
             else:
                 yield where, rule, {"value": show(instance)}
+
+
+# Where (relative to the deployment), the rule, and the values its `says` names.
+Finding = tuple[tuple[str, ...], Rule, dict[str, str]]
+_NONE: frozenset[Any] = frozenset()
+
+
+def _bad_ids(value: Any) -> list[tuple[str, str]]:
+    """(service, instance id) of every instance whose id is not of INSTANCE_ID's shape."""
+    services = value.get("service") if isinstance(value, dict) else None
+    if not isinstance(services, dict):
+        return []
+    found: list[tuple[str, str]] = []
+    for service, entry in sorted(services.items()):
+        instances = entry.get("instance") if isinstance(entry, dict) else None
+        if isinstance(instances, dict):
+            found.extend((service, id) for id in sorted(instances) if not INSTANCE_ID.fullmatch(id))
+    return found
+
+
+def _services(
+    entries: list[tuple[str, Any]],
+    skipped_services: AbstractSet[str],
+    skipped_instances: AbstractSet[tuple[str, str | None]],
+    ignored: AbstractSet[tuple[str, ...]],
+) -> tuple[Service, ...]:
+    """The services (name, value; sorted) that keep a complete instance, each with its
+    complete instances in instance order.
+
+    What is here passed the schema or was skipped by a finding; the shape tests beside each
+    lookup only keep a finding missed by mistake from becoming a traceback."""
+    services: list[Service] = []
+    for service, entry in entries:
+        if not isinstance(entry, dict) or service in skipped_services:
+            continue
+        instances: list[Instance] = []
+        if "ip" in entry and "port" in entry and (service, None) not in skipped_instances:
+            instances.append(Instance(None, str(entry["ip"]), str(entry["port"])))
+        directory = entry.get("instance")
+        if isinstance(directory, dict) and ("service", service, "instance") not in ignored:
+            for id, keys in directory.items():
+                if (
+                    isinstance(keys, dict)
+                    and "ip" in keys
+                    and "port" in keys
+                    and (service, id) not in skipped_instances
+                ):
+                    instances.append(Instance(id, str(keys["ip"]), str(keys["port"])))
+            if len(instances) > 1:
+                instances.sort(key=instance_order)
+        if instances:
+            services.append(Service(service, tuple(instances)))
+    return tuple(services)
+
+
+def _problems(name: str, findings: list[Finding], routed: set[str]) -> list[Problem]:
+    """One problem per finding (the same one once), in the order found. A cost that takes
+    instances is said as the service's when the service has no complete instance left."""
+    problems: dict[Problem, None] = {}
+    for where, rule, detail in findings:
+        cost = rule.cost
+        if cost.instances and where[1] not in routed:
+            cost = Cost.SKIP_SERVICE
+        text = f"{rule.says.format(**detail)}: {cost.text}; {rule.fix}"
+        problems[Problem(key_path("deployment", name, *where), rule.code, text)] = None
+    return list(problems)
 
 
 def parse_time(text: str) -> datetime | None:

@@ -8,7 +8,10 @@ Two families:
   under {"deployment": ...}. The keys the schema knows ("service", "ip", ...) are drawn often,
   so half-plausible entries reach routing, not just validation.
 * `realistic_snapshots`: deployments as CI registers them: git-like branch names, a few service
-  names, a mix of good and bad addresses, ports and creation times.
+  names, a mix of good and bad addresses, ports and creation times. A service is registered
+  the seed's way (its own ip and port keys), as instances (instance/<id>/ip and port, as
+  `register` writes them), or both; some instances are half-written, share an address, or
+  have an id of the wrong shape.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from hypothesis import strategies as st
 # Characters that mean something to nginx (or to a shell, or to a log line).
 NGINX_SPECIAL = ";{}\"'$#\n\\"
 
-SCHEMA_KEYS = ("deployment", "service", "created", "ip", "port")
+SCHEMA_KEYS = ("deployment", "service", "created", "ip", "port", "instance")
 
 # --------------------------------------------------------------------------
 # arbitrary text
@@ -205,6 +208,17 @@ port_strings: st.SearchStrategy[str] = st.one_of(
     st.text(max_size=6),
 )
 
+# Instance ids: mostly of the right shape (what register picks: --instance, an ECS task id, a
+# container's hostname, a random hex id), some not.
+instance_ids: st.SearchStrategy[str] = st.one_of(
+    st.sampled_from(["a", "b", "web-1", "web-2", "0123456789ab", "9f3c2d1e0b7a", "host.local"]),
+    st.text(alphabet="0123456789abcdef", min_size=12, max_size=12),
+    st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True),
+    st.sampled_from(
+        ["", "-a", ".a", "_a", "a/b", "a b", "a\n", "a;b", "é", "a" * 128, "a" * 129, "$x"]
+    ),
+)
+
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 # A small pool of instants, so that ties (also across different spellings) happen often.
 _instants = st.integers(0, 5).map(lambda hours: _EPOCH + timedelta(hours=hours))
@@ -255,18 +269,50 @@ _junk_services = st.dictionaries(
         st.fixed_dictionaries(
             {}, optional={"ip": st.one_of(leaves, trees), "port": st.one_of(leaves, trees)}
         ),
+        # instances: ids of any shape, each directory plausible, half-written or junk
+        st.fixed_dictionaries(
+            {
+                "instance": st.one_of(
+                    st.dictionaries(
+                        st.one_of(st.deferred(lambda: instance_ids), _keys),
+                        st.one_of(
+                            st.fixed_dictionaries(
+                                {
+                                    "ip": st.one_of(private_v4.map(_text), ip_strings),
+                                    "port": st.one_of(st.integers(1, 65535).map(str), leaves),
+                                },
+                                optional={"ttl": leaves},
+                            ),
+                            trees,
+                        ),
+                        max_size=3,
+                    ),
+                    leaves,
+                )
+            },
+            optional={"ip": st.one_of(private_v4.map(_text), leaves), "port": leaves},
+        ),
     ),
     max_size=3,
 )
+_plausible_instance = st.fixed_dictionaries(
+    {
+        "ip": st.one_of(private_v4.map(_text), ula_v6.map(_text), st.deferred(lambda: ip_strings)),
+        "port": st.one_of(st.integers(1, 65535).map(str), st.deferred(lambda: port_strings)),
+    }
+)
 _plausible_services = st.dictionaries(
     _keys,
-    st.fixed_dictionaries(
-        {
-            "ip": st.one_of(
-                private_v4.map(_text), ula_v6.map(_text), st.deferred(lambda: ip_strings)
+    st.one_of(
+        _plausible_instance,
+        # several instances (an upstream group), maybe beside the plain keys
+        st.builds(
+            lambda plain, instances: {**plain, "instance": instances},
+            st.one_of(st.just({}), _plausible_instance),
+            st.dictionaries(
+                st.deferred(lambda: instance_ids), _plausible_instance, min_size=1, max_size=3
             ),
-            "port": st.one_of(st.integers(1, 65535).map(str), st.deferred(lambda: port_strings)),
-        }
+        ),
     ),
     min_size=1,
     max_size=3,
@@ -352,10 +398,30 @@ service_names: st.SearchStrategy[str] = st.one_of(
     st.text(max_size=6),
 )
 
+_instance = st.one_of(
+    st.fixed_dictionaries({"ip": ip_strings, "port": port_strings}),
+    st.fixed_dictionaries({"ip": ip_strings, "port": port_strings}),
+    st.fixed_dictionaries({}, optional={"ip": ip_strings, "port": port_strings}),  # half-written
+)
+
+
+@st.composite
+def _replicas(draw: st.DrawFn) -> dict[str, Any]:
+    """A service registered as instances (register's layout), maybe beside its own ip and port
+    keys; replicas often share an address (a compose scale on one host port is not one)."""
+    ids = draw(st.lists(instance_ids, min_size=1, max_size=4, unique=True))
+    shared = draw(st.fixed_dictionaries({"ip": private_v4.map(_text), "port": port_strings}))
+    instances = {id: draw(st.one_of(_instance, st.just(shared))) for id in ids}
+    plain = draw(st.one_of(st.just({}), _instance))
+    return {**plain, "instance": instances}
+
+
 services = st.one_of(
     st.fixed_dictionaries({"ip": ip_strings, "port": port_strings}),
     st.fixed_dictionaries({"ip": ip_strings, "port": port_strings}),
     st.fixed_dictionaries({}, optional={"ip": ip_strings, "port": port_strings}),  # half-written
+    _replicas(),
+    _replicas(),
     st.none(),
 )
 

@@ -329,9 +329,18 @@ def assert_no_raw_registry_strings(text: str, snapshot: Any, config: Config = DE
 # --- property 6: the upstream guard
 
 
-def registered(snapshot: dict[str, Any], route: Route) -> tuple[str, str]:
+def registered(snapshot: dict[str, Any], route: Route) -> dict[str | None, tuple[str, str]]:
+    """(ip, port) of every instance of the route's service that has both, by instance id."""
     entry = snapshot["deployment"][route.deployment]["service"][route.service]
-    return entry["ip"], entry["port"]
+    directories = entry.get("instance")
+    found = {
+        id: (keys["ip"], keys["port"])
+        for id, keys in (directories.items() if isinstance(directories, dict) else ())
+        if isinstance(keys, dict) and "ip" in keys and "port" in keys
+    }
+    if "ip" in entry and "port" in entry:
+        found[None] = (entry["ip"], entry["port"])
+    return found
 
 
 def assert_upstreams_guarded(table: RoutingTable, config: Config) -> None:
@@ -686,12 +695,15 @@ def test_rendering_is_deterministic_and_ignores_key_order(
 def test_no_route_to_a_refused_upstream(snapshot: dict[str, Any], config: Config) -> None:
     table = build(snapshot, config).table
     assert_upstreams_guarded(table, config)
-    for route in table.routes:  # and every route goes where the service registered
-        ip, port = registered(snapshot, route)
-        address = ipaddress.ip_address(ip)
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        assert route.upstreams == (Upstream(address, int(port)),)
+    for route in table.routes:  # and every route goes where the service's instances registered
+        found = registered(snapshot, route)
+        assert route.members
+        for member in route.members:
+            ip, port = found[member.instance]
+            address = ipaddress.ip_address(ip)
+            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+                address = address.ipv4_mapped
+            assert member.upstream == Upstream(address, int(port))
 
 
 @PURE

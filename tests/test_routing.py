@@ -1,4 +1,5 @@
-"""Routing: hostnames, default entry points, the upstream guard and the collision rule."""
+"""Routing: hostnames, default entry points, the upstream guard, the collision rule, and a
+service's instances as the members of its route."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from typing import Any
 import pytest
 
 from generator.config import Config, resolve
-from generator.model import RouteKind, RoutingTable
+from generator.model import Route, RouteKind, RoutingTable
 from generator.resources import schema
-from generator.routing import build_table, guard
+from generator.routing import build_table, guard, pool
 from generator.validate import SnapshotValidator, validate
 
 
@@ -192,3 +193,123 @@ def test_metadata_and_non_host_addresses_are_refused_even_when_every_network_is_
 def test_an_ipv4_mapped_upstream_is_routed_as_its_ipv4_host() -> None:
     upstream = guard("::ffff:10.0.0.1", "80", config())
     assert str(upstream) == "10.0.0.1:80"
+
+
+# --------------------------------------------------------------------------
+# instances: members, pools and the guard per instance
+
+
+def instances(*addresses: tuple[str, str, str]) -> dict[str, Any]:
+    """A service registered as instances: (id, ip, port) each."""
+    return {"instance": {id: service(ip, port) for id, ip, port in addresses}}
+
+
+def route_of(routes: RoutingTable, host: str) -> Route:
+    return routes.by_host()[host]
+
+
+def test_every_complete_instance_is_a_member_in_instance_order() -> None:
+    routes = table(
+        {
+            "b": {
+                "service": {
+                    "web": {
+                        **service("10.0.0.9", "81"),
+                        **instances(("c", "10.0.0.3", "80"), ("a", "10.0.0.1", "80")),
+                    }
+                }
+            }
+        }
+    )
+    web = route_of(routes, "b-web.dev.test")
+    assert [(m.instance, str(m.upstream)) for m in web.members] == [
+        (None, "10.0.0.9:81"),
+        ("a", "10.0.0.1:80"),
+        ("c", "10.0.0.3:80"),
+    ]
+    assert [str(u) for u in web.upstreams] == ["10.0.0.1:80", "10.0.0.3:80", "10.0.0.9:81"]
+    assert web.pool == pool("b", "web", web.members) != "10.0.0.1:80"
+    assert route_of(routes, "b.dev.test").members == web.members  # the default entry point too
+    assert routes.problems == ()
+
+
+def test_two_instances_with_one_address_are_one_upstream_and_a_map_line() -> None:
+    routes = table(
+        {"b": {"service": {"web": instances(("a", "10.0.0.1", "80"), ("b", "10.0.0.1", "80"))}}}
+    )
+    web = route_of(routes, "b-web.dev.test")
+    assert [m.instance for m in web.members] == ["a", "b"]
+    assert [str(u) for u in web.upstreams] == ["10.0.0.1:80"]
+    assert web.pool == "10.0.0.1:80"
+
+
+def test_a_refused_instance_is_skipped_and_the_others_route() -> None:
+    routes = table(
+        {
+            "b": {
+                "service": {
+                    "web": instances(("a", "169.254.169.254", "80"), ("b", "10.0.0.2", "80"))
+                }
+            }
+        }
+    )
+    web = route_of(routes, "b-web.dev.test")
+    assert [m.instance for m in web.members] == ["b"]
+    assert web.pool == "10.0.0.2:80"
+    assert [str(p) for p in routes.problems] == [
+        "/deployment/b/service/web/instance/a: upstream 169.254.169.254:80 is link-local "
+        "(where cloud metadata services answer): always refused; the instance is skipped; "
+        "the service's other instances route [refused-upstream]"
+    ]
+
+
+def test_a_service_whose_every_instance_is_refused_is_skipped() -> None:
+    routes = table(
+        {"b": {"service": {"web": instances(("a", "8.8.8.8", "80"), ("b", "127.0.0.1", "80"))}}}
+    )
+    assert hosts(routes) == {}
+    assert [(p.key, p.code) for p in routes.problems] == [
+        ("/deployment/b/service/web/instance/a", "refused-upstream"),
+        ("/deployment/b/service/web/instance/b", "refused-upstream"),
+    ]
+    assert all(p.message.endswith("; the service is skipped") for p in routes.problems)
+
+
+def test_a_half_written_instance_and_a_refused_one_leave_the_good_one_routing() -> None:
+    routes = table(
+        {
+            "b": {
+                "service": {
+                    "web": {
+                        "ip": "0.0.0.0",
+                        "port": "80",
+                        "instance": {"new": {"ip": "10.0.0.3"}, "ok": service("10.0.0.2")},
+                    }
+                }
+            }
+        }
+    )
+    assert [m.instance for m in route_of(routes, "b-web.dev.test").members] == ["ok"]
+    assert {(p.key, p.code) for p in routes.problems} == {
+        ("/deployment/b/service/web", "refused-upstream"),
+        ("/deployment/b/service/web/instance/new", "incomplete-instance"),
+    }
+
+
+def test_a_default_service_waiting_for_its_only_instance_gets_no_alias() -> None:
+    routes = table({"b": {"service": {"web": instances(("a", "10.0.0.1", "")), "api": service()}}})
+    assert "b.dev.test" not in hosts(routes)
+    assert "b-api.dev.test" in hosts(routes)
+    assert "no-default-service" not in codes(routes)  # web's own problem says why
+
+
+def test_the_pool_of_a_service_is_the_same_whatever_instances_come_and_go() -> None:
+    def web_pool(*addresses: tuple[str, str, str]) -> str:
+        return route_of(
+            table({"b": {"service": {"web": instances(*addresses)}}}), "b-web.dev.test"
+        ).pool
+
+    two = web_pool(("a", "10.0.0.1", "80"), ("b", "10.0.0.2", "80"))
+    three = web_pool(("a", "10.0.0.1", "80"), ("c", "10.0.0.3", "80"), ("d", "10.0.0.4", "80"))
+    assert two == three
+    assert two.startswith("b-web--")
