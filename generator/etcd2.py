@@ -299,21 +299,25 @@ class EtcdV2Registry:
         def action(client: Any) -> Removal:
             deployment = f"{PREFIX}/{entry.deployment}"
             service = _service_key(entry)
-            deleted, other = False, False
+            removal = Removal(False)
             if force:
                 with contextlib.suppress(etcd.EtcdKeyNotFound):
                     client.delete(service if entry.instance is None else entry.key, recursive=True)
-                    deleted = True
+                    removal = Removal(True)
             else:
-                for name, value in (("ip", entry.ip), ("port", str(entry.port))):
-                    try:  # compare-and-delete: only what we wrote
-                        client.delete(f"{entry.key}/{name}", prevValue=value)
-                        deleted = True
-                    except etcd.EtcdKeyNotFound:
-                        pass
-                    except etcd.EtcdCompareFailed:
-                        other = True
-            removal = Removal(deleted, _held(client, entry) if other else None)
+                # Only an address that is wholly ours: a newer registration of the instance may
+                # hold the same ip, or the same port. Each key is deleted with the index it was
+                # read at (compare-and-delete), so one written since stays.
+                found = _nodes(client, entry)
+                ours = {"ip": entry.ip, "port": str(entry.port)}
+                if any(node.value != ours[name] for name, node in found.items()):
+                    held = (found[name].value if name in found else None for name in ours)
+                    removal = Removal(False, address(*held))
+                else:
+                    for node in found.values():
+                        with contextlib.suppress(etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed):
+                            client.delete(node.key, prevIndex=node.modifiedIndex)
+                            removal = Removal(True)
             # v2 has no transactions. Directories are deleted without recursive=true, which
             # fails once a sibling registering concurrently has written into them: its keys
             # stay. Only `created` can race (see below).
@@ -432,16 +436,23 @@ def _transient(error: Exception) -> bool:
     )
 
 
-def _held(client: Any, entry: Entry) -> str:
-    """The address in the entry's ip and port keys now (another registration's)."""
-    found: list[str | None] = []
+def _nodes(client: Any, entry: Entry) -> dict[str, Any]:
+    """{"ip": node, "port": node} of those of the entry's keys that exist (and are not dirs)."""
+    found = {}
     for name in ("ip", "port"):
         try:
             node = client.read(f"{entry.key}/{name}")
-            found.append(None if node.dir else node.value)
         except etcd.EtcdKeyNotFound:
-            found.append(None)
-    return address(found[0], found[1])
+            continue
+        if not node.dir:
+            found[name] = node
+    return found
+
+
+def _held(client: Any, entry: Entry) -> str:
+    """The address in the entry's ip and port keys now (another registration's)."""
+    found = _nodes(client, entry)
+    return address(*(found[name].value if name in found else None for name in ("ip", "port")))
 
 
 def _service_key(entry: Entry) -> str:

@@ -36,8 +36,10 @@ from generator.register import (
     DEFAULT_TTL,
     MetadataUnavailable,
     ecs_address,
+    instance_id,
     resolve,
     slug_note,
+    task_id,
 )
 
 CLI = Path(sys.executable).with_name("devtest-router")
@@ -197,6 +199,50 @@ def test_slug_note_says_what_a_name_is_registered_as() -> None:
     deployment = resolve(namespace(name=long_name, service="web", port="80"), {}).deployment
     assert deployment == label(long_name) and len(deployment) == 63
     assert note(long_name, "web") == f"registering {long_name} as {deployment}"
+
+
+# --------------------------------------------------------------------------
+# the instance id (pure)
+
+
+@pytest.mark.parametrize(
+    "given", ["c1", "a", "8f3e1c2b9a7d4e6f", "web.1", "web_2-b", "A" * 128, "0abc"]
+)
+def test_an_instance_id_of_the_right_shape_is_taken_as_given(given: str) -> None:
+    environ = {"NAME": "x", "SERVICE": "web", "PORT": "80", "INSTANCE": given}
+    assert resolve(namespace(), environ).instance == given
+    assert resolve(namespace(instance=given), {"NAME": "x", "SERVICE": "web"}, False).instance
+
+
+@pytest.mark.parametrize(
+    "given", ["-a", ".a", "a b", "a/b", "a:b", "ü", "A" * 129, "a\n", " a", "a$", "{a}"]
+)
+def test_an_instance_id_of_another_shape_is_refused_in_one_line(given: str) -> None:
+    environ = {"NAME": "x", "SERVICE": "web", "PORT": "80"}
+    assert usage_error({"instance": given}, environ) == (
+        f"INSTANCE {given!r} is not an instance id: 1-128 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit (from --instance)"
+    )
+    result = cli("register", "--once", "--ip", "10.0.0.5", environ={**environ, "INSTANCE": given})
+    assert result.code == 2 and len(result.lines) == 1, result.err
+    assert result.lines[0].endswith("(from INSTANCE)")
+
+
+def test_the_ecs_task_id_is_the_end_of_the_task_arn() -> None:
+    assert task_id({"TaskARN": TASK_ARN}) == TASK_ID
+    old_format = f"arn:aws:ecs:us-west-2:111122223333:task/{TASK_ID}"  # no cluster in the ARN
+    assert task_id({"TaskARN": old_format}) == TASK_ID
+    for document in ({}, {"TaskARN": 7}, {"TaskARN": "arn:aws:ecs:x:1:task/a b"}, [], None):
+        assert task_id(document) is None
+
+
+def test_the_instance_id_is_the_first_that_applies() -> None:
+    assert instance_id("given", "task", "host", "random") == ("given", "INSTANCE")
+    assert instance_id(None, "task", "host", "random") == ("task", "the ECS task id")
+    assert instance_id(None, None, "a1b2c3d4e5f6", "random") == ("a1b2c3d4e5f6", "the hostname")
+    assert instance_id(None, None, "", "r4nd0m") == ("r4nd0m", "a random id")
+    assert instance_id(None, None, "host name?", "r4nd0m") == ("r4nd0m", "a random id")
+    assert instance_id(None, None, "", None) is None  # deregister: no random id
 
 
 # --------------------------------------------------------------------------
@@ -531,6 +577,83 @@ def test_an_ecs_metadata_error_status_is_one_clear_line(metadata: Metadata, tmp_
     result = once(tmp_path / "registry.json", environ)
     assert result.code == 4 and len(result.lines) == 1, result.err
     assert "/v4/no-such-container: HTTP 404 Not Found; pass --ip and --port" in result.err
+
+
+@pytest.mark.integration
+def test_without_task_metadata_the_instance_id_falls_back_to_the_hostname_in_one_line(
+    metadata: Metadata, tmp_path: Path
+) -> None:
+    metadata.server.task = None  # /task answers 404
+    registry = tmp_path / "registry.json"
+    environ = {
+        "NAME": "feature/x",
+        "SERVICE": "web",
+        "ECS_CONTAINER_METADATA_URI_V4": metadata.ecs_uri,
+    }
+    result = once(registry, environ)
+    assert result.code == 0, result.err  # a registration all the same, not "unreachable"
+    hostname = socket.gethostname()
+    assert registered(registry, instance=hostname) == {"ip": "10.0.2.106", "port": "8080"}
+    assert result.lines[1] == (
+        "devtest-router: ECS task metadata (ECS_CONTAINER_METADATA_URI_V4/task) at "
+        f"{metadata.ecs_uri}/task: HTTP 404 Not Found; the instance id falls back to the "
+        "hostname (set INSTANCE to choose one)"
+    )
+    assert "instance id from the hostname" in result.lines[2]
+    assert len(result.lines) == 3, result.err
+
+
+@pytest.mark.integration
+def test_a_task_metadata_endpoint_that_is_down_is_no_registry_failure(tmp_path: Path) -> None:
+    down = f"http://{LOOPBACK}:{free_port()}/v4/container"
+    registry = tmp_path / "registry.json"
+    environ = {  # the address is given: only the instance id asks the metadata endpoint
+        "NAME": "feature/x",
+        "SERVICE": "web",
+        "IP": "10.0.0.5",
+        "PORT": "8080",
+        "ECS_CONTAINER_METADATA_URI_V4": down,
+    }
+    result = once(registry, environ)
+    assert result.code == 0, result.err
+    assert "registry" not in result.lines[1] and "unreachable" not in result.err
+    assert result.lines[1].startswith(
+        f"devtest-router: ECS task metadata (ECS_CONTAINER_METADATA_URI_V4/task) at {down}/task:"
+    )
+    assert result.lines[1].endswith(
+        "Connection refused; the instance id falls back to the hostname (set INSTANCE to "
+        "choose one)"
+    )
+    assert registered(registry, instance=socket.gethostname())
+
+
+@pytest.mark.integration
+def test_a_task_arn_of_another_shape_falls_back_to_the_hostname(
+    metadata: Metadata, tmp_path: Path
+) -> None:
+    metadata.server.task = {"TaskARN": "arn:aws:ecs:us-west-2:1:task/not an id"}
+    registry = tmp_path / "registry.json"
+    environ = {"NAME": "x", "SERVICE": "web", "ECS_CONTAINER_METADATA_URI_V4": metadata.ecs_uri}
+    result = once(registry, environ)
+    assert result.code == 0, result.err
+    assert result.lines[0] == (
+        f"devtest-router: ECS task metadata at {metadata.ecs_uri}/task: no TaskARN ending in an "
+        "instance id; the instance id falls back to the hostname (set INSTANCE to choose one)"
+    )
+
+
+@pytest.mark.integration
+def test_without_ecs_or_instance_the_hostname_is_the_instance_id(tmp_path: Path) -> None:
+    registry = tmp_path / "registry.json"
+    environ = {"NAME": "feature/x", "SERVICE": "web", "IP": "10.0.0.5", "PORT": "8080"}
+    result = once(registry, environ)
+    assert result.code == 0, result.err
+    hostname = socket.gethostname()
+    assert registered(registry, instance=hostname) == {"ip": "10.0.0.5", "port": "8080"}
+    assert result.lines[-1].startswith(
+        f"devtest-router: registered /deployment/feature-x/service/web/instance/{hostname} -> "
+        "10.0.0.5:8080 (address from IP, instance id from the hostname) in file "
+    )
 
 
 # --------------------------------------------------------------------------
