@@ -1,8 +1,14 @@
 """The registry in etcd's v3 API, through its JSON gateway (/v3/, etcd 3.4 and later) and etcd3gw.
 
-Keys as in v2 (/deployment/<branch>/service/<service>/{ip,port}, /deployment/<branch>/created),
-attached to a lease per registered service; keepalive() refreshes the lease, which creates no
-event. v2 and v3 keys live apart in etcd: v3 readers see only what v3 registrants wrote.
+Keys as in v2 (/deployment/<branch>/service/<service>/instance/<id>/{ip,port}, or the service's
+own {ip,port} for an entry without an instance id, and /deployment/<branch>/created), attached
+to a lease per registration, which owns them: register() puts them on a new lease (the newest
+registration of an instance wins); keepalive() refreshes the lease, which creates no event, and
+puts back only keys that are absent (a transaction comparing create_revision with 0), never
+over another lease's; deregister() deletes them in a transaction comparing their lease with
+ours, then revokes our lease (which removes only keys attached to it). The `deregister` command,
+which holds no lease, compares the values instead. v2 and v3 keys live apart in etcd: v3
+readers see only what v3 registrants wrote.
 
 etcd3gw does the requests (sessions, TLS, lease grant/keepalive/revoke, transactions). Added
 on top of its session and post(), each where it falls short (see the comments there): the

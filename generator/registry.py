@@ -224,7 +224,8 @@ class FileRegistry:
     """A YAML or JSON file holding a snapshot; a change of its modification time is a change.
 
     For local use and demos. Registration rewrites the file (atomically, under a lock); a file
-    has no TTLs, so a killed process leaves its entry until it is deregistered.
+    has no TTLs, so a killed process leaves its entry until it is deregistered. Ownership is by
+    value, as in etcd v2: an instance holding another address is neither put back nor deleted.
     """
 
     def __init__(self, path: Path) -> None:
