@@ -893,18 +893,20 @@ keys: /deployment/<branch>/service/<service>/instance/<id>/{ip,port} and
 routes to all of a service's instances.
 
 instance id, first that applies: --instance/INSTANCE (1-128 of A-Z a-z 0-9 . _ -, starting
-with a letter or digit); the ECS task id (the end of TaskARN in $ECS_CONTAINER_METADATA_URI_V4
-/task; if that cannot be read, said in one line, the hostname instead); the hostname (in Docker
-and compose, the container id); a random id. Two containers that register one instance id
-replace each other: the newest wins, and the older one stops refreshing it (said once).
+with a letter or digit); the ECS task id (the end of the TaskARN that
+$ECS_CONTAINER_METADATA_URI_V4/task gives; if that cannot be read, said in one line, the
+hostname instead); the hostname (in Docker and compose, the container id); a random id. Two
+containers that register one instance id replace each other: the newest wins, and the older
+one stops refreshing it (said once).
 
 address discovery, first that applies: --ip/IP; ECS task metadata v4 (awsvpc: the task's
 address and the container port; bridge: the host's address and the HostPort mapped to PORT;
 it also gives PORT when unset); EC2 instance metadata (IMDSv2 local-ipv4).
 
-A registration only refreshes and deletes keys that are still its own (that hold its
-address); a newer registration's are left alone. With -- CMD, a registry that does not answer
-is retried (said once) while CMD keeps serving.
+A registration only refreshes and deletes keys that are still its own (etcd v2 and files:
+that hold its address; etcd v3: that are on its lease); a newer registration's are left
+alone. With -- CMD, a registry that does not answer is retried (said once) while CMD keeps
+serving.
 
 exit codes:
     0  registered (--once), or stopped by SIGTERM/SIGINT and deregistered (or found a newer

@@ -41,9 +41,11 @@ from generator.register import (
     slug_note,
     task_id,
 )
+from generator.registry import Entry, FileRegistry, Removal
 
 CLI = Path(sys.executable).with_name("devtest-router")
 PYTHON = sys.executable
+CREATED = "2026-11-28T02:00:00Z"
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 # Nothing listens on the discard port: an IMDS lookup a test did not mean to make fails fast.
 NOWHERE = f"http://{LOOPBACK}:9"
@@ -734,6 +736,30 @@ def test_deregister_keeps_the_branch_while_another_service_is_registered(tmp_pat
     assert registered(registry, service="web") is None
     assert registered(registry, service="api") == {"ip": "10.0.0.5", "port": "81"}
     assert "created" in read_registry(registry)["deployment"]["feature-x"]
+
+
+def test_a_file_registry_keeps_the_same_ownership_rules(tmp_path: Path) -> None:
+    registry = FileRegistry(tmp_path / "registry.json")
+    old, new = (Entry("feat-x", "web", ip, 8080, CREATED, "a") for ip in ("10.0.3.7", "10.0.3.8"))
+    other = Entry("feat-x", "web", "10.0.3.9", 8080, CREATED, "b")
+    registry.register(old, 0)
+    registry.register(other, 0)
+    registry.register(new, 0)  # the same instance id: the newest wins
+    assert registry.keepalive(old, 0) == "10.0.3.8:8080"
+    assert registry.deregister(old) == Removal(False, "10.0.3.8:8080")
+    assert registered(registry.path, "feat-x", instance="a") == {"ip": "10.0.3.8", "port": "8080"}
+    assert registry.deregister(new) == Removal(True)
+    assert registry.keepalive(other, 0) is None
+    assert registry.deregister(Entry("feat-x", "web", "", 0, CREATED, "b"), force=True) == (
+        Removal(True)
+    )
+    assert read_registry(registry.path) == {"deployment": {}}
+    registry.register(other, 0)
+    registry.register(Entry("feat-x", "web", "10.0.3.1", 80, CREATED), 0)  # the seed's keys
+    assert registry.deregister(Entry("feat-x", "web", "", 0, CREATED), force=True) == (
+        Removal(True)
+    )
+    assert read_registry(registry.path) == {"deployment": {}}
 
 
 def test_once_with_a_command_is_a_usage_error(tmp_path: Path) -> None:
