@@ -1,8 +1,12 @@
 """The registry in etcd's v2 API, through python-etcd (etcd 3.4 and 3.5 started with --enable-v2).
 
-Keys as the original registration script writes them with curl:
-/deployment/<branch>/service/<service>/{ip,port} and /deployment/<branch>/created, here with a
-TTL that keepalive() refreshes with refresh=true&prevExist=true, which wakes no watcher.
+An instance's keys are /deployment/<branch>/service/<service>/instance/<id>/{ip,port} (an entry
+without an instance id: the service's own {ip,port}, as the original script wrote them with
+curl) and /deployment/<branch>/created, with a TTL. A registration owns the values it wrote:
+register() writes plainly (the newest registration of an instance wins), keepalive() refreshes
+with refresh=true&prevExist=true&prevValue=<ours> (a compare-and-swap of the TTL alone, which
+wakes no watcher; etcd 3.4 takes prevValue with refresh) and writes an expired key again only
+create-only (prevExist=false), deregister() deletes with prevValue (compare-and-delete).
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from .registry import (
     HistoryLost,
     Read,
     RegistryUnavailable,
+    Removal,
     Tls,
+    address,
 )
 
 T = TypeVar("T")
@@ -226,36 +232,47 @@ class EtcdV2Registry:
 
     def register(self, entry: Entry, ttl: int) -> None:
         def action(client: Any) -> None:
-            service = _service_key(entry)
+            # Plain writes: the newest registration of an instance wins (see keepalive).
             if ttl <= 0:  # no TTL, like the original snippet: the keys stay until deleted
-                client.write(f"{service}/ip", entry.ip)
-                client.write(f"{service}/port", str(entry.port))
+                client.write(f"{entry.key}/ip", entry.ip)
+                client.write(f"{entry.key}/port", str(entry.port))
                 with contextlib.suppress(etcd.EtcdAlreadyExist):
                     client.write(_created_key(entry), entry.created, prevExist=False)
                 return
-            client.write(f"{service}/ip", entry.ip, ttl=ttl)
-            client.write(f"{service}/port", str(entry.port), ttl=ttl)
+            client.write(f"{entry.key}/ip", entry.ip, ttl=ttl)
+            client.write(f"{entry.key}/port", str(entry.port), ttl=ttl)
             self._keep_created(client, entry, ttl)
 
         self._call(action)
 
-    def keepalive(self, entry: Entry, ttl: int) -> None:
-        def action(client: Any) -> None:
-            service = _service_key(entry)
+    def keepalive(self, entry: Entry, ttl: int) -> str | None:
+        def action(client: Any) -> str | None:
             for name, value in (("ip", entry.ip), ("port", str(entry.port))):
-                try:
-                    client.refresh(f"{service}/{name}", ttl)
-                except etcd.EtcdKeyNotFound:  # expired: write it again (watchers see that)
-                    client.write(f"{service}/{name}", value, ttl=ttl)
+                key = f"{entry.key}/{name}"
+                try:  # only while it holds what we wrote; a refresh wakes no watcher
+                    client.refresh(key, ttl, prevValue=value)
+                    continue
+                except etcd.EtcdKeyNotFound:
+                    pass
+                except etcd.EtcdCompareFailed:  # a newer registration of this instance
+                    return _held(client, entry)
+                try:  # expired: write it again, create-only (watchers see that)
+                    client.write(key, value, ttl=ttl, prevExist=False)
+                except etcd.EtcdAlreadyExist:  # written meanwhile: by us, or by a newer one
+                    try:
+                        client.refresh(key, ttl, prevValue=value)
+                    except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed):
+                        return _held(client, entry)
             if self._created_ttl.get(entry.deployment):
                 try:
                     client.refresh(_created_key(entry), ttl)
-                    return
+                    return None
                 except etcd.EtcdKeyNotFound:
                     pass
             self._keep_created(client, entry, ttl)
+            return None
 
-        self._call(action)
+        return self._call(action)
 
     def _keep_created(self, client: Any, entry: Entry, ttl: int) -> None:
         """Create `created` with a TTL, or refresh the TTL of the one there (if it has one)."""
@@ -278,16 +295,38 @@ class EtcdV2Registry:
                 continue
         raise RegistryUnavailable(f"{self.description}: {key} keeps changing; try again")
 
-    def deregister(self, entry: Entry) -> None:
-        def action(client: Any) -> None:
+    def deregister(self, entry: Entry, force: bool = False) -> Removal:
+        def action(client: Any) -> Removal:
             deployment = f"{PREFIX}/{entry.deployment}"
-            with contextlib.suppress(etcd.EtcdKeyNotFound):
-                client.delete(_service_key(entry), recursive=True)
+            service = _service_key(entry)
+            removal = Removal(False)
+            if force:
+                with contextlib.suppress(etcd.EtcdKeyNotFound):
+                    client.delete(service if entry.instance is None else entry.key, recursive=True)
+                    removal = Removal(True)
+            else:
+                # Only an address that is wholly ours: a newer registration of the instance may
+                # hold the same ip, or the same port. Each key is deleted with the index it was
+                # read at (compare-and-delete), so one written since stays.
+                found = _nodes(client, entry)
+                ours = {"ip": entry.ip, "port": str(entry.port)}
+                if any(node.value != ours[name] for name, node in found.items()):
+                    held = (found[name].value if name in found else None for name in ours)
+                    removal = Removal(False, address(*held))
+                else:
+                    for node in found.values():
+                        with contextlib.suppress(etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed):
+                            client.delete(node.key, prevIndex=node.modifiedIndex)
+                            removal = Removal(True)
             # v2 has no transactions. Directories are deleted without recursive=true, which
             # fails once a sibling registering concurrently has written into them: its keys
             # stay. Only `created` can race (see below).
-            if not _remove_empty_dirs(client, f"{deployment}/service"):
-                return  # another service of this deployment is still registered
+            emptied = [service, f"{deployment}/service"]
+            if entry.instance is not None:
+                emptied[:0] = [entry.key, f"{service}/instance"]
+            for directory in emptied:
+                if not _remove_empty_dirs(client, directory):
+                    return removal  # something else is still registered under it
             try:
                 gone = client.pop(f"{deployment}/created")
             except etcd.EtcdKeyNotFound:
@@ -296,11 +335,12 @@ class EtcdV2Registry:
                 # A sibling registered in between and found our `created`: put it back.
                 with contextlib.suppress(etcd.EtcdAlreadyExist):
                     client.write(gone.key, gone.value, ttl=gone.ttl, prevExist=False)
-                return
+                return removal
             _remove_empty_dirs(client, deployment)
             self._created_ttl.pop(entry.deployment, None)
+            return removal
 
-        self._call(action)
+        return self._call(action)
 
     def close(self) -> None:
         client, self._client = self._client, None
@@ -394,6 +434,25 @@ def _transient(error: Exception) -> bool:
     return isinstance(error, etcd.EtcdLeaderElectionInProgress) or (
         isinstance(status, int) and status >= 500
     )
+
+
+def _nodes(client: Any, entry: Entry) -> dict[str, Any]:
+    """{"ip": node, "port": node} of those of the entry's keys that exist (and are not dirs)."""
+    found = {}
+    for name in ("ip", "port"):
+        try:
+            node = client.read(f"{entry.key}/{name}")
+        except etcd.EtcdKeyNotFound:
+            continue
+        if not node.dir:
+            found[name] = node
+    return found
+
+
+def _held(client: Any, entry: Entry) -> str:
+    """The address in the entry's ip and port keys now (another registration's)."""
+    found = _nodes(client, entry)
+    return address(*(found[name].value if name in found else None for name in ("ip", "port")))
 
 
 def _service_key(entry: Entry) -> str:

@@ -1,8 +1,14 @@
 """The registry in etcd's v3 API, through its JSON gateway (/v3/, etcd 3.4 and later) and etcd3gw.
 
-Keys as in v2 (/deployment/<branch>/service/<service>/{ip,port}, /deployment/<branch>/created),
-attached to a lease per registered service; keepalive() refreshes the lease, which creates no
-event. v2 and v3 keys live apart in etcd: v3 readers see only what v3 registrants wrote.
+Keys as in v2 (/deployment/<branch>/service/<service>/instance/<id>/{ip,port}, or the service's
+own {ip,port} for an entry without an instance id, and /deployment/<branch>/created), attached
+to a lease per registration, which owns them: register() puts them on a new lease (the newest
+registration of an instance wins); keepalive() refreshes the lease, which creates no event, and
+puts back only keys that are absent (a transaction comparing create_revision with 0), never
+over another lease's; deregister() deletes them in a transaction comparing their lease with
+ours, then revokes our lease (which removes only keys attached to it). The `deregister` command,
+which holds no lease, compares the values instead. v2 and v3 keys live apart in etcd: v3
+readers see only what v3 registrants wrote.
 
 etcd3gw does the requests (sessions, TLS, lease grant/keepalive/revoke, transactions). Added
 on top of its session and post(), each where it falls short (see the comments there): the
@@ -15,7 +21,7 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import requests
@@ -39,7 +45,9 @@ from .registry import (
     HistoryLost,
     Read,
     RegistryUnavailable,
+    Removal,
     Tls,
+    address,
 )
 
 T = TypeVar("T")
@@ -101,7 +109,7 @@ class EtcdV3Registry:
             if tls.cert and not tls.key:  # etcd3gw only takes a separate certificate and key
                 client.session.cert = tls.cert
         self._current = 0  # the endpoint that answered last; tried first
-        self._leases: dict[tuple[str, str], int] = {}  # (deployment, service) -> lease ID
+        self._leases: dict[tuple[str, str, str | None], int] = {}  # see _owner(); lease ID
 
     # ----------------------------------------------------------------------------------------
     # failover and authentication: etcd3gw has neither
@@ -278,72 +286,177 @@ class EtcdV3Registry:
             self._put_entry(client, entry, 0)
             return
         lease = client.lease(ttl)
-        self._put_entry(client, entry, lease.id)
-        old = self._leases.get((entry.deployment, entry.service))
-        self._leases[(entry.deployment, entry.service)] = lease.id
+        self._put_entry(client, entry, lease.id)  # plainly: the newest registration wins
+        old = self._leases.get(_owner(entry))
+        self._leases[_owner(entry)] = lease.id
         if old is not None and old != lease.id:  # registered again: retire the old lease
             self._move_created(client, entry.deployment, old, to=lease.id)
             _revoke(client, old)
 
     def _put_entry(self, client: Etcd3Client, entry: Entry, lease: int) -> None:
         """ip and port, and created unless present, all with `lease`: one transaction."""
-        service = _service_prefix(entry)
-        ip = _put(f"{service}ip", entry.ip, lease)
-        port = _put(f"{service}port", str(entry.port), lease)
+        ip, port = _keys(entry)
+        puts = [_put(ip, entry.ip, lease), _put(port, str(entry.port), lease)]
         created = _put(_created_key(entry.deployment), entry.created, lease)
         client.transaction(
             {
                 "compare": [_absent(_created_key(entry.deployment))],
-                "success": [ip, port, created],
-                "failure": [ip, port],
+                "success": [*puts, created],
+                "failure": puts,
             }
         )
 
-    def keepalive(self, entry: Entry, ttl: int) -> None:
-        def action(client: Etcd3Client) -> None:
-            lease = self._leases.get((entry.deployment, entry.service))
+    def keepalive(self, entry: Entry, ttl: int) -> str | None:
+        def action(client: Etcd3Client) -> str | None:
+            lease = self._leases.get(_owner(entry))
             if lease is None:
                 lease = self._find_lease(client, entry)
-            if lease is None or Lease(lease, client).refresh() <= 0:
-                self._register(client, entry, ttl)  # the lease expired: a new one
-                return
-            self._leases[(entry.deployment, entry.service)] = lease
-            # Read-only (no revision, no event) while everything is there. `created` goes when
-            # the lease it is attached to ends (another service's, which may have crashed).
-            service = _service_prefix(entry)
-            keys = (f"{service}ip", f"{service}port", _created_key(entry.deployment))
-            check = client.transaction(
-                {"compare": [_present(key) for key in keys], "success": [], "failure": []}
-            )
-            if not check.get("succeeded"):
-                self._put_entry(client, entry, lease)
-
-        self._call(action)
-
-    def deregister(self, entry: Entry) -> None:
-        def action(client: Etcd3Client) -> None:
-            lease = self._leases.get((entry.deployment, entry.service))
+            if lease is not None and Lease(lease, client).refresh() <= 0:
+                lease = None  # expired, and with it our keys
+            keys = [*_keys(entry), _created_key(entry.deployment)]
+            if lease is not None:
+                self._leases[_owner(entry)] = lease
+                # Read-only (no revision, no event) while everything is there. `created` goes
+                # when the lease it is attached to ends (another service's, which may have
+                # crashed).
+                check = client.transaction(
+                    {
+                        "compare": [*(_on(key, lease) for key in keys[:2]), _present(keys[2])],
+                        "success": [],
+                        "failure": [_get(key) for key in keys],
+                    }
+                )
+                if check.get("succeeded"):
+                    return None
+                found = _responses(check)
+            else:
+                found = self._get(client, keys)
+            # Write again only what is absent (create-only), never over another lease's keys.
+            ip, port = (found.get(key) for key in keys[:2])
+            if any(kv is not None and _lease(kv) != lease for kv in (ip, port)):
+                return _holder(ip, port)  # a newer registration of this instance
             if lease is None:
-                lease = self._find_lease(client, entry)
-            # Our keys first (explicitly: also those on another lease or none), then `created`,
-            # then the lease, which holds nothing by then. Revoking first would delete a
-            # `created` on our lease that a sibling registering meanwhile relies on.
-            client.post(client.get_url("/kv/deleterange"), json=_range(_service_prefix(entry)))
-            self._release_created(client, entry.deployment, lease)
+                lease = client.lease(ttl).id
+                old = self._leases.get(_owner(entry))
+                self._leases[_owner(entry)] = lease
+                if old is not None and old != lease:
+                    self._move_created(client, entry.deployment, old, to=lease)
+            missing = [key for key in keys[:2] if found.get(key) is None]
+            values = {keys[0]: entry.ip, keys[1]: str(entry.port)}
+            if missing:
+                reply = client.transaction(
+                    {
+                        "compare": [_absent(key) for key in missing],
+                        "success": [_put(key, values[key], lease) for key in missing],
+                        "failure": [_get(key) for key in keys[:2]],
+                    }
+                )
+                if not reply.get("succeeded"):  # written meanwhile: by a newer registration
+                    now = _responses(reply)
+                    return _holder(now.get(keys[0]), now.get(keys[1]))
+            created = _put(keys[2], entry.created, lease)
+            client.transaction({"compare": [_absent(keys[2])], "success": [created], "failure": []})
+            return None
+
+        return self._call(action)
+
+    def deregister(self, entry: Entry, force: bool = False) -> Removal:
+        def action(client: Etcd3Client) -> Removal:
+            lease = self._leases.get(_owner(entry))
+            if force:
+                removal, released = self._remove_all(client, entry)
+            elif lease is not None:
+                removal, released = self._remove_leased(client, entry, lease)
+            else:
+                removal, released = self._remove_by_value(client, entry)
+            # `created` next, then our lease, which holds nothing by then. Revoking first would
+            # delete a `created` on our lease that a sibling registering meanwhile relies on.
+            leases = sorted(released | ({lease} if lease else set()))
+            for each in leases or (None,):
+                self._release_created(client, entry.deployment, each)
             if lease is not None:
                 _revoke(client, lease)
-            self._leases.pop((entry.deployment, entry.service), None)
+            self._leases.pop(_owner(entry), None)
+            return removal
 
-        self._call(action)
+        return self._call(action)
+
+    def _remove_leased(
+        self, client: Etcd3Client, entry: Entry, lease: int
+    ) -> tuple[Removal, set[int]]:
+        """Delete the entry's keys while they are on our lease (a transaction)."""
+        keys = _keys(entry)
+        reply = client.transaction(
+            {
+                "compare": [_on(key, lease) for key in keys],
+                "success": [_delete(key) for key in keys],
+                "failure": [_get(key) for key in keys],
+            }
+        )
+        if reply.get("succeeded"):
+            return Removal(True), set()
+        found = _responses(reply)
+        ours = [kv for kv in found.values() if _lease(kv) == lease]
+        for kv in ours:  # a half left of ours (the other deleted behind our back)
+            client.transaction(
+                {"compare": [_unchanged(kv)], "success": [_delete(_text(kv["key"]))]}
+            )
+        others = [kv for kv in found.values() if _lease(kv) != lease]
+        ip, port = (found.get(key) for key in keys)
+        return Removal(bool(ours), _holder(ip, port) if others else None), set()
+
+    def _remove_by_value(self, client: Etcd3Client, entry: Entry) -> tuple[Removal, set[int]]:
+        """Delete the entry's keys while they hold its address (not registered here: the
+        `deregister` command); the lease they were on is left to its registration."""
+        keys = _keys(entry)
+        found = self._get(client, keys)
+        ip, port = (found.get(key) for key in keys)
+        if ip is None and port is None:
+            return Removal(False), set()
+        if _holder(ip, port) != entry.address:
+            return Removal(False, _holder(ip, port)), set()
+        assert ip is not None and port is not None
+        reply = client.transaction(  # unless they changed since they were read
+            {
+                "compare": [_unchanged(ip), _unchanged(port)],
+                "success": [_delete(key) for key in keys],
+                "failure": [_get(key) for key in keys],
+            }
+        )
+        if not reply.get("succeeded"):
+            now = _responses(reply)
+            return Removal(False, _holder(now.get(keys[0]), now.get(keys[1]))), set()
+        return Removal(True), {_lease(ip), _lease(port)} - {0}
+
+    def _remove_all(self, client: Etcd3Client, entry: Entry) -> tuple[Removal, set[int]]:
+        """Delete whatever is there: the instance's keys, or (no instance) the whole service."""
+        if entry.instance is None:
+            ranges = [_range(f"{PREFIX}/{entry.deployment}/service/{entry.service}/")]
+        else:
+            ranges = [_range(key, False) for key in _keys(entry)]
+        leases: set[int] = set()
+        deleted = 0
+        for each in ranges:
+            reply = client.post(client.get_url("/kv/deleterange"), json={**each, "prev_kv": True})
+            deleted += int(reply.get("deleted", 0))
+            leases |= {_lease(kv) for kv in reply.get("prev_kvs", [])} - {0}
+        return Removal(deleted > 0), leases
 
     def _find_lease(self, client: Etcd3Client, entry: Entry) -> int | None:
-        """The lease of the entry's ip key (registered by another process, or before)."""
-        reply = client.post(
-            client.get_url("/kv/range"), json=_range(f"{_service_prefix(entry)}ip", False)
-        )
-        kvs = reply.get("kvs", [])
-        lease = int(kvs[0].get("lease", 0)) if kvs else 0
-        return lease or None
+        """The lease of the entry's keys when they hold its address (registered by this entry
+        before, in another process), else None."""
+        keys = _keys(entry)
+        found = self._get(client, keys)
+        ip, port = (found.get(key) for key in keys)
+        if ip is None or port is None or _holder(ip, port) != entry.address:
+            return None
+        lease = _lease(ip)
+        return lease if lease and lease == _lease(port) else None
+
+    def _get(self, client: Etcd3Client, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """{key: raw key-value} of those of `keys` that exist, read at one revision."""
+        reply = client.transaction({"compare": [], "success": [_get(key) for key in keys]})
+        return _responses(reply)
 
     def _release_created(self, client: Etcd3Client, deployment: str, lease: int | None) -> None:
         """Delete `created` if no service is left; else move it off `lease` (about to be
@@ -358,11 +471,19 @@ class EtcdV3Registry:
         for _ in range(10):
             kvs = self._range(client, f"{PREFIX}/{deployment}/")
             created = kvs.get(created_key)
-            others = [kv for key, kv in kvs.items() if key.startswith(services)]
+            # keys still on `lease` go with it (a half of ours deleted behind our back)
+            others = [
+                kv
+                for key, kv in kvs.items()
+                if key.startswith(services) and (lease is None or _lease(kv) != lease)
+            ]
             if created is None:
                 return
             if not others:
-                compare = [_absent(services, prefix=True), _unchanged(created)]
+                left = [kv for key, kv in kvs.items() if key.startswith(services)]
+                compare = [_unchanged(created), *(_unchanged(kv) for kv in left)]
+                if not left:
+                    compare.append(_absent(services, prefix=True))
                 change: dict[str, Any] = {"request_delete_range": {"key": created["key"]}}
             elif lease is not None and int(created.get("lease", 0)) == lease:
                 compare = [_unchanged(created), _unchanged(others[0])]
@@ -483,8 +604,48 @@ def _unchanged(kv: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _service_prefix(entry: Entry) -> str:
-    return f"{PREFIX}/{entry.deployment}/service/{entry.service}/"
+def _owner(entry: Entry) -> tuple[str, str, str | None]:
+    return (entry.deployment, entry.service, entry.instance)
+
+
+def _keys(entry: Entry) -> list[str]:
+    """The entry's ip and port keys."""
+    return [f"{entry.key}/ip", f"{entry.key}/port"]
+
+
+def _on(key: str, lease: int) -> dict[str, Any]:
+    """Compare: the key is attached to `lease` (false when it does not exist)."""
+    return {"key": _b64(key), "target": "LEASE", "result": "EQUAL", "lease": str(lease)}
+
+
+def _get(key: str) -> dict[str, Any]:
+    return {"request_range": _range(key, False)}
+
+
+def _delete(key: str) -> dict[str, Any]:
+    return {"request_delete_range": _range(key, False)}
+
+
+def _responses(reply: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """{key: raw key-value} of the ranges a transaction answered (keys that exist)."""
+    found: dict[str, dict[str, Any]] = {}
+    for response in reply.get("responses", []):
+        for kv in response.get("response_range", {}).get("kvs", []):
+            found[_text(kv["key"])] = kv
+    return found
+
+
+def _lease(kv: dict[str, Any]) -> int:
+    return int(kv.get("lease", 0))
+
+
+def _holder(ip: dict[str, Any] | None, port: dict[str, Any] | None) -> str:
+    """The address in raw ip and port key-values (of another registration, for a log line)."""
+
+    def value(kv: dict[str, Any] | None) -> str | None:
+        return None if kv is None else _text(kv["value"]) if kv.get("value") else ""
+
+    return address(value(ip), value(port))
 
 
 def _created_key(deployment: str) -> str:

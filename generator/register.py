@@ -2,9 +2,12 @@
 
 The original registration PUT /deployment/$NAME/service/$SERVICE/{ip,port} and
 /deployment/$NAME/created into etcd once, with no TTL, and DELETEd them on a clean shutdown: a
-killed container left its route behind. `register` writes the same keys under the slugs the
-generator uses for hostnames, with a TTL, and keeps them alive (without waking the watcher)
-while the service runs, so a killed container's route goes away within the TTL.
+killed container left its route behind, and a container stopping during a redeploy deleted its
+successor's keys. `register` writes one *instance* of the service, each container under its
+own id: /deployment/<branch>/service/<service>/instance/<id>/{ip,port} (and created), under the
+slugs the generator uses for hostnames, with a TTL. It keeps them alive (without waking the
+watcher) while the service runs, so a killed container's instance goes away within the TTL, and
+it owns what it wrote: it refreshes and deletes its keys only while they are still its own.
 
 Three modes: a wrapper (`register -- CMD ARGS`: start CMD, register once its port answers,
 deregister when it exits), a sidecar loop (no CMD: register until signalled) and `--once`.
@@ -21,6 +24,8 @@ import http.client
 import ipaddress
 import json
 import os
+import re
+import secrets
 import select
 import signal
 import socket
@@ -40,6 +45,7 @@ from .registry import (
     Entry,
     Registry,
     RegistryUnavailable,
+    Removal,
     add_registry_arguments,
     registry_from_args,
 )
@@ -53,6 +59,7 @@ PORT_POLL = 0.1  # seconds between connection attempts while CMD starts
 CHILD_POLL = 1.0  # longest sleep while CMD runs (SIGCHLD wakes us sooner)
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STOPPING = (signal.SIGTERM, signal.SIGINT)
+INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII)
 
 
 class MetadataUnavailable(Error):
@@ -77,6 +84,8 @@ class Settings:
     check_port: int | None  # the port CMD must answer on before we register (None: port)
     once: bool
     command: tuple[str, ...]
+    instance: str | None = None  # --instance or INSTANCE; None: discovered (see instance_id)
+    instance_source: str = "INSTANCE"  # where `instance` came from, for log lines
 
 
 def _setting(
@@ -115,13 +124,22 @@ def parse_ip(text: str, source: str) -> str:
         raise UsageError(f"IP {text!r} is not an IP address (from {source})") from None
 
 
+def parse_instance(text: str, source: str) -> str:
+    if INSTANCE_ID.fullmatch(text):
+        return text
+    raise UsageError(
+        f"INSTANCE {text!r} is not an instance id: 1-128 letters, digits, '.', '_' or '-', "
+        f"starting with a letter or digit (from {source})"
+    )
+
+
 def resolve(
     args: argparse.Namespace, environ: Mapping[str, str], need_address: bool = True
 ) -> Settings:
     """The settings from flags, else the environment; UsageError names the variable at fault.
 
-    Without need_address (deregister) only NAME and SERVICE are required and PORT, IP and the
-    TTL are not looked at.
+    Without need_address (deregister) only NAME, SERVICE and INSTANCE are looked at, not PORT,
+    IP or the TTL.
     """
     name, _ = _setting(args, environ, "name", "NAME")
     if name is None:
@@ -134,6 +152,10 @@ def resolve(
     port: int | None = None
     ip: str | None = None
     ttl = DEFAULT_TTL
+    instance: str | None = None
+    text, instance_source = _setting(args, environ, "instance", "INSTANCE")
+    if text is not None:
+        instance = parse_instance(text, instance_source)
     check_port: int | None = None
     if need_address:
         text, source = _setting(args, environ, "port", "PORT")
@@ -163,6 +185,8 @@ def resolve(
         check_port=check_port,
         once=bool(getattr(args, "once", False)),
         command=tuple(getattr(args, "command", None) or ()),
+        instance=instance,
+        instance_source=instance_source,
     )
 
 
@@ -174,6 +198,37 @@ def slug_note(settings: Settings, verb: str = "registering") -> str | None:
     if settings.service != settings.service_name:
         changes.append(f"service {settings.service_name} as {settings.service}")
     return f"{verb} {', '.join(changes)}" if changes else None
+
+
+# --------------------------------------------------------------------------
+# the instance id (pure)
+
+
+def task_id(task: Any) -> str | None:
+    """The ECS task id in a task metadata v4 document (GET $ECS_CONTAINER_METADATA_URI_V4/task):
+    the last `/` segment of its TaskARN; None when there is none of an instance id's shape."""
+    arn = task.get("TaskARN") if isinstance(task, dict) else None
+    if not isinstance(arn, str):
+        return None
+    last = arn.rsplit("/", 1)[-1]
+    return last if INSTANCE_ID.fullmatch(last) else None
+
+
+def instance_id(
+    given: str | None, task: str | None, hostname: str | None, random: str | None
+) -> tuple[str, str] | None:
+    """(id, where it came from) of the first that applies: --instance/INSTANCE (already
+    checked), the ECS task id, the hostname (a container id in Docker and compose), a random
+    id; None when none does (no random id given: deregister cannot use one)."""
+    if given is not None:
+        return given, "INSTANCE"  # the caller names the flag or variable it came from
+    if task is not None:
+        return task, "the ECS task id"
+    if hostname and INSTANCE_ID.fullmatch(hostname):
+        return hostname, "the hostname"
+    if random is not None:
+        return random, "a random id"
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -326,6 +381,43 @@ def ecs_container(uri: str) -> Any:
         return json.loads(body)
     except ValueError:
         raise MetadataUnavailable(f"{what} at {uri}: the answer is not JSON{hint}") from None
+
+
+def ecs_task(uri: str) -> Any:
+    """The task's ECS task metadata v4 document ($ECS_CONTAINER_METADATA_URI_V4/task)."""
+    url = f"{uri.rstrip('/')}/task"
+    what = "ECS task metadata (ECS_CONTAINER_METADATA_URI_V4/task)"
+    body = _http(url, what)
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise MetadataUnavailable(f"{what} at {url}: the answer is not JSON") from None
+
+
+def discover_instance(
+    settings: Settings, environ: Mapping[str, str], streams: Streams, random: bool = True
+) -> tuple[str, str] | None:
+    """(id, where it came from) as instance_id() decides, asking the ECS task metadata when
+    ECS_CONTAINER_METADATA_URI_V4 is set. A metadata failure is said in one line and the id
+    falls back to the hostname: it does not stop a registration."""
+    if settings.instance is not None:
+        return settings.instance, settings.instance_source
+    task: str | None = None
+    uri = environ.get("ECS_CONTAINER_METADATA_URI_V4")
+    if uri:
+        fallback = "the instance id falls back to the hostname (set INSTANCE to choose one)"
+        try:
+            task = task_id(ecs_task(uri))
+        except Error as error:
+            streams.say(f"{error}; {fallback}", "warning")
+        else:
+            if task is None:
+                streams.say(
+                    f"ECS task metadata at {uri.rstrip('/')}/task: no TaskARN ending in an "
+                    f"instance id; {fallback}",
+                    "warning",
+                )
+    return instance_id(None, task, socket.gethostname(), secrets.token_hex(6) if random else None)
 
 
 def instance_ipv4(base: str) -> str:
@@ -506,24 +598,30 @@ def _now() -> str:
 
 
 class Session:
-    """One entry in one registry: register, keep alive, deregister, with one line each."""
+    """One instance in one registry: register, keep alive, deregister, with one line each."""
 
     def __init__(
         self, registry: Registry, entry: Entry, ttl: int, streams: Streams, how: str
     ) -> None:
         self.registry, self.entry, self.ttl, self.streams = registry, entry, ttl, streams
-        self.how = how  # where the address came from, for the log line
+        self.how = how  # where the address (and the instance id) came from, for the log line
         self.registered = False
+        self.superseded = False  # a newer registration holds our instance: hands off
         self._failing = False
 
     @property
     def key(self) -> str:
-        return f"/deployment/{self.entry.deployment}/service/{self.entry.service}"
+        return self.entry.key
 
     def _say(self, message: str, level: str = "info") -> None:
         entry = self.entry
         self.streams.say(
-            message, level, deployment=entry.deployment, service=entry.service, key=self.key
+            message,
+            level,
+            deployment=entry.deployment,
+            service=entry.service,
+            instance=entry.instance,
+            key=self.key,
         )
 
     def register(self, how: str, refreshed: bool = True) -> None:
@@ -539,19 +637,20 @@ class Session:
                 "(--ttl 0 keeps them)"
             )
         self._say(
-            f"registered {self.key} -> {self.entry.ip}:{self.entry.port} (address from {how}) "
-            f"in {self.registry.description}; {ttl}"
+            f"registered {self.key} -> {self.entry.address} ({how}) in "
+            f"{self.registry.description}; {ttl}"
         )
 
     def keepalive(self) -> None:
         """Refresh the TTL (or register, if that has not worked yet); a failure is reported
         once and retried next time: a registry that is away for a while must not end the
-        service."""
-        if self.registered and not self.ttl:
+        service. Once a newer registration holds the instance, nothing more is written."""
+        if self.superseded or (self.registered and not self.ttl):
             return  # no TTL: nothing expires, nothing to refresh
         try:
+            other = None
             if self.registered:
-                self.registry.keepalive(self.entry, self.ttl)
+                other = self.registry.keepalive(self.entry, self.ttl)
             else:
                 self.register(self.how)
         except Exception as error:  # anything at all: the service keeps running
@@ -565,6 +664,15 @@ class Session:
                 )
             self._failing = True
             return
+        if other is not None:
+            self.superseded = True
+            self._say(
+                f"{self.key} holds {other} now, not {self.entry.address}: a newer registration "
+                f"with the same instance id {self.entry.instance} replaced this one, which "
+                "stops refreshing it; give each container its own INSTANCE (or leave it unset)",
+                "error",
+            )
+            return
         if self._failing:
             self._say(f"the registry answers again: {self.key} refreshed")
         self._failing = False
@@ -574,12 +682,18 @@ class Session:
             return True
         self.registered = False
         try:
-            self.registry.deregister(self.entry)
+            removal = self.registry.deregister(self.entry)
         except Error as error:
             expiry = f"; it expires within {self.ttl}s" if self.ttl else ""
             self._say(f"could not deregister {self.key}{expiry}: {error}", "error")
             return False
-        self._say(f"deregistered {self.key} from {self.registry.description}")
+        if removal.other is not None:
+            self._say(
+                f"left {self.key} as it is: it holds {removal.other}, a newer registration's, "
+                f"not {self.entry.address}"
+            )
+        else:
+            self._say(f"deregistered {self.key} from {self.registry.description}")
         return True
 
 
@@ -591,16 +705,20 @@ def _run_register(args: argparse.Namespace, streams: Streams, environ: Mapping[s
     if note:
         streams.say(note)
     address = discover(settings, environ)
+    found = discover_instance(settings, environ, streams)
+    assert found is not None  # a random id when nothing else applies
+    instance, instance_from = found
     registry = registry_from_args(args, environ)
-    entry = Entry(settings.deployment, settings.service, address.ip, address.port, _now())
-    session = Session(registry, entry, settings.ttl, streams, address.how)
+    entry = Entry(settings.deployment, settings.service, address.ip, address.port, _now(), instance)
+    how = f"address from {address.how}, instance id from {instance_from}"
+    session = Session(registry, entry, settings.ttl, streams, how)
     try:
         if settings.once:
-            session.register(address.how, refreshed=False)
+            session.register(how, refreshed=False)
             return 0
         if settings.command:
             return _wrap(session, settings, address, streams)
-        return _sidecar(session, address, streams)
+        return _sidecar(session, streams)
     finally:
         registry.close()
 
@@ -614,9 +732,9 @@ def _next_keepalive(ttl: int) -> float:
     return time.monotonic() + ttl / 3 if ttl else float("inf")
 
 
-def _sidecar(session: Session, address: Address, streams: Streams) -> int:
+def _sidecar(session: Session, streams: Streams) -> int:
     with SignalWaiter(FORWARDED) as waiter:
-        session.register(address.how)
+        session.register(session.how)
         due = _next_keepalive(session.ttl)
         while True:
             timeout = None if due == float("inf") else due - time.monotonic()
@@ -699,18 +817,60 @@ def _wrap(session: Session, settings: Settings, address: Address, streams: Strea
 
 def _run_deregister(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
     settings = resolve(args, environ, need_address=False)
+    force = bool(getattr(args, "force_removal", False))
+    ip: str | None = None
+    port: int | None = None
+    text, source = _setting(args, environ, "ip", "IP")
+    if text is not None:
+        ip = parse_ip(text, source)
+    text, source = _setting(args, environ, "port", "PORT")
+    if text is not None:
+        port = parse_port(text, "PORT", source)
+    service = f"/deployment/{settings.deployment}/service/{settings.service}"
+    if not force and (ip is None or port is None):
+        raise UsageError(
+            f"deregister removes an instance of {service} only while it holds the address it "
+            "registered: pass --ip and --port (or set IP and PORT) as registered, or --force to "
+            "remove whatever is there"
+        )
     note = slug_note(settings, "deregistering")
     if note:
         streams.say(note)
+    instance, instance_from = settings.instance, settings.instance_source
+    if not force:  # the instance `register` in this container would have used
+        found = discover_instance(settings, environ, streams, random=False)
+        if found is None:
+            raise UsageError(
+                f"no instance id for {service}: the hostname {socket.gethostname()!r} is not "
+                "one; pass --instance or set INSTANCE"
+            )
+        instance, instance_from = found
+    entry = Entry(settings.deployment, settings.service, ip or "", port or 0, _now(), instance)
     registry = registry_from_args(args, environ)
     try:
-        registry.deregister(Entry(settings.deployment, settings.service, "", 0, _now()))
+        removal = registry.deregister(entry, force=force)
     finally:
         registry.close()
-    streams.say(
-        f"deregistered /deployment/{settings.deployment}/service/{settings.service} "
-        f"from {registry.description}"
-    )
+    return _said(removal, entry, force, instance_from, registry.description, streams)
+
+
+def _said(
+    removal: Removal, entry: Entry, force: bool, source: str, where: str, streams: Streams
+) -> int:
+    """The deregister command's one line about what it did, and its exit status."""
+    what = entry.key if entry.instance is None else f"{entry.key} (instance id from {source})"
+    if force and entry.instance is None:
+        what = f"{entry.key} (the service: its own ip/port keys and every instance)"
+    if removal.other is not None:
+        streams.say(
+            f"left {what} as it is: it holds {removal.other}, not {entry.address} (a newer "
+            "registration's); --force removes it anyway"
+        )
+        return 1
+    if not removal.deleted:
+        streams.say(f"nothing to deregister: {what} holds no keys in {where}")
+        return 0
+    streams.say(f"deregistered {what} from {where}")
     return 0
 
 
@@ -720,31 +880,58 @@ def _run_deregister(args: argparse.Namespace, streams: Streams, environ: Mapping
 _EPILOG = """\
 environment (a flag beats its variable):
   NAME, SERVICE, PORT, IP       as the original registration snippet's Docker variables
+  INSTANCE                      --instance
   REGISTRY_URL                  the registry (http://HOST:PORT is etcd's v2 API, as before)
   DEVTEST_ROUTER_TTL            --ttl
   DEVTEST_ROUTER_CHECK_PORT     --check-port
-  ECS_CONTAINER_METADATA_URI_V4 set by ECS: the address (and PORT) come from task metadata
+  ECS_CONTAINER_METADATA_URI_V4 set by ECS: the address (and PORT) and the instance id come
+                                from task metadata
   DEVTEST_ROUTER_IMDS_URL       EC2 instance metadata (default: http://169.254.169.254)
+
+keys: /deployment/<branch>/service/<service>/instance/<id>/{ip,port} and
+/deployment/<branch>/created. Each container is one instance of its service; the watcher
+routes to all of a service's instances.
+
+instance id, first that applies: --instance/INSTANCE (1-128 of A-Z a-z 0-9 . _ -, starting
+with a letter or digit); the ECS task id (the end of the TaskARN that
+$ECS_CONTAINER_METADATA_URI_V4/task gives; if that cannot be read, said in one line, the
+hostname instead); the hostname (in Docker and compose, the container id); a random id. Two
+containers that register one instance id replace each other: the newest wins, and the older
+one stops refreshing it (said once).
 
 address discovery, first that applies: --ip/IP; ECS task metadata v4 (awsvpc: the task's
 address and the container port; bridge: the host's address and the HostPort mapped to PORT;
 it also gives PORT when unset); EC2 instance metadata (IMDSv2 local-ipv4).
 
-With -- CMD, a registry that does not answer is retried (said once) while CMD keeps serving.
+A registration only refreshes and deletes keys that are still its own (etcd v2 and files:
+that hold its address; etcd v3: that are on its lease); a newer registration's are left
+alone. With -- CMD, a registry that does not answer is retried (said once) while CMD keeps
+serving.
 
 exit codes:
-    0  registered (--once), or stopped by SIGTERM/SIGINT and deregistered
+    0  registered (--once), or stopped by SIGTERM/SIGINT and deregistered (or found a newer
+       registration in its place and left it)
     2  a missing or bad setting
-    4  the registry or a metadata endpoint cannot be reached
+    4  the registry or a metadata endpoint for the address cannot be reached (without CMD,
+       also when deregistering on SIGTERM/SIGINT fails)
   N    with -- CMD: CMD's exit status (128+S when signal S killed it; 126/127: cannot run it)
 """
 
 _DEREGISTER_EPILOG = """\
-environment (a flag beats its variable): NAME, SERVICE, REGISTRY_URL, as for register.
+environment (a flag beats its variable): NAME, SERVICE, INSTANCE, IP, PORT, REGISTRY_URL, as for
+register.
+
+Without --force, the instance (--instance/INSTANCE, else found as register finds it: the ECS
+task id, else the hostname) is removed only while it holds the address IP:PORT, as
+registered; if a newer registration holds it, it is left. With --force, whatever is there is
+removed: the instance given with --instance/INSTANCE, or without one the whole service (its
+own ip/port keys and every instance). /deployment/<branch>/created goes once no service of
+the branch is left.
 
 exit codes:
-    0  deregistered
-    2  a missing or bad setting
+    0  deregistered, or nothing was registered there
+    1  left as it is: the instance holds another address (a newer registration's)
+    2  a missing or bad setting, or neither IP and PORT nor --force
     4  the registry cannot be reached
 """
 
@@ -756,10 +943,28 @@ def _identity(parser: argparse.ArgumentParser, address: bool) -> None:
         "--service", metavar="NAME", help="the service, e.g. web (env SERVICE); slugged"
     )
     if not address:
-        group.add_argument("--port", help=argparse.SUPPRESS)  # accepted, so one setup serves both
-        group.add_argument("--ip", help=argparse.SUPPRESS)
-        group.add_argument("--ttl", help=argparse.SUPPRESS)
+        group.add_argument(
+            "--instance",
+            metavar="ID",
+            help="the instance to remove (env INSTANCE; default: as register finds it, or "
+            "with --force the whole service)",
+        )
+        group.add_argument("--ip", metavar="ADDRESS", help="the address it registered (env IP)")
+        group.add_argument("--port", metavar="PORT", help="the port it registered (env PORT)")
+        group.add_argument(
+            "--force",
+            action="store_true",
+            dest="force_removal",  # not the `force` setting of apply and watch
+            help="remove whatever is there, without comparing the address",
+        )
+        group.add_argument("--ttl", help=argparse.SUPPRESS)  # accepted, so one setup serves both
         return
+    group.add_argument(
+        "--instance",
+        metavar="ID",
+        help="this container's instance id (env INSTANCE; default: the ECS task id, else the "
+        "hostname, else a random id)",
+    )
     group.add_argument(
         "--port",
         metavar="PORT",
@@ -782,11 +987,12 @@ def add_commands(commands: Any) -> None:
     register = commands.add_parser(
         "register",
         help="register a service container (replaces the curl snippet); -- CMD wraps CMD",
-        description="Write /deployment/<branch>/service/<service>/{ip,port} and "
+        description="Write /deployment/<branch>/service/<service>/instance/<id>/{ip,port} and "
         "/deployment/<branch>/created with a TTL and keep them alive; delete them on "
         "SIGTERM/SIGINT. With -- CMD ARGS: start CMD, register once its port answers on "
-        "127.0.0.1, pass SIGTERM/SIGINT/SIGHUP on, deregister when it exits and exit with its "
-        "status. Without CMD: register and keep alive until signalled. With --once: write once.",
+        "127.0.0.1, on SIGTERM/SIGINT deregister first, pass SIGTERM/SIGINT/SIGHUP on, "
+        "deregister when it exits and exit with its status. Without CMD: register and keep "
+        "alive until signalled. With --once: write once.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -811,9 +1017,12 @@ def add_commands(commands: Any) -> None:
 
     deregister = commands.add_parser(
         "deregister",
-        help="delete a service container's keys (the branch's too when no service is left)",
-        description="Delete /deployment/<branch>/service/<service> (and the branch's keys when "
-        "no other service is left). Takes the same settings as register.",
+        help="delete an instance's keys if it still holds IP:PORT, or with --force a service's "
+        "(the branch's too when no service is left)",
+        description="Delete /deployment/<branch>/service/<service>/instance/<id>/{ip,port} while "
+        "they hold IP:PORT, or with --force whatever is there (without --instance: the whole "
+        "service), and the branch's keys when no other service is left. Takes the same "
+        "settings as register.",
         epilog=_DEREGISTER_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

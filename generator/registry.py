@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,13 +58,44 @@ class Changes:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One service container's registration, under keys named by the slug of its branch."""
+    """One service container's registration: one instance of a service, under keys named by the
+    slug of its branch.
+
+    Its keys are /deployment/<deployment>/service/<service>/instance/<instance>/{ip,port}, or,
+    with instance None, the service's own /deployment/<deployment>/service/<service>/{ip,port}
+    (the seed's layout, as curl wrote it), and /deployment/<deployment>/created.
+    """
 
     deployment: str
     service: str
     ip: str
     port: int
     created: str  # RFC 3339, UTC
+    instance: str | None = None  # the instance id; None: the service's own ip and port keys
+
+    @property
+    def key(self) -> str:
+        """The directory its ip and port keys are in."""
+        service = f"{PREFIX}/{self.deployment}/service/{self.service}"
+        return service if self.instance is None else f"{service}/instance/{self.instance}"
+
+    @property
+    def address(self) -> str:
+        return address(self.ip, str(self.port))
+
+
+def address(ip: str | None, port: str | None) -> str:
+    """ip:port for a log line ([ip]:port for IPv6; ? for a half that is missing)."""
+    host = "?" if ip is None else f"[{ip}]" if ":" in ip else ip
+    return f"{host}:{'?' if port is None else port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """What deregister() did."""
+
+    deleted: bool  # keys were deleted (False: none of the entry's were there)
+    other: str | None = None  # the address found in the entry's keys instead, left alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +127,25 @@ class Registry(Protocol):
         """As wait(), with what changed: the events of the first change after `after`."""
 
     def register(self, entry: Entry, ttl: int) -> None:
-        """Write ip, port and (unless present) created, expiring after `ttl` seconds."""
+        """Write the entry's ip and port (whatever is there: the newest registration wins) and,
+        unless present, created, expiring after `ttl` seconds (0: never)."""
 
-    def keepalive(self, entry: Entry, ttl: int) -> None:
-        """Extend the entry's TTL without waking watchers; rewrite whatever already expired."""
+    def keepalive(self, entry: Entry, ttl: int) -> str | None:
+        """Extend the TTL of the entry's keys without waking watchers, only while they are the
+        entry's (v2: hold its values; v3: are on its lease); write again, create-only, those
+        that expired.
 
-    def deregister(self, entry: Entry) -> None:
-        """Delete the service's keys, and the deployment's when no other service is left."""
+        Returns None when kept, else the address found in the keys instead (a newer
+        registration with the same instance id): nothing was written, and that one keeps them.
+        """
+
+    def deregister(self, entry: Entry, force: bool = False) -> Removal:
+        """Delete the entry's keys, only while they are the entry's (as for keepalive; a
+        backend that did not register the entry itself compares the values); with `force`
+        whatever is there: the instance's keys, or with instance None the whole service (its
+        own keys and every instance's). Then the emptied directories, and the deployment's
+        `created` once no service is left.
+        """
 
     def close(self) -> None: ...
 
@@ -181,7 +224,8 @@ class FileRegistry:
     """A YAML or JSON file holding a snapshot; a change of its modification time is a change.
 
     For local use and demos. Registration rewrites the file (atomically, under a lock); a file
-    has no TTLs, so a killed process leaves its entry until it is deregistered.
+    has no TTLs, so a killed process leaves its entry until it is deregistered. Ownership is by
+    value, as in etcd v2: an instance holding another address is neither put back nor deleted.
     """
 
     def __init__(self, path: Path) -> None:
@@ -222,7 +266,8 @@ class FileRegistry:
         stamp = self.wait(after, timeout)
         return None if stamp is None else Changes(stamp, None)
 
-    def _edit(self, change: Any) -> None:
+    def _edit(self, change: Callable[[dict[str, Any]], bool]) -> None:
+        """change(deployments) under the lock; the file is written again if it returns True."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_name(f".{self.path.name}.lock"), "a") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
@@ -230,7 +275,8 @@ class FileRegistry:
                 data = loads(self.path.read_text(encoding="utf-8"), str(self.path))
             except FileNotFoundError:
                 data = {"deployment": {}}
-            change(data["deployment"])
+            if not change(data["deployment"]):
+                return
             descriptor, staged = tempfile.mkstemp(dir=self.path.parent, prefix=".registry.")
             with os.fdopen(descriptor, "w", encoding="utf-8") as file:
                 json.dump(data, file, indent=2, sort_keys=True)
@@ -239,38 +285,105 @@ class FileRegistry:
             os.replace(staged, self.path)
 
     def register(self, entry: Entry, ttl: int) -> None:
-        def change(deployments: dict[str, Any]) -> None:
-            deployment = deployments.setdefault(entry.deployment, {})
-            if not isinstance(deployment, dict):
-                deployment = deployments[entry.deployment] = {}
-            deployment.setdefault("created", entry.created)
-            services = deployment.setdefault("service", {})
-            services[entry.service] = {"ip": entry.ip, "port": str(entry.port)}
+        self._edit(lambda deployments: _write(deployments, entry))
+
+    def keepalive(self, entry: Entry, ttl: int) -> str | None:
+        """Nothing expires in a file: put the entry back only if someone removed it."""
+        other: list[str] = []
+
+        def change(deployments: dict[str, Any]) -> bool:
+            found = _held(_keys(deployments, entry))
+            if found is None:
+                return _write(deployments, entry)
+            if found != entry.address:
+                other.append(found)
+            return False
 
         self._edit(change)
+        return other[0] if other else None
 
-    def keepalive(self, entry: Entry, ttl: int) -> None:
-        """Nothing expires in a file; put the entry back only if someone removed it."""
-        current = self.read().snapshot["deployment"].get(entry.deployment)
-        services = current.get("service") if isinstance(current, dict) else None
-        if not isinstance(services, dict) or entry.service not in services:
-            self.register(entry, ttl)
+    def deregister(self, entry: Entry, force: bool = False) -> Removal:
+        removal = [Removal(False)]
 
-    def deregister(self, entry: Entry) -> None:
-        def change(deployments: dict[str, Any]) -> None:
+        def change(deployments: dict[str, Any]) -> bool:
             deployment = deployments.get(entry.deployment)
-            if not isinstance(deployment, dict):
-                return
-            services = deployment.get("service")
-            if isinstance(services, dict):
-                services.pop(entry.service, None)
+            services = deployment.get("service") if isinstance(deployment, dict) else None
+            if not isinstance(deployment, dict) or not isinstance(services, dict):
+                return False
+            if force and entry.instance is None:
+                removal[0] = Removal(services.pop(entry.service, None) is not None)
+            else:
+                keys = _keys(deployments, entry)
+                found = _held(keys)
+                if keys is not None and found is not None:
+                    if force or found == entry.address:
+                        keys.pop("ip", None)
+                        keys.pop("port", None)
+                        removal[0] = Removal(True)
+                    else:
+                        removal[0] = Removal(False, found)
+                _prune(services, entry)
             if not services:
                 deployments.pop(entry.deployment, None)
+            return removal[0].deleted
 
         self._edit(change)
+        return removal[0]
 
     def close(self) -> None:
         pass
+
+
+def _keys(deployments: dict[str, Any], entry: Entry) -> dict[str, Any] | None:
+    """The mapping that holds the entry's ip and port in a file registry, if there is one."""
+    node: Any = deployments.get(entry.deployment)
+    path = ["service", entry.service]
+    if entry.instance is not None:
+        path += ["instance", entry.instance]
+    for name in path:
+        node = node.get(name) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else None
+
+
+def _held(keys: dict[str, Any] | None) -> str | None:
+    """The address in an ip and port mapping; None when it has neither."""
+    if keys is None or (keys.get("ip") is None and keys.get("port") is None):
+        return None
+    ip, port = keys.get("ip"), keys.get("port")
+    return address(None if ip is None else str(ip), None if port is None else str(port))
+
+
+def _write(deployments: dict[str, Any], entry: Entry) -> bool:
+    deployment = deployments.get(entry.deployment)
+    if not isinstance(deployment, dict):
+        deployment = deployments[entry.deployment] = {}
+    deployment.setdefault("created", entry.created)
+    node = deployment
+    path = ["service", entry.service]
+    if entry.instance is not None:
+        path += ["instance", entry.instance]
+    for name in path:
+        child = node.get(name)
+        if not isinstance(child, dict):
+            child = node[name] = {}
+        node = child
+    node.update(ip=entry.ip, port=str(entry.port))
+    return True
+
+
+def _prune(services: dict[str, Any], entry: Entry) -> None:
+    """Remove the entry's instance, the service's instance mapping and the service once empty."""
+    service = services.get(entry.service)
+    if not isinstance(service, dict):
+        return
+    instances = service.get("instance")
+    if isinstance(instances, dict):
+        if entry.instance is not None and instances.get(entry.instance) == {}:
+            del instances[entry.instance]
+        if not instances:
+            del service["instance"]
+    if not service:
+        del services[entry.service]
 
 
 def add_registry_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:
