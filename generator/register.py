@@ -52,6 +52,11 @@ from .registry import (
 from .streams import Streams
 
 DEFAULT_TTL = 30
+# With CMD, seconds between deleting the instance's keys and passing SIGTERM on: the watcher
+# applies the removal (its quiet period and an apply, well under a second) while CMD still
+# serves, so no request is sent to a server that is going away. Platforms allow 10-30 s.
+DEFAULT_DRAIN = 3.0
+MAX_DRAIN = 600.0
 IMDS_URL = "http://169.254.169.254"
 METADATA_TIMEOUT = 2.0  # seconds per metadata request: the endpoints are local or absent
 IMDS_TOKEN_TTL = 60  # seconds an IMDSv2 token lives; we use it at once
@@ -86,6 +91,7 @@ class Settings:
     command: tuple[str, ...]
     instance: str | None = None  # --instance or INSTANCE; None: discovered (see instance_id)
     instance_source: str = "INSTANCE"  # where `instance` came from, for log lines
+    drain: float = DEFAULT_DRAIN  # with CMD: seconds between deregistering and passing SIGTERM on
 
 
 def _setting(
@@ -106,6 +112,18 @@ def parse_port(text: str, what: str, source: str) -> int:
     if value.isascii() and value.isdigit() and 0 < int(value) < 65536:
         return int(value)
     raise UsageError(f"{what} {text!r} is not a port number 1-65535 (from {source})")
+
+
+def parse_drain(text: str, source: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        value = -1.0
+    if 0 <= value <= MAX_DRAIN:  # nan fails both comparisons
+        return value
+    raise UsageError(
+        f"drain {text!r} is not a number of seconds from 0 to {MAX_DRAIN} (from {source})"
+    )
 
 
 def parse_ttl(text: str, source: str) -> int:
@@ -157,6 +175,7 @@ def resolve(
     if text is not None:
         instance = parse_instance(text, instance_source)
     check_port: int | None = None
+    drain = DEFAULT_DRAIN
     if need_address:
         text, source = _setting(args, environ, "port", "PORT")
         if text is not None:
@@ -174,6 +193,9 @@ def resolve(
         text, source = _setting(args, environ, "check_port", "DEVTEST_ROUTER_CHECK_PORT")
         if text is not None:
             check_port = parse_port(text, "the check port", source)
+        text, source = _setting(args, environ, "drain", "DEVTEST_ROUTER_DRAIN")
+        if text is not None:
+            drain = parse_drain(text, source)
     return Settings(
         name=name,
         service_name=service_name,
@@ -187,6 +209,7 @@ def resolve(
         command=tuple(getattr(args, "command", None) or ()),
         instance=instance,
         instance_source=instance_source,
+        drain=drain,
     )
 
 
@@ -792,17 +815,32 @@ def _wrap(session: Session, settings: Settings, address: Address, streams: Strea
             if not stopping:
                 session.keepalive()
             due = time.monotonic() + _retry(session.ttl)
+            # A stop signal held back while the frontend drops this instance, and when it goes
+            # on to CMD (see DEFAULT_DRAIN); a second stop signal goes on at once.
+            held: tuple[int, float] | None = None
             while (code := child.poll()) is None:
                 timeout = min(CHILD_POLL, due - time.monotonic())
-                for signum in waiter.wait(timeout):
+                if held is not None:
+                    timeout = min(timeout, held[1] - time.monotonic())
+                for signum in waiter.wait(max(timeout, 0.0)):
+                    first_stop = signum in STOPPING and not stopping
                     if signum in STOPPING:
                         stopping = True
-                    if signum in STOPPING and session.registered:
+                    if first_stop and session.registered:
                         name = signal.Signals(signum).name
-                        streams.say(f"{name} received; deregistering, then passing it on")
+                        later = f" in {settings.drain:g} s (--drain)" if settings.drain else ""
+                        streams.say(f"{name} received; deregistering, then passing it on{later}")
                         session.deregister()  # first, so no new request is routed to CMD
+                        if settings.drain:
+                            held = (signum, time.monotonic() + settings.drain)
+                            continue
                     if signum in FORWARDED:
                         child.signal(signum)
+                        if signum in STOPPING:
+                            held = None
+                if held is not None and time.monotonic() >= held[1]:
+                    child.signal(held[0])
+                    held = None
                 if not stopping and time.monotonic() >= due:
                     session.keepalive()
                     due = time.monotonic() + _retry(session.ttl)
@@ -884,6 +922,7 @@ environment (a flag beats its variable):
   REGISTRY_URL                  the registry (http://HOST:PORT is etcd's v2 API, as before)
   DEVTEST_ROUTER_TTL            --ttl
   DEVTEST_ROUTER_CHECK_PORT     --check-port
+  DEVTEST_ROUTER_DRAIN          --drain
   ECS_CONTAINER_METADATA_URI_V4 set by ECS: the address (and PORT) and the instance id come
                                 from task metadata
   DEVTEST_ROUTER_IMDS_URL       EC2 instance metadata (default: http://169.254.169.254)
@@ -1008,6 +1047,13 @@ def add_commands(commands: Any) -> None:
         metavar="PORT",
         help="with CMD: register once 127.0.0.1:PORT accepts connections (env "
         "DEVTEST_ROUTER_CHECK_PORT; default: PORT)",
+    )
+    group.add_argument(
+        "--drain",
+        metavar="SECONDS",
+        help="with CMD: on SIGTERM/SIGINT, deregister, then wait this long before passing the "
+        "signal on, so the frontend stops routing here while CMD still serves (env "
+        f"DEVTEST_ROUTER_DRAIN; default: {DEFAULT_DRAIN:g}; a second signal goes on at once)",
     )
     register.add_argument(
         "command", nargs="*", metavar="-- CMD ARGS", help="run CMD and register while it runs"

@@ -37,6 +37,7 @@ from generator.register import (
     MetadataUnavailable,
     ecs_address,
     instance_id,
+    parse_drain,
     resolve,
     slug_note,
     task_id,
@@ -877,11 +878,11 @@ def child(tmp_path: Path) -> Path:
     return script
 
 
-def wrapper_argv(registry: Path, port: int, *command: str) -> list[str]:
+def wrapper_argv(registry: Path, port: int, *command: str, drain: str = "0") -> list[str]:
     return [
         "register", "--registry", f"file:{registry}", "--name", "feature/x",
         "--service", "web", "--port", str(port), "--ip", "127.0.0.1", "--instance", INSTANCE,
-        "--", *command,
+        "--drain", drain, "--", *command,
     ]  # fmt: skip
 
 
@@ -910,6 +911,48 @@ def test_wrapper_registers_once_the_port_answers_and_deregisters_on_sigterm(
     lines = wrapper.err.splitlines()
     assert "devtest-router: SIGTERM received; deregistering, then passing it on" in lines
     assert lines[-1] == f"devtest-router: {PYTHON} exited with status 7"
+
+
+@pytest.mark.integration
+def test_wrapper_drains_cmd_keeps_serving_until_the_drain_is_over(
+    run: Any, tmp_path: Path, child: Path
+) -> None:
+    registry, port = tmp_path / "registry.json", free_port()
+    argv = wrapper_argv(registry, port, PYTHON, str(child), str(port), str(tmp_path), drain="30")
+    wrapper = run(*argv)
+    (tmp_path / "listen").touch()
+    wait_for(lambda: registered(registry), what="the entry")
+
+    wrapper.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: registered(registry) is None, what="the entry to be deleted at once")
+    wait_for(lambda: "passing it on in 30 s (--drain)" in wrapper.err, what="the drain line")
+    time.sleep(0.5)  # the child is not told yet: it still serves while the frontend drops it
+    assert not (tmp_path / "got-SIGTERM").exists() and port_open(port)
+    assert wrapper.proc.poll() is None
+
+    wrapper.proc.send_signal(signal.SIGTERM)  # a second one goes on at once
+    assert wrapper.wait() == 7
+    assert (tmp_path / "got-SIGTERM").exists()
+
+
+@pytest.mark.integration
+def test_wrapper_passes_sigterm_on_when_the_drain_is_over(
+    run: Any, tmp_path: Path, child: Path
+) -> None:
+    registry, port = tmp_path / "registry.json", free_port()
+    argv = wrapper_argv(registry, port, PYTHON, str(child), str(port), str(tmp_path), drain="1")
+    wrapper = run(*argv)
+    (tmp_path / "listen").touch()
+    wait_for(lambda: registered(registry), what="the entry")
+    wrapper.proc.send_signal(signal.SIGTERM)
+    assert wrapper.wait() == 7
+    assert registered(registry) is None and (tmp_path / "got-SIGTERM").exists()
+
+
+@pytest.mark.parametrize("drain", ["-1", "nan", "601", "soon"])
+def test_a_drain_that_is_not_0_to_600_seconds_is_one_line(drain: str) -> None:
+    with pytest.raises(UsageError, match=f"drain '{drain}' is not a number of seconds"):
+        parse_drain(drain, "--drain")
 
 
 @pytest.mark.integration
