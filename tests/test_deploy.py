@@ -154,17 +154,18 @@ def test_service_entrypoint_registers_is_routed_and_deregisters_on_sigterm(
     service = Service(tmp_path / "service", etcd, name="feature/Deploy", service="api")
     try:
         service.start()
-        key = "/deployment/feature-deploy/service/api"
-        expected = {
-            f"{key}/ip": "127.0.0.1",
-            f"{key}/port": str(service.port),
-            "/deployment/feature-deploy/created": "",  # a time stamp, checked for presence
-        }
+        key = "/deployment/feature-deploy/service/api/instance/"
 
         def registered() -> bool:
+            """One instance (its id is the container's hostname) and the deployment's created."""
             keys = v2_keys(etcd, "/deployment/feature-deploy")
-            return set(keys) == set(expected) and all(
-                keys[name] == value for name, value in expected.items() if value
+            instances = {name[len(key) :].split("/")[0] for name in keys if name.startswith(key)}
+            if len(instances) != 1 or "/deployment/feature-deploy/created" not in keys:
+                return False
+            at = key + instances.pop()
+            return len(keys) == 3 and (keys.get(f"{at}/ip"), keys.get(f"{at}/port")) == (
+                "127.0.0.1",
+                str(service.port),
             )
 
         wait_for(registered, 20, what=f"the service's keys in etcd\n{service.tail()}")

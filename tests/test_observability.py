@@ -483,14 +483,15 @@ def test_apply_register_and_errors_log_json_and_stdout_stays_as_it_is(
     registered = subprocess.run(
         [str(BIN), "register", "--once", "--log-format", "json", "--ttl", "0"],
         env={**env, "REGISTRY_URL": etcd.url, "NAME": "Feature/Json", "SERVICE": "web",
-             "PORT": "8080", "IP": "127.0.0.1"},
+             "PORT": "8080", "IP": "127.0.0.1", "INSTANCE": "json-1"},
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert registered.returncode == 0, registered.stderr
     records = parse_log(registered.stderr)
     [line] = [r for r in records if r["message"].startswith("registered ")]
-    assert line["key"] == "/deployment/feature-json/service/web", line
+    assert line["key"] == "/deployment/feature-json/service/web/instance/json-1", line
     assert (line["deployment"], line["service"]) == ("feature-json", "web")
+    assert line["instance"] == "json-1", line
 
 
 # --------------------------------------------------------------------------

@@ -706,10 +706,6 @@ def test_once_writes_an_instance_and_deregister_removes_it(tmp_path: Path) -> No
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    reason="until the generator routes .../instance/<id>/ keys (issue 9, the generator's side); "
-    "then this passes and the marker goes"
-)
 def test_the_generator_routes_what_register_wrote(tmp_path: Path) -> None:
     registry = tmp_path / "registry.json"
     assert once(registry, FILE_ENVIRON, "--ttl", "0").code == 0

@@ -373,7 +373,10 @@ def test_the_original_curl_registration_routes_like_register(
         text=True,
     ).stdout
     deployments = json.loads(snapshot)["deployment"]
-    assert deployments["curl"]["service"] == deployments["tool"]["service"]
+    address = {"ip": "127.0.0.1", "port": str(web.port)}
+    assert deployments["curl"]["service"] == {"web": address}  # the service's own keys
+    # register writes one instance of the service, under an id of its own
+    assert list(deployments["tool"]["service"]["web"]["instance"].values()) == [address]
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from generator import resources
 from generator.config import resolve
 from generator.incremental import Engine
 from generator.observe import Outcome
-from generator.registry import Changes, Entry, Read, Registry, open_registry
+from generator.registry import Changes, Entry, Read, Registry, Removal, open_registry
 from generator.render import environment
 from generator.watch import Timing, Watcher
 
@@ -51,11 +51,11 @@ class Counted:
     def register(self, entry: Entry, ttl: int) -> None:
         self.registry.register(entry, ttl)
 
-    def keepalive(self, entry: Entry, ttl: int) -> None:
-        self.registry.keepalive(entry, ttl)
+    def keepalive(self, entry: Entry, ttl: int) -> str | None:
+        return self.registry.keepalive(entry, ttl)
 
-    def deregister(self, entry: Entry) -> None:
-        self.registry.deregister(entry)
+    def deregister(self, entry: Entry, force: bool = False) -> Removal:
+        return self.registry.deregister(entry, force)
 
     def close(self) -> None:
         self.registry.close()
