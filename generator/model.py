@@ -134,8 +134,9 @@ class Route:
 
     @property
     def upstreams(self) -> tuple[Upstream, ...]:
-        """The distinct addresses of the members, sorted: the servers of the pool."""
-        return tuple(sorted({member.upstream for member in self.members}))
+        """The distinct addresses of the members, sorted (IPv4 before IPv6: ipaddress cannot
+        compare the two): the servers of the pool."""
+        return tuple(sorted({member.upstream for member in self.members}, key=_upstream_order))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -150,6 +151,10 @@ class Route:
             ],
             "created": None if self.created is None else f"{self.created:%Y-%m-%dT%H:%M:%SZ}",
         }
+
+
+def _upstream_order(upstream: Upstream) -> tuple[int, Address, int]:
+    return (upstream.address.version, upstream.address, upstream.port)
 
 
 @dataclass(frozen=True, slots=True)
