@@ -21,13 +21,13 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from .check import check, check_fragments, routes_in
+from .check import Span, check, check_fragments, routes_in
 from .config import Config
 from .errors import ApplyError, CheckError, InternalError, UsageError
 from .memory import no_gc
 from .nginx import Wrapper, run_command
 from .pipeline import Plan, Rendered, make_plan, plan_between, removal_refusal
-from .render import ROUTES_MARKER
+from .render import ROUTES_MARKER, UPSTREAMS_MARKER, UPSTREAMS_MARKER_POOL, Part
 
 NEW_FILE_MODE = 0o644
 
@@ -35,15 +35,16 @@ NEW_FILE_MODE = 0o644
 class Checker:
     """The crossplane gate, with memory.
 
-    The file around the deployments' lines (the skeleton, small) is parsed every time; each
-    deployment's lines are parsed once and remembered for as long as they stay the same, so a
-    long-running watcher parses only what changed. Either way every byte of the file has been
-    parsed back: the file is the skeleton with the lines spliced in at the one marker entry the
-    skeleton's hostname map must hold.
+    The file around the deployments' parts (the skeleton, small) is parsed every time; each
+    deployment's part (its lines in the hostname map and its upstream blocks) is parsed once
+    and remembered for as long as it stays the same, so a long-running watcher parses only what
+    changed. Either way every byte of the file has been parsed back: the file is the skeleton
+    with the lines spliced in at the one marker entry the skeleton's hostname map must hold,
+    and the upstream blocks at the one marker block the skeleton must hold at http level.
     """
 
     def __init__(self) -> None:
-        self._passed: set[tuple[str, frozenset[tuple[str, str]]]] = set()
+        self._passed: set[Part] = set()
 
     def __call__(self, rendered: Rendered, config: Config, scratch: Path) -> None:
         with no_gc():  # crossplane makes a dict per statement, and no cycles
@@ -51,39 +52,54 @@ class Checker:
 
     def _check(self, rendered: Rendered, config: Config, scratch: Path) -> None:
         marker = ROUTES_MARKER.split()
+        # A template without the upstreams marker renders only while no part has blocks.
+        placed = UPSTREAMS_MARKER in rendered.skeleton
         failures = check(
             _parse(scratch / "skeleton", rendered.skeleton),
             {marker[0]: marker[1].rstrip(";")},
             config,
             str(scratch / "skeleton" / "included.conf"),
+            {UPSTREAMS_MARKER_POOL: ()} if placed else {},
         )
-        keys = list(rendered.fragments)
-        unchecked = [
-            (text, dict(wanted)) for text, wanted in keys if (text, wanted) not in self._passed
-        ]
+        parts = rendered.fragments
+        if not placed and any(part.blocks for part in parts):
+            failures.append("the skeleton has no place for the upstream blocks")
+        failures += _shared_pools(parts)
+        unchecked = [part for part in parts if part not in self._passed]
         if unchecked:
             failures += _check_in_parts(scratch, unchecked)
         if failures:
             _refuse(failures, config)
-        self._passed = set(keys)
+        self._passed = set(parts)
 
 
-# Unchecked lines longer than this (in characters) are parsed in two processes at once when
+def _shared_pools(parts: Sequence[Part]) -> list[str]:
+    """Each part's blocks were read back as exactly its pools: no pool may be another's too
+    (nginx refuses a second upstream block of one name)."""
+    seen: set[str] = set()
+    shared: set[str] = set()
+    for part in parts:
+        for name, _ in part.pools:
+            (shared if name in seen else seen).add(name)
+    return [f"upstream {name} is the pool of two deployments" for name in sorted(shared)]
+
+
+# Unchecked parts longer than this (in characters) are parsed in two processes at once when
 # this process may fork (no other thread): crossplane's lexer reads a character at a time, and
 # a cold 100,000-route file is 8 MB of it. Each part is a real crossplane parse, as one is.
 PARALLEL_FROM = 200_000
 
-Unchecked = Sequence[tuple[str, dict[str, str]]]
+Unchecked = Sequence[Part]
 
 
 def _check_in_parts(scratch: Path, unchecked: Unchecked) -> list[str]:
     """check_fragments over `unchecked`, in two processes when it is long (see PARALLEL_FROM)."""
-    size = sum(len(text) for text, _ in unchecked)
+    size = sum(len(part.lines) + len(part.blocks) for part in unchecked)
     if size < PARALLEL_FROM or threading.active_count() > 1 or not hasattr(os, "fork"):
         return _check_part(scratch / "routes", unchecked)
     half, middle = 0, 0
     while middle < len(unchecked) and half < size // 2:
-        half += len(unchecked[middle][0])
+        half += len(unchecked[middle].lines) + len(unchecked[middle].blocks)
         middle += 1
     read, write = os.pipe()
     try:
@@ -124,15 +140,28 @@ def _check_in_parts(scratch: Path, unchecked: Unchecked) -> list[str]:
 
 
 def _check_part(folder: Path, unchecked: Unchecked) -> list[str]:
-    """crossplane's parse of deployments' lines inside one hostname map, checked."""
-    lines = ["map $host $devtest_route {\n", "    hostnames;\n"]
+    """crossplane's parse of deployments' lines inside one hostname map, followed by their
+    upstream blocks, checked. (Lines are counted as crossplane counts them: by newlines.)"""
+    text = ["map $host $devtest_route {\n", "    hostnames;\n"]
+    text.extend(part.lines for part in unchecked)
+    text.append("}\n")
+    text.extend(part.blocks for part in unchecked)
+    line = 3  # the first line of the first part's lines
+    after = line + sum(part.lines.count("\n") for part in unchecked) + 1  # and of its blocks
     spans = []
-    for text, wanted in unchecked:
-        first = len(lines) + 1
-        lines.extend(text.splitlines(keepends=True))
-        spans.append((first, len(lines), wanted))
-    lines.append("}\n")
-    return check_fragments(_parse(folder, "".join(lines)), str(folder / "included.conf"), spans)
+    for part in unchecked:
+        lines, blocks = part.lines.count("\n"), part.blocks.count("\n")
+        spans.append(
+            Span(
+                range(line, line + lines),
+                dict(part.routes),
+                range(after, after + blocks),
+                dict(part.pools),
+            )
+        )
+        line += lines
+        after += blocks
+    return check_fragments(_parse(folder, "".join(text)), str(folder / "included.conf"), spans)
 
 
 def _parse(folder: Path, text: str) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 This gate runs before any `nginx -t`, because `nginx -t` itself executes `load_module` and
 `ssl_engine`: nothing but the directives below (and the config's allowed_directives) may reach it,
-and every route must stand in the hostname map exactly once, with exactly its target.
+every route must stand in the hostname map exactly once, with exactly its target, and every
+upstream group a route names must stand at http level exactly once, with exactly its servers.
 crossplane's own directive table stops near nginx 1.19, so it checks syntax, argument counts and
 contexts here, never which directives exist.
 """
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from .config import Config
 from .site import try_files
 
 ROUTE_MAP = ("$host", "$devtest_route")
 PROXY_PASS = ["http://$devtest_upstream"]
+PROXY_NEXT_UPSTREAM = ["error", "timeout"]
+# The parameters of every server of an upstream group, after its address.
+SERVER_PARAMETERS = ["max_fails=1", "fail_timeout=10s"]
 
 # Directive -> the blocks it may stand in ("" is the file's top, i.e. nginx's http block).
 # This is the bundled template's vocabulary; config allowed_directives may add names (anywhere).
@@ -26,7 +30,8 @@ DIRECTIVES: Mapping[str, frozenset[str]] = {
     "map_hash_bucket_size": frozenset({""}),
     "log_format": frozenset({""}),
     "map": frozenset({""}),
-    "server": frozenset({""}),
+    "server": frozenset({"", "upstream"}),  # a server block, or an upstream group's server
+    "upstream": frozenset({""}),
     "listen": frozenset({"server"}),
     "server_name": frozenset({"server"}),
     "access_log": frozenset({"server", "location"}),
@@ -38,6 +43,7 @@ DIRECTIVES: Mapping[str, frozenset[str]] = {
     "default_type": frozenset({"server", "location"}),
     "add_header": frozenset({"server", "location"}),
     "proxy_pass": frozenset({"location"}),
+    "proxy_next_upstream": frozenset({"location"}),
     "proxy_http_version": frozenset({"server", "location"}),
     "proxy_set_header": frozenset({"server", "location"}),
     "proxy_connect_timeout": frozenset({"server", "location"}),
@@ -82,11 +88,16 @@ def _parsed(payload: Mapping[str, Any], path: str) -> list[dict[str, Any]] | str
 
 
 def check(
-    payload: Mapping[str, Any], expected: Mapping[str, str], config: Config, path: str
+    payload: Mapping[str, Any],
+    expected: Mapping[str, str],
+    config: Config,
+    path: str,
+    pools: Mapping[str, Sequence[str]],
 ) -> list[str]:
     """What is wrong with the parsed file at `path` (crossplane's payload), as lines; [] if ok.
 
-    `expected` is what the hostname map must hold exactly: hostname -> target.
+    `expected` is what the hostname map must hold exactly: hostname -> target; `pools` the
+    upstream groups the file must hold exactly, at http level: name -> servers.
     """
     parsed = _parsed(payload, path)
     if isinstance(parsed, str):
@@ -94,11 +105,12 @@ def check(
 
     failures: list[str] = []
     route_maps: list[list[dict[str, Any]]] = []
+    groups: list[dict[str, Any]] = []
     for statement, parent in _walk(parsed):
         name = statement["directive"]
         where = f"{path}:{statement['line']}"
         if name in config.allowed_directives and name not in DIRECTIVES:
-            continue  # an override's own directive; the bundled ones keep their rules
+            continue  # an override's own directive (not in an upstream group: _compare_pools)
         if name not in DIRECTIVES:
             failures.append(
                 f"directive {name!r} is not allowed (in {where}); add it to "
@@ -113,8 +125,14 @@ def check(
             failures.extend(_check_map_block(statement, where))
             if tuple(statement["args"]) == ROUTE_MAP:
                 route_maps.append(statement["block"])
+        elif name == "upstream" and not parent:
+            groups.append(statement)
         elif name == "proxy_pass" and statement["args"] != PROXY_PASS:
             failures.append(f"proxy_pass must be {PROXY_PASS[0]} (in {where})")
+        elif name == "proxy_next_upstream" and statement["args"] != PROXY_NEXT_UPSTREAM:
+            failures.append(
+                f"proxy_next_upstream must be {' '.join(PROXY_NEXT_UPSTREAM)} (in {where})"
+            )
         elif name in TLS_FILES:
             wanted = getattr(config, TLS_FILES[name])
             if wanted is None or statement["args"] != [wanted]:
@@ -136,6 +154,7 @@ def check(
         failures.append(f"expected one 'map $host $devtest_route' block, found {len(route_maps)}")
     else:
         failures.extend(_compare_routes(route_maps[0], expected))
+    failures.extend(_compare_pools(groups, pools, path))
     return failures
 
 
@@ -182,40 +201,127 @@ def _check_listens(parsed: list[dict[str, Any]], config: Config, path: str) -> l
     return failures
 
 
-def check_fragments(
-    payload: Mapping[str, Any], path: str, spans: Sequence[tuple[int, int, Mapping[str, str]]]
-) -> list[str]:
-    """Check deployments' lines parsed together inside one `map $host $devtest_route` block.
+class Span(NamedTuple):
+    """One deployment's text in the file check_fragments reads, and what it must hold exactly."""
 
-    `spans` gives each deployment's first and last line in the file and the entries it must
-    hold exactly; nothing else may stand in the file.
+    lines: range  # the line numbers of its hostname map entries
+    routes: Mapping[str, str]  # hostname -> target
+    blocks: range  # the line numbers of its upstream blocks
+    pools: Mapping[str, Sequence[str]]  # upstream group -> servers
+
+
+def check_fragments(payload: Mapping[str, Any], path: str, spans: Sequence[Span]) -> list[str]:
+    """Check deployments' lines parsed together inside one `map $host $devtest_route` block,
+    followed by their upstream blocks.
+
+    `spans` gives each deployment's lines in the file and what they must hold exactly; nothing
+    else may stand in the file.
     """
     parsed = _parsed(payload, path)
     if isinstance(parsed, str):
         return [parsed]
-    if len(parsed) != 1 or tuple(parsed[0].get("args", ())) != ROUTE_MAP:
+    if not parsed or parsed[0]["directive"] != "map" or tuple(parsed[0]["args"]) != ROUTE_MAP:
         return ["a deployment's lines reach outside the hostname map"]
-    entries = [entry for entry in parsed[0]["block"] if entry["directive"] not in MAP_KEYWORDS]
+    route_map, *groups = parsed
+    outside = sorted({group["directive"] for group in groups if group["directive"] != "upstream"})
+    if outside:
+        return [
+            f"a deployment's lines reach outside the hostname map and its upstream blocks "
+            f"({', '.join(repr(name) for name in outside)})"
+        ]
+    entries = [entry for entry in route_map["block"] if entry["directive"] not in MAP_KEYWORDS]
     failures = [
         f"{entry['directive']!r} inside the hostname map is not a hostname entry"
-        for entry in parsed[0]["block"]
+        for entry in route_map["block"]
         if "block" in entry or entry["directive"] == "include"
     ]
-    owner: dict[int, int] = {}  # line -> the span it belongs to
-    for number, (first, last, _) in enumerate(spans):
-        owner.update(dict.fromkeys(range(first, last + 1), number))
+    lines: dict[int, int] = {}  # line -> the span whose map entries hold it
+    blocks: dict[int, int] = {}  # line -> the span whose upstream blocks hold it
+    for number, span in enumerate(spans):
+        lines.update(dict.fromkeys(span.lines, number))
+        blocks.update(dict.fromkeys(span.blocks, number))
     inside: list[list[dict[str, Any]]] = [[] for _ in spans]
     stray = 0
     for entry in entries:
-        if entry["line"] in owner:
-            inside[owner[entry["line"]]].append(entry)
+        if entry["line"] in lines:
+            inside[lines[entry["line"]]].append(entry)
         else:
             stray += 1
-    for found, (_, _, wanted) in zip(inside, spans, strict=True):
-        failures.extend(_compare_routes(found, wanted))
     if stray:
         failures.append("the hostname map holds lines of no deployment")
+    owned: list[list[dict[str, Any]]] = [[] for _ in spans]
+    for group in groups:
+        owner = blocks.get(group["line"])
+        held = [blocks.get(entry["line"]) for entry in group.get("block", ())]
+        if owner is None or any(line != owner for line in held):
+            failures.append(
+                f"upstream {' '.join(group['args'])} (in {path}:{group['line']}) is not "
+                "within one deployment's upstream blocks"
+            )
+        else:
+            owned[owner].append(group)
+    for span, found, groups_found in zip(spans, inside, owned, strict=True):
+        failures.extend(_compare_routes(found, span.routes))
+        failures.extend(_compare_pools(groups_found, span.pools, path))
+        failures.extend(_named_pools(span.routes, span.pools))
     return failures
+
+
+def _compare_pools(
+    groups: list[dict[str, Any]], expected: Mapping[str, Sequence[str]], path: str
+) -> list[str]:
+    """The upstream blocks `groups` are exactly the groups `expected` (name -> servers): each
+    once, its servers in order, each `server <address> max_fails=1 fail_timeout=10s;`."""
+    failures: list[str] = []
+    counts: Counter[str] = Counter()
+    for group in groups:
+        name = " ".join(group["args"])
+        where = f"{path}:{group['line']}"
+        counts[name] += 1
+        wanted = expected.get(name)
+        if wanted is None:
+            failures.append(f"upstream {name} (in {where}) is the pool of no route")
+            continue
+        servers: list[str] = []
+        for entry in group.get("block", ()):
+            if (
+                entry["directive"] != "server"
+                or "block" in entry
+                or entry["args"][1:] != SERVER_PARAMETERS
+            ):
+                shown = " ".join([entry["directive"], *entry["args"]])
+                failures.append(
+                    f"upstream {name} may hold only 'server <address> "
+                    f"{' '.join(SERVER_PARAMETERS)}' lines, not {shown!r} "
+                    f"(in {path}:{entry['line']})"
+                )
+                continue
+            servers.append(entry["args"][0])
+        if servers != list(wanted):
+            failures.append(
+                f"upstream {name} (in {where}) has servers {servers}, not its pool's {list(wanted)}"
+            )
+    failures.extend(
+        f"upstream {name} is defined {count} times"
+        for name, count in sorted(counts.items())
+        if count > 1 and name in expected
+    )
+    failures.extend(
+        f"upstream {name}, a route's pool, is missing from the rendered config"
+        for name in sorted(expected.keys() - counts.keys())
+    )
+    return failures
+
+
+def _named_pools(routes: Mapping[str, str], pools: Mapping[str, Sequence[str]]) -> list[str]:
+    """A route whose target names an upstream group (not an address: an address has a colon)
+    names one of `pools`, and each of `pools` is named by some route."""
+    named = {target.rpartition("/")[2] for target in routes.values()}
+    groups = {pool for pool in named if ":" not in pool}
+    return [
+        f"upstream {pool}, the pool of a route, has no upstream block"
+        for pool in sorted(groups - pools.keys())
+    ] + [f"upstream {pool} is the pool of no route" for pool in sorted(pools.keys() - groups)]
 
 
 def _check_map_block(statement: dict[str, Any], where: str) -> list[str]:
@@ -232,16 +338,35 @@ def _map_entries(entries: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
             yield entry["directive"], " ".join(entry["args"])
 
 
+def destination(target: str, servers: Sequence[str] = ()) -> str:
+    """Where a route sends requests, as a plan compares routes: its map target, and the servers
+    of the upstream group it names (when servers change, the map line stays the same)."""
+    return " ".join((target, *servers)) if servers else target
+
+
 def routes_in(payload: Mapping[str, Any], path: str) -> dict[str, str] | None:
-    """hostname -> target of the route map in a parsed config we wrote; None if not one of ours."""
+    """hostname -> destination of the routes in a parsed config we wrote; None if not one of
+    ours."""
     if payload.get("status") != "ok":
         return None
     for item in payload["config"]:
         if item["file"] != path:
             continue
+        groups = {
+            " ".join(statement["args"]): [
+                entry["args"][0]
+                for entry in statement.get("block", ())
+                if entry["directive"] == "server" and entry["args"]
+            ]
+            for statement in item["parsed"]
+            if statement["directive"] == "upstream"
+        }
         for statement, _ in _walk(item["parsed"]):
             if statement["directive"] == "map" and tuple(statement["args"]) == ROUTE_MAP:
-                return dict(_map_entries(statement["block"]))
+                return {
+                    host: destination(target, groups.get(target.rpartition("/")[2], ()))
+                    for host, target in _map_entries(statement["block"])
+                }
     return None
 
 

@@ -12,11 +12,12 @@ from typing import Any, NamedTuple
 
 import jinja2
 
+from .check import destination
 from .config import Config
 from .memory import no_gc
 from .model import Problem, Route, RoutingTable, Token
 from .names import label
-from .render import Fragment, group_of, joined_routes_id, render_group, skeleton_text, splice
+from .render import Part, group_of, joined_routes_id, render_group, skeleton_text, splice
 from .routing import Candidate, candidates, reserved_hosts, settle_host
 from .snapshot import canonical, deployment_part, snapshot_id_of
 from .validate import SnapshotValidator
@@ -27,9 +28,11 @@ class Rendered:
     snapshot_id: str
     table: RoutingTable
     text: str
-    skeleton: str  # text with render.ROUTES_MARKER in place of the deployments' lines
-    # each deployment's lines, and the (hostname, target) pairs they must hold
-    fragments: tuple[tuple[Fragment, frozenset[tuple[str, str]]], ...]
+    # text with render.ROUTES_MARKER in place of the deployments' lines, and
+    # render.UPSTREAMS_MARKER in place of their upstream blocks
+    skeleton: str
+    # each deployment's lines and upstream blocks, with what they must hold
+    fragments: tuple[Part, ...]
     # (label, name) -> the deployment's routes by hostname, the same tuple while they stay the
     # same (site_apply.SiteWriter compares them by identity); None: not kept
     deployments: Mapping[tuple[Token, str], tuple[Route, ...]] | None = None
@@ -51,7 +54,6 @@ class _Work(NamedTuple):
 
 
 GroupKey = tuple[Token, str]  # (deployment label, deployment): the file's order of deployments
-Fragments = tuple[Fragment, frozenset[tuple[str, str]]]
 
 
 class Pipeline:
@@ -90,7 +92,8 @@ class Pipeline:
         self._problem_counts: dict[Problem, int] = {}
         self._problems: tuple[Problem, ...] = ()
         self._problems_changed = False
-        self._groups: dict[GroupKey, Fragments] = {}
+        self._groups: dict[GroupKey, Part] = {}
+        self._pooled: set[GroupKey] = set()  # the deployments that have upstream blocks
         self._group_keys: list[GroupKey] = []  # sorted
         self._group_routes: dict[GroupKey, tuple[Route, ...]] = {}
         self._lengths: dict[int, int] = {}  # hostname length -> routes
@@ -159,34 +162,42 @@ class Pipeline:
             self._settle(settled, dirty, placed)
         self._place(hosts, placed)
 
-        keys: dict[GroupKey, Fragments | None] = {}
+        keys: dict[GroupKey, Part | None] = {}
         for name in dirty:
             keys.update(self._group(name))
-        for key, fragment in keys.items():
-            if fragment is None:
+        for key, made in keys.items():
+            if made is None:
                 self._groups.pop(key, None)
             else:
-                self._groups[key] = fragment
+                self._groups[key] = made
+            if made is not None and made.blocks:
+                self._pooled.add(key)
+            else:
+                self._pooled.discard(key)
         update_sorted(self._group_keys, keys.keys(), self._groups)
 
         if self._problems_changed:
             self._problems = tuple(sorted(self._problem_counts))
             self._problems_changed = False
         table = RoutingTable(self.config.domain, tuple(self._routes), self._problems)
-        fragments = tuple(self._groups[key] for key in self._group_keys)
-        joined = "".join([fragment for fragment, _ in fragments])
+        parts = tuple(self._groups[key] for key in self._group_keys)
+        joined = "".join([part.lines for part in parts])
+        # few deployments have upstream blocks: join theirs only, in file order
+        pooled = sorted(self._pooled)
+        blocks = "".join([self._groups[key].blocks for key in pooled])
         skeleton = skeleton_text(
             self.config,
             self._templates,
-            table_id=joined_routes_id(joined),
+            table_id=joined_routes_id(joined, blocks),
             newest=max(self._created, default=None),
             routes_count=len(self._routes),
-            deployments_count=len(fragments),
+            deployments_count=len(parts),
             longest=max(self._lengths, default=1),
+            pools=bool(pooled),
         )
         identity = snapshot_id_of(snapshot, [work[name].part for name in self._names])
-        text = splice(skeleton, [joined])
-        return Rendered(identity, table, text, skeleton, fragments, dict(self._group_routes))
+        text = splice(skeleton, joined, blocks)
+        return Rendered(identity, table, text, skeleton, parts, dict(self._group_routes))
 
     def _count(self, problems: Iterable[Problem], step: int) -> None:
         counts = self._problem_counts
@@ -252,7 +263,7 @@ class Pipeline:
                 del self._hosts[at]
                 del self._routes[at]
 
-    def _group(self, name: str) -> dict[GroupKey, Fragments | None]:
+    def _group(self, name: str) -> dict[GroupKey, Part | None]:
         """The lines of deployment `name` as its routes now stand (None: it routes nothing)."""
         work = self._work.get(name)
         key = (label(name), name)
@@ -267,9 +278,7 @@ class Pipeline:
             self._group_routes.pop(key, None)
             return {key: None}
         self._group_routes[key] = tuple(routes)
-        group = group_of(routes)
-        lines = render_group(group, self._templates)
-        return {key: (lines, frozenset((host, target) for host, target, _ in group[2]))}
+        return {key: render_group(group_of(routes), self._templates)}
 
     def _deployment(
         self, name: str, value: Any
@@ -350,9 +359,20 @@ class Plan:
         )
 
 
+def route_destination(route: Route) -> str:
+    """Where `route` sends requests, as plans compare routes (check.destination): its target,
+    and the servers of its upstream group when it has one."""
+    if len(route.members) > 1:
+        upstreams = route.upstreams
+        if len(upstreams) > 1:
+            return destination(route.target, [upstream.text for upstream in upstreams])
+    return route.target
+
+
 def make_plan(current: str | None, current_routes: Mapping[str, str], rendered: Rendered) -> Plan:
-    """`current_routes` maps each hostname in the file in place to its target."""
-    new_routes = {str(route.host): str(route.target) for route in rendered.table.routes}
+    """`current_routes` maps each hostname in the file in place to its destination (see
+    check.routes_in): a route whose upstream group's servers changed is a changed route."""
+    new_routes = {str(route.host): route_destination(route) for route in rendered.table.routes}
     return Plan(
         current=current,
         new=rendered.text,
@@ -374,13 +394,13 @@ def plan_between(installed: Rendered, rendered: Rendered) -> Plan:
     changed (a deployment whose routes tuple is the same object has the same routes)."""
     before, after = installed.deployments, rendered.deployments
     if before is None or after is None:
-        routes = {str(route.host): str(route.target) for route in installed.table.routes}
+        routes = {str(route.host): route_destination(route) for route in installed.table.routes}
         return make_plan(installed.text, routes, rendered)
     keys = [key for key, routes in after.items() if before.get(key) is not routes]
     if len(before) + sum(1 for key in keys if key not in before) > len(after):  # some went
         keys.extend(before.keys() - after.keys())
-    old = {route.host: route.target for key in keys for route in before.get(key, ())}
-    new = {route.host: route.target for key in keys for route in after.get(key, ())}
+    old = {route.host: route_destination(route) for key in keys for route in before.get(key, ())}
+    new = {route.host: route_destination(route) for key in keys for route in after.get(key, ())}
     return Plan(
         current=installed.text,
         new=rendered.text,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jinja2
 
@@ -18,6 +19,7 @@ from .site import ASKED_LEVELS, domain_pattern
 
 TEMPLATE = "routes.conf.j2"
 GROUP_TEMPLATE = "deployment.conf.j2"
+POOLS_TEMPLATE = "upstreams.conf.j2"
 _POINTER = 8  # sizeof(void *) on the 64-bit machines nginx runs on
 _CACHE_LINE = 64
 
@@ -95,8 +97,29 @@ class Fragment(str):
 # map entry, so the check can see it is inside `map $host $devtest_route` and nowhere else.
 ROUTES_MARKER = Fragment("    routes.devtest-router.invalid marker;\n")
 
-# A deployment's part of the file: its label, creation time and (host, target, kind) per route.
-Group = tuple[Token, Token | None, tuple[tuple[Token, Token, str], ...]]
+# Stands in for every deployment's upstream blocks in the same way: an upstream block (empty)
+# named as no pool can be (a pool is an address or a DNS label), so the check can see it stands
+# at http level, once. A template without it still renders while no service has several
+# addresses.
+UPSTREAMS_MARKER_POOL = "upstreams.devtest-router.invalid"
+UPSTREAMS_MARKER = Fragment(f"\nupstream {UPSTREAMS_MARKER_POOL} {{}}\n")
+_MARKERS = re.compile("|".join(re.escape(marker) for marker in (ROUTES_MARKER, UPSTREAMS_MARKER)))
+
+# An upstream group: its name (a route's pool) and its servers (the route's upstreams, sorted).
+Pool = tuple[Token, tuple[Token, ...]]
+
+# A deployment's part of the file: its label, creation time, (host, target, kind) per route
+# and the upstream groups those routes name.
+Group = tuple[Token, Token | None, tuple[tuple[Token, Token, str], ...], tuple[Pool, ...]]
+
+
+class Part(NamedTuple):
+    """One deployment's rendered text and what the check must find in it, exactly."""
+
+    lines: Fragment  # its entries in the hostname map
+    routes: frozenset[tuple[str, str]]  # (hostname, target) of those entries
+    blocks: Fragment  # its upstream blocks at http level; "" when no service has several addresses
+    pools: frozenset[Pool]  # (name, servers) of those blocks
 
 
 def groups(table: RoutingTable) -> list[Group]:
@@ -110,31 +133,50 @@ def groups(table: RoutingTable) -> list[Group]:
     ]
 
 
-def render_group(group: Group, templates: jinja2.Environment) -> Fragment:
-    """One deployment's lines in the hostname map (deployment.conf.j2)."""
-    label, created, routes = group
-    return Fragment(
+def render_group(group: Group, templates: jinja2.Environment) -> Part:
+    """One deployment's lines in the hostname map (deployment.conf.j2) and its upstream blocks
+    (upstreams.conf.j2, rendered only for a deployment that has some)."""
+    label, created, routes, pools = group
+    lines = _render(
+        templates,
+        GROUP_TEMPLATE,
+        label=label,
+        created=created,
+        routes=[{"host": host, "target": target, "kind": kind} for host, target, kind in routes],
+    )
+    blocks = (
         _render(
             templates,
-            GROUP_TEMPLATE,
+            POOLS_TEMPLATE,
             label=label,
-            created=created,
-            routes=[
-                {"host": host, "target": target, "kind": kind} for host, target, kind in routes
-            ],
+            pools=[{"name": name, "servers": servers} for name, servers in pools],
         )
+        if pools
+        else ""
+    )
+    return Part(
+        Fragment(lines),
+        frozenset((host, target) for host, target, _ in routes),
+        Fragment(blocks),
+        frozenset(pools),
     )
 
 
-def routes_id(fragments: Sequence[str]) -> Token:
+def routes_id(parts: Sequence[Part]) -> Token:
     """A name for the routes as rendered, that depends on nothing else: problems and stray keys
     in the registry do not change it, so they never change the file or reload nginx."""
-    return joined_routes_id("".join(fragments))
+    return joined_routes_id(
+        "".join(part.lines for part in parts), "".join(part.blocks for part in parts)
+    )
 
 
-def joined_routes_id(joined: str) -> Token:
-    """routes_id of the fragments already joined into one string."""
-    return Token("sha256:" + hashlib.sha256(joined.encode("ascii")).hexdigest()[:16])
+def joined_routes_id(lines: str, blocks: str = "") -> Token:
+    """routes_id of the parts' lines and blocks, each already joined into one string. (Without
+    upstream blocks it is the digest of the lines alone, as before there were any.)"""
+    digest = hashlib.sha256(lines.encode("ascii"))
+    if blocks:
+        digest.update(blocks.encode("ascii"))
+    return Token("sha256:" + digest.hexdigest()[:16])
 
 
 def group_of(routes: Sequence[Route]) -> Group:
@@ -143,26 +185,42 @@ def group_of(routes: Sequence[Route]) -> Group:
         routes[0].deployment_label,
         rfc3339(routes[0].created),
         tuple((route.host, route.target, route.kind.value) for route in routes),
+        pools_of(routes),
     )
+
+
+def pools_of(routes: Sequence[Route]) -> tuple[Pool, ...]:
+    """The upstream groups `routes` name, by name: one per service with several distinct
+    addresses (its route and its default entry point name the same one). A route of one
+    address names no group: its map line holds the address."""
+    found: dict[Token, tuple[Token, ...]] = {}
+    for route in routes:
+        if len(route.members) > 1 and route.pool not in found:  # one member: one address
+            upstreams = route.upstreams
+            if len(upstreams) > 1:
+                found[route.pool] = tuple(Token(upstream.text) for upstream in upstreams)
+    return tuple(sorted(found.items()))
 
 
 def render_skeleton(
     table: RoutingTable,
     config: Config,
     templates: jinja2.Environment,
-    fragments: Sequence[str],
+    parts: Sequence[Part],
 ) -> str:
-    """The whole file with ROUTES_MARKER where the deployments' lines go."""
+    """The whole file with ROUTES_MARKER where the deployments' lines go, and UPSTREAMS_MARKER
+    where their upstream blocks go."""
     longest = max((len(route.host) for route in table.routes), default=1)
     newest = max((route.created for route in table.routes if route.created), default=None)
     return skeleton_text(
         config,
         templates,
-        table_id=routes_id(fragments),
+        table_id=routes_id(parts),
         newest=newest,
         routes_count=len(table.routes),
-        deployments_count=len(fragments),
+        deployments_count=len(parts),
         longest=longest,
+        pools=any(part.blocks for part in parts),
     )
 
 
@@ -175,8 +233,10 @@ def skeleton_text(
     routes_count: int,
     deployments_count: int,
     longest: int,
+    pools: bool,
 ) -> str:
-    """render_skeleton from the figures it prints (a long-running caller keeps them)."""
+    """render_skeleton from the figures it prints (a long-running caller keeps them); `pools`:
+    some deployment has upstream blocks to place."""
     skeleton = _render(
         templates,
         TEMPLATE,
@@ -185,6 +245,7 @@ def skeleton_text(
         routes_count=routes_count,
         deployments_count=deployments_count,
         routes=ROUTES_MARKER,
+        upstreams=UPSTREAMS_MARKER,
         hash=HashSize.for_names(routes_count, longest),
         domain=config.domain,
         domain_pattern=domain_pattern(config.domain),
@@ -203,17 +264,30 @@ def skeleton_text(
     )
     if skeleton.count(ROUTES_MARKER) != 1:
         raise UsageError(f"template {TEMPLATE} must print {{{{ routes }}}} exactly once")
+    upstreams = skeleton.count(UPSTREAMS_MARKER)
+    if upstreams > 1 or (pools and not upstreams):
+        raise UsageError(
+            f"template {TEMPLATE} must print {{{{ upstreams }}}} exactly once, at http level "
+            "(outside every block): services with several instances need their upstream blocks"
+        )
     return skeleton
 
 
-def splice(skeleton: str, fragments: Sequence[str]) -> str:
-    return skeleton.replace(ROUTES_MARKER, "".join(fragments))
+def splice(skeleton: str, lines: str, blocks: str) -> str:
+    """The file: `skeleton` with the deployments' joined lines and upstream blocks in place of
+    the markers (one pass: nothing spliced in is searched for a marker)."""
+    spliced: dict[str, str] = {ROUTES_MARKER: lines, UPSTREAMS_MARKER: blocks}
+    return _MARKERS.sub(lambda found: spliced[found[0]], skeleton)
 
 
 def render(table: RoutingTable, config: Config, templates: jinja2.Environment) -> str:
     """The config text for `table`: the same bytes for the same table and config, always."""
-    fragments = [render_group(group, templates) for group in groups(table)]
-    return splice(render_skeleton(table, config, templates, fragments), fragments)
+    parts = [render_group(group, templates) for group in groups(table)]
+    return splice(
+        render_skeleton(table, config, templates, parts),
+        "".join(part.lines for part in parts),
+        "".join(part.blocks for part in parts),
+    )
 
 
 def _render(templates: jinja2.Environment, name: str, **values: Any) -> str:

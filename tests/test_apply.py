@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from harness import Backend, Nginx, Response, find_binary, http_request, wait_for
+from instances import SCHEMA_KNOWS_INSTANCES
 
 from generator.cli import main
 from generator.snapshot import snapshot_id
@@ -824,3 +825,55 @@ def test_concurrent_applies_take_turns(
     else:
         router.unknown(f"feature-login-web.{DOMAIN}")
     router.routes_to(f"master-web.{DOMAIN}", "master-web")
+
+
+# --------------------------------------------------------------------------
+# a service's instances (issue 9)
+
+
+@pytest.mark.xfail(
+    not SCHEMA_KNOWS_INSTANCES,
+    reason="instance keys do not validate yet (branch validate); tests/test_upstreams.py "
+    "covers the same through tests/instances.py",
+    strict=True,
+)
+def test_a_service_s_instances_share_its_requests_and_their_changes_are_changed_routes(
+    router: Router, backends: BackendFactory
+) -> None:
+    """Through the command, as etcdwatch runs it: the instance keys of the registry's layout."""
+    found = backends("one", "two", "three")
+
+    def registered(*names: str) -> Snapshot:
+        return {
+            "deployment": {
+                "main": {
+                    "created": "2026-01-01T09:00:00Z",
+                    "service": {
+                        "web": {
+                            "instance": {
+                                name: {"ip": "127.0.0.1", "port": str(found[name].port)}
+                                for name in names
+                            }
+                        }
+                    },
+                }
+            }
+        }
+
+    first = router.applied(registered("one", "two"))
+    assert "2 routes added, 0 removed, 0 changed" in first.err
+    router.routes_to(f"main-web.{DOMAIN}", "one")
+    router.routes_to(f"main.{DOMAIN}", "two")  # round robin: each instance answers in turn
+
+    # a third instance: the map lines stay, the group's servers change; two routes changed
+    third = router.applied(registered("one", "two", "three"))
+    assert "0 routes added, 0 removed, 2 changed" in third.err
+    router.routes_to(f"main-web.{DOMAIN}", "three")
+    again = router.apply(registered("three", "two", "one"))  # another order: the same file
+    assert again.err_lines[0].startswith("devtest-router: nothing to do: ")
+    # back to one instance: one map line each again, no group
+    last = router.applied(registered("two"))
+    assert "0 routes added, 0 removed, 2 changed" in last.err
+    assert "\nupstream " not in router.output.read_text()
+    seen = {http_request(router.nginx.port, f"main-web.{DOMAIN}").json()["name"] for _ in range(6)}
+    assert seen == {"two"}

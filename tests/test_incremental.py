@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import instances
 import pytest
 import strategies
 from hypothesis import HealthCheck, given, settings
@@ -26,7 +27,7 @@ from generator.config import resolve
 from generator.errors import InternalError
 from generator.incremental import Engine
 from generator.memory import release_free_memory
-from generator.pipeline import Rendered, build, make_plan, plan_between
+from generator.pipeline import Rendered, build, make_plan, plan_between, route_destination
 from generator.render import Fragment, environment
 from generator.site_apply import SiteWriter
 
@@ -50,6 +51,9 @@ edits = st.tuples(
 def edited(snapshot: dict[str, Any], edit: tuple[str, str, str, Any]) -> dict[str, Any]:
     what, branch, service, value = edit
     result = copy.deepcopy(snapshot)
+    if what.endswith("-instance"):
+        instances.edited_instance(result, edit)
+        return result
     found = result["deployment"]
     if what == "set-deployment":
         found[branch] = value
@@ -68,21 +72,51 @@ def edited(snapshot: dict[str, Any], edit: tuple[str, str, str, Any]) -> dict[st
     return result
 
 
-@settings(
+WARM_EXAMPLES = settings(
     max_examples=120,
     derandomize=True,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+
+
+@WARM_EXAMPLES
 @given(
-    st.one_of(strategies.realistic_snapshots, strategies.colliding_snapshots()),
-    st.lists(edits, min_size=1, max_size=8),
+    st.one_of(
+        strategies.realistic_snapshots,
+        strategies.colliding_snapshots(),
+        instances.instance_snapshots,
+    ),
+    st.lists(st.one_of(edits, instances.instance_edits), min_size=1, max_size=8),
 )
 def test_warm_builds_are_byte_for_byte_the_cold_build(
     start: dict[str, Any], steps: list[tuple[str, str, str, Any]]
 ) -> None:
+    assert_warm_is_cold(start, steps)
+
+
+@WARM_EXAMPLES
+@given(
+    instances.instance_snapshots,
+    st.lists(
+        st.one_of(instances.instance_edits, instances.instance_edits, edits),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_warm_builds_are_the_cold_build_as_instances_come_and_go(
+    start: dict[str, Any], steps: list[tuple[str, str, str, Any]]
+) -> None:
+    """The same property, from services with several instances, mostly instance edits: an
+    instance added or removed, an upstream group made, changed and gone."""
+    assert_warm_is_cold(start, steps)
+
+
+def assert_warm_is_cold(start: dict[str, Any], steps: list[tuple[str, str, str, Any]]) -> None:
     engine = Engine(CONFIG, SCHEMA, TEMPLATES)
+    # services with several instances: instance keys read (see tests/instances.py)
+    engine.build = instances.InstancesPipeline(CONFIG, SCHEMA, TEMPLATES)
     snapshot = start
     with tempfile.TemporaryDirectory() as folder:
         config = dataclasses.replace(CONFIG, site_dir=folder)
@@ -92,7 +126,7 @@ def test_warm_builds_are_byte_for_byte_the_cold_build(
             if step is not None:
                 snapshot = edited(snapshot, step)
             warm = engine.build(snapshot)
-            cold = build(snapshot, CONFIG, SCHEMA, TEMPLATES)
+            cold = instances.build(snapshot, CONFIG)
             assert warm.text == cold.text
             assert warm.table == cold.table
             assert warm.snapshot_id == cold.snapshot_id
@@ -103,9 +137,16 @@ def test_warm_builds_are_byte_for_byte_the_cold_build(
             writer.apply(warm.table, warm.deployments)
             assert _files(Path(folder)) == site.render_site(cold.table, config, SITE_TEMPLATES)
             if previous is not None:  # the plan from what changed is the plan from all routes
-                routes = {str(route.host): str(route.target) for route in previous.table.routes}
-                assert plan_between(previous, warm) == make_plan(previous.text, routes, warm)
+                routes = {str(r.host): route_destination(r) for r in previous.table.routes}
+                plan = plan_between(previous, warm)
+                assert plan == make_plan(previous.text, routes, warm)
+                if _blocks(previous) != _blocks(warm):  # a group's servers changed: a route did
+                    assert plan.added or plan.removed or plan.changed
             previous = warm
+
+
+def _blocks(rendered: Rendered) -> str:
+    return "".join(part.blocks for part in rendered.fragments)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -128,10 +169,14 @@ def test_the_warm_check_still_catches_a_changed_fragment() -> None:
     engine.check(good)
     # The same routing table, but one deployment's lines say something else: only that
     # fragment is new to the checker, and it must be parsed and refused.
-    (text, wanted), *rest = good.fragments
-    forged = Fragment(text.replace("127.0.0.1:8001", "127.0.0.1:9999"))
+    first, *rest = good.fragments
+    forged = Fragment(first.lines.replace("127.0.0.1:8001", "127.0.0.1:9999"))
     bad = Rendered(
-        good.snapshot_id, good.table, good.text, good.skeleton, ((forged, wanted), *rest)
+        good.snapshot_id,
+        good.table,
+        good.text,
+        good.skeleton,
+        (first._replace(lines=forged), *rest),
     )
     with pytest.raises(InternalError, match="maps to"):
         engine.check(bad)
@@ -181,8 +226,9 @@ def test_long_lines_are_parsed_in_two_processes_and_either_one_refuses(
     rendered = build(snapshot, CONFIG, SCHEMA, TEMPLATES)
     fragments = list(rendered.fragments)
     if forged_at is not None:  # a forged fragment in the first half, or in the second
-        text, wanted = fragments[forged_at]
-        fragments[forged_at] = (Fragment(text.replace("127.0.0.1:80", "127.0.0.1:99")), wanted)
+        part = fragments[forged_at]
+        lines = Fragment(part.lines.replace("127.0.0.1:80", "127.0.0.1:99"))
+        fragments[forged_at] = part._replace(lines=lines)
     forged = dataclasses.replace(rendered, fragments=tuple(fragments))
     monkeypatch.setattr(apply, "PARALLEL_FROM", 0)
     checker = Checker()
