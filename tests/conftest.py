@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from harness import Backend, Etcd, Nginx, start_backends, start_cluster
+from watch_harness import Frontend
 
 
 @pytest.fixture
@@ -108,3 +109,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         )
     else:
         terminalreporter.write_line("every golden file already matched: nothing rewritten")
+
+
+@pytest.fixture
+def frontend(tmp_path: Path, nginx: Nginx) -> Iterator[Callable[..., Frontend]]:
+    started: list[Frontend] = []
+
+    def start(url: str, *extra: str) -> Frontend:
+        made = Frontend(nginx, url, tmp_path, list(extra))
+        made.start()
+        started.append(made)
+        return made
+
+    try:
+        yield start
+    finally:
+        for made in started:
+            made.stop()

@@ -23,7 +23,8 @@ import pytest
 from harness import Backend, Etcd, Nginx, find_binary, free_port, free_ports, http_request, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from site_harness import deployment, table
-from test_watch import BIN, DOMAIN, Frontend, entry, registry_url
+from test_watch import entry
+from watch_harness import BIN, DOMAIN, Frontend, registry_url
 
 from generator import site
 from generator.config import listen_address, resolve

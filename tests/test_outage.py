@@ -33,7 +33,7 @@ from harness import (
     http_request,
     wait_for,
 )
-from test_watch import DOMAIN, Frontend, registry_url
+from watch_harness import DOMAIN, Frontend, registry_url
 
 pytestmark = pytest.mark.integration
 

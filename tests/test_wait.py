@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from harness import LOOPBACK, Etcd, Nginx, free_ports, wait_for
 from test_outage import Keys
-from test_watch import BIN, DOMAIN, Frontend, registry_url
+from watch_harness import BIN, DOMAIN, Frontend, registry_url
 
 from generator.probe import answers, judge
 
