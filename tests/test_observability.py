@@ -12,7 +12,7 @@ import re
 import signal
 import socket
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -124,23 +124,6 @@ def expected_table(url: str) -> dict[str, Any]:
     ).stdout
     table: dict[str, Any] = json.loads(checked)
     return table
-
-
-@pytest.fixture
-def frontend(tmp_path: Path, nginx: Nginx) -> Iterator[Callable[..., Frontend]]:
-    started: list[Frontend] = []
-
-    def start(url: str, *extra: str) -> Frontend:
-        made = Frontend(nginx, url, tmp_path, list(extra))
-        made.start()
-        started.append(made)
-        return made
-
-    try:
-        yield start
-    finally:
-        for made in started:
-            made.stop()
 
 
 # --------------------------------------------------------------------------
