@@ -16,7 +16,7 @@ import shutil
 import stat
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -62,10 +62,12 @@ class Checker:
             {UPSTREAMS_MARKER_POOL: ()} if placed else {},
         )
         parts = rendered.fragments
+        unchecked = [part for part in parts if part not in self._passed]
         if not placed and any(part.blocks for part in parts):
             failures.append("the skeleton has no place for the upstream blocks")
-        failures += _shared_pools(parts)
-        unchecked = [part for part in parts if part not in self._passed]
+        # Parts that passed together had no pool in common: only a new part can share one.
+        if any(part.pools for part in unchecked):
+            failures += _shared_pools(parts)
         if unchecked:
             failures += _check_in_parts(scratch, unchecked)
         if failures:
@@ -78,8 +80,8 @@ def _shared_pools(parts: Sequence[Part]) -> list[str]:
     (nginx refuses a second upstream block of one name)."""
     seen: set[str] = set()
     shared: set[str] = set()
-    for part in parts:
-        for name, _ in part.pools:
+    for pools in [part.pools for part in parts if part.pools]:  # few have any
+        for name, _ in pools:
             (shared if name in seen else seen).add(name)
     return [f"upstream {name} is the pool of two deployments" for name in sorted(shared)]
 
@@ -139,6 +141,9 @@ def _check_in_parts(scratch: Path, unchecked: Unchecked) -> list[str]:
     return failures + list(second)
 
 
+_NO_POOLS: Mapping[str, Sequence[str]] = {}  # never changed: the pools of most parts
+
+
 def _check_part(folder: Path, unchecked: Unchecked) -> list[str]:
     """crossplane's parse of deployments' lines inside one hostname map, followed by their
     upstream blocks, checked. (Lines are counted as crossplane counts them: by newlines.)"""
@@ -146,18 +151,15 @@ def _check_part(folder: Path, unchecked: Unchecked) -> list[str]:
     text.extend(part.lines for part in unchecked)
     text.append("}\n")
     text.extend(part.blocks for part in unchecked)
+    counts = [part.lines.count("\n") for part in unchecked]
     line = 3  # the first line of the first part's lines
-    after = line + sum(part.lines.count("\n") for part in unchecked) + 1  # and of its blocks
+    after = line + sum(counts) + 1  # and of its blocks
     spans = []
-    for part in unchecked:
-        lines, blocks = part.lines.count("\n"), part.blocks.count("\n")
+    for part, lines in zip(unchecked, counts, strict=True):
+        blocks = part.blocks.count("\n") if part.blocks else 0
+        pools: Mapping[str, Sequence[str]] = dict(part.pools) if part.pools else _NO_POOLS
         spans.append(
-            Span(
-                range(line, line + lines),
-                dict(part.routes),
-                range(after, after + blocks),
-                dict(part.pools),
-            )
+            Span(range(line, line + lines), dict(part.routes), range(after, after + blocks), pools)
         )
         line += lines
         after += blocks

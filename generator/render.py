@@ -193,9 +193,12 @@ def pools_of(routes: Sequence[Route]) -> tuple[Pool, ...]:
     """The upstream groups `routes` name, by name: one per service with several distinct
     addresses (its route and its default entry point name the same one). A route of one
     address names no group: its map line holds the address."""
+    several = [route for route in routes if len(route.members) > 1]  # one member: one address
+    if not several:
+        return ()
     found: dict[Token, tuple[Token, ...]] = {}
-    for route in routes:
-        if len(route.members) > 1 and route.pool not in found:  # one member: one address
+    for route in several:
+        if route.pool not in found:
             upstreams = route.upstreams
             if len(upstreams) > 1:
                 found[route.pool] = tuple(Token(upstream.text) for upstream in upstreams)
@@ -275,9 +278,13 @@ def skeleton_text(
 
 def splice(skeleton: str, lines: str, blocks: str) -> str:
     """The file: `skeleton` with the deployments' joined lines and upstream blocks in place of
-    the markers (one pass: nothing spliced in is searched for a marker)."""
-    spliced: dict[str, str] = {ROUTES_MARKER: lines, UPSTREAMS_MARKER: blocks}
-    return _MARKERS.sub(lambda found: spliced[found[0]], skeleton)
+    the markers. Nothing spliced in is searched for a marker: the lines go in last, and blocks
+    that make another routes marker are spliced in one pass instead."""
+    with_blocks = skeleton.replace(UPSTREAMS_MARKER, blocks)
+    if with_blocks.count(ROUTES_MARKER) != 1:
+        spliced: dict[str, str] = {ROUTES_MARKER: lines, UPSTREAMS_MARKER: blocks}
+        return _MARKERS.sub(lambda found: spliced[found[0]], skeleton)
+    return with_blocks.replace(ROUTES_MARKER, lines)
 
 
 def render(table: RoutingTable, config: Config, templates: jinja2.Environment) -> str:
