@@ -325,6 +325,7 @@ class Figure:
     baseline_value: float | None = None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    target_text: str = ""  # the target column when there is no target value yet
 
     @property
     def ratio(self) -> float | None:
@@ -363,6 +364,7 @@ def table(figures: list[Figure], markdown: bool = False) -> str:
         target = f"<= {show(item.target, item.unit)}" if item.target is not None else ""
         if item.target == 0:
             target = "0"
+        target = target or item.target_text
         ratio = ""
         if item.ratio is not None:
             ratio = f"{item.ratio:.2f}x ({item.baseline}: {show(item.baseline_value, item.unit)})"

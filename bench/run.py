@@ -214,6 +214,95 @@ def pipeline_figures(routes: int, found: dict[str, Any]) -> list[Figure]:
     return out
 
 
+REPLICAS = (10_000, 3)  # services, instances of each
+NEW_TARGET = "new (issue 9)"
+
+
+def run_replicas(timeout: float) -> dict[str, Any]:
+    """bench/replicas.py in a fresh process (its own peak memory)."""
+    services, count = REPLICAS
+    argv = [sys.executable, str(common.BENCH / "replicas.py"), "--services", str(services),
+            "--instances", str(count)]  # fmt: skip
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish within {timeout:.0f} s"}
+    if done.returncode != 0:
+        return {
+            "error": (done.stderr.strip().splitlines() or ["failed"])[-1],
+            "stderr": done.stderr,
+        }
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def replicas_figures(found: dict[str, Any]) -> list[Figure]:
+    """nginx -t and the warm re-apply for services of several instances (upstream groups)."""
+    services, count = REPLICAS
+    size = f"{services:,} services of {count} instances"
+    key = f"replicas_{services}"
+    if "error" in found:
+        return [
+            figure(f"nginx_t_{key}", f"nginx -t, {size}", None, "s", note=found["error"],
+                   target_text=NEW_TARGET)
+        ]  # fmt: skip
+    shape = (
+        f"{found['deployments']:,} deployments, {found['routes']:,} routes, "
+        f"{found['upstream_blocks']:,} upstream blocks of {found['servers']:,} servers, "
+        f"{found['bytes'] / common.MB:.1f} MB; instance keys read by {found['reads_instances']}"
+    )
+    nginx = found["nginx_t"]
+    warm = found["warm"]
+    note = (
+        f"median of 5 changes (one instance of one service replaced: its group's servers "
+        f"change, no map line); first build {common.show(warm['first_build_seconds'], 's')}"
+    )
+    if not warm["same_bytes"]:
+        note += "; NOT the same bytes as the naive rebuild"
+    out: list[Figure] = []
+    if "error" in nginx:
+        out.append(
+            figure(f"nginx_t_{key}", f"nginx -t, {size}", None, "s", note=nginx["error"],
+                   target_text=NEW_TARGET)
+        )  # fmt: skip
+    else:
+        out += [
+            figure(
+                f"nginx_t_{key}",
+                f"nginx -t on our output, {size}",
+                nginx["seconds"],
+                "s",
+                baseline="nginx -t, empty file",
+                baseline_value=nginx["empty_seconds"],
+                note=shape,
+                target_text=NEW_TARGET,
+                extra={"replicas": found},
+            ),
+            figure(
+                f"nginx_t_peak_{key}",
+                f"nginx -t peak memory, {size}",
+                nginx["max_rss_mb"],
+                "MB",
+                baseline="nginx -t, empty file",
+                baseline_value=nginx["empty_max_rss_mb"],
+                target_text=NEW_TARGET,
+            ),
+        ]
+    out.append(
+        figure(
+            f"warm_{key}",
+            f"warm re-apply after one instance change, {size}",
+            warm["seconds"],
+            "s",
+            baseline="naive rebuild",
+            baseline_value=warm["naive_seconds"],
+            note=note,
+            target_text=NEW_TARGET,
+        )
+    )
+    return out
+
+
 def live_figures(routes: int, found: dict[str, Any]) -> list[Figure]:
     size = routes_text(routes)
     out = []
@@ -352,6 +441,8 @@ def figures_of(raw: dict[str, Any]) -> list[Figure]:
     figures: list[Figure] = []
     for routes, found in sorted(raw.get("pipeline", {}).items(), key=lambda kv: int(kv[0])):
         figures += pipeline_figures(int(routes), found)
+    if "replicas" in raw:
+        figures += replicas_figures(raw["replicas"])
     for routes, found in sorted(raw.get("live", {}).items(), key=lambda kv: int(kv[0])):
         figures += live_figures(int(routes), found)
     # The watcher's memory against what one cold run of the same registry needs at its peak.
@@ -366,7 +457,8 @@ def figures_of(raw: dict[str, Any]) -> list[Figure]:
         "cold_1000", "cold_10000", "cold_100000", "cold_peak_1000", "cold_peak_10000",
         "cold_peak_100000", "nginx_t_1000", "nginx_t_10000", "nginx_t_100000",
         "nginx_t_peak_1000", "nginx_t_peak_10000", "nginx_t_peak_100000", "warm_10000",
-        "warm_100000", "live_p50_1000", "live_p95_1000", "live_p50_10000", "live_p95_10000",
+        "warm_100000", "nginx_t_replicas_10000", "nginx_t_peak_replicas_10000",
+        "warm_replicas_10000", "live_p50_1000", "live_p95_1000", "live_p50_10000", "live_p95_10000",
         "live_p50_100000", "live_p95_100000", "burst_reloads", "burst_all_live", "reload_failed",
         "watcher_rss_1000", "watcher_rss_10000", "watcher_rss_100000",
     ]  # fmt: skip
@@ -420,13 +512,23 @@ def main() -> int:
         "included, stays under 10 minutes); the last size's events get what is left",
     )
     parser.add_argument("--skip-live", action="store_true")
-    parser.add_argument("--out", type=Path, default=common.BENCH / "results.json")
+    parser.add_argument(
+        "--only",
+        choices=("replicas",),
+        help="run this one entry and print its figures (results.json is left as it is "
+        "unless --out is given)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="where the results go (default: bench/results.json)"
+    )
     parser.add_argument(
         "--report",
         action="store_true",
         help="measure nothing: print the table again from the raw results in --out",
     )
     args = parser.parse_args()
+    only_out = args.out  # --only writes results only where it is told to
+    args.out = args.out or common.BENCH / "results.json"
     if args.report:
         results = json.loads(args.out.read_text(encoding="utf-8"))
         report(results, figures_of(results["raw"]), args.out)
@@ -434,6 +536,24 @@ def main() -> int:
 
     started = time.time()
     deadline = time.monotonic() + args.time_limit
+    if args.only == "replicas":
+        common.say(f"bench: {REPLICAS[0]:,} services of {REPLICAS[1]} instances")
+        found = run_replicas(args.time_limit)
+        figures = replicas_figures(found)
+        if only_out is None:
+            print(common.table(figures) + "\n")
+            print("\n".join(f"- {item.figure}: {item.note}" for item in figures if item.note))
+            return 0
+        results = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "seconds": time.time() - started,
+            "arguments": vars(args) | {"out": str(only_out)},
+            "machine": common.machine(),
+            "source": common.source_state(),
+            "raw": {"replicas": found},
+        }
+        report(results, figures, only_out)
+        return 0
     sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
     warm_sizes = {10_000, 100_000}
     api = "v3" if args.registry == "etcd3" else "v2"
@@ -449,6 +569,8 @@ def main() -> int:
             raw["pipeline"][routes] = run_pipeline(
                 routes, routes in warm_sizes, Path(name), max(60.0, left * 0.6)
             )
+    common.say(f"bench: {REPLICAS[0]:,} services of {REPLICAS[1]} instances")
+    raw["replicas"] = run_replicas(max(60.0, (deadline - time.monotonic()) * 0.3))
 
     if not args.skip_live:
         for number, routes in enumerate(sizes):

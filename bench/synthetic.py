@@ -102,6 +102,50 @@ def registry(
     return {"deployment": dict(deployment(i, seed, upstream) for i in range(start, start + count))}
 
 
+def instance_id(rng: random.Random) -> str:
+    """An ECS task id, as `register` takes it from the task metadata: 32 hex digits."""
+    return f"{rng.getrandbits(128):032x}"
+
+
+def replicated(services: int, instances: int, seed: int = 0) -> dict[str, Any]:
+    """An etcdwatch-shaped snapshot of `services` services (three a deployment, as registry()
+    makes them, the last deployment fewer), each with `instances` instances registered under
+    .../service/<service>/instance/<id>/{ip,port}: one upstream group per service."""
+    found: dict[str, Any] = {}
+    for index in range(-(-services // 3)):
+        name, value = deployment(index, seed)
+        rng = random.Random(f"{seed}/instances/{index}")
+        kept = list(value["service"])[: services - 3 * index]
+        value["service"] = {
+            service: {
+                "instance": {
+                    instance_id(rng): {
+                        "ip": private_ipv4(rng),
+                        "port": str(rng.randrange(32768, 61000)),
+                    }
+                    for _ in range(instances)
+                }
+            }
+            for service in kept
+        }
+        found[name] = value
+    return {"deployment": found}
+
+
+def replaced_instance(snapshot: dict[str, Any], which: int = 0) -> dict[str, Any]:
+    """A copy of `snapshot` in which one deployment's web service replaced one instance by a
+    new one (one step of a rolling redeploy): its group's servers change, its map lines stay."""
+    deployments = dict(snapshot["deployment"])
+    name = sorted(deployments)[which % len(deployments)]
+    value = json.loads(json.dumps(deployments[name]))
+    held = value["service"][DEFAULT_SERVICE]["instance"]
+    rng = random.Random(f"replaced/{name}/{which}/{sorted(held)}")
+    del held[sorted(held)[which % len(held)]]
+    held[instance_id(rng)] = {"ip": private_ipv4(rng), "port": str(rng.randrange(32768, 61000))}
+    deployments[name] = value
+    return {**snapshot, "deployment": deployments}
+
+
 def changed_one(snapshot: dict[str, Any], which: int = 0) -> dict[str, Any]:
     """A copy of `snapshot` in which one deployment changed: its web service moved (a redeploy)."""
     deployments = dict(snapshot["deployment"])
@@ -118,8 +162,12 @@ def pairs(snapshot: dict[str, Any]) -> Iterator[tuple[str, str]]:
     for name, value in snapshot["deployment"].items():
         yield f"{PREFIX}/{name}/created", value["created"]
         for service, entry in value["service"].items():
-            yield f"{PREFIX}/{name}/service/{service}/ip", entry["ip"]
-            yield f"{PREFIX}/{name}/service/{service}/port", entry["port"]
+            if "ip" in entry:
+                yield f"{PREFIX}/{name}/service/{service}/ip", entry["ip"]
+                yield f"{PREFIX}/{name}/service/{service}/port", entry["port"]
+            for id, instance in entry.get("instance", {}).items():
+                yield f"{PREFIX}/{name}/service/{service}/instance/{id}/ip", instance["ip"]
+                yield f"{PREFIX}/{name}/service/{service}/instance/{id}/port", instance["port"]
 
 
 def _b64(text: str) -> str:
