@@ -826,3 +826,166 @@ def test_nginx_assertion_catches_a_hash_nginx_cannot_build(nginx_binary: str) ->
     with pytest.raises((AssertionError, CheckError)) as caught:
         assert_nginx_accepts(without, config)
     assert "map_hash" in str(caught.value)
+
+
+# --------------------------------------------------------------------------
+# 9. services with several instances (issue 9): upstream groups
+#
+# Deployments are built directly (validation does not read instance keys yet), so these
+# properties hold for whatever validation will make of the registry.
+
+from strategies import private_v4, ula_v6  # noqa: E402
+
+from generator.model import Deployment, Instance, Service, instance_order  # noqa: E402
+from generator.validate import parse_time  # noqa: E402
+
+_instance_addresses = st.one_of(
+    private_v4.map(str),
+    private_v4.map(str),
+    ula_v6.map(str),
+    st.sampled_from(["10.0.0.1", "10.0.0.2", "fc00::1"]),  # repeats: one server for two
+    st.sampled_from(["169.254.169.254", "127.0.0.1", "8.8.8.8", "::ffff:10.0.0.1", "x"]),
+)
+_instances = st.lists(
+    st.builds(
+        Instance,
+        st.one_of(st.none(), st.text("abcdef0123456789-.", min_size=1, max_size=8)),
+        _instance_addresses,
+        st.sampled_from(["80", "8080", "65535", "0"]),
+    ),
+    min_size=1,
+    max_size=5,
+    unique_by=lambda instance: instance.id,
+)
+instance_deployments = st.dictionaries(
+    st.sampled_from(["main", "feat-x", "Feat/X", "feature/" + "x" * 60]),
+    st.tuples(
+        st.sampled_from([None, "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"]),
+        st.dictionaries(st.sampled_from(["web", "api", "WEB", "worker"]), _instances, max_size=3),
+    ),
+    max_size=3,
+).map(
+    lambda found: [
+        Deployment(
+            name,
+            None if created is None else parse_time(created),
+            tuple(
+                Service(service, tuple(sorted(instances, key=instance_order)))
+                for service, instances in sorted(services.items())
+            ),
+            tuple(sorted(services)),
+        )
+        for name, (created, services) in sorted(found.items())
+    ]
+)
+
+
+def rendered_of(deployments: list[Deployment], config: Config) -> pipeline.Rendered:
+    """What the pipeline renders for validated `deployments`, made with render's own parts."""
+    table = routing.build_table(deployments, config)
+    parts = [render.render_group(group, TEMPLATES) for group in render.groups(table)]
+    skeleton = render.render_skeleton(table, config, TEMPLATES, parts)
+    text = render.splice(
+        skeleton, "".join(part.lines for part in parts), "".join(part.blocks for part in parts)
+    )
+    assert text == render.render(table, config, TEMPLATES)
+    return pipeline.Rendered("sha256:0", table, text, skeleton, tuple(parts))
+
+
+def upstream_groups(text: str) -> dict[str, list[list[str]]]:
+    """Every upstream block of `text` as crossplane reads it: name -> each block's servers."""
+    found: dict[str, list[list[str]]] = {}
+    for statement in parsed_include(text):
+        if statement["directive"] == "upstream":
+            found.setdefault(" ".join(statement["args"]), []).append(
+                [" ".join(entry["args"]) for entry in statement["block"]]
+            )
+    return found
+
+
+def assert_groups_rendered(text: str, table: RoutingTable) -> None:
+    """A route of several addresses names a group that stands once, with exactly its servers;
+    a route of one address names that address and no group; no group is named by no route."""
+    groups = upstream_groups(text)
+    named = set()
+    for route in table.routes:
+        servers = [upstream.text for upstream in route.upstreams]
+        if len(servers) == 1:
+            assert route.pool == servers[0] and route.pool not in groups, route.host
+            continue
+        named.add(route.pool)
+        assert groups.get(route.pool) == [
+            [f"{server} max_fails=1 fail_timeout=10s" for server in servers]
+        ], route.host
+    assert set(groups) == named, f"groups no route names: {sorted(set(groups) - named)}"
+
+
+@PURE
+@given(deployments=instance_deployments, rnd=st.randoms())
+def test_instance_order_never_changes_the_output(
+    deployments: list[Deployment], rnd: random.Random
+) -> None:
+    first = routing.build_table(deployments, DEFAULT)
+    shuffled = [
+        dataclasses.replace(
+            deployment,
+            services=tuple(
+                dataclasses.replace(
+                    service, instances=tuple(rnd.sample(service.instances, len(service.instances)))
+                )
+                for service in deployment.services
+            ),
+        )
+        for deployment in deployments
+    ]
+    again = routing.build_table(shuffled, DEFAULT)
+    assert render.render(again, DEFAULT, TEMPLATES) == render.render(first, DEFAULT, TEMPLATES)
+    assert [(r.host, r.target, r.upstreams) for r in again.routes] == [
+        (r.host, r.target, r.upstreams) for r in first.routes
+    ]
+    assert again.problems == first.problems
+
+
+@PURE
+@given(deployments=instance_deployments)
+def test_groups_are_rendered_once_with_exactly_their_servers_and_pass_the_check(
+    deployments: list[Deployment],
+) -> None:
+    rendered = rendered_of(deployments, DEFAULT)
+    assert apply.checked_text(rendered, DEFAULT) == rendered.text
+    assert_routes_rendered(rendered.text, rendered.table, DEFAULT.domain)
+    assert_groups_rendered(rendered.text, rendered.table)
+    assert_only_template_directives(parsed_include(rendered.text))
+
+
+def test_group_assertion_catches_wrong_groups() -> None:
+    two = (Instance("a", "10.0.0.1", "80"), Instance("b", "10.0.0.2", "80"))
+    rendered = rendered_of([Deployment("main", None, (Service("web", two),), ("web",))], DEFAULT)
+    text, table = rendered.text, rendered.table
+    assert_groups_rendered(text, table)
+    pool = table.routes[0].pool
+    server = "    server 10.0.0.2:80 max_fails=1 fail_timeout=10s;\n"
+    block = (
+        f"\nupstream {pool} {{\n    server 10.0.0.1:80 max_fails=1 fail_timeout=10s;\n{server}}}\n"
+    )
+    assert text.count(block) == 1
+    for bad in (
+        text.replace(server, ""),  # a server missing
+        text.replace(server, server + server),  # a server twice
+        text.replace(block, block + block),  # the group twice
+        text.replace(block, ""),  # no group
+        text.replace(block, block + block.replace(pool, "main-web--000000")),  # one unused
+        text.replace("10.0.0.2:80 max_fails=1", "10.0.0.2:80 max_fails=2"),
+    ):
+        with pytest.raises(AssertionError):
+            assert_groups_rendered(bad, table)
+
+
+@pytest.mark.integration
+@WITH_NGINX
+@given(deployments=instance_deployments)
+def test_nginx_accepts_the_rendered_groups(
+    nginx_binary: str, deployments: list[Deployment]
+) -> None:
+    config = make_config(nginx_binary=nginx_binary)
+    assert_nginx_accepts(rendered_of(deployments, config), config)
