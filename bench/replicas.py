@@ -15,10 +15,6 @@ servers per service, N blocks, and a map line per route naming its group.
   one deployment's web service replaced at a time (a rolling redeploy's step: the group's
   servers change, no map line does), 5 times: engine.build + engine.check, against the naive
   rebuild (pipeline from scratch + crossplane gate) of the same snapshot; the texts must be equal.
-
-Until validation reads instance keys (issue 9, branch validate), the registry goes through
-tests/instances.py's InstancesPipeline, which reads them itself; once it does, that is the
-real pipeline unchanged (`reads_instances` in the output says which ran).
 """
 
 from __future__ import annotations
@@ -33,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import common
 import pipeline as pipeline_bench
@@ -43,7 +38,6 @@ WARM_CHANGES = 5
 
 
 def run(services: int, count: int) -> dict[str, Any]:
-    import instances
 
     from generator.incremental import Engine
     from generator.pipeline import plan_between
@@ -53,15 +47,12 @@ def run(services: int, count: int) -> dict[str, Any]:
     data = synthetic.replicated(services, count)
 
     def naive(snapshot: dict[str, Any]) -> Any:
-        return instances.InstancesPipeline(cfg, common.snapshot_schema(), env)(snapshot)
+        return common.naive_build(snapshot, cfg, env)
 
     result: dict[str, Any] = {
         "services": services,
         "instances": count,
         "deployments": len(data["deployment"]),
-        "reads_instances": (
-            "validation" if instances.SCHEMA_KNOWS_INSTANCES else "tests/instances.py"
-        ),
     }
     with tempfile.TemporaryDirectory(prefix="devtest-bench-") as name:
         folder = Path(name)
@@ -90,7 +81,6 @@ def run(services: int, count: int) -> dict[str, Any]:
     naive_seconds = time.perf_counter() - start
 
     engine = Engine(cfg, common.snapshot_schema(), env)
-    engine.build = instances.InstancesPipeline(cfg, common.snapshot_schema(), env)
     gc.collect()
     start = time.perf_counter()
     previous = engine.build(data)

@@ -249,7 +249,7 @@ def replicas_figures(found: dict[str, Any]) -> list[Figure]:
     shape = (
         f"{found['deployments']:,} deployments, {found['routes']:,} routes, "
         f"{found['upstream_blocks']:,} upstream blocks of {found['servers']:,} servers, "
-        f"{found['bytes'] / common.MB:.1f} MB; instance keys read by {found['reads_instances']}"
+        f"{found['bytes'] / common.MB:.1f} MB"
     )
     nginx = found["nginx_t"]
     warm = found["warm"]

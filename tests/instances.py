@@ -8,12 +8,6 @@ snapshot, as etcdwatch hands it over:
     {"deployment": {"main": {"service": {"web": {
         "ip": "10.0.0.1", "port": "8080",
         "instance": {"a1": {"ip": "10.0.0.2", "port": "8080"}}}}}}}
-
-Until validation reads instance keys (branch `validate`), `InstancesPipeline` reads them here:
-a deployment that holds some is made into a `Deployment` by `deployment_of` (complete
-instances only; no problems), every other one goes through the real validation. Once the
-schema knows instance keys (`SCHEMA_KNOWS_INSTANCES`), `InstancesPipeline` is the real
-`Pipeline` unchanged, and the tests that use it test the real thing.
 """
 
 from __future__ import annotations
@@ -25,90 +19,26 @@ from hypothesis import strategies as st
 
 from generator import pipeline
 from generator.config import Config
-from generator.model import Deployment, Instance, Problem, Service, instance_order
+from generator.model import Deployment
 from generator.render import environment
 from generator.resources import data_dir, schema
-from generator.routing import Candidate, candidates
-from generator.validate import SnapshotValidator, parse_time
+from generator.validate import SnapshotValidator
 
 TEMPLATES = environment([data_dir("templates")])
 SCHEMA = schema("snapshot")
-
-
-def _knows_instances() -> bool:
-    """Whether the real validation reads instance keys yet."""
-    probe = {
-        "service": {
-            "web": {
-                "instance": {
-                    "a": {"ip": "10.0.0.1", "port": "80"},
-                    "b": {"ip": "10.0.0.2", "port": "80"},
-                }
-            }
-        }
-    }
-    found, _ = SnapshotValidator(SCHEMA).deployment("probe", probe)
-    return found is not None and [len(s.instances) for s in found.services] == [2]
-
-
-SCHEMA_KNOWS_INSTANCES = _knows_instances()
-
-
-def has_instances(value: Any) -> bool:
-    services = value.get("service") if isinstance(value, dict) else None
-    return isinstance(services, dict) and any(
-        isinstance(entry, dict) and "instance" in entry for entry in services.values()
-    )
-
-
-def _complete(entry: Any) -> bool:
-    return (
-        isinstance(entry, dict)
-        and isinstance(entry.get("ip"), str)
-        and isinstance(entry.get("port"), str)
-    )
+_VALIDATOR = SnapshotValidator(SCHEMA)
 
 
 def deployment_of(name: str, value: Mapping[str, Any]) -> Deployment:
-    """The deployment a snapshot's value registers, instances included (test input only: an
-    incomplete instance is dropped without a problem, a service with no complete one too)."""
-    services = []
-    for service, entry in sorted((value.get("service") or {}).items()):
-        if not isinstance(entry, dict):
-            continue
-        found = [Instance(None, entry["ip"], entry["port"])] if _complete(entry) else []
-        held = entry.get("instance")
-        found += [
-            Instance(id, instance["ip"], instance["port"])
-            for id, instance in (held.items() if isinstance(held, dict) else ())
-            if _complete(instance)
-        ]
-        if found:
-            services.append(Service(service, tuple(sorted(found, key=instance_order))))
-    created = value.get("created")
-    return Deployment(
-        name,
-        parse_time(created) if isinstance(created, str) else None,
-        tuple(services),
-        tuple(sorted(value.get("service") or {})),
-    )
-
-
-class InstancesPipeline(pipeline.Pipeline):
-    """pipeline.Pipeline, reading instance keys itself until validation does (see above)."""
-
-    def _deployment(
-        self, name: str, value: Any
-    ) -> tuple[tuple[Candidate, ...], tuple[Problem, ...]]:
-        if SCHEMA_KNOWS_INSTANCES or not has_instances(value):
-            return super()._deployment(name, value)
-        asked, problems = candidates(deployment_of(name, value), self.config)
-        return tuple(asked), tuple(problems)
+    """The deployment validation makes of a snapshot's value (which must be usable)."""
+    found, _ = _VALIDATOR.deployment(name, value)
+    assert found is not None, f"{name}: {value!r} is not a usable deployment"
+    return found
 
 
 def build(snapshot: Mapping[str, Any], config: Config) -> pipeline.Rendered:
-    """pipeline.build, instance keys read: the cold run."""
-    return InstancesPipeline(config, SCHEMA, TEMPLATES)(snapshot)
+    """pipeline.build with the bundled templates: the cold run."""
+    return pipeline.build(snapshot, config, SCHEMA, TEMPLATES)
 
 
 def instances(*addresses: str, plain: str | None = None) -> dict[str, Any]:

@@ -24,7 +24,6 @@ from typing import Any
 
 import pytest
 from harness import Backend, Nginx, Response, find_binary, http_request, wait_for
-from instances import SCHEMA_KNOWS_INSTANCES
 
 from generator.cli import main
 from generator.snapshot import snapshot_id
@@ -831,12 +830,6 @@ def test_concurrent_applies_take_turns(
 # a service's instances (issue 9)
 
 
-@pytest.mark.xfail(
-    not SCHEMA_KNOWS_INSTANCES,
-    reason="instance keys do not validate yet (branch validate); tests/test_upstreams.py "
-    "covers the same through tests/instances.py",
-    strict=True,
-)
 def test_a_service_s_instances_share_its_requests_and_their_changes_are_changed_routes(
     router: Router, backends: BackendFactory
 ) -> None:

@@ -115,8 +115,6 @@ def test_warm_builds_are_the_cold_build_as_instances_come_and_go(
 
 def assert_warm_is_cold(start: dict[str, Any], steps: list[tuple[str, str, str, Any]]) -> None:
     engine = Engine(CONFIG, SCHEMA, TEMPLATES)
-    # services with several instances: instance keys read (see tests/instances.py)
-    engine.build = instances.InstancesPipeline(CONFIG, SCHEMA, TEMPLATES)
     snapshot = start
     with tempfile.TemporaryDirectory() as folder:
         config = dataclasses.replace(CONFIG, site_dir=folder)
@@ -126,7 +124,7 @@ def assert_warm_is_cold(start: dict[str, Any], steps: list[tuple[str, str, str, 
             if step is not None:
                 snapshot = edited(snapshot, step)
             warm = engine.build(snapshot)
-            cold = instances.build(snapshot, CONFIG)
+            cold = build(snapshot, CONFIG, SCHEMA, TEMPLATES)
             assert warm.text == cold.text
             assert warm.table == cold.table
             assert warm.snapshot_id == cold.snapshot_id

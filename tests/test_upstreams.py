@@ -2,8 +2,8 @@
 
 A service whose instances have several distinct addresses gets one `upstream` block at http
 level, named by its pool, and its map lines name the pool; a service of one address stays one
-map line. Snapshots with instance keys go through tests/instances.py until validation reads
-them (see there). Real nginx and real backends: at the end, marked integration.
+map line. Snapshots hold instance keys (tests/instances.py makes them). Real nginx and real
+backends: at the end, marked integration.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from harness import Backend, Nginx, find_binary, http_request, wait_for
 from instances import build
 
-from generator import apply, check
+from generator import apply, check, pipeline
 from generator.apply import Checker, checked_text
 from generator.config import Config, resolve
 from generator.errors import InternalError, UsageError
@@ -181,12 +181,12 @@ def test_an_override_template_without_upstreams_renders_until_a_group_needs_it(
     config = dataclasses.replace(CONFIG, template_dir=str(tmp_path))
     templates = environment([tmp_path, data_dir("templates")])
     single = snapshot(web=instances.instances(plain="10.0.0.1:80"))
-    old = instances.InstancesPipeline(config, instances.SCHEMA, templates)(single)
+    old = pipeline.build(single, config, instances.SCHEMA, templates)
     assert UPSTREAMS_MARKER not in old.skeleton
     assert checked_text(old, config) == old.text
     grouped = snapshot(web=instances.instances("10.0.0.1:80", "10.0.0.2:80"))
     with pytest.raises(UsageError, match=r"must print \{\{ upstreams \}\} exactly once"):
-        instances.InstancesPipeline(config, instances.SCHEMA, templates)(grouped)
+        pipeline.build(grouped, config, instances.SCHEMA, templates)
     # the check refuses groups with no place in the file, whatever made them
     forged = dataclasses.replace(old, fragments=build(grouped, config).fragments)
     with pytest.raises(Exception, match="no place for the upstream blocks"):
@@ -364,7 +364,6 @@ def test_the_check_refuses_other_retries_and_groups_in_the_skeleton(
 
 def test_the_warm_check_parses_changed_groups_again() -> None:
     engine = Engine(CONFIG, instances.SCHEMA, TEMPLATES)
-    engine.build = instances.InstancesPipeline(CONFIG, instances.SCHEMA, TEMPLATES)
     good = engine.build(snapshot(web=instances.instances("10.0.0.1:80", "10.0.0.2:80")))
     engine.check(good)
     # the same lines and routes, one server forged: the part is new to the checker
@@ -411,7 +410,6 @@ def test_instances_coming_and_going_are_changed_routes() -> None:
     """1 -> 2 -> 3 -> 2 -> 1 instances: each step changes main-web and main (the map line only
     at 1 <-> 2), in the plan from what changed and in the plan from the file read back."""
     engine = Engine(CONFIG, instances.SCHEMA, TEMPLATES)
-    engine.build = instances.InstancesPipeline(CONFIG, instances.SCHEMA, TEMPLATES)
     steps = [
         instances.instances(plain="10.0.0.1:80"),
         instances.instances("10.0.0.2:80", plain="10.0.0.1:80"),
