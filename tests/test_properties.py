@@ -279,18 +279,28 @@ def dangerous(text: str) -> bool:
 # Route map lines made only of characters that cannot carry a dangerous string except by
 # coincidence: a route `<host> <target>;` (checked exactly by property 3) or a deployment comment.
 SAFE_LINE = re.compile(
-    r"^    (?:[a-z0-9.-]+ [a-z0-9-]+/[a-z0-9-]+/[0-9a-f.:\[\]]+;(?:  # default entry point)?"
+    r"^    (?:[a-z0-9.-]+ [a-z0-9-]+/[a-z0-9-]+/[a-z0-9.:\[\]-]+;(?:  # default entry point)?"
     r"|# [a-z0-9-]+(?:, created [0-9T:Z-]+)?)$"
 )
 
 
+# An upstream group's own lines (its name and servers), made of safe characters alone.
+SAFE_GROUP_LINE = re.compile(
+    r"^(?:upstream [a-z0-9-]+ \{|    server [0-9a-f.:\[\]]+ max_fails=1 fail_timeout=10s;)$"
+)
+
+
 def skeleton(text: str) -> str:
-    """The text without the route map's own lines, the snapshot id and the newest time."""
+    """The text without the route map's and the upstream groups' own lines, the snapshot id and
+    the newest time."""
     lines = text.split("\n")
     start = lines.index(ROUTE_MAP_OPEN) if ROUTE_MAP_OPEN in lines else len(lines)
     end = lines.index("}", start) if "}" in lines[start:] else len(lines)
     for number in range(start + 1, end):
         if SAFE_LINE.match(lines[number]):
+            lines[number] = ""
+    for number, line in enumerate(lines):
+        if SAFE_GROUP_LINE.match(line):
             lines[number] = ""
     text = "\n".join(lines)
     text = re.sub(r"sha256:[0-9a-f]+", "sha256:H", text)
@@ -616,8 +626,24 @@ def test_route_assertion_catches_wrong_outputs() -> None:
 # 4. no directive outside the template's set; no raw registry string anywhere in the text
 
 
+# A refused address that is a served one with a space: the group's server line holds the
+# served one, which is no leak (found by the realistic strategy once instances came).
+_GROUP_BESIDE_A_REFUSED_ADDRESS = {
+    "deployment": {
+        "b": {
+            "service": {
+                "web": {"instance": {"a": {"ip": "10.0.0.1", "port": "80"},
+                                     "b": {"ip": "10.0.0.2", "port": "80"}}},
+                "api": {"ip": " 10.0.0.1", "port": "80"},
+            }
+        }
+    }
+}  # fmt: skip
+
+
 @PURE
 @example(snapshot=INJECTION)
+@example(snapshot=_GROUP_BESIDE_A_REFUSED_ADDRESS)
 @given(snapshot=st.one_of(arbitrary_snapshots, realistic_snapshots))
 def test_only_template_directives_and_no_raw_registry_strings(snapshot: dict[str, Any]) -> None:
     rendered = build(snapshot)
