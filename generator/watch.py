@@ -38,7 +38,7 @@ from .errors import Error
 from .keytree import Change
 from .model import Problem
 from .observe import Observer, Outcome, Unobserved, problem_fields
-from .registry import Changes, HistoryLost, Read, Registry
+from .registry import Changes, HistoryLost, Read, Registry, present
 from .streams import Log
 
 Clock = Callable[[], float]
@@ -196,12 +196,14 @@ class Watcher:
         log: Log,
         timing: Timing = Timing(),
         observer: Observer | None = None,
+        allow_empty: bool = False,
     ) -> None:
         self.registry = registry
         self.apply = apply  # builds and applies a snapshot
         self.log = log
         self.timing = timing
         self.observer: Observer = observer or Unobserved()  # metrics and health, if served
+        self.allow_empty = allow_empty  # an absent /deployment prefix is no services
         self.stopping = threading.Event()
         self._trouble: str | None = None  # what went wrong last, said once until it changes
         self._problems: tuple[Problem, ...] | None = None
@@ -287,7 +289,7 @@ class Watcher:
 
     def _read(self) -> Read:
         """The whole registry, read at one index."""
-        read = self.registry.read()
+        read = present(self.registry.read(), self.registry.description, self.allow_empty)
         self._read_at = time.monotonic()
         return read
 

@@ -15,6 +15,7 @@ import pytest
 from harness import (
     Backend,
     Etcd,
+    Nginx,
     free_ports,
     pid_alive,
     start_cluster,
@@ -386,3 +387,42 @@ def test_wait_returns_once_the_route_answers_and_gives_up_when_it_does_not(
     _, said = waiter.communicate(timeout=30)
     assert waiter.returncode == 0, said
     assert "feature-wait-web.dev.test answers (200)" in said
+
+
+def test_a_v3_watcher_over_v2_data_keeps_the_routes_and_says_the_prefix_is_absent(
+    tmp_path: Path,
+    nginx: Nginx,
+    etcd: Etcd,
+    backends: Callable[..., dict[str, Backend]],
+) -> None:
+    """An absent /deployment is a registry error, not "no services" (a wrong API version)."""
+    web = backends("web")["web"]
+    registry = open_registry(registry_url("etcd2", etcd))
+    for number in range(3):
+        registry.register(entry(f"v2-{number}", "web", web), ttl=120)
+    registry.close()
+    first = Frontend(nginx, registry_url("etcd2", etcd), tmp_path / "v2", allow_empty=False)
+    (tmp_path / "v2").mkdir()
+    first.start()
+    try:
+        first.wait_route(f"v2-0-web.{DOMAIN}", "web")
+    finally:
+        first.stop()
+    wrong = Frontend(nginx, registry_url("etcd3", etcd), tmp_path / "v3", allow_empty=False)
+    (tmp_path / "v3").mkdir()
+    wrong.start()
+    try:
+        wait_for(
+            lambda: "/deployment is absent" in wrong.log.read_text(),
+            20,
+            what="the absent prefix said",
+        )
+        time.sleep(1.5)  # a few retries: still one line, and nothing applied
+        text = wrong.log.read_text()
+        assert text.count("/deployment is absent") == 1, text
+        assert "--allow-empty" in text
+        assert "applied" not in text and "internal error" not in text, text
+        for number in range(3):
+            assert wrong.answers(f"v2-{number}-web.{DOMAIN}") == "web"
+    finally:
+        wrong.stop()
