@@ -162,9 +162,7 @@ def test_well_formed_stub_answers_read(stub: _Stub, scheme: str) -> None:
 
 
 @pytest.mark.parametrize("scheme", ["etcd", "etcd3"])
-def test_an_absent_prefix_is_a_registry_error_unless_allow_empty(
-    etcd: Etcd, scheme: str
-) -> None:
+def test_an_absent_prefix_is_a_registry_error_unless_allow_empty(etcd: Etcd, scheme: str) -> None:
     url = f"{scheme}://{LOOPBACK}:{etcd.client_port}"
     result = _run("snapshot", "--registry", url)
     assert result.returncode == 4, result.stderr

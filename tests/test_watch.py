@@ -426,3 +426,33 @@ def test_a_v3_watcher_over_v2_data_keeps_the_routes_and_says_the_prefix_is_absen
             assert wrong.answers(f"v2-{number}-web.{DOMAIN}") == "web"
     finally:
         wrong.stop()
+
+
+def test_removals_in_steps_are_refused_once_they_pass_half_of_the_window(
+    frontend: Callable[..., Frontend],
+    etcd: Etcd,
+    backends: Callable[..., dict[str, Backend]],
+) -> None:
+    """The finding: one deployment deleted every 0.3 s took all 90 routes in applies of a few
+    routes each. With the window (60 s by default), at most half of them go."""
+    web = backends("web")["web"]
+    url = registry_url("etcd2", etcd)
+    registry = open_registry(url)
+    entries = [entry(f"step-{number}", "web", web) for number in range(45)]  # 2 routes each
+    for each in entries:
+        registry.register(each, ttl=300)
+    router = frontend(url)
+    router.wait_route(f"step-44-web.{DOMAIN}", "web", timeout=60)
+    for each in entries:
+        registry.deregister(each)
+        time.sleep(0.3)  # a step at a time, each its own apply
+    registry.close()
+    wait_for(
+        lambda: "refusing to remove" in router.log.read_text(),
+        60,
+        what=f"the window's refusal\n{router.log_tail()}",
+    )
+    wait_for(lambda: len(router.nginx.worker_pids()) == 1, 30, what="old workers to quit")
+    routed = [n for n in range(45) if router.answers(f"step-{n}-web.{DOMAIN}") == "web"]
+    assert len(routed) >= 23, (routed, router.log_tail())
+    assert "removal_window" in router.log.read_text()
