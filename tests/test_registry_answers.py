@@ -14,12 +14,14 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import LOOPBACK, Etcd
+from harness import LOOPBACK, Backend, Etcd, wait_for
+from watch_harness import DOMAIN, Frontend
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +44,7 @@ class _Stub(http.server.ThreadingHTTPServer):
     daemon_threads = True
     # what GET /v2/keys/deployment and POST /v3/kv/range answer: (body, headers)
     answer: tuple[Any, dict[str, str]] = ({}, {})
+    reads: list[float]  # when each full read (not a watch) came, time.monotonic()
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -50,9 +53,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
-    def _send(self, body: Any, headers: dict[str, str]) -> None:
+    def _send(self, body: Any, headers: dict[str, str], status: int = 200) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         for name, value in headers.items():
@@ -63,7 +66,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path.startswith("/v2/machines"):
             self._send(f"http://{LOOPBACK}:{self.server.server_port}".encode(), {})
+        elif "wait=true" in self.path:  # every watch fails, as etcd says a bad request
+            error = {"errorCode": 209, "message": "Invalid field", "cause": "stub", "index": 7}
+            self._send(error, {"X-Etcd-Index": "7"}, 400)
         else:
+            self.server.reads.append(time.monotonic())
             self._send(*self.server.answer)
 
     def do_POST(self) -> None:
@@ -74,6 +81,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def stub() -> Iterator[_Stub]:
     server = _Stub((LOOPBACK, 0), _Handler)
+    server.reads = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -172,3 +180,32 @@ def test_an_absent_prefix_is_a_registry_error_unless_allow_empty(etcd: Etcd, sch
     allowed = _run("snapshot", "--registry", url, "--allow-empty")
     assert allowed.returncode == 0, allowed.stderr
     assert json.loads(allowed.stdout) == {"deployment": {}}
+
+
+def test_a_watch_that_fails_while_reads_succeed_backs_off_and_says_it_once(
+    stub: _Stub,
+    frontend: Callable[..., Frontend],
+    backends: Callable[..., dict[str, Backend]],
+) -> None:
+    """Each good read used to reset the backoff and the line said once: a full read and an
+    apply every 0.3 s, and the same error line each time."""
+    web = backends("web")["web"]
+    node = {
+        "key": "/deployment",
+        "dir": True,
+        "nodes": [
+            {"key": "/deployment/a/created", "value": "2026-01-01T00:00:00Z"},
+            {"key": "/deployment/a/service/web/ip", "value": "127.0.0.1"},
+            {"key": "/deployment/a/service/web/port", "value": str(web.port)},
+        ],
+    }
+    stub.answer = ({"action": "get", "node": node}, {"X-Etcd-Index": "7"})
+    router = frontend(f"etcd://{LOOPBACK}:{stub.server_port}")
+    router.wait_route(f"a-web.{DOMAIN}", "web")
+    wait_for(lambda: len(stub.reads) >= 6, 90, what=f"six reads\n{router.log_tail()}")
+    gaps = [later - earlier for earlier, later in zip(stub.reads, stub.reads[1:], strict=False)]
+    # backoff after 1, 2, 3, 4 failures in a row: 0.2, 0.5, 1, 2 s (at least: never less)
+    assert gaps[4] >= 2.0, gaps
+    text = router.log.read_text()
+    assert text.count("Invalid field") == 1, text
+    assert "readable again" not in text and "internal error" not in text, text
