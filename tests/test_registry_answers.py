@@ -91,9 +91,10 @@ def stub() -> Iterator[_Stub]:
         server.server_close()
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
+def _run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEVTEST_ROUTER_")}
     env.pop("REGISTRY_URL", None)
+    env.update(extra)
     return subprocess.run(
         [str(BIN), *args], capture_output=True, text=True, env=env, timeout=60, check=False
     )
@@ -180,6 +181,8 @@ def test_an_absent_prefix_is_a_registry_error_unless_allow_empty(etcd: Etcd, sch
     allowed = _run("snapshot", "--registry", url, "--allow-empty")
     assert allowed.returncode == 0, allowed.stderr
     assert json.loads(allowed.stdout) == {"deployment": {}}
+    from_env = _run("snapshot", "--registry", url, DEVTEST_ROUTER_ALLOW_EMPTY="1")
+    assert from_env.returncode == 0, from_env.stderr
 
 
 def test_a_watch_that_fails_while_reads_succeed_backs_off_and_says_it_once(

@@ -456,3 +456,42 @@ def test_removals_in_steps_are_refused_once_they_pass_half_of_the_window(
     routed = [n for n in range(45) if router.answers(f"step-{n}-web.{DOMAIN}") == "web"]
     assert len(routed) >= 23, (routed, router.log_tail())
     assert "removal_window" in router.log.read_text()
+
+
+def test_what_the_removal_grace_still_misses_at_its_end_meets_the_safety_threshold(
+    tmp_path: Path,
+    frontend: Callable[..., Frontend],
+    backends: Callable[..., dict[str, Backend]],
+) -> None:
+    """After an outage, registrations that did not come back within the grace go in one apply
+    at its end: more than half of the routes is refused like any mass removal (decided: their
+    clients may only have lost the registry, and their containers still serve)."""
+    web = backends("web")["web"]
+    registry = tmp_path / "registry.json"
+
+    def write(names: list[str]) -> None:
+        service = {"web": {"ip": "127.0.0.1", "port": str(web.port)}}
+        deployments = {
+            name: {"created": "2026-11-28T10:00:00Z", "service": service} for name in names
+        }
+        staged = registry.with_suffix(".staged")
+        staged.write_text(json.dumps({"deployment": deployments}))
+        staged.replace(registry)
+
+    names = [f"held-{number}" for number in range(12)]  # 24 routes
+    write(names)
+    router = frontend(f"file:{registry}", "--removal-grace", "2")
+    router.wait_route(f"held-11-web.{DOMAIN}", "web")
+    registry.unlink()  # the registry is away
+    wait_for(lambda: "no such file" in router.log.read_text(), 15, what="the outage noticed")
+    write(names[:2])  # back with 2 of the 12: 20 routes to remove
+    wait_for(
+        lambda: "refusing to remove 20 of 24 routes" in router.log.read_text(),
+        30,
+        what=f"the threshold at the grace's end\n{router.log_tail()}",
+    )
+    text = router.log.read_text()
+    assert text.index("holding back removals for 2 s") < text.index("removal grace over")
+    assert text.index("removal grace over") < text.index("refusing to remove")
+    for name in names:
+        assert router.answers(f"{name}-web.{DOMAIN}") == "web", router.log_tail()
