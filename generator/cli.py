@@ -537,16 +537,14 @@ def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
         registry.close()
 
 
+_YES = frozenset({"1", "true", "yes", "on"})  # a boolean setting's true, as config.py takes it
+
+
 def _snapshot(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
     registry = registry_from_args(args, environ)
-    allow_empty = args.allow_empty or environ.get(
-        ENV_PREFIX + "ALLOW_EMPTY", ""
-    ).strip().lower() in {
-        "1",
-        "true",
-        "yes",
-        "on",
-    }
+    # as the setting (watch): the flag, else DEVTEST_ROUTER_ALLOW_EMPTY (1, true, yes, on)
+    allowed = environ.get(ENV_PREFIX + "ALLOW_EMPTY", "").strip().lower() in _YES
+    allow_empty = args.allow_empty or allowed
     try:
         read = present(registry.read(), registry.description, allow_empty)
     finally:

@@ -218,7 +218,7 @@ class Watcher:
         self._problems: tuple[Problem, ...] | None = None
         self._read_at = time.monotonic()  # when the registry was last read in full
         self._applied: Mapping[str, Any] | None = None  # the last snapshot applied (held keys too)
-        self._outage = False  # a read or watch failed since the last read that succeeded
+        self._outage = False  # a read failed since the last read that succeeded
         self._grace_until: float | None = None  # while set, removals are held back until then
         self._failures = 0  # registry failures in a row (reads or watches) since a watch answered
 
