@@ -26,7 +26,7 @@ from .config import Config
 from .errors import ApplyError, CheckError, InternalError, UsageError
 from .memory import no_gc
 from .nginx import Wrapper, run_command
-from .pipeline import Plan, Rendered, make_plan, plan_between, removal_refusal
+from .pipeline import Applied, Plan, Rendered, make_plan, plan_between, removal_refusal
 from .render import ROUTES_MARKER, UPSTREAMS_MARKER, UPSTREAMS_MARKER_POOL, Part
 
 NEW_FILE_MODE = 0o644
@@ -241,16 +241,21 @@ def checked_text(rendered: Rendered, config: Config, checker: Checker | None = N
 
 
 def plan(
-    rendered: Rendered, config: Config, checker: Checker | None = None, known: Known | None = None
+    rendered: Rendered,
+    config: Config,
+    checker: Checker | None = None,
+    known: Known | None = None,
+    recent: Sequence[Applied] = (),
 ) -> Plan:
-    """Dry run: every check a real apply runs, on a copy in a temporary folder; changes nothing."""
+    """Dry run: every check a real apply runs, on a copy in a temporary folder; changes nothing.
+    `recent`: the safety threshold's window, as for apply()."""
     target = Path(config.output)
     current = _read(target)
     with tempfile.TemporaryDirectory(prefix="devtest-router-") as folder:
         scratch = Path(folder)
         staged = scratch / "rendered.conf"
         staged.write_text(rendered.text, encoding="utf-8")
-        return _checked_plan(rendered, config, current, staged, scratch, checker, known, "")
+        return _checked_plan(rendered, config, current, staged, scratch, checker, known, "", recent)
 
 
 def apply(
@@ -259,8 +264,11 @@ def apply(
     checker: Checker | None = None,
     known: Known | None = None,
     after: Callable[[], object] | None = None,
+    recent: Sequence[Applied] = (),
 ) -> Plan:
     """Install `rendered` at config.output and reload nginx, or raise with the old file intact.
+
+    `recent`: the applies of the safety threshold's window (removal_refusal), oldest first.
 
     A long-running caller passes the same `checker` every time and, as `known`, what it
     applied last. `after` runs under the same lock once the file in place is
@@ -285,7 +293,7 @@ def apply(
             try:
                 result = _checked_plan(
                     rendered, config, current, staged, scratch, checker, known,
-                    "; nothing was changed",
+                    "; nothing was changed", recent,
                 )  # fmt: skip
                 _install(staged, target, config)
             finally:
@@ -304,6 +312,7 @@ def _checked_plan(
     checker: Checker | None,
     known: Known | None,
     refused_suffix: str,
+    recent: Sequence[Applied] = (),
 ) -> Plan:
     """What dry run and apply share: both gates on the staged file, the plan against the file
     in place, and the safety threshold."""
@@ -313,7 +322,7 @@ def _checked_plan(
     else:
         routes = current_routes(Path(config.output), current, scratch / "current")
         result = make_plan(current, routes, rendered)
-    refusal = removal_refusal(result, config)
+    refusal = removal_refusal(result, config, recent)
     if refusal:
         raise CheckError(refusal + refused_suffix)
     return result

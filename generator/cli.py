@@ -25,7 +25,7 @@ from .names import hostname, label
 from .observe import Outcome, problem_fields
 from .pipeline import Plan, Rendered, build
 from .probe import wait_until_routed
-from .registry import DEFAULT_REGISTRY, add_registry_arguments, registry_from_args
+from .registry import DEFAULT_REGISTRY, add_registry_arguments, present, registry_from_args
 from .render import environment
 from .resources import data_dir, schema
 from .site_apply import SitePlan, SiteWriter
@@ -233,6 +233,21 @@ def _parser() -> argparse.ArgumentParser:
         "read again; 0: off (default: 30, the default registration TTL)",
     )
     group.add_argument(
+        "--removal-window",
+        type=float,
+        metavar="SECONDS",
+        help="the routes removed within this long count together against "
+        "max_removed_fraction of the most routes in place in it; 0: each apply alone "
+        "(default: 60)",
+    )
+    group.add_argument(
+        "--allow-empty",
+        action="store_const",
+        const=True,
+        help="take an absent /deployment prefix for no services (a fresh registry before "
+        "the first register); without it, it is a registry error: wrong API version or registry?",
+    )
+    group.add_argument(
         "--metrics-listen",
         metavar="ADDRESS",
         help="serve /healthz and /metrics on PORT (127.0.0.1), IP:PORT or [IPV6]:PORT "
@@ -248,6 +263,12 @@ def _parser() -> argparse.ArgumentParser:
         + _EXIT_TABLE,
     )
     add_registry_arguments(dump, default=DEFAULT_REGISTRY)
+    dump.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="print an absent /deployment prefix as no services instead of failing "
+        "(env DEVTEST_ROUTER_ALLOW_EMPTY)",
+    )
 
     wait = command(
         "wait",
@@ -505,7 +526,9 @@ def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
                 "warning" if warning else "info",
                 metrics_listen=server.shown,
             )
-        watcher = Watcher(registry, apply_snapshot, streams.say, timing, status)
+        watcher = Watcher(
+            registry, apply_snapshot, streams.say, timing, status, allow_empty=config.allow_empty
+        )
         stop_on_signals(watcher)
         return watcher.run()
     finally:
@@ -514,10 +537,16 @@ def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
         registry.close()
 
 
+_YES = frozenset({"1", "true", "yes", "on"})  # a boolean setting's true, as config.py takes it
+
+
 def _snapshot(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
     registry = registry_from_args(args, environ)
+    # as the setting (watch): the flag, else DEVTEST_ROUTER_ALLOW_EMPTY (1, true, yes, on)
+    allowed = environ.get(ENV_PREFIX + "ALLOW_EMPTY", "").strip().lower() in _YES
+    allow_empty = args.allow_empty or allowed
     try:
-        read = registry.read()
+        read = present(registry.read(), registry.description, allow_empty)
     finally:
         registry.close()
     streams.stdout.write(json.dumps(read.snapshot, indent=2, sort_keys=True) + "\n")

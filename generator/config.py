@@ -49,10 +49,12 @@ class Config:
     proxy_read_timeout: Token
     max_removed_fraction: float
     removal_guard_min_routes: int
+    removal_window: float  # seconds over which the safety threshold counts removals (0: one apply)
     quiet_period: float
     max_wait: float
     resync_interval: float
     removal_grace: float  # watch: seconds removals are held back after a reconnect (0: off)
+    allow_empty: bool  # watch: an absent /deployment prefix is no services, not a registry error
     log_format: str  # plain or json: how log lines on stderr look
     metrics_listen: tuple[str, int] | None  # (IP address, port) of /healthz and /metrics
 
@@ -214,10 +216,12 @@ def _config(values: dict[str, Any], networks: tuple[Network, ...]) -> Config:
         proxy_read_timeout=Token(values["proxy_read_timeout"]),
         max_removed_fraction=float(values["max_removed_fraction"]),
         removal_guard_min_routes=values["removal_guard_min_routes"],
+        removal_window=float(values["removal_window"]),
         quiet_period=float(values["quiet_period"]),
         max_wait=float(values["max_wait"]),
         resync_interval=float(values["resync_interval"]),
         removal_grace=float(values["removal_grace"]),
+        allow_empty=values["allow_empty"],
         log_format=values["log_format"],
         metrics_listen=listen_address(values["metrics_listen"]),
     )

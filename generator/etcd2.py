@@ -175,20 +175,34 @@ class EtcdV2Registry:
                 response = client.api_execute(
                     client.key_endpoint + PREFIX, client._MGET, params={"recursive": "true"}
                 )
-            except etcd.EtcdKeyNotFound as error:  # nothing registered yet
-                index = int((error.payload or {}).get("index", 0))
-                return Read({"deployment": {}}, index, KeyTree())
+            except etcd.EtcdKeyNotFound as error:  # no /deployment: see registry.present
+                payload = error.payload if isinstance(error.payload, dict) else {}
+                index = self._index(payload.get("index", 0))
+                return Read({"deployment": {}}, index, KeyTree(), absent=True)
             with no_gc():
                 try:
                     node = json.loads(response.data)["node"]
-                except (ValueError, KeyError, TypeError) as error:
+                    keys = KeyTree(_values(node))
+                except (ValueError, KeyError, TypeError) as error:  # _Malformed is a ValueError
                     raise RegistryUnavailable(
                         f"{self.description}: not etcd's answer ({first_line(error)})"
                     ) from None
-                keys = KeyTree(_values(node))
-            return Read(keys.snapshot(), int(response.getheader("x-etcd-index") or 0), keys)
+            return Read(keys.snapshot(), self._index(response.getheader("x-etcd-index")), keys)
 
         return self._call(action)
+
+    def _index(self, value: object) -> int:
+        """An etcd index from an answer (a header, a payload or an event), or
+        RegistryUnavailable: a proxy or another server answered, not etcd."""
+        if value is None:  # no X-Etcd-Index header
+            return 0
+        text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
+        if not (text.isascii() and text.isdigit() and len(text) <= 20):
+            raise RegistryUnavailable(
+                f"{self.description}: not etcd's answer (an index of "
+                f"{_shown(value)} is not a number); is --registry an etcd member?"
+            )
+        return int(text)
 
     def wait(self, after: int, timeout: float) -> int | None:
         changes = self.watch(after, timeout)
@@ -223,7 +237,7 @@ class EtcdV2Registry:
                     ) from None
                 except etcd.EtcdClusterIdChanged:
                     raise HistoryLost(f"{self.description}: another etcd cluster") from None
-                return Changes(int(event.modifiedIndex), _change(event))
+                return Changes(self._index(event.modifiedIndex), _change(event))
 
         return self._call(action)
 
@@ -348,15 +362,34 @@ class EtcdV2Registry:
             client.http.clear()
 
 
-def _values(node: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """(key, value) of every key under a node of a recursive read (directories left out)."""
+class _Malformed(ValueError):
+    """A node of a read that is not of the shape etcd answers with."""
+
+
+def _values(node: Any) -> Iterator[tuple[str, str]]:
+    """(key, value) of every key under a node of a recursive read (directories left out);
+    _Malformed for a node, a list of nodes, a key or a value of a shape etcd never sends."""
     pending = [node]
     while pending:
         current = pending.pop()
+        if not isinstance(current, dict):
+            raise _Malformed(f"a node is {type(current).__name__}, not an object")
         if current.get("dir"):
-            pending.extend(current.get("nodes", ()))
+            nodes = current.get("nodes", [])
+            if not isinstance(nodes, list):
+                raise _Malformed(f"the nodes of a directory are {type(nodes).__name__}, not a list")
+            pending.extend(nodes)
         elif "value" in current:
-            yield current["key"], current["value"]
+            key, value = current.get("key"), current["value"]
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise _Malformed(f"the key {_shown(key)} or its value is not a string")
+            yield key, value
+
+
+def _shown(value: object) -> str:
+    """A value from an answer for a log line: short, one line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 _WRITES = frozenset({"set", "create", "update", "compareAndSwap"})

@@ -200,8 +200,19 @@ class EtcdV3Registry:
             # revision this snapshot is at, which wait() needs.
             with no_gc():
                 reply = client.post(client.get_url("/kv/range"), json=_range(f"{PREFIX}/"))
-                keys = KeyTree(_pairs(reply.get("kvs", [])))
-            return Read(keys.snapshot(), int(reply["header"]["revision"]), keys)
+                try:
+                    revision = _revision(reply)
+                    kvs = reply.get("kvs", [])
+                    if not isinstance(kvs, list):
+                        raise _Malformed(f"kvs is {type(kvs).__name__}, not a list")
+                    keys = KeyTree(_pairs(kvs))
+                except ValueError as error:  # _Malformed and binascii.Error are ValueErrors
+                    raise RegistryUnavailable(
+                        f"{self.description}: not etcd's answer ({first_line(error)}); is "
+                        "--registry an etcd member's gateway?"
+                    ) from None
+            # v3 has no directories: no key under the prefix is an absent prefix
+            return Read(keys.snapshot(), revision, keys, absent=not kvs)
 
         return self._call(action)
 
@@ -250,9 +261,16 @@ class EtcdV3Registry:
                         if not isinstance(message, dict):
                             raise _Unanswered(f"not etcd's answer: {line[:80]!r}")
                         if "error" in message:  # the gateway lost its connection to etcd
-                            raise _Unanswered(str(message["error"].get("message", message)))
+                            error = message["error"]
+                            detail = error.get("message") if isinstance(error, dict) else error
+                            raise _Unanswered(_shown(detail))
                         result = message.get("result", {})
-                        if int(result.get("compact_revision", 0)):
+                        compact = (
+                            result.get("compact_revision", 0) if isinstance(result, dict) else None
+                        )
+                        if not isinstance(compact, int | str) or not str(compact).isdigit():
+                            raise _Unanswered(f"not etcd's answer: {line[:80]!r}")
+                        if int(compact):
                             raise HistoryLost(
                                 f"{self.description}: revision {after + 1} was compacted "
                                 f"(compact revision {result['compact_revision']})"
@@ -532,12 +550,36 @@ def _text(b64: str) -> str:
     return base64.b64decode(b64).decode("utf-8", errors="replace")
 
 
-def _pairs(kvs: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
+class _Malformed(ValueError):
+    """An answer that is not of the shape etcd's gateway sends."""
+
+
+def _shown(value: object) -> str:
+    """A value from an answer for a log line: short, one line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _revision(reply: Any) -> int:
+    """The revision in a range's header; _Malformed if there is none that is a number."""
+    header = reply.get("header") if isinstance(reply, dict) else None
+    revision = header.get("revision") if isinstance(header, dict) else None
+    text = revision if isinstance(revision, str) else str(revision)
+    if isinstance(revision, bool) or not (text.isascii() and text.isdigit() and len(text) <= 20):
+        raise _Malformed(f"a revision of {_shown(revision)} is not a number")
+    return int(text)
+
+
+def _pairs(kvs: list[Any]) -> Iterator[tuple[str, str]]:
     """(key, value) of a range's key-values, decoded (an empty value is left out by the
-    gateway)."""
+    gateway); _Malformed for a key-value of another shape."""
     decode = binascii.a2b_base64
     for kv in kvs:
+        if not isinstance(kv, dict):
+            raise _Malformed(f"a key-value is {type(kv).__name__}, not an object")
         value = kv.get("value")
+        if not isinstance(kv.get("key"), str) or not isinstance(value, str | None):
+            raise _Malformed(f"the key {_shown(kv.get('key'))} or its value is not base64 text")
         yield (
             decode(kv["key"]).decode("utf-8", errors="replace"),
             decode(value).decode("utf-8", errors="replace") if value else "",

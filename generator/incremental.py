@@ -7,6 +7,7 @@ writes exactly what a cold run writes, every byte of it checked.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,27 +15,39 @@ import jinja2
 
 from .apply import Checker, Known, apply, checked_text, plan
 from .config import Config
-from .pipeline import Pipeline, Plan, Rendered
+from .pipeline import Applied, Pipeline, Plan, Rendered, in_window, record
 
 
 class Engine:
     def __init__(
-        self, config: Config, snapshot_schema: Mapping[str, Any], templates: jinja2.Environment
+        self,
+        config: Config,
+        snapshot_schema: Mapping[str, Any],
+        templates: jinja2.Environment,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.build = Pipeline(config, snapshot_schema, templates)
         self._checker = Checker()
         self._known: Known | None = None  # what the last apply installed
+        self._clock = clock
+        # the applies of the safety threshold's window (config.removal_window), oldest first
+        self._recent: tuple[Applied, ...] = ()
 
     def check(self, rendered: Rendered) -> None:
         """The crossplane gate (no nginx); raises like apply would."""
         checked_text(rendered, self.config, self._checker)
 
     def plan(self, rendered: Rendered) -> Plan:
-        return plan(rendered, self.config, self._checker, self._known)
+        recent = in_window(self._recent, self._clock(), self.config.removal_window)
+        return plan(rendered, self.config, self._checker, self._known, recent)
 
     def apply(self, rendered: Rendered, after: Callable[[], object] | None = None) -> Plan:
-        """apply.apply, remembering what it installed; `after` as there (the site)."""
-        result = apply(rendered, self.config, self._checker, self._known, after)
+        """apply.apply, remembering what it installed and, for the safety threshold's window,
+        what it removed; `after` as there (the site)."""
+        now = self._clock()
+        recent = in_window(self._recent, now, self.config.removal_window)
+        result = apply(rendered, self.config, self._checker, self._known, after, recent)
         self._known = rendered
+        self._recent = record(recent, result, now) if self.config.removal_window > 0 else ()
         return result

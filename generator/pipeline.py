@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import difflib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -411,14 +411,67 @@ def plan_between(installed: Rendered, rendered: Rendered) -> Plan:
     )
 
 
-def removal_refusal(plan: Plan, config: Config) -> str | None:
-    """Why the safety threshold refuses this plan, or None."""
-    if config.force or plan.current_routes <= config.removal_guard_min_routes:
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """An apply the safety threshold's window remembers (see removal_refusal)."""
+
+    at: float  # when it was applied, in the caller's clock's seconds
+    routes: int  # the routes in place before it
+    removed: frozenset[str]  # the hostnames it removed
+    # the hostnames it added that an earlier apply of the window had removed (back again)
+    returned: frozenset[str] = frozenset()
+
+
+def in_window(history: Sequence[Applied], now: float, window: float) -> tuple[Applied, ...]:
+    """The applies of `history` (oldest first) less than `window` seconds before `now`."""
+    return tuple(applied for applied in history if now - applied.at < window)
+
+
+def gone_in(recent: Sequence[Applied]) -> set[str]:
+    """The hostnames the applies of `recent` (oldest first) removed and did not add back."""
+    gone: set[str] = set()
+    for applied in recent:
+        gone -= applied.returned
+        gone |= applied.removed
+    return gone
+
+
+def record(recent: Sequence[Applied], plan: Plan, at: float) -> tuple[Applied, ...]:
+    """`recent` with the apply of `plan` at `at` added (a plan without changes adds nothing)."""
+    if not plan.changes:
+        return tuple(recent)
+    returned = frozenset(plan.added) & gone_in(recent) if recent else frozenset()
+    return (*recent, Applied(at, plan.current_routes, frozenset(plan.removed), returned))
+
+
+def removal_refusal(plan: Plan, config: Config, recent: Sequence[Applied] = ()) -> str | None:
+    """Why the safety threshold refuses this plan, or None.
+
+    The routes this plan removes count together with those the applies of `recent` (the
+    window: removal_window seconds back, oldest first) removed and did not add back, against
+    the most routes in place in the window, so that removals in steps are judged as the whole
+    they make. Without `recent` (a single `apply`) the plan is judged alone.
+    """
+    if config.force:
         return None
-    if len(plan.removed) <= config.max_removed_fraction * plan.current_routes:
+    most = max([plan.current_routes, *(applied.routes for applied in recent)])
+    if most <= config.removal_guard_min_routes:
         return None
+    gone = gone_in(recent) - set(plan.added)
+    earlier = len(gone - set(plan.removed))
+    gone |= set(plan.removed)
+    if len(gone) <= config.max_removed_fraction * most:
+        return None
+    advice = "Check it with `devtest-router check`; --force applies anyway"
+    if not earlier:
+        return (
+            f"refusing to remove {len(plan.removed)} of {plan.current_routes} routes at once "
+            f"(more than {config.max_removed_fraction:.0%}): an emptied or misread registry? "
+            + advice
+        )
     return (
-        f"refusing to remove {len(plan.removed)} of {plan.current_routes} routes at once "
-        f"(more than {config.max_removed_fraction:.0%}): an emptied or misread registry? "
-        "Check it with `devtest-router check`; --force applies anyway"
+        f"refusing to remove {len(plan.removed)} more routes: with the {earlier} removed in the "
+        f"last {config.removal_window:g} s (removal_window), {len(gone)} of the {most} routes "
+        f"in place then would be gone (more than {config.max_removed_fraction:.0%}): a "
+        "registry emptied step by step? " + advice
     )

@@ -46,6 +46,24 @@ class Read:
     snapshot: dict[str, Any]  # {"deployment": {...}}, as etcdwatch writes it
     index: int  # watch for changes after this (v2 X-Etcd-Index, v3 revision, file mtime in ns)
     keys: KeyTree | None = None  # the keys read (etcd); the watcher applies later events to them
+    # no /deployment at all (v2: key not found; v3: no key under /deployment/): see present()
+    absent: bool = False
+
+
+def present(read: Read, description: str, allow_empty: bool) -> Read:
+    """`read`, unless its /deployment prefix is absent and that is not allowed: then
+    RegistryUnavailable. An absent prefix is what a wrong API version (v3 over v2 data, or the
+    reverse) or another etcd reads as; taken for "no services" it would remove every route.
+    The first `register` creates the prefix; before that, a fresh registry needs allow_empty.
+    """
+    if read.absent and not allow_empty:
+        raise RegistryUnavailable(
+            f"{description}: {PREFIX} is absent (no key under it): the wrong API version "
+            "(etcd:// is v2, etcd3:// is v3) or the wrong registry? A fresh registry has none "
+            "until the first `register`: pass --allow-empty (DEVTEST_ROUTER_ALLOW_EMPTY=1) to "
+            "take it for no services"
+        )
+    return read
 
 
 @dataclass(frozen=True, slots=True)

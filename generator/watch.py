@@ -14,15 +14,24 @@ What happens is told to an Observer (observe.py): /healthz and /metrics are kept
 Removal grace. When the registry was away longer than the registrations' TTL, it comes back
 without them (etcd v2 expires the keys at once; v3 renews every lease at its restart, so the
 keys of a client that does not come back go one TTL later), and the clients write them again
-within a third of their TTL. So after a reconnect (a read or watch failed, then a read
-succeeded) the watcher holds removals back for `removal_grace` seconds: it applies the current
+within a third of their TTL. So after a reconnect (a read failed, then a read succeeded) the
+watcher holds removals back for `removal_grace` seconds: it applies the current
 snapshot plus every key of the last snapshot it applied before the outage that is now missing
 (hold_removals: a merge at key level, the current value wins). Additions and changed values
 apply at once. Removals that come during the grace are held too, until its end: the grace
 covers the time the clients need to come back, and a removal seen then may just as well be an
 expiry caused by the outage (a v3 lease renewed at the restart runs out one TTL later). When
 the grace ends the current snapshot is applied, with or without an event. One log line when a
-grace starts and one when it ends.
+grace starts and one when it ends. A watch that fails while reads succeed is no outage (the
+registry answered; no key expired for it): it starts no grace, and backs off like any failure
+until a watch answers again, said in one line when it starts and one when it ends.
+
+The grace and the safety threshold's window (pipeline.removal_refusal, removal_window) compose:
+what is still missing when a grace ends goes in one apply, judged with the removals of the
+window before it. If that is more than max_removed_fraction of the routes (registrations that
+did not come back within the grace: their clients cannot reach the registry, or it was wiped),
+the apply is refused and the last config stays, as for any mass removal; --force, or
+registrations coming back, end it.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from .errors import Error
 from .keytree import Change
 from .model import Problem
 from .observe import Observer, Outcome, Unobserved, problem_fields
-from .registry import Changes, HistoryLost, Read, Registry
+from .registry import Changes, HistoryLost, Read, Registry, present
 from .streams import Log
 
 Clock = Callable[[], float]
@@ -196,19 +205,22 @@ class Watcher:
         log: Log,
         timing: Timing = Timing(),
         observer: Observer | None = None,
+        allow_empty: bool = False,
     ) -> None:
         self.registry = registry
         self.apply = apply  # builds and applies a snapshot
         self.log = log
         self.timing = timing
         self.observer: Observer = observer or Unobserved()  # metrics and health, if served
+        self.allow_empty = allow_empty  # an absent /deployment prefix is no services
         self.stopping = threading.Event()
         self._trouble: str | None = None  # what went wrong last, said once until it changes
         self._problems: tuple[Problem, ...] | None = None
         self._read_at = time.monotonic()  # when the registry was last read in full
         self._applied: Mapping[str, Any] | None = None  # the last snapshot applied (held keys too)
-        self._outage = False  # a read or watch failed since the last read that succeeded
+        self._outage = False  # a read failed since the last read that succeeded
         self._grace_until: float | None = None  # while set, removals are held back until then
+        self._failures = 0  # registry failures in a row (reads or watches) since a watch answered
 
     def stop(self) -> None:
         self.stopping.set()
@@ -220,20 +232,26 @@ class Watcher:
             f"{self.timing.removal_grace:g} s)",
             registry=self.registry.description,
         )
-        failures = 0
+        apply_failures = 0
         read: Read | None = None  # what to apply next; None: read the registry in full
         while not self.stopping.is_set():
+            reading = False
             try:
                 if read is None:
+                    reading = True
                     read = self._read()
+                    reading = False
                 applied = self._apply(read)
                 # A failed apply is tried again after a backoff even if nothing changes (nginx
                 # may be restarting); otherwise the next read waits for a change or the resync.
-                failures = 0 if applied else failures + 1
-                read = self._follow(read, self.timing.resync if applied else backoff(failures))
+                apply_failures = 0 if applied else apply_failures + 1
+                patience = self.timing.resync if applied else backoff(apply_failures)
+                read = self._follow(read, patience)
                 continue
             except Error as error:  # unreachable or unreadable registry: nothing is changed
-                self._outage = True
+                # Only a failed read is an outage (for the removal grace): a watch that fails
+                # while reads succeed loses no key.
+                self._outage = self._outage or reading
                 self.observer.registry_failed(str(error))
                 self._say_once(f"{error}; keeping the last good config, retrying")
             except Exception as error:  # a watcher that dies routes nothing new: log, retry
@@ -242,8 +260,10 @@ class Watcher:
                     "config, retrying. This is a bug in devtest-router; please report it"
                 )
             read = None  # after a failure the kept keys may have missed events: read them all
-            failures += 1
-            self.stopping.wait(backoff(failures))
+            # Failures in a row count until a watch answers again, not until a read does: a
+            # watch that keeps failing while reads succeed backs off as far as any failure.
+            self._failures += 1
+            self.stopping.wait(backoff(self._failures))
         self.log("stopped")
         return 0
 
@@ -251,6 +271,18 @@ class Watcher:
         if trouble != self._trouble:
             self.log(trouble, "error", registry=self.registry.description)
         self._trouble = trouble
+
+    def _answered(self) -> None:
+        """A watch answered (a change, none in time, or a lost history): the registry works
+        again as a whole. Ends the failures in a row, and a trouble that a read did not end (a
+        failing watch), said in one line."""
+        self._failures = 0
+        if self._trouble is not None:
+            self.log(
+                f"watching {self.registry.description} again",
+                registry=self.registry.description,
+            )
+            self._trouble = None
 
     def _follow(self, read: Read, patience: float) -> Read | None:
         """Wait for changes after `read`; the keys changed by a settled burst of them, or None
@@ -270,12 +302,14 @@ class Watcher:
             try:
                 changed = self.registry.watch(read.index, poll)
             except HistoryLost:
+                self._answered()
                 self.log(
                     "the watch fell behind the registry's history; re-reading it in full",
                     "warning",
                     registry_index=read.index,
                 )
                 return None
+            self._answered()
             if changed is not None:
                 burst = _Burst(self.registry, changed)
                 index = settle(burst, changed.index, self.timing)
@@ -287,14 +321,14 @@ class Watcher:
 
     def _read(self) -> Read:
         """The whole registry, read at one index."""
-        read = self.registry.read()
+        read = present(self.registry.read(), self.registry.description, self.allow_empty)
         self._read_at = time.monotonic()
         return read
 
     def _apply(self, read: Read) -> bool:
         """Apply what was read (in full or from events): whether the apply succeeded."""
         self.observer.registry_read(read.index)
-        if self._trouble is not None or self._outage:
+        if self._outage:  # a read failed before this one
             self._readable_again(read)
         snapshot = self._with_held_keys(read)
         started = time.monotonic()

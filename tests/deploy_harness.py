@@ -97,6 +97,8 @@ class Frontend:
             "DEVTEST_ROUTER_OUTPUT": str(self.prefix / "conf.d" / "devtest-router.conf"),
             "DEVTEST_ROUTER_SITE_DIR": str(self.prefix / "site"),  # not the image's /var/lib
             "DEVTEST_ROUTER_ALLOW_LOOPBACK": "true",
+            # the tests start the frontend on a fresh etcd, before anything registered
+            "DEVTEST_ROUTER_ALLOW_EMPTY": "true",
         }
         self.proc: subprocess.Popen[bytes] | None = None
 

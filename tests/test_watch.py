@@ -15,6 +15,7 @@ import pytest
 from harness import (
     Backend,
     Etcd,
+    Nginx,
     free_ports,
     pid_alive,
     start_cluster,
@@ -386,3 +387,111 @@ def test_wait_returns_once_the_route_answers_and_gives_up_when_it_does_not(
     _, said = waiter.communicate(timeout=30)
     assert waiter.returncode == 0, said
     assert "feature-wait-web.dev.test answers (200)" in said
+
+
+def test_a_v3_watcher_over_v2_data_keeps_the_routes_and_says_the_prefix_is_absent(
+    tmp_path: Path,
+    nginx: Nginx,
+    etcd: Etcd,
+    backends: Callable[..., dict[str, Backend]],
+) -> None:
+    """An absent /deployment is a registry error, not "no services" (a wrong API version)."""
+    web = backends("web")["web"]
+    registry = open_registry(registry_url("etcd2", etcd))
+    for number in range(3):
+        registry.register(entry(f"v2-{number}", "web", web), ttl=120)
+    registry.close()
+    first = Frontend(nginx, registry_url("etcd2", etcd), tmp_path / "v2", allow_empty=False)
+    (tmp_path / "v2").mkdir()
+    first.start()
+    try:
+        first.wait_route(f"v2-0-web.{DOMAIN}", "web")
+    finally:
+        first.stop()
+    wrong = Frontend(nginx, registry_url("etcd3", etcd), tmp_path / "v3", allow_empty=False)
+    (tmp_path / "v3").mkdir()
+    wrong.start()
+    try:
+        wait_for(
+            lambda: "/deployment is absent" in wrong.log.read_text(),
+            20,
+            what="the absent prefix said",
+        )
+        time.sleep(1.5)  # a few retries: still one line, and nothing applied
+        text = wrong.log.read_text()
+        assert text.count("/deployment is absent") == 1, text
+        assert "--allow-empty" in text
+        assert "applied" not in text and "internal error" not in text, text
+        for number in range(3):
+            assert wrong.answers(f"v2-{number}-web.{DOMAIN}") == "web"
+    finally:
+        wrong.stop()
+
+
+def test_removals_in_steps_are_refused_once_they_pass_half_of_the_window(
+    frontend: Callable[..., Frontend],
+    etcd: Etcd,
+    backends: Callable[..., dict[str, Backend]],
+) -> None:
+    """The finding: one deployment deleted every 0.3 s took all 90 routes in applies of a few
+    routes each. With the window (60 s by default), at most half of them go."""
+    web = backends("web")["web"]
+    url = registry_url("etcd2", etcd)
+    registry = open_registry(url)
+    entries = [entry(f"step-{number}", "web", web) for number in range(45)]  # 2 routes each
+    for each in entries:
+        registry.register(each, ttl=300)
+    router = frontend(url)
+    router.wait_route(f"step-44-web.{DOMAIN}", "web", timeout=60)
+    for each in entries:
+        registry.deregister(each)
+        time.sleep(0.3)  # a step at a time, each its own apply
+    registry.close()
+    wait_for(
+        lambda: "refusing to remove" in router.log.read_text(),
+        60,
+        what=f"the window's refusal\n{router.log_tail()}",
+    )
+    wait_for(lambda: len(router.nginx.worker_pids()) == 1, 30, what="old workers to quit")
+    routed = [n for n in range(45) if router.answers(f"step-{n}-web.{DOMAIN}") == "web"]
+    assert len(routed) >= 23, (routed, router.log_tail())
+    assert "removal_window" in router.log.read_text()
+
+
+def test_what_the_removal_grace_still_misses_at_its_end_meets_the_safety_threshold(
+    tmp_path: Path,
+    frontend: Callable[..., Frontend],
+    backends: Callable[..., dict[str, Backend]],
+) -> None:
+    """After an outage, registrations that did not come back within the grace go in one apply
+    at its end: more than half of the routes is refused like any mass removal (decided: their
+    clients may only have lost the registry, and their containers still serve)."""
+    web = backends("web")["web"]
+    registry = tmp_path / "registry.json"
+
+    def write(names: list[str]) -> None:
+        service = {"web": {"ip": "127.0.0.1", "port": str(web.port)}}
+        deployments = {
+            name: {"created": "2026-11-28T10:00:00Z", "service": service} for name in names
+        }
+        staged = registry.with_suffix(".staged")
+        staged.write_text(json.dumps({"deployment": deployments}))
+        staged.replace(registry)
+
+    names = [f"held-{number}" for number in range(12)]  # 24 routes
+    write(names)
+    router = frontend(f"file:{registry}", "--removal-grace", "2")
+    router.wait_route(f"held-11-web.{DOMAIN}", "web")
+    registry.unlink()  # the registry is away
+    wait_for(lambda: "no such file" in router.log.read_text(), 15, what="the outage noticed")
+    write(names[:2])  # back with 2 of the 12: 20 routes to remove
+    wait_for(
+        lambda: "refusing to remove 20 of 24 routes" in router.log.read_text(),
+        30,
+        what=f"the threshold at the grace's end\n{router.log_tail()}",
+    )
+    text = router.log.read_text()
+    assert text.index("holding back removals for 2 s") < text.index("removal grace over")
+    assert text.index("removal grace over") < text.index("refusing to remove")
+    for name in names:
+        assert router.answers(f"{name}-web.{DOMAIN}") == "web", router.log_tail()

@@ -30,6 +30,8 @@ class Frontend:
     url: str
     folder: Path
     extra: list[str] = field(default_factory=list)
+    # most tests start the watcher before anything registered: a fresh etcd, no /deployment yet
+    allow_empty: bool = True
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,7 +51,7 @@ class Frontend:
             "--site-dir", str(self.folder / "site"),
             "--nginx", find_binary("nginx"),
             "--test-command", self.nginx.test_command, "--reload-command", reload,
-            *self.extra,
+            *(["--allow-empty"] if self.allow_empty else []), *self.extra,
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("DEVTEST_ROUTER_")}
         env.pop("REGISTRY_URL", None)
