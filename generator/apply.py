@@ -1,23 +1,38 @@
 """Apply: the imperative shell that writes, tests, swaps and reloads, or shows the diff instead.
 
-Order of a real apply, under a lock: compare with the file in place (identical: nothing to do) ->
-stage the new text beside the target -> crossplane gate -> `nginx -t` on the staged file inside a
-throwaway wrapper -> safety threshold -> keep a hard link to the file in place -> atomic rename ->
-test the whole installed config -> reload. If a test or the reload fails, the previous file is
-put back byte for byte and nothing is reloaded: nginx keeps serving the routes it had.
+Order of a real apply, under a lock: remove what an apply cut short left (staged files) ->
+compare with the file in place (identical, and the file last tested and reloaded: nothing to do)
+-> stage the new text beside the target -> crossplane gate -> `nginx -t` on the staged file
+inside a throwaway wrapper -> safety threshold -> keep a hard link to the file in place ->
+atomic rename -> test the whole installed config -> reload -> record the file's digest as tested
+and reloaded. If a test or the reload fails, the previous file is put back byte for byte and
+nothing is reloaded: nginx keeps serving the routes it had.
+
+An apply may be cut short anywhere (SIGKILL, a crash, a power cut). The record (`.<output
+name>.tested` beside the output, written atomically only after a test and reload succeeded)
+says which file nginx last took: when the file in place is not that one, the next apply tests
+and reloads even if it would write the same bytes, and if that fails it puts back the file
+recorded (kept as `.<output name>.previous`), if it has it.
+
+The output is a regular file, or a symlink to one, written through (the file it points to is
+replaced; the link stays); anything else is refused before a lock file is made.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -249,13 +264,17 @@ def plan(
 ) -> Plan:
     """Dry run: every check a real apply runs, on a copy in a temporary folder; changes nothing.
     `recent`: the safety threshold's window, as for apply()."""
-    target = Path(config.output)
+    target = output_file(config)
     current = _read(target)
+    confirmed = current is not None and _recorded(target) == _digest(current)
     with tempfile.TemporaryDirectory(prefix="devtest-router-") as folder:
         scratch = Path(folder)
         staged = scratch / "rendered.conf"
         staged.write_text(rendered.text, encoding="utf-8")
-        return _checked_plan(rendered, config, current, staged, scratch, checker, known, "", recent)
+        result = _checked_plan(
+            rendered, config, current, staged, scratch, checker, known, "", recent
+        )
+    return result if confirmed or current is None else _unconfirmed(result)
 
 
 def apply(
@@ -275,18 +294,32 @@ def apply(
     the rendered one (installed, or there already): the site is written from the same routing
     table, and two applies never interleave their pages.
     """
-    target = Path(config.output)
+    target = output_file(config)
     folder = target.parent
     if not folder.is_dir():
         raise UsageError(
             f"output {target}: the folder {folder} does not exist; create it or set output"
         )
     with _locked(folder / f".{target.name}.lock"):
+        _remove_staged(folder, target.name, time.time())
         current = _read(target)
-        if current == rendered.text:
-            if after is not None:
-                after()
-            return Plan(current, rendered.text, len(rendered.table.routes), (), (), ())
+        recorded = _recorded(target)
+        confirmed = current is not None and recorded == _digest(current)
+        if confirmed:
+            # an apply cut short after its record left the file it replaced: no longer needed
+            _previous(target).unlink(missing_ok=True)
+            if current == rendered.text:
+                if after is not None:
+                    after()
+                return Plan(current, rendered.text, len(rendered.table.routes), (), (), ())
+        # Not the file last tested and reloaded (an apply was cut short): is the file it
+        # replaced, kept as .previous, that one? Then a failure puts it back. Either way the
+        # record goes first, so an apply cut short again is finished by the next one again.
+        keep_previous = False
+        if not confirmed and recorded is not None:
+            kept = _read(_previous(target), quiet=True)
+            keep_previous = current is not None and kept is not None and _digest(kept) == recorded
+            _forget(target)
         with tempfile.TemporaryDirectory(prefix="devtest-router-") as temporary:
             scratch = Path(temporary)
             staged = _stage(folder, target.name, rendered.text)
@@ -295,12 +328,77 @@ def apply(
                     rendered, config, current, staged, scratch, checker, known,
                     "; nothing was changed", recent,
                 )  # fmt: skip
-                _install(staged, target, config)
+                _install(staged, target, config, rendered.text, keep_previous)
             finally:
                 staged.unlink(missing_ok=True)
+        if current is not None and not confirmed:
+            result = _unconfirmed(result)
         if after is not None:
             after()
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class Unconfirmed(Plan):
+    """A plan over a file in place that was not the last one tested and reloaded (an apply was
+    cut short, or none recorded it yet): applying it tests and reloads, even the same bytes."""
+
+    @property
+    def changes(self) -> bool:
+        return True
+
+    def summary(self) -> str:
+        return (
+            Plan.summary(self) + ", and the file in place had not been tested and reloaded "
+            "(an apply cut short, or the first apply since an upgrade)"
+        )
+
+
+def _unconfirmed(result: Plan) -> Plan:
+    return Unconfirmed(**{field.name: getattr(result, field.name) for field in fields(result)})
+
+
+def output_file(config: Config) -> Path:
+    """The file apply writes for config.output: the output itself, or the file a symlink
+    points to (written through: the link stays). Anything but a regular file, or a path where
+    one can be made, is refused (a FIFO hangs a read, a device is read forever or replaced by
+    a file), before a lock file is made beside it."""
+    given = Path(config.output)
+    target = given
+    if given.is_symlink():
+        try:
+            target = given.resolve()
+        except (OSError, RuntimeError):  # a loop (RuntimeError before Python 3.13)
+            target = given
+    try:
+        status = os.stat(target)
+    except (FileNotFoundError, NotADirectoryError):
+        return target
+    except OSError as error:  # a symlink loop, a folder we may not search
+        raise UsageError(
+            f"output {given}: {error.strerror}; set output to a regular file, or to a path "
+            "where one can be created; nothing was changed"
+        ) from None
+    if not stat.S_ISREG(status.st_mode):
+        shown = given if target == given else f"{given} (a symlink to {target})"
+        raise UsageError(
+            f"output {shown} is a {file_kind(status.st_mode)}, not a regular file: set output "
+            "to a regular file, or to a path where one can be created; nothing was changed"
+        )
+    return target
+
+
+def file_kind(mode: int) -> str:
+    """What a file of st_mode `mode` is, in words."""
+    kinds = (
+        (stat.S_ISREG, "regular file"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "special file")
 
 
 def _checked_plan(
@@ -328,8 +426,12 @@ def _checked_plan(
     return result
 
 
-def _install(staged: Path, target: Path, config: Config) -> None:
-    previous = _swap(staged, target)
+def _install(
+    staged: Path, target: Path, config: Config, text: str, keep_previous: bool = False
+) -> None:
+    """Swap `staged` (holding `text`) in, test, reload and record it; or put back what was in
+    place (with `keep_previous`: the file kept as .previous, the last one tested and reloaded)."""
+    previous = _swap(staged, target, keep_previous)
     for step, command in (("test", config.test_command), ("reload", config.reload_command)):
         passed, said = run_command(command)
         if not passed:
@@ -341,17 +443,95 @@ def _install(staged: Path, target: Path, config: Config) -> None:
                 if step == "test"
                 else f"{command!r} failed; the new {target} was taken back: {back}\n{_indent(said)}"
             )
+    _record(target, text)
     if previous is not None:
         previous.unlink(missing_ok=True)
 
 
-def _read(path: Path) -> str | None:
+def _read(path: Path, quiet: bool = False) -> str | None:
+    """The text of the regular file at `path`, None if there is none; anything but a regular
+    file is refused without waiting for it (O_NONBLOCK: a FIFO) or reading it. `quiet`: None
+    instead of raising (our own side files)."""
     try:
-        return path.read_text(encoding="utf-8")
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ApplyError(f"cannot read {path}: {error}") from None
+    except OSError as error:
+        if quiet:
+            return None
+        raise ApplyError(f"cannot read {path}: {error.strerror}") from None
+    with os.fdopen(descriptor, encoding="utf-8") as file:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            if quiet:
+                return None
+            raise UsageError(
+                f"output {path} is a {file_kind(mode)}, not a regular file: set output to a "
+                "regular file, or to a path where one can be created; nothing was changed"
+            )
+        try:
+            return file.read()
+        except (OSError, UnicodeDecodeError) as error:
+            if quiet:
+                return None
+            raise ApplyError(f"cannot read {path}: {error}") from None
+
+
+def _digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _previous(target: Path) -> Path:
+    return target.with_name(f".{target.name}.previous")
+
+
+def _record_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.tested")
+
+
+def _recorded(target: Path) -> str | None:
+    """The digest of the file last tested and reloaded at `target`, if recorded."""
+    text = _read(_record_path(target), quiet=True)
+    return text.strip() if text else None
+
+
+def _record(target: Path, text: str) -> None:
+    """Record `text` as tested and reloaded: atomically, and only once both succeeded. Best
+    effort: without a record (a full disk) the next apply only tests and reloads once more."""
+    try:
+        staged = _stage(target.parent, target.name, _digest(text) + "\n")
+    except ApplyError:
+        return
+    try:
+        os.chmod(staged, NEW_FILE_MODE)
+        os.replace(staged, _record_path(target))
+        _sync_folder(target.parent)
+    except OSError:
+        staged.unlink(missing_ok=True)
+
+
+def _forget(target: Path) -> None:
+    """Remove the record (durably): until a test and reload succeed, nothing is recorded."""
+    _record_path(target).unlink(missing_ok=True)
+    _sync_folder(target.parent)
+
+
+def _remove_staged(folder: Path, name: str, before: float) -> None:
+    """Remove the staged files an apply cut short left (ours only: by the name _stage gives
+    them, and older than `before`, when this apply took the lock; nobody else stages while
+    the lock is held). Best effort: one that stays is harmless."""
+    ours = re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}\.staged")
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if not ours.fullmatch(entry.name):
+            continue
+        with suppress(OSError):
+            status = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(status.st_mode) and status.st_mtime < before:
+                os.unlink(entry.path)
 
 
 def _stage(folder: Path, name: str, text: str) -> Path:
@@ -374,10 +554,11 @@ def _stage(folder: Path, name: str, text: str) -> Path:
     return Path(name_staged)
 
 
-def _swap(staged: Path, target: Path) -> Path | None:
+def _swap(staged: Path, target: Path, keep_previous: bool = False) -> Path | None:
     """Rename the staged file over the target, keeping the target's mode and owner.
 
-    Returns a hard link to the file that was in place (None if there was none), to restore it.
+    Returns a hard link to the file that was in place (None if there was none), to restore it;
+    with `keep_previous`, the .previous file already there instead (the last one tested).
     """
     previous: Path | None = None
     try:
@@ -388,7 +569,11 @@ def _swap(staged: Path, target: Path) -> Path | None:
         os.chmod(staged, stat.S_IMODE(status.st_mode))
         with suppress(PermissionError):  # not root: the file stays ours, as it was before
             os.chown(staged, status.st_uid, status.st_gid)
-        previous = target.with_name(f".{target.name}.previous")
+        previous = _previous(target)
+        if keep_previous:
+            os.replace(staged, target)
+            _sync_folder(target.parent)
+            return previous
         previous.unlink(missing_ok=True)
         try:
             os.link(target, previous)

@@ -39,6 +39,8 @@ EXIT_CODES = {
     2: "usage or configuration error",
     3: "internal error: a bug in devtest-router (please report it)",
     4: "the registry (etcd, or the registry file) cannot be reached or read",
+    5: "the config was applied (or was up to date), but the site's pages could not be "
+    "written into site_dir",
     123: "unusable snapshot, or a check, nginx test, reload or safety threshold refused: "
     "nothing was changed",
     130: "interrupted",

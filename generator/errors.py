@@ -27,6 +27,13 @@ class ApplyError(Error):
     """Writing, testing or reloading the installed config failed; the previous file is back."""
 
 
+class SiteError(Error):
+    """The config was applied (or was already in place), but the site's pages could not be
+    written into site_dir: routing works, the index and 404 pages are not up to date."""
+
+    exit_code = 5
+
+
 class InternalError(Error):
     """What we rendered is not what we meant: a bug in devtest-router, not in the input."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup
 
+from .apply import file_kind
 from .config import Config
-from .errors import ApplyError
+from .errors import ApplyError, SiteError, UsageError
 from .memory import no_gc
 from .model import Problem, Route, RoutingTable
 from .pipeline import update_sorted
@@ -81,6 +83,7 @@ class SiteWriter:
     def __init__(self, config: Config, templates: jinja2.Environment) -> None:
         self.config = config
         self.folder = Path(config.site_dir)
+        _require_folder(self.folder)
         self._render = Renderer(config, templates)
         self._reset()
 
@@ -145,9 +148,10 @@ class SiteWriter:
                 (self.folder / path).unlink(missing_ok=True)
                 known.pop(path, None)
         except OSError as error:
-            raise ApplyError(
-                f"cannot write the site in {self.folder}: {_reason(error)}; the "
-                "nginx config is in place, its pages are not (is site_dir writable?)"
+            raise SiteError(
+                f"cannot write the site in {self.folder}: {_reason(error)}; the nginx config is "
+                "applied and nginx serves its routes, but the index and 404 pages are not "
+                "written: make site_dir writable (or free space); the next apply writes them"
             ) from None
         self._known = known
         return SitePlan(tuple(path for path, _ in changed), tuple(stale))
@@ -259,6 +263,24 @@ class SiteWriter:
             return []
         found = (f"{NOT_FOUND_DIR}/{name}" for name in names if _is_page(name))
         return [path for path in found if path not in wanted]
+
+
+def _require_folder(folder: Path) -> None:
+    """site_dir must be a folder, or a path where one can be made (at the first apply)."""
+    try:
+        mode = os.stat(folder).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise UsageError(
+            f"site_dir {folder}: {_reason(error)}; set site_dir to a folder nginx can read "
+            "(it is made if missing); nothing was changed"
+        ) from None
+    if not stat.S_ISDIR(mode):
+        raise UsageError(
+            f"site_dir {folder} is a {file_kind(mode)}, not a folder: set site_dir to a folder "
+            "nginx can read (it is made if missing); nothing was changed"
+        )
 
 
 def _is_page(name: str) -> bool:

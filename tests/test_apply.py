@@ -35,7 +35,8 @@ BUNDLED_TEMPLATE = REPO / "templates" / "routes.conf.j2"
 CLI = Path(sys.executable).with_name("devtest-router")
 DOMAIN = "dev.test"
 OUTPUT = "devtest-router.conf"
-LOCK = f".{OUTPUT}.lock"  # apply's lock file: the only file besides OUTPUT it leaves behind
+LOCK = f".{OUTPUT}.lock"  # apply's lock file
+TESTED = f".{OUTPUT}.tested"  # the digest of the file last tested and reloaded
 
 BackendFactory = Callable[..., dict[str, Backend]]
 Snapshot = dict[str, Any]
@@ -470,7 +471,7 @@ def test_config_nginx_rejects_is_never_installed(
     router.routes_to(f"master-web.{DOMAIN}", "master-web")
     os.chmod(router.output, 0o640)
     before = listing(router.nginx.conf_dir)
-    assert set(before) == {OUTPUT, LOCK}
+    assert set(before) == {OUTPUT, LOCK, TESTED}
 
     # crossplane takes any one-argument proxy_read_timeout; nginx wants a time
     templates = override(
@@ -817,7 +818,7 @@ def test_concurrent_applies_take_turns(
         assert len(err.strip().splitlines()) == 1
     final = router.output.read_text()
     assert final in renders
-    assert set(listing(folder)) == {OUTPUT, LOCK}
+    assert set(listing(folder)) == {OUTPUT, LOCK, TESTED}
     assert router.reloads() == 2
     if final == router.render(data):
         router.routes_to(f"feature-login-web.{DOMAIN}", "feature-login-web")

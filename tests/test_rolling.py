@@ -186,7 +186,7 @@ def test_five_rolling_redeploys_in_a_row_fail_no_request(
             what=_report(client, router, *seen),
         )
     assert client.failures == [], _report(client, router, *seen)
-    assert client.answers["task-5"] > 0 and client.asked > 100, _report(client, router, *seen)
+    assert client.answers["task-5"] > 0, _report(client, router, *seen)
 
 
 @KINDS
@@ -211,15 +211,20 @@ def test_two_replicas_both_serve_and_one_killed_fails_no_request(
         wait_for(lambda: len(client.answers) == 2, 10, what="the client to reach both")
         first.kill()
         killed_at = client.asked
-        # Past the TTL: the dead replica's keys expire and the watcher drops it.
-        time.sleep(ttl + 3)
+        # Past the TTL (the dead replica's keys expire and the watcher drops it), and at least
+        # 50 requests after the kill, however slowly a loaded machine answers them.
+        expired = time.monotonic() + ttl + 3
+        wait_for(
+            lambda: time.monotonic() >= expired and client.asked - killed_at >= 50,
+            120,
+            what=_report(client, router, first, second),
+        )
         wait_for(
             lambda: all(router.answers(host) == "replica-b" for _ in range(5)),
             20,
             what=_report(client, router, first, second),
         )
     assert client.failures == [], _report(client, router, first, second)
-    assert client.asked - killed_at > 50, _report(client, router, first, second)
     assert "replica-a" not in (router.nginx.conf_dir / "devtest-router.conf").read_text()
 
 
@@ -252,9 +257,10 @@ def test_etcd_stopped_longer_than_the_ttl_fails_no_request(
             what=f"the registration to be renewed:\n{container.text()}",
         )
         time.sleep(grace + 2)
+        wait_for(lambda: client.asked >= 100, 120, what=_report(client, router, container))
     assert client.failures == [], _report(client, router, container)
     assert router.answers(host) == "task-1"
-    assert client.answers["task-1"] > 100, _report(client, router, container)
+    assert client.answers["task-1"] >= 100, _report(client, router, container)
 
 
 def test_the_seeds_curl_puts_route_beside_a_registered_instance(

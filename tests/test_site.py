@@ -437,18 +437,20 @@ def test_a_site_folder_that_cannot_be_written_is_one_line_and_the_next_apply_wri
 ) -> None:
     data = registry(backends(*BACKENDS))
     blocked = tmp_path / "blocked"
-    blocked.write_text("a file where the site folder should be\n")
+    blocked.mkdir()
+    (blocked / "not-found").write_text("a file where the 404 pages' folder should be\n")
     code, said = router.apply(data, "--site-dir", str(blocked))
-    assert code == 123
+    assert code == 5  # not 123: the config went in, only the pages did not
     assert said.splitlines()[-1] == (
-        f"devtest-router: cannot write the site in {blocked}: Not a directory; the "
-        "nginx config is in place, its pages are not (is site_dir writable?)"
+        f"devtest-router: cannot write the site in {blocked}: Not a directory; the nginx config is "
+        "applied and nginx serves its routes, but the index and 404 pages are not written: "
+        "make site_dir writable (or free space); the next apply writes them"
     ), said
     assert "Traceback" not in said
     assert router.reloads() == 1  # the routes went live; only the pages are missing
     router.routes_to("master-web.localhost", "master-web")
 
-    blocked.unlink()
+    (blocked / "not-found").unlink()
     code, said = router.apply(data, "--site-dir", str(blocked))
     assert code == 0, said
     assert said.splitlines()[-1].startswith("devtest-router: nothing to do: "), said
