@@ -10,6 +10,8 @@ from typing import Any
 
 import crossplane
 
+from .secret import child_environment
+
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
@@ -79,7 +81,14 @@ class Wrapper:
 def run(argv: list[str], timeout: float = 120) -> tuple[bool, str]:
     """Run a command: (exit 0?, its stdout and stderr). A missing binary fails; it never raises."""
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=child_environment(),  # without the secret variables
+        )
     except FileNotFoundError:
         return False, f"{argv[0]}: command not found"
     except PermissionError:

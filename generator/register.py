@@ -49,6 +49,7 @@ from .registry import (
     add_registry_arguments,
     registry_from_args,
 )
+from .secret import child_environment, redact
 from .streams import Streams
 
 DEFAULT_TTL = 30
@@ -370,11 +371,13 @@ def _http(
     url: str, what: str, method: str = "GET", headers: Mapping[str, str] | None = None
 ) -> bytes:
     """The body of a 200 answer; MetadataUnavailable (one line) for anything else."""
+    shown = redact(url)  # a user:password@ in an endpoint never reaches a message
     try:
         request = urllib.request.Request(url, method=method, headers=dict(headers or {}))
     except ValueError as error:  # not a URL at all
-        raise UsageError(f"{what}: {url!r} is not a URL ({error})") from None
-    silent = f"{what} at {url}: no answer within {METADATA_TIMEOUT:g}s"
+        said = str(error).replace(url, shown)
+        raise UsageError(f"{what}: {shown!r} is not a URL ({said})") from None
+    silent = f"{what} at {shown}: no answer within {METADATA_TIMEOUT:g}s"
     try:
         with _OPENER.open(request, timeout=METADATA_TIMEOUT) as response:
             body: bytes = response.read(1 << 20)
@@ -389,7 +392,7 @@ def _http(
         raise _NoAnswer(silent) from None
     except (OSError, http.client.HTTPException) as error:
         reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-    raise MetadataUnavailable(f"{what} at {url}: {reason}")
+    raise MetadataUnavailable(f"{what} at {shown}: {reason}")
 
 
 def ecs_container(uri: str) -> Any:
@@ -403,7 +406,9 @@ def ecs_container(uri: str) -> Any:
     try:
         return json.loads(body)
     except ValueError:
-        raise MetadataUnavailable(f"{what} at {uri}: the answer is not JSON{hint}") from None
+        raise MetadataUnavailable(
+            f"{what} at {redact(uri)}: the answer is not JSON{hint}"
+        ) from None
 
 
 def ecs_task(uri: str) -> Any:
@@ -414,7 +419,7 @@ def ecs_task(uri: str) -> Any:
     try:
         return json.loads(body)
     except ValueError:
-        raise MetadataUnavailable(f"{what} at {url}: the answer is not JSON") from None
+        raise MetadataUnavailable(f"{what} at {redact(url)}: the answer is not JSON") from None
 
 
 def discover_instance(
@@ -577,11 +582,16 @@ def port_answers(port: int, host: str = "127.0.0.1") -> bool:
 
 
 class Child:
-    """CMD in its own process group (signals go to the group, once, from us) with our stdio."""
+    """CMD in its own process group (signals go to the group, once, from us) with our stdio,
+    without the secret variables (secret.child_environment)."""
 
     def __init__(self, command: Sequence[str]) -> None:
         self.command = tuple(command)
-        self.proc = subprocess.Popen(self.command, process_group=0)
+        self.proc = subprocess.Popen(
+            self.command,
+            process_group=0,
+            env=child_environment(),
+        )
         self.pid = self.proc.pid
 
     def poll(self) -> int | None:
