@@ -136,7 +136,7 @@ def test_a_hung_test_command_is_killed_and_the_lock_goes_to_the_next_apply(
         _, err = finish(hanging)
     assert hanging.returncode == 123, err
     assert "Traceback" not in err
-    assert err.startswith("devtest-router: \"sh -c "), err
+    assert err.startswith('devtest-router: "sh -c '), err
     assert "no answer within 3 s (command_timeout); killed it and every process it started" in err
     assert "the previous file is back in place and nginx was not reloaded" in err
     for pid in pids(folder):
