@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import http.client
 import ipaddress
 import json
@@ -33,7 +34,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType, TracebackType
@@ -581,9 +582,35 @@ def port_answers(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """A preexec step that makes the child get SIGTERM when `parent` dies, even of SIGKILL
+    (Linux's PR_SET_PDEATHSIG); None where there is no prctl (not Linux).
+
+    Without it, a wrapper killed with SIGKILL (nothing of it runs any more: no deregistration,
+    no signal passed on) would leave CMD serving in its own process group, unregistered, until
+    someone finds it. The signal goes to CMD itself, as a stop signal the wrapper passes on does.
+    The death signal is tied to the thread that forked: CMD is started from the main thread,
+    which lives as long as the wrapper.
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    except (OSError, AttributeError):
+        return None
+
+    def die_with_parent() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: no signal will come
+            os._exit(128 + signal.SIGTERM)
+
+    return die_with_parent
+
+
 class Child:
     """CMD in its own process group (signals go to the group, once, from us) with our stdio,
-    without the secret variables (secret.child_environment)."""
+    without the secret variables (secret.child_environment), and SIGTERMed if we die."""
 
     def __init__(self, command: Sequence[str]) -> None:
         self.command = tuple(command)
@@ -591,6 +618,7 @@ class Child:
             self.command,
             process_group=0,
             env=child_environment(),
+            preexec_fn=_dies_with(os.getpid()),  # safe: the wrapper has one thread
         )
         self.pid = self.proc.pid
 
