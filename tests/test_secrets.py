@@ -187,6 +187,20 @@ def test_a_wrong_password_against_a_real_etcd_never_shows_it(
     assert said.strip(), said
 
 
+@pytest.mark.parametrize("log_format", ["plain", "json"])
+@pytest.mark.parametrize("password", [f"{SECRET}\u20ac", f"s\u00e9cret\u20ac{SECRET}"])
+def test_a_password_v2_cannot_carry_is_refused_without_showing_any_of_it(
+    password: str, log_format: str
+) -> None:
+    """HTTP basic auth (the v2 API) carries Latin-1 only: urllib3's error named the character
+    at fault and its position, as an internal error."""
+    env = environment(DEVTEST_ROUTER_ETCD_USER="root", DEVTEST_ROUTER_ETCD_PASSWORD=password)
+    said = run("snapshot", "--registry", "etcd://127.0.0.1:9", env=env, log_format=log_format)
+    assert "\u20ac" not in said and "\\u20ac" not in said and "position" not in said, said
+    assert "outside Latin-1" in said and "internal error" not in said, said
+    assert len(said.strip().splitlines()) == 1, said
+
+
 # --------------------------------------------------------------------------------------------
 # children: nginx, test_command, reload_command, and the wrapped CMD
 
