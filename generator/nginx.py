@@ -113,15 +113,23 @@ def run(argv: list[str], timeout: float = DEFAULT_TIMEOUT) -> tuple[bool, str]:
         try:
             said, _ = child.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError, PermissionError):  # the group is gone already
-                os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-            # Not read further: a process that left the group may still hold the pipe open.
+            _kill_group(child)
             return False, (
                 f"{shlex.join(argv)}: no answer within {timeout:g} s (command_timeout); "
                 "killed it and every process it started"
             )
+        except BaseException:  # interrupted (Ctrl-C): the command goes too, as it would
+            _kill_group(child)
+            raise
     return child.returncode == 0, said.strip()
+
+
+def _kill_group(child: subprocess.Popen[str]) -> None:
+    """SIGKILL the child's process group and reap the child. Its output is not read further: a
+    process that left the group may still hold the pipe open."""
+    with suppress(ProcessLookupError, PermissionError):  # the group is gone already
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
 
 
 def run_command(command: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[bool, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,30 @@ def test_a_hung_command_and_what_it_started_are_killed_at_the_timeout(tmp_path: 
         "no answer within 1 s (command_timeout); killed it and every process it started"
     ), said
     for pid in pids(tmp_path):  # SIGKILLed: gone (or a zombie until init reaps it)
+        wait_for(lambda pid=pid: not pid_alive(pid), what=f"pid {pid} to be gone")
+
+
+def test_an_interrupted_run_takes_the_hung_command_along(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) while a command hangs: the command and what it started end too."""
+    code = (
+        "import sys\n"
+        "from generator.nginx import run_command\n"
+        "run_command(sys.argv[1], timeout=600)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, hung(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for((tmp_path / "started").exists, what="the hung command to start")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for pid in pids(tmp_path):
         wait_for(lambda pid=pid: not pid_alive(pid), what=f"pid {pid} to be gone")
 
 
