@@ -591,9 +591,10 @@ def _dies_with(parent: int) -> Callable[[], None] | None:
 
     Without it, a wrapper killed with SIGKILL (nothing of it runs any more: no deregistration,
     no signal passed on) would leave CMD serving in its own process group, unregistered, until
-    someone finds it. The signal goes to CMD itself, as a stop signal the wrapper passes on does.
-    The death signal is tied to the thread that forked: CMD is started from the main thread,
-    which lives as long as the wrapper.
+    someone finds it. The kernel signals CMD alone (a stop signal the wrapper passes on goes to
+    CMD's whole group); CMD's own children get what CMD does to them on SIGTERM. The death
+    signal is tied to the thread that forked: CMD is started from the main thread, which lives
+    as long as the wrapper. A prctl that fails (a sandbox forbidding it) leaves CMD as before.
     """
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
