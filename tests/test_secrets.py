@@ -288,3 +288,63 @@ def test_the_wrapped_command_never_sees_the_password(
     assert "DEVTEST_ROUTER_ETCD_PASSWORD" not in seen and SECRET not in seen
     assert SECRET not in log.read_text()
     assert not port_open(port)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("api", ["etcd", "etcd3"])
+def test_a_watcher_with_the_right_password_never_shows_it_nor_hands_it_on(
+    etcd: Etcd, nginx: Nginx, tmp_path: Path, api: str
+) -> None:
+    """A whole run on an etcd with authentication on: register, watch, apply, reload, stop;
+    every line (JSON) is searched, and every child's environment."""
+    if api == "etcd":
+        for step in (
+            ["-XPUT", f"{etcd.url}/v2/auth/users/root", "-d", json.dumps({"user": "root",
+             "password": SECRET})],
+            ["-XPUT", f"{etcd.url}/v2/auth/enable"],
+        ):  # fmt: skip
+            subprocess.run(["curl", "-sf", *step], check=True, capture_output=True, timeout=30)
+    else:
+        etcd.v3("auth/user/add", {"name": "root", "password": SECRET})
+        etcd.v3("auth/user/grant", {"user": "root", "role": "root"})
+        etcd.v3("auth/enable", {})
+    url = etcd.url.replace("http://", f"{api}://")
+    env = environment(DEVTEST_ROUTER_ETCD_USER="root", DEVTEST_ROUTER_LOG_FORMAT="json")
+    run(
+        "register", "--registry", url, "--name", "feature/s", "--service", "web",
+        "--port", "8089", "--ip", "127.0.0.1", "--instance", "c1", "--ttl", "0", "--once",
+        env=env, log_format="json",
+    )  # fmt: skip
+    output = nginx.conf_dir / "routes.conf"
+    argv = [
+        str(CLI), "watch", "--registry", url, "--domain", "test.example", "--allow-loopback",
+        "--listen", f"127.0.0.1:{nginx.port}", "--output", str(output),
+        "--site-dir", str(tmp_path / "site"),
+        "--nginx", recorder(tmp_path, "nginx", find_binary("nginx")),
+        "--test-command", recorder(tmp_path, "test", nginx.test_command),
+        "--reload-command", recorder(tmp_path, "reload", nginx.reload_command),
+    ]  # fmt: skip
+    log = tmp_path / "watch.log"
+    with log.open("wb") as out:
+        watcher = subprocess.Popen(argv, stdout=out, stderr=out, env=env)
+    try:
+        wait_for(
+            lambda: output.exists() and "127.0.0.1:8089" in output.read_text(),
+            timeout=60,
+            what="the watcher to apply the registration",
+        )
+        wait_for((tmp_path / "reload.env").exists, what="the reload")
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        try:
+            watcher.wait(60)
+        except subprocess.TimeoutExpired:
+            watcher.kill()
+            watcher.wait()
+    said = log.read_text()
+    assert said.strip() and SECRET not in said, said
+    for line in said.splitlines():
+        json.loads(line)  # every line is a JSON log line
+    for name in ("nginx", "test", "reload"):
+        seen = (tmp_path / f"{name}.env").read_text()
+        assert f"{CANARY}=seen" in seen and SECRET not in seen, name
