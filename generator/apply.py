@@ -210,7 +210,7 @@ def gate(rendered: Rendered, config: Config, staged: Path, scratch: Path, checke
     (scratch / "nginx").mkdir()
     wrapper = Wrapper(scratch / "nginx", staged)
     wrapper.write()
-    passed, said = wrapper.test(config.nginx)
+    passed, said = wrapper.test(config.nginx, config.command_timeout)
     if not passed:
         raise CheckError(f"nginx rejects the rendered config; nothing was changed\n{_indent(said)}")
 
@@ -433,7 +433,7 @@ def _install(
     place (with `keep_previous`: the file kept as .previous, the last one tested and reloaded)."""
     previous = _swap(staged, target, keep_previous)
     for step, command in (("test", config.test_command), ("reload", config.reload_command)):
-        passed, said = run_command(command)
+        passed, said = run_command(command, config.command_timeout)
         if not passed:
             _restore(target, previous)
             back = "the previous file is back in place" if previous else "it was removed again"

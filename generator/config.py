@@ -36,6 +36,7 @@ class Config:
     nginx: str
     test_command: str
     reload_command: str
+    command_timeout: float  # seconds each of nginx -t, test_command and reload_command gets
     dry_run: bool
     force: bool
     allowed_networks: tuple[Network, ...]
@@ -203,6 +204,7 @@ def _config(values: dict[str, Any], networks: tuple[Network, ...]) -> Config:
         nginx=values["nginx"],
         test_command=values["test_command"],
         reload_command=values["reload_command"],
+        command_timeout=float(values["command_timeout"]),
         dry_run=values["dry_run"],
         force=values["force"],
         allowed_networks=networks,

@@ -258,6 +258,11 @@ class EtcdV2Registry:
             self._keep_created(client, entry, ttl)
 
         self._call(action)
+        # Instances of this deployment whose keys expired (a wrapper killed with SIGKILL, a
+        # container gone without deregistering) leave empty directories behind; the snapshot
+        # never shows them, but they pile up, one per instance id. A failure here costs nothing.
+        with contextlib.suppress(etcd.EtcdException, RegistryUnavailable):
+            self._call(lambda client: _sweep(client, f"{PREFIX}/{entry.deployment}/service"))
 
     def keepalive(self, entry: Entry, ttl: int) -> str | None:
         def action(client: Any) -> str | None:
@@ -448,6 +453,25 @@ def _remove_empty_dirs(client: Any, directory: str) -> bool:
                 with contextlib.suppress(etcd.EtcdKeyNotFound, etcd.EtcdDirNotEmpty):
                     client.delete(node.key, dir=True)
     return False
+
+
+def _sweep(client: Any, directory: str) -> None:
+    """Delete the directories under `directory` that hold no key with a value (etcd v2 keeps a
+    directory when the last key in it expires), deepest first. Each is deleted with dir=true
+    alone, which fails if a registration has written a key in it since: that one stays."""
+    try:
+        nodes = list(client.read(directory, recursive=True).get_subtree())
+    except etcd.EtcdKeyNotFound:
+        return
+    holding = {directory}
+    for node in nodes:
+        if not node.dir:
+            parts = node.key.split("/")
+            holding.update("/".join(parts[:end]) for end in range(1, len(parts)))
+    empty = [node.key for node in nodes if node.dir and node.key not in holding]
+    for key in sorted(empty, key=lambda key: -key.count("/")):
+        with contextlib.suppress(etcd.EtcdKeyNotFound, etcd.EtcdDirNotEmpty, etcd.EtcdNotDir):
+            client.delete(key, dir=True)
 
 
 def _read_timed_out(error: BaseException) -> bool:

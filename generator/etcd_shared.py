@@ -24,7 +24,22 @@ def describe(api: str, endpoints: tuple[Endpoint, ...], secure: bool, tls: Tls) 
         raise UsageError(f"registry: etcd {api} needs at least one HOST:PORT")
     description = f"etcd {api} at " + ",".join(f"{e.host}:{e.port}" for e in endpoints)
     check_tls(description, secure, tls)
+    if api == "v2" and not all(_latin1(text) for text in (tls.user, tls.password) if text):
+        # HTTP basic auth carries Latin-1 only; the error would show the character at fault
+        raise UsageError(
+            f"{description}: --etcd-user or DEVTEST_ROUTER_ETCD_PASSWORD has a character that "
+            "etcd's v2 API (HTTP basic auth) cannot carry, outside Latin-1; use the v3 API "
+            "(etcd3://) or another password"
+        )
     return description
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_tls(description: str, secure: bool, tls: Tls) -> None:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
 import subprocess
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import crossplane
 
+from .secret import child_environment
+
+DEFAULT_TIMEOUT = 120.0  # seconds; the command_timeout setting's default
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
@@ -55,7 +61,7 @@ class Wrapper:
         )
         return payload
 
-    def test(self, nginx: str) -> tuple[bool, str]:
+    def test(self, nginx: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[bool, str]:
         """Run `nginx -t` on the wrapper; (passed, what nginx said)."""
         try:
             binary = shlex.split(nginx)
@@ -72,26 +78,61 @@ class Wrapper:
                 str(self.path),
                 "-e",
                 str(self.folder / "error.log"),
-            ]
+            ],
+            timeout,
         )
 
 
-def run(argv: list[str], timeout: float = 120) -> tuple[bool, str]:
-    """Run a command: (exit 0?, its stdout and stderr). A missing binary fails; it never raises."""
+def run(argv: list[str], timeout: float = DEFAULT_TIMEOUT) -> tuple[bool, str]:
+    """Run a command: (exit 0?, its stdout and stderr). A missing binary fails; it never raises.
+
+    The command starts without the secret variables (secret.child_environment), with no
+    standard input (nothing can wait for a keyboard), in a process group of its own. One that
+    has not finished within `timeout` seconds is killed with everything it started (the whole
+    group: a `sh -c` and its children alike), and the caller goes on at once, so a hung
+    command never holds the apply lock longer than the timeout.
+    """
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            env=child_environment(),
+            process_group=0,
+        )
     except FileNotFoundError:
         return False, f"{argv[0]}: command not found"
     except PermissionError:
         return False, f"{argv[0]}: permission denied"
     except OSError as error:
         return False, f"{argv[0]}: {error.strerror}"
-    except subprocess.TimeoutExpired:
-        return False, f"{shlex.join(argv)}: no answer within {timeout:.0f} s"
-    return done.returncode == 0, (done.stdout + done.stderr).strip()
+    with child:
+        try:
+            said, _ = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(child)
+            return False, (
+                f"{shlex.join(argv)}: no answer within {timeout:g} s (command_timeout); "
+                "killed it and every process it started"
+            )
+        except BaseException:  # interrupted (Ctrl-C): the command goes too, as it would
+            _kill_group(child)
+            raise
+    return child.returncode == 0, said.strip()
 
 
-def run_command(command: str) -> tuple[bool, str]:
+def _kill_group(child: subprocess.Popen[str]) -> None:
+    """SIGKILL the child's process group and reap the child. Its output is not read further: a
+    process that left the group may still hold the pipe open."""
+    with suppress(ProcessLookupError, PermissionError):  # the group is gone already
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+
+
+def run_command(command: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[bool, str]:
     """Run a configured command line (test_command, reload_command) without a shell."""
     try:
         argv = shlex.split(command)
@@ -99,4 +140,4 @@ def run_command(command: str) -> tuple[bool, str]:
         return False, f"cannot split {command!r}: {error}"
     if not argv:
         return False, "empty command"
-    return run(argv)
+    return run(argv, timeout)

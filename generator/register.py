@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import http.client
 import ipaddress
 import json
@@ -33,7 +34,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType, TracebackType
@@ -49,6 +50,7 @@ from .registry import (
     add_registry_arguments,
     registry_from_args,
 )
+from .secret import child_environment, redact
 from .streams import Streams
 
 DEFAULT_TTL = 30
@@ -370,11 +372,13 @@ def _http(
     url: str, what: str, method: str = "GET", headers: Mapping[str, str] | None = None
 ) -> bytes:
     """The body of a 200 answer; MetadataUnavailable (one line) for anything else."""
+    shown = redact(url)  # a user:password@ in an endpoint never reaches a message
     try:
         request = urllib.request.Request(url, method=method, headers=dict(headers or {}))
     except ValueError as error:  # not a URL at all
-        raise UsageError(f"{what}: {url!r} is not a URL ({error})") from None
-    silent = f"{what} at {url}: no answer within {METADATA_TIMEOUT:g}s"
+        said = str(error).replace(url, shown)
+        raise UsageError(f"{what}: {shown!r} is not a URL ({said})") from None
+    silent = f"{what} at {shown}: no answer within {METADATA_TIMEOUT:g}s"
     try:
         with _OPENER.open(request, timeout=METADATA_TIMEOUT) as response:
             body: bytes = response.read(1 << 20)
@@ -389,7 +393,7 @@ def _http(
         raise _NoAnswer(silent) from None
     except (OSError, http.client.HTTPException) as error:
         reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-    raise MetadataUnavailable(f"{what} at {url}: {reason}")
+    raise MetadataUnavailable(f"{what} at {shown}: {reason}")
 
 
 def ecs_container(uri: str) -> Any:
@@ -403,7 +407,9 @@ def ecs_container(uri: str) -> Any:
     try:
         return json.loads(body)
     except ValueError:
-        raise MetadataUnavailable(f"{what} at {uri}: the answer is not JSON{hint}") from None
+        raise MetadataUnavailable(
+            f"{what} at {redact(uri)}: the answer is not JSON{hint}"
+        ) from None
 
 
 def ecs_task(uri: str) -> Any:
@@ -414,7 +420,7 @@ def ecs_task(uri: str) -> Any:
     try:
         return json.loads(body)
     except ValueError:
-        raise MetadataUnavailable(f"{what} at {url}: the answer is not JSON") from None
+        raise MetadataUnavailable(f"{what} at {redact(url)}: the answer is not JSON") from None
 
 
 def discover_instance(
@@ -576,12 +582,45 @@ def port_answers(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """A preexec step that makes the child get SIGTERM when `parent` dies, even of SIGKILL
+    (Linux's PR_SET_PDEATHSIG); None where there is no prctl (not Linux).
+
+    Without it, a wrapper killed with SIGKILL (nothing of it runs any more: no deregistration,
+    no signal passed on) would leave CMD serving in its own process group, unregistered, until
+    someone finds it. The kernel signals CMD alone (a stop signal the wrapper passes on goes to
+    CMD's whole group); CMD's own children get what CMD does to them on SIGTERM. The death
+    signal is tied to the thread that forked: CMD is started from the main thread, which lives
+    as long as the wrapper. A prctl that fails (a sandbox forbidding it) leaves CMD as before.
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    except (OSError, AttributeError):
+        return None
+
+    def die_with_parent() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: no signal will come
+            os._exit(128 + signal.SIGTERM)
+
+    return die_with_parent
+
+
 class Child:
-    """CMD in its own process group (signals go to the group, once, from us) with our stdio."""
+    """CMD in its own process group (signals go to the group, once, from us) with our stdio,
+    without the secret variables (secret.child_environment), and SIGTERMed if we die."""
 
     def __init__(self, command: Sequence[str]) -> None:
         self.command = tuple(command)
-        self.proc = subprocess.Popen(self.command, process_group=0)
+        self.proc = subprocess.Popen(
+            self.command,
+            process_group=0,
+            env=child_environment(),
+            preexec_fn=_dies_with(os.getpid()),  # safe: the wrapper has one thread
+        )
         self.pid = self.proc.pid
 
     def poll(self) -> int | None:

@@ -25,6 +25,7 @@ from .errors import Error, UsageError
 from .keytree import PREFIX as PREFIX  # re-exported: the backends and tests import them here
 from .keytree import Change, KeyTree
 from .keytree import build_snapshot as build_snapshot
+from .secret import redact
 from .snapshot import loads
 
 # Where watch and snapshot look when neither --registry nor REGISTRY_URL names an etcd.
@@ -201,13 +202,20 @@ def parse_url(url: str) -> tuple[str, tuple[Endpoint, ...], bool, str]:
         "etcd3": ("etcd3", False),
         "etcd3s": ("etcd3", True),
     }
+    shown = redact(url)
+    if shown != url:  # an '@': user:password@, which must not be in the URL (nor in a message)
+        raise UsageError(
+            f"registry {shown!r}: credentials do not go in the URL; give the user in "
+            "--etcd-user (or DEVTEST_ROUTER_ETCD_USER) and the password in "
+            "DEVTEST_ROUTER_ETCD_PASSWORD"
+        )
     try:
         parts = urlsplit(url)
     except ValueError as error:  # e.g. an unclosed [ of an IPv6 address
-        raise UsageError(f"registry {url!r}: {error}; use etcd://HOST:PORT") from None
+        raise UsageError(f"registry {shown!r}: {error}; use etcd://HOST:PORT") from None
     if parts.scheme not in schemes:
         raise UsageError(
-            f"registry {url!r}: unknown scheme; use etcd://HOST:PORT[,HOST:PORT] (v2 API), "
+            f"registry {shown!r}: unknown scheme; use etcd://HOST:PORT[,HOST:PORT] (v2 API), "
             "etcd3://HOST:PORT[,...] (v3 API), http://HOST:PORT (v2, as REGISTRY_URL) or "
             "file:PATH"
         )
@@ -216,10 +224,7 @@ def parse_url(url: str) -> tuple[str, tuple[Endpoint, ...], bool, str]:
     for item in parts.netloc.split(","):
         found = _HOST_PORT.fullmatch(item)
         if not found or not 0 < int(found.group("port")) < 65536:
-            raise UsageError(
-                f"registry {url!r}: {item!r} is not HOST:PORT with a port 1-65535 "
-                "(credentials go in --etcd-user and DEVTEST_ROUTER_ETCD_PASSWORD, not the URL)"
-            )
+            raise UsageError(f"registry {shown!r}: {item!r} is not HOST:PORT with a port 1-65535")
         endpoints.append(Endpoint(found.group("host").strip("[]"), int(found.group("port"))))
     return kind, tuple(endpoints), tls, parts.path
 

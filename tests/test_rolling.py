@@ -199,7 +199,7 @@ def test_two_replicas_both_serve_and_one_killed_fails_no_request(
     url = registry_url(kind, etcd)
     router = frontend(url)
     host = f"pair-web.{DOMAIN}"
-    ttl = 3
+    ttl = 8  # keepalives every 2.7 s: a loaded machine must not let the live replica expire
     first = containers(url, "pair", "web", "replica-a", ttl=ttl)
     second = containers(url, "pair", "web", "replica-b", ttl=ttl)
     wait_for(
