@@ -110,7 +110,8 @@ def guard(ip: str, port: str, config: Config) -> Upstream | str:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return "is not an IPv4 or IPv6 address"
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    # an integer without leading zeros (080 is not 80), ASCII digits only ("²".isdigit())
+    if not (port.isascii() and port.isdigit()) or port[0] == "0" or int(port[:6]) > 65535:
         return f"has port {show(port)}, not a port number 1-65535"
     # An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is that IPv4 host: judge and route it as such.
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:

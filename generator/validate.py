@@ -96,6 +96,11 @@ RULES: tuple[tuple[tuple[str, ...], str, Rule], ...] = (
     ),
     (
         ("created",),
+        "pattern",
+        Rule("bad-created", Cost.IGNORE_KEY, "is {value}, not an RFC 3339 time", _CREATED_FIX),
+    ),
+    (
+        ("created",),
         "*",
         Rule("bad-created", Cost.IGNORE_KEY, "is {value}, not a time string", _CREATED_FIX),
     ),
@@ -455,14 +460,28 @@ def _problems(name: str, findings: list[Finding], routed: set[str]) -> list[Prob
     return list(problems)
 
 
+# RFC 3339 section 5.6's date-time exactly: full-date "T" full-time, the time with its
+# seconds and a Z or a +hh:mm/-hh:mm offset (the ABNF's letters are case-insensitive, so t
+# and z too). Not the space the RFC's note allows "for readability", no time without an
+# offset (it would be read in some zone), none of ISO 8601's other forms (2026-01-01,
+# 20260101T000000, 2026-W01-1), and no leap second (datetime has none).
+RFC_3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
 def parse_time(text: str) -> datetime | None:
     """An RFC 3339 time (as `date -u +%Y-%m-%dT%H:%M:%SZ` writes it) in UTC, or None."""
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
+    if not RFC_3339.fullmatch(text):
         return None
-    if parsed.tzinfo is None:  # etcd holds what the registrant wrote: read a bare time as UTC
-        parsed = parsed.replace(tzinfo=UTC)
+    if text[19] == ".":  # datetime reads at most 6 digits of a second
+        offset = text[19:].lstrip(".0123456789")
+        text = text[:19] + text[19 : len(text) - len(offset)][:7] + offset
+    try:
+        parsed = datetime.fromisoformat(text.upper())
+    except ValueError:  # month 13, hour 24, February 30 ...
+        return None
     try:
         return parsed.astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first representable UTC time
