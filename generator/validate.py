@@ -28,6 +28,7 @@ import referencing
 
 from .model import Deployment, Instance, Problem, Service, instance_order
 from .names import short_hash
+from .snapshot import DuplicateKeys
 
 
 class Cost(Enum):
@@ -307,6 +308,8 @@ class SnapshotValidator:
 
     def deployment(self, name: str, value: Any) -> tuple[Deployment | None, list[Problem]]:
         """The deployment with its broken parts dropped (None if nothing of it is usable)."""
+        if isinstance(value, DuplicateKeys):
+            return None, [_duplicate(name, entry) for entry in value]
         findings: list[Finding] = []
         skipped_services: AbstractSet[str] = _NONE
         skipped_instances: AbstractSet[tuple[str, str | None]] = _NONE  # (service, id)
@@ -469,6 +472,16 @@ RFC_3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?"
     r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
+
+
+def _duplicate(name: str, entry: list[str]) -> Problem:
+    key, first, second = entry
+    return Problem(
+        key,
+        "duplicate-key",
+        f"is given twice, {first} then {second}: the deployment is skipped; a registry key "
+        "holds one value (etcd never writes one twice): remove one of them from the snapshot",
+    )
 
 
 def parse_time(text: str) -> datetime | None:

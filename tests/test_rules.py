@@ -186,17 +186,17 @@ def test_a_json_port_of_more_than_4300_digits_is_a_bad_port_problem() -> None:
     assert result.code == 0, result.err
     problems = json.loads(result.out)["problems"]
     assert [(p["key"], p["code"]) for p in problems] == [
-        ("/deployment/b/service/web/port", "bad-port"),
         ("/deployment/b", "no-services"),
+        ("/deployment/b/service/web/port", "bad-port"),
     ]
-    assert len(problems[0]["message"]) < 400
+    assert len(problems[1]["message"]) < 400
 
 
 def test_a_yaml_port_of_more_than_4300_digits_is_a_bad_port_problem() -> None:
     text = f"deployment:\n  b:\n    service:\n      web: {{ip: 10.0.0.1, port: {HUGE}}}\n"
     result = cli("check", "--json", stdin=text)
     assert result.code == 0, result.err
-    assert json.loads(result.out)["problems"][0]["code"] == "bad-port"
+    assert "bad-port" in [p["code"] for p in json.loads(result.out)["problems"]]
 
 
 def test_a_config_file_that_is_not_utf8_is_a_usage_error(tmp_path: Path) -> None:
@@ -400,13 +400,13 @@ def test_a_yaml_port_is_read_as_written_not_as_octal_or_sexagesimal(port: str) -
     assert result.code == 0, result.err
     document = json.loads(result.out)
     assert document["routes"] == []
-    assert document["problems"][0]["code"] == "bad-port"
+    assert "bad-port" in [p["code"] for p in document["problems"]]
 
 
 def test_a_yaml_port_written_as_a_plain_integer_still_routes() -> None:
     text = "deployment:\n  b:\n    service:\n      web: {ip: 10.0.0.1, port: 8080}\n"
     result = cli("check", "--json", stdin=text)
-    assert [route["pool"] for route in json.loads(result.out)["routes"]] == ["10.0.0.1:8080"] * 2
+    assert [r["upstream"] for r in json.loads(result.out)["routes"]] == ["10.0.0.1:8080"] * 2
 
 
 @pytest.mark.parametrize("port", ["1", "80", "8080", "65535"])
