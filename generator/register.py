@@ -135,12 +135,14 @@ def parse_drain(text: str, source: str) -> float:
 
 def parse_ttl(text: str, source: str) -> int:
     value = text.strip()
-    if value.isascii() and value.isdigit() and int(value.lstrip("0")[:12] or "0") <= MAX_TTL:
-        return int(value.lstrip("0") or "0")
-    raise UsageError(
-        f"TTL {_shown(text)} is not a whole number of seconds from 0 (no TTL) to {MAX_TTL} "
-        f"(from {source})"
-    )
+    if not (value.isascii() and value.isdigit()):
+        raise UsageError(
+            f"TTL {_shown(text)} is not a whole number of seconds, 0 (no TTL) or more "
+            f"(from {source})"
+        )
+    if int(value.lstrip("0")[:12] or "0") > MAX_TTL:  # int() of 4,300 digits would raise
+        raise UsageError(f"TTL {_shown(text)} is more than {MAX_TTL} seconds (from {source})")
+    return int(value.lstrip("0") or "0")
 
 
 def parse_ip(text: str, source: str) -> str:
