@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_cli import CLEAN, cli, one_error_line
 from test_routing import config
 
@@ -21,7 +23,7 @@ from generator import register
 from generator.errors import SnapshotError, UsageError
 from generator.registry import parse_url
 from generator.resources import schema
-from generator.routing import guard
+from generator.routing import ALWAYS_REFUSED, guard
 from generator.snapshot import loads
 from generator.validate import SnapshotValidator, parse_time, validate
 
@@ -460,9 +462,32 @@ def test_an_ipv4_compatible_address_is_judged_as_its_ipv4_host() -> None:
 
 
 def test_every_always_refused_host_network_is_documented_in_security_md() -> None:
-    from generator.routing import ALWAYS_REFUSED
-
     listed = {str(network) for network, _ in ALWAYS_REFUSED}
     for network in ("64:ff9b:1::/48", "100.100.100.200/32", "192.0.0.192/32"):
         assert network in listed
         assert ipaddress.ip_network(network)
+
+
+IPV4_REFUSED = [network for network, _ in ALWAYS_REFUSED if network.version == 4]
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, database=None)
+@given(st.sampled_from(IPV4_REFUSED), st.integers(0, 2**32 - 1))
+def test_every_ipv6_form_of_an_always_refused_ipv4_host_is_refused(
+    network: ipaddress.IPv4Network, bits: int
+) -> None:
+    host = ipaddress.IPv4Address(int(network.network_address) | (bits & int(network.hostmask)))
+    value = int(host)
+    forms = [
+        str(host),
+        f"::ffff:{host}",  # IPv4-mapped
+        str(ipaddress.IPv6Address((0xFFFF << 32) + value)),  # IPv4-translated
+        # IPv4-compatible (not ::1: that is IPv6's loopback, never 0.0.0.1)
+        *([str(ipaddress.IPv6Address(value))] if value != 1 else []),
+        str(ipaddress.IPv6Address((0x64FF9B << 96) + value)),  # NAT64
+        str(ipaddress.IPv6Address((0x2002 << 112) + (value << 80))),  # 6to4
+    ]
+    wide = config(**WIDE, allow_loopback=True)
+    for form in forms:
+        why = guard(form, "80", wide)
+        assert isinstance(why, str) and "always refused" in why, (form, why)
