@@ -558,9 +558,10 @@ def _wait(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]
         host = hostname(label(name), label(service) if service else None, domain)
     except ValueError:
         raise UsageError(f"domain {domain!r} is not a DNS name like dev.example.com") from None
-    if not (math.isfinite(args.timeout) and args.timeout > 0):  # nan passes no comparison
+    if not (math.isfinite(args.timeout) and args.timeout >= 0):  # nan passes no comparison
         raise UsageError(
-            f"--timeout {args.timeout}: not a number of seconds; give a finite number above 0"
+            f"--timeout {args.timeout}: not a number of seconds; give a finite number, 0 (one "
+            "try) or more"
         )
     if wait_until_routed(frontend, host, args.timeout, streams.say):
         return 0
