@@ -60,7 +60,7 @@ def test_a_number_flag_of_watch_must_be_finite(tmp_path: Path, flag: str, value:
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1", "-inf", "1e999"])
 def test_wait_timeout_is_a_finite_number_0_or_more(value: str) -> None:
-    result = cli("wait", "--name", "b", "--frontend", "http://127.0.0.1:9", "--timeout", value)
+    result = cli("wait", "--name", "b", "--frontend", "http://127.0.0.1:9", f"--timeout={value}")
     one_error_line(result, 2, "--timeout", "a finite number, 0 (one try) or more")
 
 
