@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -321,9 +322,14 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str], streams: Str
     file_data = None
     if config_name:
         try:
-            file_data = yaml.safe_load(Path(config_name).read_text(encoding="utf-8"))
+            file_data = yaml.load(Path(config_name).read_text(encoding="utf-8"), _ConfigLoader)
         except OSError as error:
             raise UsageError(f"config file {config_name}: {error.strerror}") from None
+        except UnicodeDecodeError as error:
+            raise UsageError(
+                f"config file {config_name}: not UTF-8 text (byte {error.start + 1} is not); "
+                "save it as UTF-8"
+            ) from None
         except yaml.YAMLError as error:
             raise UsageError(
                 f"config file {config_name}: not valid YAML ({yaml_problem(error)})"
@@ -333,6 +339,21 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str], streams: Str
     config = resolve(schema("config"), flags, environ, file_data, config_name)
     streams.log_format = config.log_format  # the config file may set it too
     return config
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, but an integer of more digits than Python converts (4,300) stays the
+    text it was, which the settings then refuse as not an integer, naming the setting."""
+
+
+def _config_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    text = loader.construct_scalar(node)
+    if isinstance(text, str) and len(text) > 4300:
+        return text
+    return loader.construct_yaml_int(node)
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _config_int)
 
 
 def _template_folders(config: Config) -> list[Path]:
@@ -568,6 +589,11 @@ def _wait(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]
         host = hostname(label(name), label(service) if service else None, domain)
     except ValueError:
         raise UsageError(f"domain {domain!r} is not a DNS name like dev.example.com") from None
+    if not (math.isfinite(args.timeout) and args.timeout >= 0):  # nan passes no comparison
+        raise UsageError(
+            f"--timeout {args.timeout}: not a number of seconds; give a finite number, 0 (one "
+            "try) or more"
+        )
     if wait_until_routed(frontend, host, args.timeout, streams.say):
         return 0
     streams.say(f"gave up on {host} after {args.timeout:g} s")

@@ -83,7 +83,7 @@ def _from_env(key: str, text: str, spec: Mapping[str, Any]) -> Any:
     if "boolean" in kinds and text.strip().lower() in _TRUE | _FALSE:
         return text.strip().lower() in _TRUE
     if "integer" in kinds and text.strip().isascii() and text.strip().isdigit():
-        return int(text)
+        return _integer(text.strip())
     if "number" in kinds:
         try:
             return float(text)
@@ -92,6 +92,15 @@ def _from_env(key: str, text: str, spec: Mapping[str, Any]) -> Any:
     if "null" in kinds and text == "":
         return None
     return text
+
+
+# Python refuses to convert a text of more digits to an int (a denial-of-service guard); no
+# setting is near it, so such a number is left as text and refused as not an integer.
+_MAX_DIGITS = 4300
+
+
+def _integer(text: str) -> int | str:
+    return int(text) if len(text) <= _MAX_DIGITS else text
 
 
 def resolve(
@@ -155,6 +164,8 @@ def resolve(
             f"setting {key} = {show(values[key])} from {source[key]} is not valid: "
             f"{_short(error)}. {description}"
         )
+    _check_listen(values, source)
+    _check_domain(values["domain"], source["domain"])
     _check_tls(values, source)
     try:
         networks = tuple(
@@ -168,6 +179,70 @@ def resolve(
         return _config(values, networks)
     except ValueError as error:  # a Token refused a value the schema's pattern let through
         raise UsageError(f"a setting is not valid: {error}") from None
+
+
+_LISTEN_RULE = "a listen address is PORT, IPV4:PORT or [IPV6]:PORT with a port 1-65535"
+
+
+def listen_problem(text: str) -> str | None:
+    """Why `text` is not a listen address nginx takes (PORT, IPV4:PORT or [IPV6]:PORT with a
+    port 1-65535, written without leading zeros), or None."""
+    host, colon, port = text.rpartition(":")
+    if not (port.isascii() and port.isdigit()) or port.startswith("0") or int(port) > 65535:
+        return f"the port {port!r} is not 1-65535 (no leading zeros)"
+    if not colon:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{host[1:-1]!r} is not an IPv6 address"
+        return None
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return f"{host!r} is not an IPv4 address (an IPv6 address goes in brackets)"
+    return None
+
+
+def _check_listen(values: Mapping[str, Any], source: Mapping[str, str]) -> None:
+    """listen and tls_listen: what the schema's pattern lets through, checked for real."""
+    for key in ("listen", "tls_listen"):
+        for item in values[key]:
+            why = listen_problem(item)
+            if why is not None:
+                raise UsageError(
+                    f"setting {key} = {show(item)} from {source[key]} is not valid: {why}; "
+                    f"{_LISTEN_RULE}"
+                )
+
+
+def domain_problem(domain: str) -> str | None:
+    """Why `domain` cannot be the frontend's domain, or None: it must be a DNS name of at least
+    two labels (dev.example.com), or localhost; never an IP address."""
+    if domain == "localhost":
+        return None
+    try:
+        ipaddress.ip_address(domain)
+    except ValueError:
+        pass
+    else:
+        return "it is an IP address"
+    if "." not in domain:
+        return "it has no dot (a top-level domain alone)"
+    if domain.rsplit(".", 1)[1].isdigit():
+        return "its last label is all digits, as no top-level domain is"
+    return None
+
+
+def _check_domain(domain: str, source: str) -> None:
+    why = domain_problem(domain)
+    if why is not None:
+        raise UsageError(
+            f"setting domain = {show(domain)} from {source} is not valid: {why}; the domain is a "
+            "DNS name with at least one dot, like dev.example.com (or localhost on a developer "
+            "machine), never an IP address"
+        )
 
 
 def _check_tls(values: Mapping[str, Any], source: Mapping[str, str]) -> None:

@@ -59,6 +59,7 @@ DEFAULT_TTL = 30
 # serves, so no request is sent to a server that is going away. Platforms allow 10-30 s.
 DEFAULT_DRAIN = 3.0
 MAX_DRAIN = 600.0
+MAX_TTL = 9_000_000_000  # seconds: etcd's own largest lease TTL
 IMDS_URL = "http://169.254.169.254"
 METADATA_TIMEOUT = 2.0  # seconds per metadata request: the endpoints are local or absent
 IMDS_TOKEN_TTL = 60  # seconds an IMDSv2 token lives; we use it at once
@@ -109,11 +110,17 @@ def _setting(
     return None, variable
 
 
+def _shown(text: str) -> str:
+    """A setting's text for an error line: quoted, and cut when long (a 5,000-digit PORT)."""
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
 def parse_port(text: str, what: str, source: str) -> int:
     value = text.strip()
-    if value.isascii() and value.isdigit() and 0 < int(value) < 65536:
+    # at most 5 digits: int() of a text past 4,300 digits raises (Python's own guard)
+    if value.isascii() and value.isdigit() and len(value) <= 5 and 0 < int(value) < 65536:
         return int(value)
-    raise UsageError(f"{what} {text!r} is not a port number 1-65535 (from {source})")
+    raise UsageError(f"{what} {_shown(text)} is not a port number 1-65535 (from {source})")
 
 
 def parse_drain(text: str, source: str) -> float:
@@ -130,11 +137,14 @@ def parse_drain(text: str, source: str) -> float:
 
 def parse_ttl(text: str, source: str) -> int:
     value = text.strip()
-    if value.isascii() and value.isdigit():
-        return int(value)
-    raise UsageError(
-        f"TTL {text!r} is not a whole number of seconds, 0 (no TTL) or more (from {source})"
-    )
+    if not (value.isascii() and value.isdigit()):
+        raise UsageError(
+            f"TTL {_shown(text)} is not a whole number of seconds, 0 (no TTL) or more "
+            f"(from {source})"
+        )
+    if int(value.lstrip("0")[:12] or "0") > MAX_TTL:  # int() of 4,300 digits would raise
+        raise UsageError(f"TTL {_shown(text)} is more than {MAX_TTL} seconds (from {source})")
+    return int(value.lstrip("0") or "0")
 
 
 def parse_ip(text: str, source: str) -> str:

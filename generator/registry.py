@@ -226,6 +226,12 @@ def parse_url(url: str) -> tuple[str, tuple[Endpoint, ...], bool, str]:
         if not found or not 0 < int(found.group("port")) < 65536:
             raise UsageError(f"registry {shown!r}: {item!r} is not HOST:PORT with a port 1-65535")
         endpoints.append(Endpoint(found.group("host").strip("[]"), int(found.group("port"))))
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "?" in url or "#" in url:
+        # a path was silently ignored before: say so rather than read another prefix
+        raise UsageError(
+            f"registry {url!r}: a path, query or fragment is not taken (the prefix is fixed at "
+            "/deployment); give only the scheme and HOST:PORT, e.g. http://etcd:2379"
+        )
     return kind, tuple(endpoints), tls, parts.path
 
 

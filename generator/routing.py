@@ -58,9 +58,17 @@ ALWAYS_REFUSED: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str],
         ("224.0.0.0/4", _NOT_A_HOST),  # multicast
         ("ff00::/8", _NOT_A_HOST),
         ("240.0.0.0/4", _NOT_A_HOST),  # reserved, and the broadcast address
+        ("100.100.100.200/32", "is Alibaba Cloud's metadata service address"),
+        ("192.0.0.192/32", "is Oracle Cloud's metadata service address"),
+        (
+            "64:ff9b:1::/48",
+            "is a local-use NAT64 address (RFC 8215), whose IPv4 host depends on the "
+            "translator's prefix length",
+        ),
     )
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # IPv4-translated (RFC 2765, SIIT)
 
 # A network as the integers `address in network` compares: (version, network, netmask).
 Masked = tuple[int, int, int]
@@ -82,14 +90,17 @@ _REFUSED = _masks(tuple(network for network, _ in ALWAYS_REFUSED))
 
 
 def _hosts(address: Address) -> list[Address]:
-    """The address and every IPv4 host it reaches through a 6to4 or NAT64 form: each must pass
-    the guard, or `64:ff9b::a9fe:a9fe` would reach the metadata service at 169.254.169.254."""
+    """The address and every IPv4 host it reaches through a 6to4, NAT64, IPv4-translated or
+    IPv4-compatible form: each must pass the guard, or `64:ff9b::a9fe:a9fe` would reach the
+    metadata service at 169.254.169.254. (An IPv4-mapped address is its IPv4 host already.)"""
     hosts: list[Address] = [address]
     if isinstance(address, ipaddress.IPv6Address):
+        value = int(address)
         if address.sixtofour is not None:
             hosts.append(address.sixtofour)
-        if address in _NAT64:
-            hosts.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        if address in _NAT64 or address in _TRANSLATED or 1 < value < 1 << 32:
+            # the last 32 bits; ::a.b.c.d (IPv4-compatible, RFC 4291) but not :: and ::1
+            hosts.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
     return hosts
 
 
@@ -99,7 +110,8 @@ def guard(ip: str, port: str, config: Config) -> Upstream | str:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return "is not an IPv4 or IPv6 address"
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    # an integer without leading zeros (080 is not 80), ASCII digits only ("²".isdigit())
+    if not (port.isascii() and port.isdigit()) or port[0] == "0" or int(port[:6]) > 65535:
         return f"has port {show(port)}, not a port number 1-65535"
     # An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is that IPv4 host: judge and route it as such.
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,18 +23,101 @@ _StringKeyLoader.yaml_implicit_resolvers = {
 }
 
 
+def _key_text(loader: yaml.SafeLoader, key: yaml.Node) -> str:
+    return key.value if isinstance(key, yaml.ScalarNode) else str(loader.construct_object(key))
+
+
 def _string_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[str, Any]:
     """Keys as written: etcd keys are text, so `no:` is the branch "no", not False, and `1.10:`
-    is "1.10", not 1.1."""
-    loader.flatten_mapping(node)
-    mapping: dict[str, Any] = {}
+    is "1.10", not 1.1. A key written twice in the mapping itself (not one a `<<` merge brings
+    and the mapping overrides) makes it a _Twice."""
+    own: dict[str, yaml.Node] = {}
+    twice: list[tuple[str, Any, Any]] = []
     for key, value in node.value:
-        text = key.value if isinstance(key, yaml.ScalarNode) else str(loader.construct_object(key))
-        mapping[text] = loader.construct_object(value, deep=True)
+        if key.tag == "tag:yaml.org,2002:merge":
+            continue
+        text = _key_text(loader, key)
+        if text in own:
+            twice.append((text, own[text], value))
+        own[text] = value
+    loader.flatten_mapping(node)
+    mapping: dict[str, Any] = _Twice() if twice else {}
+    for key, value in node.value:
+        mapping[_key_text(loader, key)] = loader.construct_object(value, deep=True)
+    if twice:
+        assert isinstance(mapping, _Twice)
+        mapping.twice = [
+            (
+                key,
+                loader.construct_object(first, deep=True),
+                loader.construct_object(second, deep=True),
+            )
+            for key, first, second in twice
+        ]
     return mapping
 
 
+_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)")
+# Python refuses to convert a text of more digits to an int (a denial-of-service guard).
+_MAX_DIGITS = 4300
+
+
+def _integer(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int | str:
+    """A YAML integer as written in decimal; anything else YAML 1.1 reads as one (010 as 8,
+    0x50, 1:20 as 80, 1_000) stays the text it was, as etcd would hold it, and so does a
+    number of more digits than Python converts: the schema then refuses it where it matters
+    (a port), instead of taking 010 for port 8."""
+    text = str(loader.construct_scalar(node))
+    if _DECIMAL.fullmatch(text) and len(text) <= _MAX_DIGITS:
+        return int(text)
+    return text
+
+
+def _json_integer(text: str) -> int | str:
+    """A JSON integer, or its text when it has more digits than Python converts."""
+    return int(text) if len(text) <= _MAX_DIGITS else text
+
+
+class _Twice(dict[str, Any]):
+    """An object in which a key was given twice: (key, first value, second value) each."""
+
+    twice: list[tuple[str, Any, Any]]
+    made = 0  # how many were ever made: loads() looks for them only when this changed
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        _Twice.made += 1
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    mapping = dict(pairs)
+    if len(mapping) == len(pairs):
+        return mapping
+    twice: list[tuple[str, Any, Any]] = []
+    first: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in first:
+            twice.append((key, first[key], value))
+        else:
+            first[key] = value
+    marked = _Twice(mapping)
+    marked.twice = twice
+    return marked
+
+
+class DuplicateKeys(list[list[str]]):
+    """What loads() puts in place of a deployment in which a key was given twice: one
+    [key path, first value, second value] each, the values as validate.show() prints them.
+
+    etcd holds one value per key, so a duplicate comes from a snapshot written or edited by
+    hand (or corrupted): neither value can be trusted to be the one meant, and a later value
+    could hide a refused address behind a good one. So the deployment is skipped, with a
+    problem naming the key and both values, and every other deployment routes. It is a list,
+    which no deployment is, so it never compares equal to a deployment's content."""
+
+
 _StringKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _string_keys)
+_StringKeyLoader.add_constructor("tag:yaml.org,2002:int", _integer)
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:
@@ -57,7 +141,7 @@ def _kind(value: Any) -> str:
 
 def _parse(text: str, source: str) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_json_object, parse_int=_json_integer)
     except json.JSONDecodeError as json_error:
         if text.lstrip().startswith(("{", "[")):
             raise SnapshotError(
@@ -103,6 +187,7 @@ def loads(text: str, source: str = "snapshot") -> dict[str, Any]:
     Raises SnapshotError for a snapshot that is unusable as a whole; anything wrong inside a
     single deployment is left to validate.validate().
     """
+    made = _Twice.made
     try:
         data = _parse(text, source)
         too_deep = _depth(data) > MAX_DEPTH
@@ -134,7 +219,42 @@ def loads(text: str, source: str = "snapshot") -> dict[str, Any]:
             f"{source}: /deployment is {_kind(data['deployment'])}, not a directory of "
             "deployments; nothing was changed"
         )
+    if _Twice.made != made:  # a key was given twice (here, or in another thread's parse)
+        return _mark_duplicates(data, source)
     return data
+
+
+def _mark_duplicates(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """`data` with each deployment in which a key was given twice replaced by its
+    DuplicateKeys; SnapshotError for a key given twice outside any deployment."""
+    from .validate import key_path, show  # validate imports this module
+
+    found: dict[str, DuplicateKeys] = {}
+    stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, list):
+            stack.extend((child, (*path, str(index))) for index, child in enumerate(node))
+            continue
+        if not isinstance(node, dict):
+            continue
+        stack.extend((child, (*path, key)) for key, child in node.items())
+        if not isinstance(node, _Twice):
+            continue
+        for key, first, second in node.twice:
+            where = (*path, key)
+            if len(where) < 2 or where[0] != "deployment":
+                raise SnapshotError(
+                    f"{source}: the key {key_path(*where)} is given twice ({show(first)}, then "
+                    f"{show(second)}); a registry key holds one value: remove one; nothing was "
+                    "changed"
+                )
+            entry = [key_path(*where), show(first), show(second)]
+            found.setdefault(where[1], DuplicateKeys()).append(entry)
+    deployments = dict(data["deployment"])  # a plain dict, also when its own keys were twice
+    for name, entries in found.items():
+        deployments[name] = DuplicateKeys(sorted(entries))
+    return {**data, "deployment": deployments}
 
 
 def canonical(value: Any) -> str:

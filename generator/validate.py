@@ -28,6 +28,7 @@ import referencing
 
 from .model import Deployment, Instance, Problem, Service, instance_order
 from .names import short_hash
+from .snapshot import DuplicateKeys
 
 
 class Cost(Enum):
@@ -93,6 +94,11 @@ RULES: tuple[tuple[tuple[str, ...], str, Rule], ...] = (
             "remove it; if it is the rest of a branch name with '/' (feature/foo), register "
             "that branch under its slug (/deployment/feature-foo)",
         ),
+    ),
+    (
+        ("created",),
+        "pattern",
+        Rule("bad-created", Cost.IGNORE_KEY, "is {value}, not an RFC 3339 time", _CREATED_FIX),
     ),
     (
         ("created",),
@@ -302,6 +308,8 @@ class SnapshotValidator:
 
     def deployment(self, name: str, value: Any) -> tuple[Deployment | None, list[Problem]]:
         """The deployment with its broken parts dropped (None if nothing of it is usable)."""
+        if isinstance(value, DuplicateKeys):
+            return None, [_duplicate(name, entry) for entry in value]
         findings: list[Finding] = []
         skipped_services: AbstractSet[str] = _NONE
         skipped_instances: AbstractSet[tuple[str, str | None]] = _NONE  # (service, id)
@@ -455,14 +463,38 @@ def _problems(name: str, findings: list[Finding], routed: set[str]) -> list[Prob
     return list(problems)
 
 
+# RFC 3339 section 5.6's date-time exactly: full-date "T" full-time, the time with its
+# seconds and a Z or a +hh:mm/-hh:mm offset (the ABNF's letters are case-insensitive, so t
+# and z too). Not the space the RFC's note allows "for readability", no time without an
+# offset (it would be read in some zone), none of ISO 8601's other forms (2026-01-01,
+# 20260101T000000, 2026-W01-1), and no leap second (datetime has none).
+RFC_3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _duplicate(name: str, entry: list[str]) -> Problem:
+    key, first, second = entry
+    return Problem(
+        key,
+        "duplicate-key",
+        f"is given twice, {first} then {second}: the deployment is skipped; a registry key "
+        "holds one value (etcd never writes one twice): remove one of them from the snapshot",
+    )
+
+
 def parse_time(text: str) -> datetime | None:
     """An RFC 3339 time (as `date -u +%Y-%m-%dT%H:%M:%SZ` writes it) in UTC, or None."""
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
+    if not RFC_3339.fullmatch(text):
         return None
-    if parsed.tzinfo is None:  # etcd holds what the registrant wrote: read a bare time as UTC
-        parsed = parsed.replace(tzinfo=UTC)
+    if text[19] == ".":  # datetime reads at most 6 digits of a second
+        offset = text[19:].lstrip(".0123456789")
+        text = text[:19] + text[19 : len(text) - len(offset)][:7] + offset
+    try:
+        parsed = datetime.fromisoformat(text.upper())
+    except ValueError:  # month 13, hour 24, February 30 ...
+        return None
     try:
         return parsed.astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the first representable UTC time

@@ -231,7 +231,7 @@ def _spell(moment: datetime, style: int) -> str:
         return (moment + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S+02:00")
     if style == 2:
         return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
-    return moment.strftime("%Y-%m-%d %H:%M:%S")  # no zone: read as UTC
+    return moment.strftime("%Y-%m-%d %H:%M:%S")  # no zone, a space: not RFC 3339 (refused)
 
 
 created_strings: st.SearchStrategy[str] = st.one_of(
