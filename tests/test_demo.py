@@ -31,6 +31,8 @@ from harness import (
     wait_for,
 )
 
+pytestmark = pytest.mark.integration  # each test runs `make demo`: etcd, nginx, the watcher
+
 REPO = Path(__file__).resolve().parent.parent
 MARKER = "DEVTEST_ROUTER_DEMO"
 START_TIMEOUT = 120.0  # the whole start, generous: the machine is shared

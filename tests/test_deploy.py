@@ -58,6 +58,7 @@ def put_v2(etcd: Etcd, key: str, value: str) -> None:
 # the frontend image's entrypoint and health check
 
 
+@pytest.mark.integration
 def test_frontend_routes_a_registered_backend_through_its_nginx(
     frontend: Frontend, etcd: Etcd, backends: Callable[..., dict[str, Backend]]
 ) -> None:
@@ -78,6 +79,7 @@ def test_frontend_routes_a_registered_backend_through_its_nginx(
     wait_for(lambda: frontend.route("feature.dev.test")[0] == 200, 20, what="feature.dev.test")
 
 
+@pytest.mark.integration
 def test_health_check_passes_while_the_frontend_runs_and_fails_without_nginx(
     frontend: Frontend,
 ) -> None:
@@ -98,6 +100,7 @@ def test_health_check_passes_while_the_frontend_runs_and_fails_without_nginx(
     assert "nginx exited" in frontend.log.read_text()
 
 
+@pytest.mark.integration
 def test_health_check_fails_without_the_watcher(frontend: Frontend, tmp_path: Path) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -110,6 +113,7 @@ def test_health_check_fails_without_the_watcher(frontend: Frontend, tmp_path: Pa
     assert frontend.health().returncode == 0
 
 
+@pytest.mark.integration
 def test_health_check_fails_on_an_nginx_without_our_config(tmp_path: Path) -> None:
     with Nginx(tmp_path / "plain") as plain:
         (plain.conf_dir / "other.conf").write_text(
@@ -134,6 +138,7 @@ def test_health_check_fails_on_an_nginx_without_our_config(tmp_path: Path) -> No
     assert "without devtest-router's unknown-host page" in result.stdout, result.stdout
 
 
+@pytest.mark.integration
 def test_sigterm_stops_nginx_and_the_watcher(frontend: Frontend) -> None:
     assert frontend.proc is not None
     pids = frontend.pids()
@@ -149,6 +154,7 @@ def test_sigterm_stops_nginx_and_the_watcher(frontend: Frontend) -> None:
 # the example service's entrypoint
 
 
+@pytest.mark.integration
 def test_service_entrypoint_registers_is_routed_and_deregisters_on_sigterm(
     frontend: Frontend, etcd: Etcd, tmp_path: Path
 ) -> None:
@@ -196,6 +202,7 @@ def test_service_entrypoint_registers_is_routed_and_deregisters_on_sigterm(
         service.stop()
 
 
+@pytest.mark.integration
 def test_service_entrypoint_without_a_registry_runs_the_command_unregistered(
     tmp_path: Path, etcd: Etcd
 ) -> None:

@@ -198,6 +198,7 @@ def api(request: pytest.FixtureRequest, member: Etcd) -> Iterator[tuple[Registry
         registry.close()
 
 
+@pytest.mark.integration
 @settings(
     max_examples=25,
     deadline=None,
@@ -219,6 +220,7 @@ def test_events_from_etcd_make_the_snapshot_a_full_read_gives(
     assert follow(registry, read, fresh).snapshot() == fresh.snapshot
 
 
+@pytest.mark.integration
 def test_ttl_expiries_make_the_snapshot_a_full_read_gives(api: tuple[Registry, Any]) -> None:
     registry, writer = api
     writer.wipe()
@@ -243,6 +245,7 @@ def test_ttl_expiries_make_the_snapshot_a_full_read_gives(api: tuple[Registry, A
     assert follow(registry, read, fresh).snapshot() == fresh.snapshot
 
 
+@pytest.mark.integration
 def test_a_v3_event_without_a_value_is_an_empty_value(member: Etcd) -> None:
     """The gateway leaves out empty values and the PUT type (proto3 defaults)."""
     registry = open_registry(f"etcd3://{LOOPBACK}:{member.client_port}", timeout=5.0)
