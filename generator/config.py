@@ -55,6 +55,7 @@ class Config:
     removal_grace: float  # watch: seconds removals are held back after a reconnect (0: off)
     log_format: str  # plain or json: how log lines on stderr look
     metrics_listen: tuple[str, int] | None  # (IP address, port) of /healthz and /metrics
+    max_value_bytes: int  # a registry value longer than this is a problem (validate.Oversized)
 
     @property
     def tls(self) -> bool:
@@ -220,6 +221,7 @@ def _config(values: dict[str, Any], networks: tuple[Network, ...]) -> Config:
         removal_grace=float(values["removal_grace"]),
         log_format=values["log_format"],
         metrics_listen=listen_address(values["metrics_listen"]),
+        max_value_bytes=values["max_value_bytes"],
     )
 
 
