@@ -133,7 +133,7 @@ class Pipeline:
                 )
             elif len(text) <= self._max_value_bytes:  # no value in it can be longer
                 plain = _PLAIN.fullmatch(text) is not None
-                asked, problems = self._deployment(name, value, None)
+                asked, problems = self._deployment(name, value)
             else:
                 oversized, plain = find_oversized(value, self._max_value_bytes)
                 asked, problems = self._deployment(name, value, oversized)
@@ -297,7 +297,7 @@ class Pipeline:
         return {key: render_group(group_of(routes), self._templates)}
 
     def _deployment(
-        self, name: str, value: Any, oversized: Oversized | None
+        self, name: str, value: Any, oversized: Oversized | None = None
     ) -> tuple[tuple[Candidate, ...], tuple[Problem, ...]]:
         deployment, problems = self._validator.deployment(name, value, oversized)
         if deployment is None:
