@@ -299,7 +299,10 @@ class Pipeline:
     def _deployment(
         self, name: str, value: Any, oversized: Oversized | None = None
     ) -> tuple[tuple[Candidate, ...], tuple[Problem, ...]]:
-        deployment, problems = self._validator.deployment(name, value, oversized)
+        if oversized is None:  # the common case, called as before
+            deployment, problems = self._validator.deployment(name, value)
+        else:
+            deployment, problems = self._validator.deployment(name, value, oversized)
         if deployment is None:
             return (), tuple(problems)
         asked, trouble = candidates(deployment, self.config)
