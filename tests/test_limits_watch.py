@@ -135,6 +135,40 @@ def test_a_file_watcher_holding_a_billion_laughs_routes_the_rest_and_stops_on_si
     no_internal_error(router)
 
 
+@KINDS
+def test_twenty_stray_keys_of_1_mb_cost_their_keys_and_memory_about_their_size(
+    kind: str,
+    etcd: Etcd,
+    frontend: Callable[..., Frontend],
+    backends: Callable[..., dict[str, Backend]],
+) -> None:
+    """The issue's reproduction: 20 stray keys of 1 MB under one deployment took the watcher
+    from 45 MB to 2.47 GB. Now each is a problem (the key is ignored, the deployment routes),
+    and the watcher grows by about what the registry holds."""
+    web = backends("big", "later")
+    url = registry_url(kind, etcd)
+    router = frontend(url)
+    register(url, "big", web["big"])
+    router.wait_route(f"big-web.{DOMAIN}", "big")
+    assert router.process is not None
+    start = vm_rss_mb(router.process.pid)
+    for index in range(20):
+        put(etcd, kind, f"/deployment/big/stray{index}", "x" * 1_000_000)
+    register(url, "later", web["later"])
+    router.wait_route(f"later-web.{DOMAIN}", "later", timeout=60)
+    wait_for(
+        lambda: "/deployment/big/stray19: is 1000000 bytes" in router.log.read_text(),
+        60,
+        what=f"the stray keys' problems:\n{router.log_tail()}",
+    )
+    router.wait_route(f"big-web.{DOMAIN}", "big")
+    no_internal_error(router)
+    grown = vm_rss_mb(router.process.pid) - start
+    bound = MEMORY_BASE_MB + MEMORY_PER_REGISTRY_BYTE * 20
+    assert grown <= bound, f"the watcher grew by {grown:.0f} MB (bound {bound:.0f} MB)"
+    assert "x" * 100 not in router.log.read_text()
+
+
 # ------------------------------------------------------------------------------------------
 # property: random nested and oversized trees through a running watcher
 
