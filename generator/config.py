@@ -58,6 +58,7 @@ class Config:
     allow_empty: bool  # watch: an absent /deployment prefix is no services, not a registry error
     log_format: str  # plain or json: how log lines on stderr look
     metrics_listen: tuple[str, int] | None  # (IP address, port) of /healthz and /metrics
+    max_value_bytes: int  # a registry value longer than this is a problem (validate.Oversized)
 
     @property
     def tls(self) -> bool:
@@ -301,6 +302,7 @@ def _config(values: dict[str, Any], networks: tuple[Network, ...]) -> Config:
         allow_empty=values["allow_empty"],
         log_format=values["log_format"],
         metrics_listen=listen_address(values["metrics_listen"]),
+        max_value_bytes=values["max_value_bytes"],
     )
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -36,6 +35,7 @@ from .registry import (
     Tls,
     address,
 )
+from .snapshot import parse_json
 
 T = TypeVar("T")
 
@@ -181,7 +181,8 @@ class EtcdV2Registry:
                 return Read({"deployment": {}}, index, KeyTree(), absent=True)
             with no_gc():
                 try:
-                    node = json.loads(response.data)["node"]
+                    # however deep its directories nest (a 1,500-level key is valid etcd)
+                    node = parse_json(response.data)["node"]
                     keys = KeyTree(_values(node))
                 except (ValueError, KeyError, TypeError) as error:  # _Malformed is a ValueError
                     raise RegistryUnavailable(

@@ -251,7 +251,8 @@ class EtcdV3Registry:
                         raise _Unanswered(f"HTTP {response.status_code} {response.reason}")
                     if response.status_code != 200:
                         raise Etcd3Exception(response.text, response.reason)
-                    for line in response.iter_lines():
+                    confirmed: list[bool] = []  # [True] once etcd confirmed the watch
+                    for line in _messages(response, confirmed, self.timeout, deadline):
                         if not line.strip():
                             continue
                         try:
@@ -282,6 +283,7 @@ class EtcdV3Registry:
                             raise Etcd3Exception(reason, reason)
                         if result.get("created") and not created:
                             created = True
+                            confirmed.append(True)
                             _wait_until(response, deadline)
                         events = result.get("events")
                         if events:
@@ -700,6 +702,29 @@ def _revoke(client: Etcd3Client, lease: int) -> None:
     except Etcd3Exception as error:
         if _grpc_code(error) != _GRPC_NOT_FOUND:
             raise  # not found: expired already, its keys are gone
+
+
+def _messages(
+    response: requests.Response, confirmed: list[bool], timeout: float, deadline: float
+) -> Iterator[bytes]:
+    """The watch's messages, one a line. Once the watch is created, its reads wait only until
+    the deadline (see _wait_until); but a message that has begun to arrive is read whole, each
+    read waiting up to `timeout`: an event with a large value (a megabyte) takes many reads,
+    and cut off at a short quiet period it would be asked for again, and cut off again, forever.
+    (Not requests' iter_lines: it joins a long line's 512-byte chunks at quadratic cost.)"""
+    pending = b""
+    for chunk in response.iter_content(chunk_size=65536):
+        pending += chunk
+        if b"\n" not in chunk:
+            if pending.strip() and confirmed:
+                _wait_until(response, time.monotonic() + timeout)  # a message is arriving
+            continue
+        *lines, pending = pending.split(b"\n")
+        yield from lines
+        if confirmed:  # between messages wait only until the deadline; the rest of one, longer
+            _wait_until(response, time.monotonic() + timeout if pending.strip() else deadline)
+    if pending:
+        yield pending
 
 
 def _wait_until(response: requests.Response, deadline: float) -> None:

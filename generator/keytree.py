@@ -14,6 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .memory import no_gc
+from .snapshot import MAX_DEPTH, TOO_DEEP
+
+# A key's segments from its deployment's name on: /deployment/<branch> and MAX_DEPTH more. A
+# deployment with a deeper key is left out of the snapshot (snapshot.TOO_DEEP in its place):
+# it costs only itself, and no later stage recurses on it.
+_LONGEST = MAX_DEPTH + 1
 
 PREFIX = "/deployment"
 _UNDER = PREFIX + "/"
@@ -37,9 +43,13 @@ def deployment_of(key: str) -> str | None:
     return name or None
 
 
-def _insert(root: dict[str, Any], key: str, value: str) -> None:
-    """Put `value` at `key`'s path under `root`."""
-    _place(root, key[len(PREFIX) :].strip("/").split("/"), value)
+def _insert(root: dict[str, Any], key: str, value: str) -> bool:
+    """Put `value` at `key`'s path under `root`; False (nothing put) for a key too deep."""
+    parts = key[len(PREFIX) :].strip("/").split("/")
+    if len(parts) > _LONGEST:
+        return False
+    _place(root, parts, value)
+    return True
 
 
 def _place(root: dict[str, Any], parts: list[str], value: str) -> None:
@@ -64,9 +74,12 @@ def build_snapshot(pairs: Iterable[tuple[str, str | None]]) -> dict[str, Any]:
     nests, as it does in etcd v2.
     """
     deployments: dict[str, Any] = {}
+    deep: set[str] = set()
     for key, value in pairs:
-        if value is not None and deployment_of(key) is not None:
-            _insert(deployments, key, value)
+        name = deployment_of(key) if value is not None else None
+        if name is not None and value is not None and not _insert(deployments, key, value):
+            deep.add(name)
+    deployments.update(dict.fromkeys(deep, TOO_DEEP))
     return {"deployment": deployments}
 
 
@@ -82,6 +95,7 @@ class KeyTree:
         # 175,000 keys), that also groups the keys by deployment.
         groups: dict[str, dict[str, str]] = {}
         deployments: dict[str, Any] = {}
+        deep: list[str] = []
         cut = len(PREFIX)
         with no_gc():
             for key, value in pairs:
@@ -95,7 +109,11 @@ class KeyTree:
                 if group is None:
                     group = groups[name] = {}
                 group[key] = value
-                _place(deployments, parts, value)
+                if len(parts) > _LONGEST:
+                    deep.append(name)
+                else:
+                    _place(deployments, parts, value)
+            deployments.update(dict.fromkeys(deep, TOO_DEEP))
         self._groups = groups  # deployment -> {key: value}
         self._trees = deployments  # deployment -> its part of the snapshot
         self._dirty: set[str] = set()
@@ -139,8 +157,9 @@ class KeyTree:
                 self._trees.pop(name, None)
                 continue
             root: dict[str, Any] = {}
+            deep = False
             for key, value in group.items():
-                _insert(root, key, value)
-            self._trees[name] = root[name]
+                deep = not _insert(root, key, value) or deep
+            self._trees[name] = TOO_DEEP if deep else root[name]
         self._dirty.clear()
         return {"deployment": dict(self._trees)}

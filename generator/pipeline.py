@@ -19,8 +19,8 @@ from .model import Problem, Route, RoutingTable, Token
 from .names import label
 from .render import Part, group_of, joined_routes_id, render_group, skeleton_text, splice
 from .routing import Candidate, candidates, reserved_hosts, settle_host
-from .snapshot import canonical, deployment_part, snapshot_id_of
-from .validate import SnapshotValidator
+from .snapshot import Refused, canonical, deployment_part, snapshot_id_of
+from .validate import Oversized, SnapshotValidator, find_oversized, key_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,10 @@ class Rendered:
 
 
 # Canonical JSON of objects, lists, strings and null only (no number, true or false).
-_PLAIN = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[{}\[\]:,]|null)*')
+# Possessive: no backtracking state is kept per character (a regex that may backtrack holds
+# memory for every character it matched, many times the text). Only matched against texts of at
+# most max_value_bytes; a longer deployment is walked instead (validate.find_oversized).
+_PLAIN = re.compile(r'(?:"(?:[^"\\]|\\.)*+"|[{}\[\]:,]|null)*+')
 
 
 class _Work(NamedTuple):
@@ -77,6 +80,7 @@ class Pipeline:
         self._validator = SnapshotValidator(snapshot_schema)
         self._templates = templates
         self._reserved = reserved_hosts(config)
+        self._max_value_bytes = config.max_value_bytes
         self._reset()
 
     def _reset(self) -> None:
@@ -115,12 +119,24 @@ class Pipeline:
             kept = work.get(name)
             if kept is not None and kept.plain and kept.value == value:
                 continue
-            text = canonical(value)
+            refused = isinstance(value, Refused)
+            # no canonical JSON starts with "!": a refused deployment's part is its own
+            text = "!" + value if refused else canonical(value)
             part = deployment_part(name, text)
             if kept is not None and kept.part == part:
                 continue
-            plain = _PLAIN.fullmatch(text) is not None
-            asked, problems = self._deployment(name, value)
+            asked: tuple[Candidate, ...] = ()
+            if refused:
+                plain = False
+                problems: tuple[Problem, ...] = (
+                    Problem(key_path("deployment", name), value.code, str(value)),
+                )
+            elif len(text) <= self._max_value_bytes:  # no value in it can be longer
+                plain = _PLAIN.fullmatch(text) is not None
+                asked, problems = self._deployment(name, value)
+            else:
+                oversized, plain = find_oversized(value, self._max_value_bytes)
+                asked, problems = self._deployment(name, value, oversized)
             changed.append((name, kept, _Work(value, plain, part, asked, problems)))
         added = sum(1 for _, kept, _ in changed if kept is None)
         if len(work) + added > len(deployments):  # some were removed
@@ -281,9 +297,12 @@ class Pipeline:
         return {key: render_group(group_of(routes), self._templates)}
 
     def _deployment(
-        self, name: str, value: Any
+        self, name: str, value: Any, oversized: Oversized | None = None
     ) -> tuple[tuple[Candidate, ...], tuple[Problem, ...]]:
-        deployment, problems = self._validator.deployment(name, value)
+        if oversized is None:  # the common case, called as before
+            deployment, problems = self._validator.deployment(name, value)
+        else:
+            deployment, problems = self._validator.deployment(name, value, oversized)
         if deployment is None:
             return (), tuple(problems)
         asked, trouble = candidates(deployment, self.config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import yaml
@@ -139,9 +139,119 @@ def _kind(value: Any) -> str:
     return "empty" if value is None else kinds.get(type(value), type(value).__name__)
 
 
+_SPACE = re.compile(r"[ \t\n\r]*")
+_NUMBER = re.compile(r"(-?(?:0|[1-9][0-9]*))(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+_CONSTANTS = {"null": None, "true": True, "false": False}
+
+
+def parse_json(text: str | bytes, snapshot: bool = False) -> Any:
+    """json.loads, and where it gives up on nesting (Python's recursion limit, about 1,000
+    levels) the same parse without recursion: text that is valid JSON always parses, however
+    deep, so a deep registry entry can cost only its own deployment (see loads, KeyTree).
+
+    `snapshot`: as a snapshot is read, a key given twice is marked (see _Twice) and an integer
+    of more digits than Python converts stays text; etcd's own answers need neither."""
+    pairs: Callable[[list[tuple[str, Any]]], dict[str, Any]] = _json_object if snapshot else dict
+    integer: Callable[[str], Any] = _json_integer if snapshot else int
+    try:
+        if snapshot:
+            return json.loads(text, object_pairs_hook=pairs, parse_int=integer)
+        return json.loads(text)
+    except RecursionError:
+        deep = text.decode("utf-8") if isinstance(text, bytes) else text
+        return _parse_deep(deep, pairs, integer)
+
+
+def _parse_deep(
+    text: str,
+    pairs: Callable[[list[tuple[str, Any]]], dict[str, Any]] = dict,
+    integer: Callable[[str], Any] = int,
+) -> Any:
+    """json.loads without recursion: a stack of the objects and lists still open. The same
+    values (objects made by `pairs` from their key-value pairs, integers by `integer`), and a
+    json.JSONDecodeError where json.loads would raise one (not always its words)."""
+    scan: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+    # (an object?, its pairs or items so far, the pending key of an object)
+    stack: list[tuple[bool, list[Any], str]] = []
+
+    def space(at: int) -> int:
+        found = _SPACE.match(text, at)
+        return found.end() if found else at
+
+    def key(at: int) -> tuple[str, int]:
+        """An object's key and its ':' at `at`; the position of its value."""
+        if text[at : at + 1] != '"':
+            raise json.JSONDecodeError(
+                "Expecting property name enclosed in double quotes", text, at
+            )
+        name, at = scan(text, at + 1, True)
+        at = space(at)
+        if text[at : at + 1] != ":":
+            raise json.JSONDecodeError("Expecting ':' delimiter", text, at)
+        return name, space(at + 1)
+
+    at = space(0)
+    while True:
+        char = text[at : at + 1]
+        value: Any
+        if char == "{" or char == "[":
+            at = space(at + 1)
+            closing = "}" if char == "{" else "]"
+            if text[at : at + 1] == closing:
+                value, at = (pairs([]) if char == "{" else []), at + 1
+            elif char == "{":
+                name, at = key(at)
+                stack.append((True, [], name))
+                continue
+            else:
+                stack.append((False, [], ""))
+                continue
+        elif char == '"':
+            value, at = scan(text, at + 1, True)
+        else:
+            number = _NUMBER.match(text, at)
+            word = next(
+                (
+                    w
+                    for w in (*_CONSTANTS, "NaN", "Infinity", "-Infinity")
+                    if text.startswith(w, at)
+                ),
+                None,
+            )
+            if word is not None:
+                value = _CONSTANTS[word] if word in _CONSTANTS else float(word)
+                at += len(word)
+            elif number is not None:
+                whole, fraction, exponent = number.groups()
+                value = float(number.group()) if fraction or exponent else integer(whole)
+                at = number.end()
+            else:
+                raise json.JSONDecodeError("Expecting value", text, at)
+        while True:  # `value` is complete: put it into its container, closing those that end
+            if not stack:
+                at = space(at)
+                if at != len(text):
+                    raise json.JSONDecodeError("Extra data", text, at)
+                return value
+            is_object, items, name = stack[-1]
+            items.append((name, value) if is_object else value)
+            at = space(at)
+            char = text[at : at + 1]
+            if char == ",":
+                at = space(at + 1)
+                if is_object:
+                    name, at = key(at)
+                    stack[-1] = (True, items, name)
+                break
+            if char != ("}" if is_object else "]"):
+                raise json.JSONDecodeError("Expecting ',' delimiter", text, at)
+            value, at = (pairs(items) if is_object else items), at + 1
+            stack.pop()
+
+
 def _parse(text: str, source: str) -> Any:
     try:
-        return json.loads(text, object_pairs_hook=_json_object, parse_int=_json_integer)
+        return parse_json(text, snapshot=True)
     except json.JSONDecodeError as json_error:
         if text.lstrip().startswith(("{", "[")):
             raise SnapshotError(
@@ -156,53 +266,83 @@ def _parse(text: str, source: str) -> Any:
         ) from None
 
 
-# /deployment/<branch>/service/<service>/ip is 5 levels. Deeper than this is no registry, and
-# it keeps every later stage (jsonschema, snapshot_id's json.dumps) far from the recursion limit.
+# /deployment/<branch>/service/<service>/instance/<id>/ip is 5 levels below /deployment/<branch>.
+# A deployment nested deeper than this is no registry entry: it is left out while reading (see
+# Refused), so no later stage (jsonschema, json.dumps, the watcher's key walks) ever recurses
+# on more than MAX_DEPTH + 2 levels. The rest of a snapshot (keys beside "deployment") may nest
+# MAX_DEPTH levels in all.
 MAX_DEPTH = 64
+# What YAML aliases may add to a snapshot beyond the values written: a merge key (<<: *base)
+# repeats a few; a "billion laughs" file (aliases of aliases) repeats 10^9 and is refused.
+MAX_ALIAS_VALUES = 10_000
+
+
+class Refused(str):
+    """A deployment left out while reading, in the snapshot in its place: its text is what is
+    wrong, the problem the pipeline reports for it (the deployment is skipped) with `code`. A
+    registry value is never a Refused, even with the same text: only reading makes one."""
+
+    code: str
+
+    def __new__(cls, code: str, text: str) -> Refused:
+        made = super().__new__(cls, text)
+        made.code = code
+        return made
+
+
+TOO_DEEP = Refused(
+    "too-deep",
+    f"nests deeper than {MAX_DEPTH} levels: the deployment is skipped; register keys at most "
+    f"{MAX_DEPTH} levels below /deployment/<branch> (a branch name with '/' nests: register it "
+    "under its slug)",
+)
+ALIAS_BOMB = Refused(
+    "too-many-aliases",
+    f"its YAML aliases repeat more than {MAX_ALIAS_VALUES} values: the deployment is skipped; "
+    "write the values out, or use fewer aliases",
+)
 
 
 _JSON_LEAVES = (str, int, float, bool, type(None))
 
 
-def _depth(data: Any) -> int:
-    """How deeply objects and lists nest in `data`, found without recursion.
+def _shape(data: Any, deepest: int, budget: int) -> tuple[Refused | None, int]:
+    """(why `data` is refused or None, how many values it holds), found without recursion.
 
+    More than `deepest` levels of objects and lists (a YAML alias cycle is endless nesting) or
+    more than `budget` values (YAML aliases can repeat a value without end) stop the walk.
     Raises TypeError for anything JSON cannot hold (YAML's !!timestamp, !!binary, !!set ...).
     """
-    deepest, stack = 0, [(data, 1)]
+    count, stack = 0, [(data, 0)]
     while stack:
         node, depth = stack.pop()
+        count += 1
+        if count > budget:
+            return ALIAS_BOMB, count
         if isinstance(node, dict | list):
-            deepest = max(deepest, depth)
+            if depth >= deepest:
+                return TOO_DEEP, count
             children = node.values() if isinstance(node, dict) else node
             stack.extend((child, depth + 1) for child in children)
         elif not isinstance(node, _JSON_LEAVES):
             raise TypeError(type(node).__name__)
-    return deepest
+    return None, count
 
 
 def loads(text: str, source: str = "snapshot") -> dict[str, Any]:
     """Parse JSON, or failing that YAML, and check the snapshot's outer shape.
 
-    Raises SnapshotError for a snapshot that is unusable as a whole; anything wrong inside a
-    single deployment is left to validate.validate().
+    Raises SnapshotError for a snapshot that is unusable as a whole. A deployment nested
+    deeper than MAX_DEPTH, or made too big by YAML aliases, is left out: a Refused in its place.
+    Anything else wrong inside a single deployment is left to validate.validate().
     """
     made = _Twice.made
     try:
         data = _parse(text, source)
-        too_deep = _depth(data) > MAX_DEPTH
-    except RecursionError:
-        too_deep = True
-    except TypeError as error:
+    except RecursionError:  # YAML nested deeper than PyYAML's parser goes (JSON never is)
         raise SnapshotError(
-            f"{source}: holds a {error} value, which etcd cannot (a YAML tag such as !!binary?); "
-            "nothing was changed"
+            f"{source}: nested too deeply to be a registry snapshot; nothing was changed"
         ) from None
-    if too_deep:
-        raise SnapshotError(
-            f"{source}: nested more than {MAX_DEPTH} levels deep, too deeply to be a registry "
-            "snapshot; nothing was changed"
-        )
     if not isinstance(data, dict):
         raise SnapshotError(
             f"{source}: the snapshot is {_kind(data)}, not an object with a 'deployment' key; "
@@ -214,11 +354,36 @@ def loads(text: str, source: str = "snapshot") -> dict[str, Any]:
             "services'); nothing was changed. Read the /deployment prefix, e.g. "
             "etcdwatch -d /deployment"
         )
-    if not isinstance(data["deployment"], dict):
+    deployments = data["deployment"]
+    if not isinstance(deployments, dict):
         raise SnapshotError(
-            f"{source}: /deployment is {_kind(data['deployment'])}, not a directory of "
+            f"{source}: /deployment is {_kind(deployments)}, not a directory of "
             "deployments; nothing was changed"
         )
+    # Parsed JSON is a tree: no value is repeated. YAML aliases repeat values (the same object
+    # again): what they may add is bounded, each deployment refunded what it held once refused.
+    budget = len(text) + MAX_ALIAS_VALUES
+    try:
+        rest = {key: value for key, value in data.items() if key != "deployment"}
+        refused, count = _shape(rest, MAX_DEPTH, budget)
+        if refused is not None:
+            what = "nests" if refused is TOO_DEEP else "repeats (YAML aliases)"
+            raise SnapshotError(
+                f"{source}: what is beside /deployment {what} too much to be a registry "
+                "snapshot; nothing was changed"
+            )
+        budget -= count
+        for name, value in deployments.items():
+            refused, count = _shape(value, MAX_DEPTH, budget)
+            if refused is not None:
+                deployments[name] = refused
+            else:
+                budget -= count
+    except TypeError as error:
+        raise SnapshotError(
+            f"{source}: holds a {error} value, which etcd cannot (a YAML tag such as !!binary?); "
+            "nothing was changed"
+        ) from None
     if _Twice.made != made:  # a key was given twice (here, or in another thread's parse)
         return _mark_duplicates(data, source)
     return data

@@ -252,6 +252,7 @@ _PLAIN_INCOMPLETE = Rule(
     "its own ip and port keys route once both are written",
 )
 _INCOMPLETE_SERVICE = next(rule for _, _, rule in RULES if rule.code == "incomplete-service")
+_BAD_CREATED = next(rule for _, _, rule in RULES if rule.code == "bad-created")
 _BAD_INSTANCE_ID = next(rule for _, _, rule in RULES if rule.code == "bad-instance-id")
 
 _PLAIN = re.compile(r"[A-Za-z0-9._~:@+=,-]{1,64}")
@@ -306,16 +307,27 @@ class SnapshotValidator:
             else None
         )
 
-    def deployment(self, name: str, value: Any) -> tuple[Deployment | None, list[Problem]]:
-        """The deployment with its broken parts dropped (None if nothing of it is usable)."""
+    def deployment(
+        self, name: str, value: Any, oversized: Oversized | None = None
+    ) -> tuple[Deployment | None, list[Problem]]:
+        """The deployment with its broken parts dropped (None if nothing of it is usable).
+
+        `oversized` (see find_oversized): its values are validated as a stand-in that no rule
+        passes, each costs what the rules say a bad value there costs, and its problem says
+        how big it was. The value itself is never copied, printed or used.
+        """
         if isinstance(value, DuplicateKeys):
             return None, [_duplicate(name, entry) for entry in value]
+        if oversized is not None and oversized.sizes:
+            value = _stand_ins(value, oversized.sizes)
         findings: list[Finding] = []
         skipped_services: AbstractSet[str] = _NONE
         skipped_instances: AbstractSet[tuple[str, str | None]] = _NONE  # (service, id)
         ignored: AbstractSet[tuple[str, ...]] = _NONE
         if not self._passes(value):
             findings = list(self._findings(value))
+            if oversized is not None and oversized.sizes:
+                findings = [_too_large(finding, oversized) for finding in findings]
             skipped_services, skipped_instances, ignored = set(), set(), set()
             for where, rule, _ in findings:
                 cost = rule.cost
@@ -335,7 +347,10 @@ class SnapshotValidator:
         created = None
         if "created" in value and ("created",) not in ignored:
             created = parse_time(value["created"])
-            if created is None:
+            if created is None and oversized is not None and ("created",) in oversized.sizes:
+                finding = _too_large((("created",), _BAD_CREATED, {}), oversized)
+                problems.extend(_problems(name, [finding], set()))
+            elif created is None:
                 problems.append(
                     Problem(
                         key_path("deployment", name, "created"),
@@ -400,6 +415,81 @@ class SnapshotValidator:
 # Where (relative to the deployment), the rule, and the values its `says` names.
 Finding = tuple[tuple[str, ...], Rule, dict[str, str]]
 _NONE: frozenset[Any] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Oversized:
+    """The values of a deployment longer than the limit (max_value_bytes): where (relative to
+    the deployment) -> their size in bytes (UTF-8)."""
+
+    limit: int
+    sizes: dict[tuple[str, ...], int]
+
+
+# What an oversized value is validated as: no rule passes it (not an address, a port or a time).
+_STAND_IN = "\x00"
+
+
+def find_oversized(value: Any, limit: int) -> tuple[Oversized, bool]:
+    """The values in a deployment longer than `limit` bytes, and whether it holds only objects,
+    lists, strings and null (JSON whose `==` is its text's). Iterative: no recursion on
+    registry data (snapshot.loads and keytree bound its depth)."""
+    sizes: dict[tuple[str, ...], int] = {}
+    plain = True
+    stack: list[tuple[tuple[str, ...], Any]] = [((), value)]
+    shortest = limit // 4  # a character is at most 4 bytes in UTF-8
+    while stack:
+        at, node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(((*at, key), child) for key, child in node.items())
+        elif isinstance(node, list):
+            stack.extend(((*at, str(index)), child) for index, child in enumerate(node))
+        elif isinstance(node, str):
+            if len(node) > shortest:
+                size = len(node) if node.isascii() else len(node.encode("utf-8", "surrogatepass"))
+                if size > limit:
+                    sizes[at] = size
+        elif node is not None:
+            plain = False
+    return Oversized(limit, sizes), plain
+
+
+def _stand_ins(value: Any, sizes: Mapping[tuple[str, ...], int]) -> Any:
+    """`value` with _STAND_IN at each path of `sizes`: the objects and lists on the way are
+    copied (shallow), everything else is shared."""
+    if () in sizes:
+        return _STAND_IN
+    root: Any = _copy(value)
+    copied: set[tuple[str, ...]] = {()}
+    for path in sizes:
+        node = root
+        for depth, part in enumerate(path[:-1]):
+            step: Any = int(part) if isinstance(node, list) else part
+            if path[: depth + 1] not in copied:
+                node[step] = _copy(node[step])
+                copied.add(path[: depth + 1])
+            node = node[step]
+        last = path[-1]
+        node[int(last) if isinstance(node, list) else last] = _STAND_IN
+    return root
+
+
+def _copy(node: Any) -> Any:
+    return dict(node) if isinstance(node, dict) else list(node)
+
+
+def _too_large(finding: Finding, oversized: Oversized) -> Finding:
+    """A finding on an oversized value, said as its size (its cost is the rule's)."""
+    where, rule, _ = finding
+    size = oversized.sizes.get(where)
+    if size is None:
+        return finding
+    says = f"is {size} bytes, more than max_value_bytes ({oversized.limit})"
+    fix = (
+        "registry values are short (addresses, ports, times): write the right value, or "
+        "raise max_value_bytes"
+    )
+    return where, Rule("value-too-large", rule.cost, says, fix), {}
 
 
 def _bad_ids(value: Any) -> list[tuple[str, str]]:

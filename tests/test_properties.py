@@ -80,8 +80,8 @@ SURROGATE_STRAY_KEY = {
 }
 # Fixed in 7b22ad7: a registry key nested ~1000 directories deep (etcdwatch makes every '/' a
 # level) -> json.loads raised RecursionError: exit 3 instead of 123. (10,000 levels here, since
-# Hypothesis raises the recursion limit while it runs a test.) Still OPEN just below the depth
-# json.loads gives up at: see test_cli_at_the_deepest_nesting_it_parses_is_not_an_internal_error.
+# Hypothesis raises the recursion limit while it runs a test.) Fixed in issue 10 at every depth:
+# only the deep deployment is skipped (test_cli_at_any_nesting_is_not_an_internal_error).
 
 
 class Named(str):
@@ -521,36 +521,21 @@ def nested(depth: int) -> str:
     return '{"deployment": {"x": ' + '{"a": ' * depth + "null" + "}" * depth + "}}"
 
 
-def test_cli_at_the_deepest_nesting_it_parses_is_not_an_internal_error() -> None:
-    """OPEN BUG: snapshot.loads turns json.loads' RecursionError into exit 123, but a snapshot just
-    shallow enough to parse then overflows snapshot_id's json.dumps, deeper in the stack: exit 3
-    (from a shell, `devtest-router check --json` on nested(986) or nested(987)). Where that band
-    lies depends on the stack, so this bisects for the deepest nesting the CLI still parses and
-    runs it there and just below: a later stage that recurses deeper than json.loads fails there
-    first.
-    """
-    results: dict[int, tuple[int, str]] = {}
+def test_cli_at_any_nesting_is_not_an_internal_error() -> None:
+    """Fixed (issue 10): snapshot.loads read a snapshot just shallow enough for json.loads and
+    then overflowed snapshot_id's json.dumps (exit 3), and a deeper one was unusable as a whole
+    (exit 123). Every depth now parses (without recursion where json.loads gives up) and costs
+    only the deep deployment: around json.loads' limit, and far beyond it."""
+    limit = sys.getrecursionlimit()
+    depths = [1, 64, 65, *range(limit - 20, limit + 20, 3), 4 * limit]
     with tempfile.TemporaryDirectory(prefix="devtest-props-") as folder:
         path = Path(folder) / "snapshot.json"
-
-        def probe(depth: int) -> int:
+        for depth in depths:
             path.write_text(nested(depth), encoding="utf-8")
-            code, _, err = run_cli(["check", "--json", str(path)])
-            results[depth] = (code, err)
-            return code
-
-        parses, too_deep = 1, 4 * sys.getrecursionlimit()
-        assert probe(parses) == 0 and probe(too_deep) == 123
-        while too_deep - parses > 1:
-            middle = (parses + too_deep) // 2
-            if probe(middle) == 123:
-                too_deep = middle
-            else:
-                parses = middle
-        for depth in range(parses - 5, parses):
-            probe(depth)
-    internal = {depth: err for depth, (code, err) in sorted(results.items()) if code == 3}
-    assert not internal, f"exit 3 at depths {sorted(internal)}: {next(iter(internal.values()))}"
+            code, out, err = run_cli(["check", "--json", str(path)])
+            assert code == 0, f"exit {code} at depth {depth}: {err}"
+            found = [problem["code"] for problem in json.loads(out)["problems"]]
+            assert ("too-deep" in found) == (depth > 64), (depth, found)
 
 
 # --------------------------------------------------------------------------

@@ -176,7 +176,16 @@ def test_a_registry_url_without_a_path_or_with_slash_is_taken(url: str) -> None:
 # Low 5: more internal errors that were bad input
 
 
-def test_a_json_port_of_more_than_4300_digits_is_a_bad_port_problem() -> None:
+@pytest.mark.parametrize(
+    ("limit", "code"),
+    [
+        (None, "value-too-large"),  # 4,301 digits are more than max_value_bytes' 4096
+        ("8192", "bad-port"),  # within the limit, the number is read as text: not a port
+    ],
+)
+def test_a_json_port_of_more_than_4300_digits_is_a_port_problem(
+    limit: str | None, code: str
+) -> None:
     snapshot = {
         "deployment": {
             **CLEAN["deployment"],
@@ -184,12 +193,13 @@ def test_a_json_port_of_more_than_4300_digits_is_a_bad_port_problem() -> None:
         }
     }
     text = json.dumps(snapshot).replace('"port": 1}', f'"port": {HUGE}}}')
-    result = cli("check", "--json", stdin=text)
+    environ = {"DEVTEST_ROUTER_MAX_VALUE_BYTES": limit} if limit else {}
+    result = cli("check", "--json", stdin=text, environ=environ)
     assert result.code == 0, result.err
     problems = json.loads(result.out)["problems"]
     assert [(p["key"], p["code"]) for p in problems] == [
         ("/deployment/b", "no-services"),
-        ("/deployment/b/service/web/port", "bad-port"),
+        ("/deployment/b/service/web/port", code),
     ]
     assert len(problems[1]["message"]) < 400
 
