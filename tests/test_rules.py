@@ -204,11 +204,17 @@ def test_a_json_port_of_more_than_4300_digits_is_a_port_problem(
     assert len(problems[1]["message"]) < 400
 
 
-def test_a_yaml_port_of_more_than_4300_digits_is_a_bad_port_problem() -> None:
+@pytest.mark.parametrize(
+    ("limit", "code"), [(None, "value-too-large"), ("8192", "bad-port")]
+)  # as for JSON above
+def test_a_yaml_port_of_more_than_4300_digits_is_a_port_problem(
+    limit: str | None, code: str
+) -> None:
     text = f"deployment:\n  b:\n    service:\n      web: {{ip: 10.0.0.1, port: {HUGE}}}\n"
-    result = cli("check", "--json", stdin=text)
+    environ = {"DEVTEST_ROUTER_MAX_VALUE_BYTES": limit} if limit else {}
+    result = cli("check", "--json", stdin=text, environ=environ)
     assert result.code == 0, result.err
-    assert "bad-port" in [p["code"] for p in json.loads(result.out)["problems"]]
+    assert code in [p["code"] for p in json.loads(result.out)["problems"]]
 
 
 def test_a_config_file_that_is_not_utf8_is_a_usage_error(tmp_path: Path) -> None:
