@@ -60,6 +60,19 @@ class Rule:
     fix: str  # what to do
 
 
+# An instance's address, in the service's own keys or under instance/<id>: one rule each.
+_BAD_IP = Rule(
+    "bad-ip",
+    Cost.SKIP_INSTANCE,
+    "is {value}, not an IPv4 or IPv6 address",
+    "register the container's address (names are never resolved)",
+)
+_BAD_PORT = Rule(
+    "bad-port",
+    Cost.SKIP_INSTANCE,
+    "is {value}, not a port number 1-65535",
+    "register the container's host port",
+)
 _CREATED_FIX = (
     "the deployment routes but loses any hostname collision; write date -u +%Y-%m-%dT%H:%M:%SZ"
 )
@@ -145,22 +158,12 @@ RULES: tuple[tuple[tuple[str, ...], str, Rule], ...] = (
     (
         ("service", "*", "ip"),
         "*",
-        Rule(
-            "bad-ip",
-            Cost.SKIP_INSTANCE,
-            "is {value}, not an IPv4 or IPv6 address",
-            "register the container's address (names are never resolved)",
-        ),
+        _BAD_IP,
     ),
     (
         ("service", "*", "port"),
         "*",
-        Rule(
-            "bad-port",
-            Cost.SKIP_INSTANCE,
-            "is {value}, not a port number 1-65535",
-            "register the container's host port",
-        ),
+        _BAD_PORT,
     ),
     (
         ("service", "*", "instance"),
@@ -224,22 +227,12 @@ RULES: tuple[tuple[tuple[str, ...], str, Rule], ...] = (
     (
         ("service", "*", "instance", "*", "ip"),
         "*",
-        Rule(
-            "bad-ip",
-            Cost.SKIP_INSTANCE,
-            "is {value}, not an IPv4 or IPv6 address",
-            "register the container's address (names are never resolved)",
-        ),
+        _BAD_IP,
     ),
     (
         ("service", "*", "instance", "*", "port"),
         "*",
-        Rule(
-            "bad-port",
-            Cost.SKIP_INSTANCE,
-            "is {value}, not a port number 1-65535",
-            "register the container's host port",
-        ),
+        _BAD_PORT,
     ),
 )
 
