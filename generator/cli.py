@@ -20,7 +20,7 @@ from .apply import apply, checked_text, plan
 from .config import ENV_PREFIX, Config, resolve
 from .errors import Error, UsageError
 from .incremental import Engine
-from .memory import release_free_memory
+from .memory import keep_large_blocks_apart, release_free_memory
 from .model import RoutingTable
 from .names import hostname, label
 from .observe import Outcome, problem_fields
@@ -511,6 +511,7 @@ def _describe(result: Plan, rendered: Rendered, config: Config, pages: SitePlan)
 
 def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
     config = _settings(args, environ, streams)
+    keep_large_blocks_apart()  # a long-running process: see memory.keep_large_blocks_apart
     registry = registry_from_args(args, environ)
     engine = Engine(config, schema("snapshot"), templates(config))
     writer = site_writer(config)  # kept: it remembers the pages it wrote

@@ -11,6 +11,8 @@ import copy
 import dataclasses
 import errno
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -209,6 +211,30 @@ def test_free_heap_pages_go_back_to_the_system() -> None:
     blocks = [bytearray(100_000) for _ in range(400)]
     del blocks[:-1]
     assert release_free_memory() is True
+
+
+_HEAP_GROWTH = """
+import ctypes, sys
+from generator.memory import keep_large_blocks_apart
+libc = ctypes.CDLL(None)
+libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
+if sys.argv[1] == "set":
+    assert keep_large_blocks_apart()
+big = bytearray(4 << 20)
+del big  # glibc raises its mmap threshold to the size of a mapped block freed (4 MB here)
+before = libc.sbrk(0)
+blocks = [bytearray(512 << 10) for _ in range(8)]
+print(libc.sbrk(0) - before)
+"""
+
+
+@pytest.mark.parametrize(("how", "heap_grows"), [("set", False), ("default", True)])
+def test_large_blocks_get_their_own_mapping_once_set(how: str, heap_grows: bool) -> None:
+    # In a process of its own: the setting lasts for the life of the process.
+    done = subprocess.run(
+        [sys.executable, "-c", _HEAP_GROWTH, how], capture_output=True, text=True, check=True
+    )
+    assert (int(done.stdout) >= 4 << 20) is heap_grows, done.stdout
 
 
 @pytest.mark.parametrize("forged_at", [None, 0, -1])
