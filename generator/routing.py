@@ -173,31 +173,28 @@ def members(
 ) -> tuple[tuple[Member, ...], list[Problem]]:
     """The instances of `service` whose addresses pass the guard, and a problem for each other."""
     passed: list[Member] = []
-    problems: list[Problem] = []
+    refused: list[tuple[Instance, str]] = []
     for instance in service.instances:
         upstream = guard(instance.ip, instance.port, config)
         if isinstance(upstream, str):
-            problems.append(_refused(deployment, service, instance, upstream))
+            refused.append((instance, upstream))
         else:
             passed.append(Member(instance.id, upstream))
-    if passed and problems:  # the service routes: only the refused instances are skipped
-        problems = [
-            Problem(p.key, p.code, p.message.replace(_SERVICE_SKIPPED, _INSTANCE_SKIPPED))
-            for p in problems
-        ]
+    # While some instance passes, the service routes: only the refused instances are skipped.
+    cost = _INSTANCE_SKIPPED if passed else _SERVICE_SKIPPED
+    problems = [
+        Problem(
+            instance_key(deployment.name, service.name, instance.id),
+            "refused-upstream",
+            f"upstream {_address(instance.ip, instance.port)} {why}; {cost}",
+        )
+        for instance, why in refused
+    ]
     return tuple(passed), problems
 
 
 _SERVICE_SKIPPED = "the service is skipped"
 _INSTANCE_SKIPPED = "the instance is skipped; the service's other instances route"
-
-
-def _refused(deployment: Deployment, service: Service, instance: Instance, why: str) -> Problem:
-    return Problem(
-        instance_key(deployment.name, service.name, instance.id),
-        "refused-upstream",
-        f"upstream {_address(instance.ip, instance.port)} {why}; {_SERVICE_SKIPPED}",
-    )
 
 
 def candidates(deployment: Deployment, config: Config) -> tuple[list[Candidate], list[Problem]]:
