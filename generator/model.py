@@ -49,11 +49,13 @@ class Upstream:
 
     address: Address
     port: int
-    text: str = field(init=False, compare=False, repr=False)  # ipaddress's str() is slow
+    # ipaddress's str() is slow; a Token, so that a single-address route's pool is this very
+    # string (100,000 routes would otherwise hold 8 MB of copies)
+    text: Token = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         host = f"[{self.address}]" if self.address.version == 6 else str(self.address)
-        object.__setattr__(self, "text", f"{host}:{self.port}")
+        object.__setattr__(self, "text", Token(f"{host}:{self.port}"))
 
     def __str__(self) -> str:
         return self.text

@@ -162,7 +162,7 @@ def pool(deployment: str, service: str, members: tuple[Member, ...]) -> Token:
     instance that comes or goes changes the group's servers, not the hostname map."""
     upstreams = {member.upstream for member in members}
     if len(upstreams) == 1:
-        return Token(next(iter(upstreams)).text)
+        return next(iter(upstreams)).text
     return Token(
         f"{label(deployment, service)}--{short_hash(f'{len(deployment)}:{deployment}{service}')}"
     )
