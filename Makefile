@@ -50,7 +50,7 @@ bench: $(BIN)/devtest-router deps
 # docs/configuration.md from schema/config.schema.json and the CLI's flags (tests/test_docs.py
 # fails when it is out of date).
 docs: $(BIN)/devtest-router
-	$(BIN)/python -m generator.config_reference --output docs/configuration.md
+	$(BIN)/python -m generator.cli.reference --output docs/configuration.md
 
 lint: $(BIN)/devtest-router
 	$(BIN)/ruff check generator tests

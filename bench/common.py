@@ -42,7 +42,7 @@ MB = 1024 * 1024
 
 def config(**overrides: Any) -> Any:
     """A Config as `devtest-router` resolves it from flags (no environment, no file)."""
-    from generator.config import resolve
+    from generator.core.config import resolve
     from generator.resources import schema
 
     flags = {"domain": DOMAIN, "listen": ["127.0.0.1:8080"], "nginx": NGINX, **overrides}
@@ -50,7 +50,7 @@ def config(**overrides: Any) -> Any:
 
 
 def templates() -> Any:
-    from generator.render import environment
+    from generator.core.render import environment
     from generator.resources import data_dir
 
     return environment([data_dir("templates")])
@@ -65,11 +65,11 @@ def snapshot_schema() -> dict[str, Any]:
 def naive_build(snapshot: Mapping[str, Any], cfg: Any, env: Any) -> Any:
     """pipeline.build from scratch, whichever signature it has today (its third argument was a
     prepared SnapshotValidator, and is now the snapshot schema)."""
-    from generator import pipeline
+    from generator.core import pipeline
 
     third = list(inspect.signature(pipeline.build).parameters)[2]
     if third == "validator":
-        from generator.validate import SnapshotValidator
+        from generator.core.validate import SnapshotValidator
 
         return pipeline.build(snapshot, cfg, SnapshotValidator(snapshot_schema()), env)
     return pipeline.build(snapshot, cfg, snapshot_schema(), env)
@@ -77,18 +77,18 @@ def naive_build(snapshot: Mapping[str, Any], cfg: Any, env: Any) -> Any:
 
 def checked_text(rendered: Any, cfg: Any) -> str:
     """apply.checked_text without any memory of earlier checks: the crossplane gate, cold."""
-    from generator.apply import checked_text as gate
+    from generator.nginx.apply import checked_text as gate
 
     text: str = gate(rendered, cfg)
     return text
 
 
 def engine_class() -> Any:
-    """generator.incremental.Engine, or None while it does not exist."""
+    """generator.watch.engine.Engine, or None while it does not exist."""
     try:
-        module = importlib.import_module("generator.incremental")
+        module = importlib.import_module("generator.watch.engine")
     except ModuleNotFoundError as error:
-        if error.name != "generator.incremental":
+        if error.name != "generator.watch.engine":
             raise
         return None
     return getattr(module, "Engine", None)
@@ -150,20 +150,20 @@ def median(values: list[float]) -> float:
 
 # Which phase a call into the package counts for, by the module that defines the function.
 CATEGORIES = {
-    "generator.validate": "validate",
-    "generator.routing": "route",
-    "generator.render": "render",
-    "generator.snapshot": "id",  # snapshot_id, and the per-deployment canonical JSON
-    "generator.check": "check: our rules",
+    "generator.core.validate": "validate",
+    "generator.core.routing": "route",
+    "generator.core.render": "render",
+    "generator.core.snapshot": "id",  # snapshot_id, and the per-deployment canonical JSON
+    "generator.core.check": "check: our rules",
 }
 
 
 class Attribution:
     """Splits a real pipeline.build (or Engine.build) and apply.checked_text into phases.
 
-    While active, the functions that generator.pipeline, generator.incremental and
-    generator.apply call from the validate, routing, render, snapshot and check modules (and the
-    methods of the classes they use from there, e.g. SnapshotValidator.deployment), and
+    While active, the functions that generator.core.pipeline, generator.watch.engine and
+    generator.nginx.apply call from the validate, routing, render, snapshot and check modules
+    (and the methods of the classes they use from there, e.g. SnapshotValidator.deployment), and
     crossplane.parse, are wrapped in timers. Only the outermost wrapped call is counted, so
     nothing counts twice. With memory=True (under tracemalloc) each category also gets the
     memory its calls left allocated. Whatever the builder does itself is the rest.
@@ -205,9 +205,9 @@ class Attribution:
         import crossplane
 
         self._patch(crossplane, "parse", "check: crossplane parse")
-        callers = ["generator.pipeline", "generator.apply"]
+        callers = ["generator.core.pipeline", "generator.nginx.apply"]
         if engine_class() is not None:
-            callers.append("generator.incremental")
+            callers.append("generator.watch.engine")
         seen_classes: set[type] = set()
         for caller in callers:
             module = importlib.import_module(caller)

@@ -247,7 +247,7 @@ class Stage:
                 raise RuntimeError(f"no first apply within {waited:.0f} s:\n{self.log_tail()}")
             time.sleep(0.05)
         self.facts["first_apply_seconds"] = time.perf_counter() - start
-        from generator.names import hostname
+        from generator.core.names import hostname
 
         host = hostname(self.last_preloaded, "web", common.DOMAIN)
         if wait_live(self.nginx.port, host, 30) is None:
@@ -280,7 +280,7 @@ class Stage:
         return "\n".join(text.splitlines()[-lines:])
 
     def registry(self) -> Any:
-        from generator.registry import open_registry
+        from generator.registry.base import open_registry
 
         if self._registry is None:
             self._registry = open_registry(self.url, timeout=30.0)
@@ -300,8 +300,8 @@ class Stage:
     # -- measurements ---------------------------------------------------------------------------
 
     def _entry(self, index: int, service: str) -> tuple[Any, str]:
-        from generator.names import hostname
-        from generator.registry import Entry
+        from generator.core.names import hostname
+        from generator.registry.base import Entry
 
         assert self.backend is not None
         name = synthetic.slug(synthetic.branch_name(index))
@@ -349,8 +349,8 @@ class Stage:
 
     def naive_event(self) -> dict[str, Any]:
         """One event's work done here from scratch, step by step (see the module's doc)."""
-        from generator import apply as applying
-        from generator.nginx import Wrapper, run_command
+        from generator.nginx import apply as applying
+        from generator.nginx.wrapper import Wrapper, run_command
 
         assert self.nginx is not None
         cfg = self.settings()
@@ -439,7 +439,7 @@ class Stage:
 
     def under_load(self, applies: int = 50, control_seconds: float = 5.0) -> dict[str, Any]:
         """wrk against one routed hostname while `applies` applies reload nginx."""
-        from generator import apply as applying
+        from generator.nginx import apply as applying
 
         assert self.nginx is not None and self.watcher is not None
         _end(self.watcher)  # from here on the applies below are the only writer

@@ -13,14 +13,14 @@ pipeline makes into validate, routing, render, snapshot, check and crossplane (s
 common.Attribution). A second pass under tracemalloc gives each phase's peak memory.
 
 nginx -t then tests the written file inside the same minimal wrapper the apply uses
-(generator.nginx.Wrapper): wall time and the child's peak memory.
+(generator.nginx.wrapper.Wrapper): wall time and the child's peak memory.
 
 The naive baseline of the cold pipeline is a bare regenerate in the same process: json.loads,
 one f-string line per route, write. No validation, no routing rules, no check: what the
 original regenerate.py did, and the floor any generator pays. Its ratio says what the checks
 cost, in a unit that does not depend on how fast or busy the machine is.
 
-Warm (--warm): with generator.incremental.Engine, a first build of the whole registry, then one
+Warm (--warm): with generator.watch.engine.Engine, a first build of the whole registry, then one
 deployment changed at a time (5 times): engine.build + engine.check, against the naive baseline
 pipeline.build + apply.checked_text on the same changed snapshot; the two texts must be equal.
 """
@@ -61,7 +61,7 @@ def write_file(path: Path, text: str) -> None:
 
 def cold(text: str, folder: Path, cfg: Any, env: Any) -> tuple[dict[str, Any], str]:
     """One cold pass, timed; (phases in seconds, the text written)."""
-    from generator.snapshot import loads
+    from generator.core.snapshot import loads
 
     phases: dict[str, float] = {}
     peaks: dict[str, float | None] = {}
@@ -105,7 +105,7 @@ def cold(text: str, folder: Path, cfg: Any, env: Any) -> tuple[dict[str, Any], s
 def cold_memory(text: str, folder: Path, cfg: Any, env: Any) -> dict[str, Any]:
     """The same pass under tracemalloc: per phase, the peak above what was allocated when the
     phase began, and what the phase left allocated. (Times under tracemalloc are not used.)"""
-    from generator.snapshot import loads
+    from generator.core.snapshot import loads
 
     gc.collect()
     found: dict[str, Any] = {}
@@ -177,7 +177,7 @@ def child_peak_mb(argv: list[str]) -> float:
 
 
 def nginx_argv(wrapper: Any) -> list[str]:
-    """The argv of wrapper.test(nginx), as generator.nginx.Wrapper builds it."""
+    """The argv of wrapper.test(nginx), as generator.nginx.wrapper.Wrapper builds it."""
     folder = str(wrapper.folder)
     return [
         common.NGINX, "-t", "-q", "-p", folder, "-c", str(wrapper.path),
@@ -189,7 +189,7 @@ def nginx_test(folder: Path, output: Path) -> dict[str, Any]:
     """nginx -t on `output` in the apply's wrapper (Wrapper.test, as the apply runs it), three
     times, and the same on an empty file (the cost of nginx -t itself); each one's peak memory
     from a run of the same command line under child_peak_mb."""
-    from generator.nginx import Wrapper
+    from generator.nginx.wrapper import Wrapper
 
     found: dict[str, Any] = {}
     empty = folder / "empty.conf"
@@ -289,7 +289,7 @@ def run(snapshot_path: Path, with_warm: bool) -> dict[str, Any]:
         result["memory"] = cold_memory(text, folder, cfg, env)
         spent["tracemalloc pass"] = time.perf_counter() - start
         if with_warm:
-            from generator.snapshot import loads
+            from generator.core.snapshot import loads
 
             start = time.perf_counter()
             result["warm"] = warm(loads(text), cfg, env)

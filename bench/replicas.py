@@ -11,7 +11,7 @@ servers per service, N blocks, and a map line per route naming its group.
   without the split into phases), then the file written; its size.
 - nginx -t: bench/pipeline.py's nginx_test on the written file, in the apply's wrapper: wall
   time (median of 3) and peak memory, beside nginx -t on an empty file.
-- warm: generator.incremental.Engine, a first build of the whole registry, then one instance of
+- warm: generator.watch.engine.Engine, a first build of the whole registry, then one instance of
   one deployment's web service replaced at a time (a rolling redeploy's step: the group's
   servers change, no map line does), 5 times: engine.build + engine.check, against the naive
   rebuild (pipeline from scratch + crossplane gate) of the same snapshot; the texts must be equal.
@@ -39,8 +39,8 @@ WARM_CHANGES = 5
 
 def run(services: int, count: int) -> dict[str, Any]:
 
-    from generator.incremental import Engine
-    from generator.pipeline import plan_between
+    from generator.core.pipeline import plan_between
+    from generator.watch.engine import Engine
 
     cfg = common.config()
     env = common.templates()

@@ -187,7 +187,7 @@ def pipeline_figures(routes: int, found: dict[str, Any]) -> list[Figure]:
                     "s",
                     baseline="naive rebuild",
                     baseline_value=warm["naive_seconds"],
-                    note="warm: not implemented (no generator.incremental.Engine)",
+                    note="warm: not implemented (no generator.watch.engine.Engine)",
                 )
             )
         else:

@@ -42,7 +42,7 @@ PREFIX = "/deployment"
 
 
 def slug(name: str) -> str:
-    """As generator.names.slug (GitLab's CI_COMMIT_REF_SLUG), kept here so that this module
+    """As generator.core.names.slug (GitLab's CI_COMMIT_REF_SLUG), kept here so that this module
     needs nothing from the package under test."""
     return "".join(c if c.isascii() and c.isalnum() else "-" for c in name.lower()).strip("-")
 

@@ -17,12 +17,12 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from generator import pipeline
-from generator.config import Config
-from generator.model import Deployment
-from generator.render import environment
+from generator.core import pipeline
+from generator.core.config import Config
+from generator.core.model import Deployment
+from generator.core.render import environment
+from generator.core.validate import SnapshotValidator
 from generator.resources import data_dir, schema
-from generator.validate import SnapshotValidator
 
 TEMPLATES = environment([data_dir("templates")])
 SCHEMA = schema("snapshot")

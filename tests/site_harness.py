@@ -20,9 +20,9 @@ from pathlib import Path
 
 from harness import find_binary
 
-from generator import routing
-from generator.config import Config
-from generator.model import Deployment, Instance, Member, RoutingTable, Service
+from generator.core import routing
+from generator.core.config import Config
+from generator.core.model import Deployment, Instance, Member, RoutingTable, Service
 
 InstanceSpec = tuple[str | None, str, int]  # (instance id or None: the ip/port keys, ip, port)
 

@@ -1,7 +1,7 @@
 """`devtest-router apply` against a real nginx on loopback, with real HTTP backends.
 
-Most tests call generator.cli.main() in-process (fast); the stdin test and the lock test run the
-installed command in real subprocesses, as etcdwatch does. The reload command is wrapped in
+Most tests call generator.cli.main.main() in-process (fast); the stdin test and the lock test
+run the installed command in real subprocesses, as etcdwatch does. The reload command is wrapped in
 `sh -c '<nginx -s reload> && echo x >> reloads'` so a test can count the reloads that ran.
 """
 
@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from harness import Backend, Nginx, Response, find_binary, http_request, wait_for
 
-from generator.cli import main
-from generator.snapshot import snapshot_id
+from generator.cli.main import main
+from generator.core.snapshot import snapshot_id
 
 pytestmark = pytest.mark.integration
 

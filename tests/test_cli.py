@@ -1,6 +1,6 @@
 """The command line: settings and their sources, output formats, and one clear line per error.
 
-Everything runs generator.cli.main() in-process with StringIO streams and an explicit environ,
+Everything runs generator.cli.main.main() in-process with StringIO streams and an explicit environ,
 except where a real process is the point (no traceback on a terminal, `python -m generator`).
 No nginx here: `render` and `check` need none, and every apply below stops before it.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from generator import __version__
-from generator.cli import EXIT_CODES, main
+from generator.cli.main import EXIT_CODES, main
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).with_name("devtest-router")

@@ -20,8 +20,8 @@ import pytest
 from harness import Nginx, pid_alive, wait_for
 from test_apply import DOMAIN, LOCK, Router, finish, waiting_on
 
-from generator.cli import main
-from generator.nginx import run_command
+from generator.cli.main import main
+from generator.nginx.wrapper import run_command
 
 CLI = Path(sys.executable).with_name("devtest-router")
 
@@ -54,7 +54,7 @@ def test_an_interrupted_run_takes_the_hung_command_along(tmp_path: Path) -> None
     """Ctrl-C (SIGINT) while a command hangs: the command and what it started end too."""
     code = (
         "import sys\n"
-        "from generator.nginx import run_command\n"
+        "from generator.nginx.wrapper import run_command\n"
         "run_command(sys.argv[1], timeout=600)\n"
     )
     proc = subprocess.Popen(

@@ -26,8 +26,8 @@ import yaml
 from deploy_harness import Frontend, Service, router_bin, v2_keys
 from harness import Backend, Etcd, Nginx, find_binary, http_request, pid_alive, wait_for
 
-from generator import cli
-from generator.config import ENV_PREFIX
+from generator.cli import main as cli
+from generator.core.config import ENV_PREFIX
 from generator.resources import schema
 
 
@@ -244,7 +244,7 @@ PLATFORM_VARIABLES = {"PATH", "GIT_STRATEGY"}  # read by the OS or the CI platfo
 def variables_the_code_reads() -> set[str]:
     """Environment variables devtest-router, the deploy scripts or the example app read."""
     known = {ENV_PREFIX + key.upper() for key in schema("config")["properties"]}
-    for path in [*sorted((REPO / "generator").glob("*.py")), DEPLOY_DIR / "service/app.py"]:
+    for path in [*sorted((REPO / "generator").rglob("*.py")), DEPLOY_DIR / "service/app.py"]:
         text = path.read_text(encoding="utf-8")
         known |= set(re.findall(r'environ\.get\(\s*"([A-Z][A-Z0-9_]*)"', text))
         known |= set(re.findall(r'_setting\([^)]*?"([A-Z][A-Z0-9_]*)"\s*\)', text))

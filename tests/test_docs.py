@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from generator.cli import EXIT_CODES, _parser
-from generator.config import ENV_PREFIX, resolve
-from generator.config_reference import main, reference, setting_flags
-from generator.errors import UsageError
+from generator.cli.main import EXIT_CODES, _parser
+from generator.cli.reference import main, reference, setting_flags
+from generator.core.config import ENV_PREFIX, resolve
+from generator.core.errors import UsageError
+from generator.core.routing import ALWAYS_REFUSED
 from generator.resources import schema
-from generator.routing import ALWAYS_REFUSED
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

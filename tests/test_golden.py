@@ -10,7 +10,7 @@ and what devtest-router prints for it:
     expected.conf                    stdout of `devtest-router render`
     expected-table.json              stdout of `devtest-router check --json`
     expected-problems.txt            stderr of `devtest-router render`: one line per problem
-    expected-site/                   the site apply writes into site_dir (generator/site.py):
+    expected-site/                   the site apply writes into site_dir (generator/site/pages.py):
                                      index.html, deployments.json and the 404 pages
 
 After a change that is meant to change the output, regenerate and review what changed:
@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from generator import site
-from generator.cli import main
-from generator.config import resolve
-from generator.pipeline import build
-from generator.render import TEMPLATE, environment
+from generator.cli.main import main
+from generator.core.config import resolve
+from generator.core.pipeline import build
+from generator.core.render import TEMPLATE, environment
+from generator.core.snapshot import loads
 from generator.resources import data_dir, schema
-from generator.snapshot import loads
+from generator.site import pages as site
 
 if TYPE_CHECKING:
     from conftest import Goldens

@@ -23,15 +23,17 @@ import strategies
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from generator import apply, resources, site
-from generator.apply import Checker, checked_text
-from generator.config import resolve
-from generator.errors import InternalError
-from generator.incremental import Engine
+from generator import resources
+from generator.core.config import resolve
+from generator.core.errors import InternalError
+from generator.core.pipeline import Rendered, build, make_plan, plan_between, route_destination
+from generator.core.render import Fragment, environment
 from generator.memory import release_free_memory
-from generator.pipeline import Rendered, build, make_plan, plan_between, route_destination
-from generator.render import Fragment, environment
-from generator.site_apply import SiteWriter
+from generator.nginx import apply
+from generator.nginx.apply import Checker, checked_text
+from generator.site import pages as site
+from generator.site.writer import SiteWriter
+from generator.watch.engine import Engine
 
 CONFIG = resolve(resources.schema("config"), {"domain": "dev.test", "allow_loopback": True}, {})
 TEMPLATES = environment([resources.data_dir("templates")])

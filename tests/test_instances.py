@@ -18,10 +18,11 @@ import strategies
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from generator import pipeline, render, resources
-from generator.config import resolve
-from generator.model import Deployment, Problem, instance_order
-from generator.validate import INSTANCE_ID, SnapshotValidator, key_path, validate
+from generator import resources
+from generator.core import pipeline, render
+from generator.core.config import resolve
+from generator.core.model import Deployment, Problem, instance_order
+from generator.core.validate import INSTANCE_ID, SnapshotValidator, key_path, validate
 
 VALIDATOR = SnapshotValidator(resources.schema("snapshot"))
 TEMPLATES = render.environment([resources.data_dir("templates")])

@@ -24,8 +24,8 @@ from harness import LOOPBACK, Etcd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from generator.keytree import PREFIX, Change, KeyTree, build_snapshot
-from generator.registry import Read, Registry, open_registry
+from generator.registry.base import Read, Registry, open_registry
+from generator.registry.keytree import PREFIX, Change, KeyTree, build_snapshot
 
 # ------------------------------------------------------------------------------------------
 # pure: KeyTree.apply + snapshot() == build_snapshot of the keys the changes leave

@@ -20,11 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_cli import cli
 
-from generator.config import resolve
-from generator.errors import UsageError
-from generator.keytree import PREFIX, Change, KeyTree, build_snapshot
-from generator.pipeline import _PLAIN
-from generator.snapshot import MAX_DEPTH, TOO_DEEP, Refused, loads, parse_json
+from generator.core.config import resolve
+from generator.core.errors import UsageError
+from generator.core.pipeline import _PLAIN
+from generator.core.snapshot import MAX_DEPTH, TOO_DEEP, Refused, loads, parse_json
+from generator.registry.keytree import PREFIX, Change, KeyTree, build_snapshot
 
 BIN = Path(sys.executable).parent / "devtest-router"
 CREATED = "2026-11-28T10:00:00Z"
@@ -74,7 +74,7 @@ JSON_VALUES = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(JSON_VALUES, st.sampled_from([None, 2, 0]))
 def test_the_parse_without_recursion_reads_what_json_loads_reads(value: Any, indent: Any) -> None:
-    from generator.snapshot import _parse_deep
+    from generator.core.snapshot import _parse_deep
 
     text = json.dumps(value, indent=indent)
     assert _parse_deep(text) == json.loads(text)
@@ -82,7 +82,7 @@ def test_the_parse_without_recursion_reads_what_json_loads_reads(value: Any, ind
 
 @pytest.mark.parametrize("bad", ['{"a" 1}', "[1,]", "[1 2]", "{", "[" * 100_000, '{"a":1}x', ""])
 def test_the_parse_without_recursion_refuses_what_json_loads_refuses(bad: str) -> None:
-    from generator.snapshot import _parse_deep
+    from generator.core.snapshot import _parse_deep
 
     with pytest.raises(json.JSONDecodeError):
         _parse_deep(bad)

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from watch_harness import BIN, DOMAIN, KINDS, Frontend, registry_url
 
-from generator.registry import Entry, open_registry
-from generator.snapshot import MAX_DEPTH
+from generator.core.snapshot import MAX_DEPTH
+from generator.registry.base import Entry, open_registry
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from generator.names import MAX_LABEL, is_label, label, slug
+from generator.core.names import MAX_LABEL, is_label, label, slug
 
 
 @pytest.mark.parametrize(

@@ -26,11 +26,15 @@ from site_harness import deployment, table
 from test_watch import entry
 from watch_harness import BIN, DOMAIN, Frontend, registry_url
 
-from generator import site
-from generator.config import listen_address, resolve
-from generator.metrics import Status, exposure
-from generator.model import Deployment, Route, RoutingTable
-from generator.observe import (
+from generator.core.config import listen_address, resolve
+from generator.core.model import Deployment, Route, RoutingTable
+from generator.core.pipeline import Rendered
+from generator.registry.base import open_registry
+from generator.resources import schema
+from generator.site import pages as site
+from generator.streams import LEVELS, format_line
+from generator.watch.metrics import Status, exposure
+from generator.watch.observe import (
     Check,
     Health,
     InstanceCount,
@@ -40,10 +44,6 @@ from generator.observe import (
     starting,
     update,
 )
-from generator.pipeline import Rendered
-from generator.registry import open_registry
-from generator.resources import schema
-from generator.streams import LEVELS, format_line
 
 APPLIED = re.compile(r"\(registry index \d+\)$")  # the last words of a successful apply's line
 

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from harness import LOOPBACK, Etcd, b64, unb64, wait_for
 
-from generator.cli import main
-from generator.registry import Entry, Registry, Removal, open_registry
+from generator.cli.main import main
+from generator.registry.base import Entry, Registry, Removal, open_registry
 
 pytestmark = pytest.mark.integration
 

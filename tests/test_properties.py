@@ -36,12 +36,16 @@ from strategies import (
     realistic_snapshots,
 )
 
-from generator import apply, check, cli, nginx, pipeline, render, resources, routing
-from generator import snapshot as snapshot_module
-from generator.config import Config, resolve
-from generator.errors import CheckError, SnapshotError
-from generator.model import Member, Route, RouteKind, RoutingTable, Token, Upstream
-from generator.validate import SnapshotValidator, validate
+from generator import resources
+from generator.cli import main as cli
+from generator.core import check, pipeline, render, routing
+from generator.core import snapshot as snapshot_module
+from generator.core.config import Config, resolve
+from generator.core.errors import CheckError, SnapshotError
+from generator.core.model import Member, Route, RouteKind, RoutingTable, Token, Upstream
+from generator.core.validate import SnapshotValidator, validate
+from generator.nginx import apply
+from generator.nginx import wrapper as nginx
 
 VALIDATOR = SnapshotValidator(resources.schema("snapshot"))
 TEMPLATES = render.environment([resources.data_dir("templates")])
@@ -847,8 +851,8 @@ def test_nginx_assertion_catches_a_hash_nginx_cannot_build(nginx_binary: str) ->
 
 from strategies import private_v4, ula_v6  # noqa: E402
 
-from generator.model import Deployment, Instance, Service, instance_order  # noqa: E402
-from generator.validate import parse_time  # noqa: E402
+from generator.core.model import Deployment, Instance, Service, instance_order  # noqa: E402
+from generator.core.validate import parse_time  # noqa: E402
 
 _instance_addresses = st.one_of(
     private_v4.map(str),

@@ -29,10 +29,10 @@ from typing import Any
 import pytest
 from harness import LOOPBACK, Etcd, free_port, free_ports, http_request, port_open, wait_for
 
-from generator.cli import main
-from generator.errors import UsageError
-from generator.names import label
-from generator.register import (
+from generator.cli.main import main
+from generator.core.errors import UsageError
+from generator.core.names import label
+from generator.register.command import (
     DEFAULT_TTL,
     MetadataUnavailable,
     ecs_address,
@@ -42,7 +42,7 @@ from generator.register import (
     slug_note,
     task_id,
 )
-from generator.registry import Entry, FileRegistry, Removal
+from generator.registry.base import Entry, FileRegistry, Removal
 
 CLI = Path(sys.executable).with_name("devtest-router")
 PYTHON = sys.executable

@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 from harness import LOOPBACK, Etcd, wait_for
 
-from generator.etcd3 import EtcdV3Registry
-from generator.registry import (
+from generator.registry.base import (
     Entry,
     HistoryLost,
     Registry,
@@ -29,6 +28,7 @@ from generator.registry import (
     Tls,
     open_registry,
 )
+from generator.registry.etcd3 import EtcdV3Registry
 
 pytestmark = pytest.mark.integration
 

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from generator.errors import UsageError
-from generator.etcd2 import EtcdV2Registry
-from generator.etcd3 import EtcdV3Registry
-from generator.registry import (
+from generator.core.errors import UsageError
+from generator.registry.base import (
     Endpoint,
     FileRegistry,
     Tls,
@@ -17,6 +15,8 @@ from generator.registry import (
     open_registry,
     parse_url,
 )
+from generator.registry.etcd2 import EtcdV2Registry
+from generator.registry.etcd3 import EtcdV3Registry
 
 # --------------------------------------------------------------------------------------------
 # parse_url

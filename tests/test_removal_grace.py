@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 from strategies import arbitrary_snapshots
 
 from generator import resources
-from generator.config import resolve
-from generator.errors import UsageError
-from generator.incremental import Engine
-from generator.observe import Outcome
-from generator.registry import FileRegistry
-from generator.render import environment
-from generator.watch import (
+from generator.core.config import resolve
+from generator.core.errors import UsageError
+from generator.core.render import environment
+from generator.registry.base import FileRegistry
+from generator.watch.engine import Engine
+from generator.watch.observe import Outcome
+from generator.watch.watcher import (
     KeyPath,
     Timing,
     Watcher,

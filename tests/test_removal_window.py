@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from generator import resources
-from generator.config import Config, resolve
-from generator.errors import UsageError
-from generator.pipeline import Applied, Plan, gone_in, in_window, record, removal_refusal
+from generator.core.config import Config, resolve
+from generator.core.errors import UsageError
+from generator.core.pipeline import Applied, Plan, gone_in, in_window, record, removal_refusal
 
 CONFIG = resolve(resources.schema("config"), {}, {})  # window 60 s, 50 %, more than 10 routes
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from generator.config import Config, resolve
-from generator.model import Route, RouteKind, RoutingTable
+from generator.core.config import Config, resolve
+from generator.core.model import Route, RouteKind, RoutingTable
+from generator.core.routing import build_table, guard, pool
+from generator.core.validate import SnapshotValidator, validate
 from generator.resources import schema
-from generator.routing import build_table, guard, pool
-from generator.validate import SnapshotValidator, validate
 
 
 def config(**settings: Any) -> Config:

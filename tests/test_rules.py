@@ -2,7 +2,7 @@
 rule, malformed snapshot content a problem (never an internal error), and the addresses that
 are refused whatever allowed_networks says.
 
-Everything runs generator.cli.main() in-process (as test_cli does) or calls the pure functions;
+Everything runs generator.cli.main.main() in-process (as test_cli does) or calls the pure functions;
 no server is started.
 """
 
@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 from test_cli import CLEAN, cli, one_error_line
 from test_routing import config
 
-from generator import register
-from generator.errors import SnapshotError, UsageError
-from generator.registry import parse_url
+from generator.core.errors import SnapshotError, UsageError
+from generator.core.routing import ALWAYS_REFUSED, guard
+from generator.core.snapshot import loads
+from generator.core.validate import SnapshotValidator, parse_time, validate
+from generator.register import command as register
+from generator.registry.base import parse_url
 from generator.resources import schema
-from generator.routing import ALWAYS_REFUSED, guard
-from generator.snapshot import loads
-from generator.validate import SnapshotValidator, parse_time, validate
 
 HUGE = "9" * 5000  # past Python's int-string limit (4,300 digits)
 
@@ -326,8 +326,8 @@ def test_the_deployment_key_given_twice_makes_the_snapshot_unusable(text: str) -
 def test_a_duplicate_decides_the_same_on_a_kept_pipeline() -> None:
     # the watcher keeps work per deployment by content: a deployment with a duplicate must not
     # be taken for the same deployment without it
-    from generator.pipeline import Pipeline
-    from generator.render import environment
+    from generator.core.pipeline import Pipeline
+    from generator.core.render import environment
     from generator.resources import data_dir
 
     pipeline = Pipeline(config(), schema("snapshot"), environment([data_dir("templates")]))

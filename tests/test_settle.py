@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from generator.registry import HistoryLost
-from generator.watch import Timing, settle
+from generator.registry.base import HistoryLost
+from generator.watch.watcher import Timing, settle
 
 
 class Script:

@@ -1,6 +1,6 @@
 """The frontend's own pages: the index of deployments, /deployments.json and the 404 pages.
 
-Pure parts (generator/site.py, the check of the nginx side) are tested on data; the rest
+Pure parts (generator/site/pages.py, the check of the nginx side) are tested on data; the rest
 through `devtest-router apply` and `watch` against a real nginx and real backends on loopback,
 and the index once more in headless Chromium (its links followed through nginx, a screenshot
 kept under build/test-artifacts/).
@@ -34,18 +34,26 @@ from hypothesis import strategies as st
 from site_harness import ARTIFACTS, chromium, deployment, read_page, with_members
 from site_harness import table as routed_table
 
-from generator import site
-from generator.apply import checked_text
-from generator.cli import main
-from generator.config import Config, resolve
-from generator.errors import InternalError
-from generator.model import Member, Problem, Route, RoutingTable, Token, Upstream, instance_order
-from generator.names import hostname
-from generator.pipeline import Pipeline, Rendered, build
-from generator.render import environment
+from generator.cli.main import main
+from generator.core.config import Config, resolve
+from generator.core.errors import InternalError
+from generator.core.model import (
+    Member,
+    Problem,
+    Route,
+    RoutingTable,
+    Token,
+    Upstream,
+    instance_order,
+)
+from generator.core.names import hostname
+from generator.core.pipeline import Pipeline, Rendered, build
+from generator.core.render import environment
+from generator.core.snapshot import loads
+from generator.nginx.apply import checked_text
 from generator.resources import data_dir, schema
-from generator.site_apply import SiteWriter
-from generator.snapshot import loads
+from generator.site import pages as site
+from generator.site.writer import SiteWriter
 
 DOMAIN = "localhost"  # Chromium resolves *.localhost to loopback by itself
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

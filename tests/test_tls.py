@@ -35,7 +35,7 @@ from tls_harness import (
 )
 from websockets.exceptions import ConnectionClosed
 
-from generator.cli import main
+from generator.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_TEMPLATE = REPO / "templates" / "routes.conf.j2"

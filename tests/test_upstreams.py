@@ -20,17 +20,18 @@ import pytest
 from harness import Backend, Nginx, find_binary, http_request, wait_for
 from instances import build
 
-from generator import apply, check, pipeline
-from generator.apply import Checker, checked_text
-from generator.config import Config, resolve
-from generator.errors import InternalError, UsageError
-from generator.incremental import Engine
-from generator.model import Deployment, Instance, Service
-from generator.nginx import Wrapper
-from generator.pipeline import Rendered, make_plan, plan_between, route_destination
-from generator.render import UPSTREAMS_MARKER, Fragment, environment, render
+from generator.core import check, pipeline
+from generator.core.config import Config, resolve
+from generator.core.errors import InternalError, UsageError
+from generator.core.model import Deployment, Instance, Service
+from generator.core.pipeline import Rendered, make_plan, plan_between, route_destination
+from generator.core.render import UPSTREAMS_MARKER, Fragment, environment, render
+from generator.core.routing import build_table
+from generator.nginx import apply
+from generator.nginx.apply import Checker, checked_text
+from generator.nginx.wrapper import Wrapper
 from generator.resources import data_dir, schema
-from generator.routing import build_table
+from generator.watch.engine import Engine
 
 CONFIG = resolve(schema("config"), {"domain": "dev.test", "allow_loopback": True}, {})
 TEMPLATES = environment([data_dir("templates")])

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from generator import resources
-from generator.model import Instance, Problem, Service
-from generator.routing import instance_key
-from generator.validate import INSTANCE_ID, SnapshotValidator
+from generator.core.model import Instance, Problem, Service
+from generator.core.routing import instance_key
+from generator.core.validate import INSTANCE_ID, SnapshotValidator
 
 FAST = SnapshotValidator(resources.schema("snapshot"))
 REFERENCE = SnapshotValidator(resources.schema("snapshot"), fast=False)

@@ -18,7 +18,7 @@ from harness import LOOPBACK, Etcd, Nginx, free_ports, wait_for
 from test_outage import Keys
 from watch_harness import BIN, DOMAIN, Frontend, registry_url
 
-from generator.probe import answers, judge
+from generator.cli.probe import answers, judge
 
 HOST = "feature-web.dev.test"
 NGINX_502 = (

@@ -23,8 +23,8 @@ from harness import (
 )
 from watch_harness import BIN, DOMAIN, KINDS, Frontend, registry_url
 
-from generator.names import label
-from generator.registry import Entry, open_registry
+from generator.core.names import label
+from generator.registry.base import Entry, open_registry
 
 pytestmark = pytest.mark.integration
 

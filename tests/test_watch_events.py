@@ -15,12 +15,12 @@ from harness import LOOPBACK, Etcd, wait_for
 from test_registry import _write_v2_noise, entry
 
 from generator import resources
-from generator.config import resolve
-from generator.incremental import Engine
-from generator.observe import Outcome
-from generator.registry import Changes, Entry, Read, Registry, Removal, open_registry
-from generator.render import environment
-from generator.watch import Timing, Watcher
+from generator.core.config import resolve
+from generator.core.render import environment
+from generator.registry.base import Changes, Entry, Read, Registry, Removal, open_registry
+from generator.watch.engine import Engine
+from generator.watch.observe import Outcome
+from generator.watch.watcher import Timing, Watcher
 
 pytestmark = pytest.mark.integration
 

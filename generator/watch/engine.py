@@ -13,9 +13,9 @@ from typing import Any
 
 import jinja2
 
-from .apply import Checker, Known, apply, checked_text, plan
-from .config import Config
-from .pipeline import Applied, Pipeline, Plan, Rendered, in_window, record
+from generator.core.config import Config
+from generator.core.pipeline import Applied, Pipeline, Plan, Rendered, in_window, record
+from generator.nginx.apply import Checker, Known, apply, checked_text, plan
 
 
 class Engine:

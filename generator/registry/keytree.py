@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .memory import no_gc
-from .snapshot import MAX_DEPTH, TOO_DEEP
+from generator.core.snapshot import MAX_DEPTH, TOO_DEEP
+from generator.memory import no_gc
 
 # A key's segments from its deployment's name on: /deployment/<branch> and MAX_DEPTH more. A
 # deployment with a deeper key is left out of the snapshot (snapshot.TOO_DEEP in its place):

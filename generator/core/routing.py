@@ -14,8 +14,8 @@ import ipaddress
 from collections.abc import Iterable
 from datetime import datetime
 
-from .config import Config, Network
-from .model import (
+from generator.core.config import Config, Network
+from generator.core.model import (
     Address,
     Deployment,
     Instance,
@@ -28,8 +28,8 @@ from .model import (
     Token,
     Upstream,
 )
-from .names import hostname, label, short_hash
-from .validate import key_path, show
+from generator.core.names import hostname, label, short_hash
+from generator.core.validate import key_path, show
 
 # A route some deployment asks for, before collisions with other deployments.
 Candidate = Route

@@ -8,8 +8,8 @@ import ssl
 
 import urllib3
 
-from .errors import UsageError
-from .registry import Endpoint, Tls
+from generator.core.errors import UsageError
+from generator.registry.base import Endpoint, Tls
 
 # A watch request that gets no answer at all within this long means a member that does not
 # answer. A shorter one (a burst's quiet period) that times out means only "no change yet".

@@ -12,10 +12,10 @@ from typing import Any, NamedTuple
 
 import jinja2
 
-from .config import Config
-from .errors import UsageError
-from .model import Route, RoutingTable, Token
-from .site import ASKED_LEVELS, domain_pattern
+from generator.core.config import Config
+from generator.core.errors import UsageError
+from generator.core.model import Route, RoutingTable, Token
+from generator.site.pages import ASKED_LEVELS, domain_pattern
 
 TEMPLATE = "routes.conf.j2"
 GROUP_TEMPLATE = "deployment.conf.j2"

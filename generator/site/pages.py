@@ -28,9 +28,9 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from .config import Config
-from .errors import UsageError
-from .model import (
+from generator.core.config import Config
+from generator.core.errors import UsageError
+from generator.core.model import (
     Member,
     Problem,
     Route,
@@ -40,7 +40,7 @@ from .model import (
     Upstream,
     instance_order,
 )
-from .validate import key_path
+from generator.core.validate import key_path
 
 INDEX = "index.html"
 DOCUMENT = "deployments.json"

@@ -14,7 +14,7 @@ import functools
 import hashlib
 import re
 
-from .model import Token
+from generator.core.model import Token
 
 MAX_LABEL = 63
 HASH_LENGTH = 6

@@ -13,15 +13,22 @@ from typing import Any, NamedTuple
 
 import jinja2
 
-from .check import destination
-from .config import Config
-from .memory import no_gc
-from .model import Problem, Route, RoutingTable, Token
-from .names import label
-from .render import Part, group_of, joined_routes_id, render_group, skeleton_text, splice
-from .routing import Candidate, candidates, reserved_hosts, settle_host
-from .snapshot import Refused, canonical, deployment_part, snapshot_id_of
-from .validate import Oversized, SnapshotValidator, find_oversized, key_path
+from generator.core.check import destination
+from generator.core.config import Config
+from generator.core.model import Problem, Route, RoutingTable, Token
+from generator.core.names import label
+from generator.core.render import (
+    Part,
+    group_of,
+    joined_routes_id,
+    render_group,
+    skeleton_text,
+    splice,
+)
+from generator.core.routing import Candidate, candidates, reserved_hosts, settle_host
+from generator.core.snapshot import Refused, canonical, deployment_part, snapshot_id_of
+from generator.core.validate import Oversized, SnapshotValidator, find_oversized, key_path
+from generator.memory import no_gc
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import crossplane
 
-from .secret import child_environment
+from generator.secret import child_environment
 
 DEFAULT_TIMEOUT = 120.0  # seconds; the command_timeout setting's default
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")

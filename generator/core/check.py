@@ -14,8 +14,8 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from .config import Config
-from .site import try_files
+from generator.core.config import Config
+from generator.site.pages import try_files
 
 ROUTE_MAP = ("$host", "$devtest_route")
 PROXY_PASS = ["http://$devtest_upstream"]

@@ -15,9 +15,9 @@ from typing import Any
 
 import jsonschema
 
-from .errors import UsageError
-from .model import Token
-from .validate import show
+from generator.core.errors import UsageError
+from generator.core.model import Token
+from generator.core.validate import show
 
 ENV_PREFIX = "DEVTEST_ROUTER_"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -35,10 +35,8 @@ from etcd3gw.exceptions import (
 )
 from etcd3gw.lease import Lease
 
-from .etcd_shared import MIN_WATCH, SHORTEST_WATCH, describe, first_line, why
-from .keytree import PREFIX, Change, KeyTree
-from .memory import no_gc
-from .registry import (
+from generator.memory import no_gc
+from generator.registry.base import (
     Changes,
     Endpoint,
     Entry,
@@ -49,6 +47,8 @@ from .registry import (
     Tls,
     address,
 )
+from generator.registry.etcd_common import MIN_WATCH, SHORTEST_WATCH, describe, first_line, why
+from generator.registry.keytree import PREFIX, Change, KeyTree
 
 T = TypeVar("T")
 

@@ -26,9 +26,9 @@ import fastjsonschema
 import jsonschema
 import referencing
 
-from .model import Deployment, Instance, Problem, Service, instance_order
-from .names import short_hash
-from .snapshot import DuplicateKeys
+from generator.core.model import Deployment, Instance, Problem, Service, instance_order
+from generator.core.names import short_hash
+from generator.core.snapshot import DuplicateKeys
 
 
 class Cost(Enum):

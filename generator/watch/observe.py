@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from .model import Problem, Route, RoutingTable
-from .pipeline import Rendered
+from generator.core.model import Problem, Route, RoutingTable
+from generator.core.pipeline import Rendered
 
 
 @dataclass(frozen=True, slots=True)

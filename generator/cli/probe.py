@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from .errors import UsageError
+from generator.core.errors import UsageError
 
 MARKER = "X-Devtest-Router"  # the frontend's own answers: unknown-host, no-instance
 NO_INSTANCE = "no-instance"

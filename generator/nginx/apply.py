@@ -36,13 +36,20 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .check import Span, check, check_fragments, routes_in
-from .config import Config
-from .errors import ApplyError, CheckError, InternalError, UsageError
-from .memory import no_gc
-from .nginx import Wrapper, run_command
-from .pipeline import Applied, Plan, Rendered, make_plan, plan_between, removal_refusal
-from .render import ROUTES_MARKER, UPSTREAMS_MARKER, UPSTREAMS_MARKER_POOL, Part
+from generator.core.check import Span, check, check_fragments, routes_in
+from generator.core.config import Config
+from generator.core.errors import ApplyError, CheckError, InternalError, UsageError
+from generator.core.pipeline import (
+    Applied,
+    Plan,
+    Rendered,
+    make_plan,
+    plan_between,
+    removal_refusal,
+)
+from generator.core.render import ROUTES_MARKER, UPSTREAMS_MARKER, UPSTREAMS_MARKER_POOL, Part
+from generator.memory import no_gc
+from generator.nginx.wrapper import Wrapper, run_command
 
 NEW_FILE_MODE = 0o644
 

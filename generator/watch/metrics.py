@@ -20,8 +20,16 @@ from typing import Any
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .errors import UsageError
-from .observe import Check, Health, InstanceCount, Outcome, health_report, starting, update
+from generator.core.errors import UsageError
+from generator.watch.observe import (
+    Check,
+    Health,
+    InstanceCount,
+    Outcome,
+    health_report,
+    starting,
+    update,
+)
 
 PREFIX = "devtest_router_"
 RESULTS = ("changed", "unchanged", "failed")

@@ -21,10 +21,9 @@ import etcd
 import urllib3
 from urllib3.exceptions import MaxRetryError
 
-from .etcd_shared import MIN_WATCH, SHORTEST_WATCH, describe, first_line, why
-from .keytree import PREFIX, Change, KeyTree
-from .memory import no_gc
-from .registry import (
+from generator.core.snapshot import parse_json
+from generator.memory import no_gc
+from generator.registry.base import (
     Changes,
     Endpoint,
     Entry,
@@ -35,7 +34,8 @@ from .registry import (
     Tls,
     address,
 )
-from .snapshot import parse_json
+from generator.registry.etcd_common import MIN_WATCH, SHORTEST_WATCH, describe, first_line, why
+from generator.registry.keytree import PREFIX, Change, KeyTree
 
 T = TypeVar("T")
 

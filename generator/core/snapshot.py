@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from .errors import SnapshotError
+from generator.core.errors import SnapshotError
 
 
 class _StringKeyLoader(yaml.SafeLoader):
@@ -392,7 +392,7 @@ def loads(text: str, source: str = "snapshot") -> dict[str, Any]:
 def _mark_duplicates(data: dict[str, Any], source: str) -> dict[str, Any]:
     """`data` with each deployment in which a key was given twice replaced by its
     DuplicateKeys; SnapshotError for a key given twice outside any deployment."""
-    from .validate import key_path, show  # validate imports this module
+    from generator.core.validate import key_path, show  # validate imports this module
 
     found: dict[str, DuplicateKeys] = {}
     stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]

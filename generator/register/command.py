@@ -40,9 +40,9 @@ from datetime import UTC, datetime
 from types import FrameType, TracebackType
 from typing import Any
 
-from .errors import Error, UsageError
-from .names import label
-from .registry import (
+from generator.core.errors import Error, UsageError
+from generator.core.names import label
+from generator.registry.base import (
     Entry,
     Registry,
     RegistryUnavailable,
@@ -50,8 +50,8 @@ from .registry import (
     add_registry_arguments,
     registry_from_args,
 )
-from .secret import child_environment, redact
-from .streams import Streams
+from generator.secret import child_environment, redact
+from generator.streams import Streams
 
 DEFAULT_TTL = 30
 # With CMD, seconds between deleting the instance's keys and passing SIGTERM on: the watcher

@@ -15,24 +15,31 @@ from typing import Any, TextIO
 import jinja2
 import yaml
 
-from . import __version__, register, site
-from .apply import apply, checked_text, plan
-from .config import ENV_PREFIX, Config, resolve
-from .errors import Error, UsageError
-from .incremental import Engine
-from .memory import keep_large_blocks_apart, release_free_memory
-from .model import RoutingTable
-from .names import hostname, label
-from .observe import Outcome, problem_fields
-from .pipeline import Plan, Rendered, build
-from .probe import wait_until_routed
-from .registry import DEFAULT_REGISTRY, add_registry_arguments, present, registry_from_args
-from .render import environment
-from .resources import data_dir, schema
-from .site_apply import SitePlan, SiteWriter
-from .snapshot import loads, yaml_problem
-from .streams import LOG_FORMATS, Streams
-from .watch import Timing, Watcher, stop_on_signals
+from generator import __version__
+from generator.cli.probe import wait_until_routed
+from generator.core.config import ENV_PREFIX, Config, resolve
+from generator.core.errors import Error, UsageError
+from generator.core.model import RoutingTable
+from generator.core.names import hostname, label
+from generator.core.pipeline import Plan, Rendered, build
+from generator.core.render import environment
+from generator.core.snapshot import loads, yaml_problem
+from generator.memory import keep_large_blocks_apart, release_free_memory
+from generator.nginx.apply import apply, checked_text, plan
+from generator.register import command as register
+from generator.registry.base import (
+    DEFAULT_REGISTRY,
+    add_registry_arguments,
+    present,
+    registry_from_args,
+)
+from generator.resources import data_dir, schema
+from generator.site import pages as site
+from generator.site.writer import SitePlan, SiteWriter
+from generator.streams import LOG_FORMATS, Streams
+from generator.watch.engine import Engine
+from generator.watch.observe import Outcome, problem_fields
+from generator.watch.watcher import Timing, Watcher, stop_on_signals
 
 EXIT_CODES = {
     0: "applied, or nothing to do",
@@ -539,7 +546,11 @@ def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
     status = server = None
     try:
         if config.metrics_listen:
-            from .metrics import Server, Status, exposure  # on use: other commands never pay
+            from generator.watch.metrics import (  # on use: other commands never pay
+                Server,
+                Status,
+                exposure,
+            )
 
             status = Status()
             server = Server(config.metrics_listen, status)  # a port in use fails here, at once

@@ -1,4 +1,4 @@
-"""Apply for the site folder: write the pages (generator/site.py) that changed, remove stale ones.
+"""Apply for the site folder: write the pages (site/pages.py) that changed, remove stale ones.
 
 Each file is written to a temporary file beside it and renamed over it, so nginx serves the old
 page or the new one, never half of one. Only files whose bytes changed are written; a page of a
@@ -24,13 +24,14 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup
 
-from .apply import file_kind
-from .config import Config
-from .errors import ApplyError, SiteError, UsageError
-from .memory import no_gc
-from .model import Problem, Route, RoutingTable
-from .pipeline import update_sorted
-from .site import (
+from generator.core.config import Config
+from generator.core.errors import ApplyError, SiteError, UsageError
+from generator.core.model import Problem, Route, RoutingTable
+from generator.core.pipeline import update_sorted
+from generator.core.validate import key_path
+from generator.memory import no_gc
+from generator.nginx.apply import file_kind
+from generator.site.pages import (
     DOCUMENT,
     INDEX,
     NOT_FOUND,
@@ -47,7 +48,6 @@ from .site import (
     owners,
     pages,
 )
-from .validate import key_path
 
 FILE_MODE = 0o644  # nginx's workers run as another user
 

@@ -43,12 +43,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import Error
-from .keytree import Change
-from .model import Problem
-from .observe import Observer, Outcome, Unobserved, problem_fields
-from .registry import Changes, HistoryLost, Read, Registry, present
-from .streams import Log
+from generator.core.errors import Error
+from generator.core.model import Problem
+from generator.registry.base import Changes, HistoryLost, Read, Registry, present
+from generator.registry.keytree import Change
+from generator.streams import Log
+from generator.watch.observe import Observer, Outcome, Unobserved, problem_fields
 
 Clock = Callable[[], float]
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)  # seconds between attempts while the registry is away

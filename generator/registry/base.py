@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from .errors import Error, UsageError
-from .keytree import PREFIX as PREFIX  # re-exported: the backends and tests import them here
-from .keytree import Change, KeyTree
-from .keytree import build_snapshot as build_snapshot
-from .secret import redact
-from .snapshot import loads
+from generator.core.errors import Error, UsageError
+from generator.core.snapshot import loads
+from generator.registry.keytree import (
+    PREFIX as PREFIX,  # re-exported: the backends and tests import them here
+)
+from generator.registry.keytree import Change, KeyTree
+from generator.registry.keytree import build_snapshot as build_snapshot
+from generator.secret import redact
 
 # Where watch and snapshot look when neither --registry nor REGISTRY_URL names an etcd.
 DEFAULT_REGISTRY = "file:/var/lib/devtest-router/registry.json"
@@ -241,10 +243,12 @@ def open_registry(url: str, tls: Tls = Tls(), timeout: float = 5.0) -> Registry:
     if kind == "file":
         return FileRegistry(Path(path))
     if kind == "etcd2":
-        from .etcd2 import EtcdV2Registry  # imported on use: cold `apply` runs never pay for it
+        from generator.registry.etcd2 import (
+            EtcdV2Registry,  # imported on use: cold `apply` runs never pay for it
+        )
 
         return EtcdV2Registry(endpoints, secure, tls, timeout)
-    from .etcd3 import EtcdV3Registry
+    from generator.registry.etcd3 import EtcdV3Registry
 
     return EtcdV3Registry(endpoints, secure, tls, timeout)
 

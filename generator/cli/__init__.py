@@ -1,0 +1,1 @@
+"""The command line: `devtest-router <command>` and its exit codes."""

@@ -1,0 +1,1 @@
+"""`register`, `deregister`: a service container's registration, kept alive while it runs."""
