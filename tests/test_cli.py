@@ -20,7 +20,20 @@ from typing import Any
 import pytest
 
 from generator import __version__
-from generator.cli.main import EXIT_CODES, main
+from generator.cli import exit_codes
+from generator.cli.exit_codes import EXIT_CODES, code_of, epilog
+from generator.cli.main import main
+from generator.core.errors import (
+    ApplyError,
+    CheckError,
+    Error,
+    InternalError,
+    SiteError,
+    SnapshotError,
+    UsageError,
+)
+from generator.register.command import MetadataUnavailable
+from generator.registry.base import RegistryUnavailable
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).with_name("devtest-router")
@@ -579,3 +592,61 @@ def test_python_dash_m_generator() -> None:
         check=False,
     )
     assert (version.returncode, version.stdout) == (0, f"devtest-router {__version__}\n")
+
+
+# --------------------------------------------------------------------------
+# exit codes: one table (generator/cli/exit_codes.py)
+
+
+class _RegistryTrouble(RegistryUnavailable):
+    """A subclass takes its nearest class's code."""
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (UsageError("x"), 2),
+        (InternalError("x"), 3),
+        (RegistryUnavailable("x"), 4),
+        (_RegistryTrouble("x"), 4),
+        (MetadataUnavailable("x"), 4),
+        (SiteError("x"), 5),
+        (SnapshotError("x"), 123),
+        (CheckError("x"), 123),
+        (ApplyError("x"), 123),
+        (Error("x"), 123),
+        (KeyboardInterrupt(), 130),
+        (ValueError("x"), 3),  # not one of ours: a bug
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+)
+def test_each_error_ends_with_its_code_from_the_table(error: BaseException, code: int) -> None:
+    assert code_of(error) == code
+    assert code in EXIT_CODES
+
+
+def test_the_exit_code_attributes_register_reads_agree_with_the_table() -> None:
+    for error in (UsageError, RegistryUnavailable, MetadataUnavailable):
+        assert error.exit_code == code_of(error("x")), error
+
+
+def test_an_epilog_of_some_codes_in_a_commands_own_words() -> None:
+    assert epilog([2, 123]) == (f"exit codes:\n    2  {EXIT_CODES[2]}\n  123  {EXIT_CODES[123]}")
+    # register's table, as its help prints it today
+    text = epilog(
+        [0, 2],
+        {
+            0: "registered (--once), or stopped by SIGTERM/SIGINT and deregistered (or found a "
+            "newer\nregistration in its place and left it)"
+        },
+    )
+    assert text == (
+        "exit codes:\n"
+        "    0  registered (--once), or stopped by SIGTERM/SIGINT and deregistered (or found a "
+        "newer\n"
+        "       registration in its place and left it)\n"
+        "    2  usage or configuration error"
+    )
+    assert epilog() == "exit codes:\n" + "\n".join(
+        f"  {entry.code:>3}  {entry.meaning}" for entry in exit_codes.TABLE
+    )

@@ -16,6 +16,7 @@ import jinja2
 import yaml
 
 from generator import __version__
+from generator.cli.exit_codes import CHANGES, OK, REFUSED, code_of, epilog
 from generator.cli.probe import wait_until_routed
 from generator.core.config import ENV_PREFIX, Config, resolve
 from generator.core.errors import Error, UsageError
@@ -41,27 +42,11 @@ from generator.watch.engine import Engine
 from generator.watch.observe import Outcome, problem_fields
 from generator.watch.watcher import Timing, Watcher, stop_on_signals
 
-EXIT_CODES = {
-    0: "applied, or nothing to do",
-    1: "apply --dry-run: changes found; wait: the route did not answer in time",
-    2: "usage or configuration error",
-    3: "internal error: a bug in devtest-router (please report it)",
-    4: "the registry (etcd, or the registry file) cannot be reached or read",
-    5: "the config was applied (or was up to date), but the site's pages could not be "
-    "written into site_dir",
-    123: "unusable snapshot, or a check, nginx test, reload or safety threshold refused: "
-    "nothing was changed",
-    130: "interrupted",
-}
-
-_EXIT_TABLE = "exit codes:\n" + "\n".join(
-    f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items()
-)
 _EPILOG = (
     "The routing and applying flags can also be set as environment variables "
     "DEVTEST_ROUTER_<FLAG> (e.g. DEVTEST_ROUTER_DOMAIN) or in the --config file; a flag beats "
     "the environment, which beats the file, which beats the default. The registry comes from "
-    "--registry, else REGISTRY_URL.\n\n" + _EXIT_TABLE
+    "--registry, else REGISTRY_URL.\n\n" + epilog()
 )
 
 
@@ -205,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
         _check,
     )
     check.add_argument(
-        "--strict", action="store_true", help="exit 123 when the snapshot has any problem"
+        "--strict", action="store_true", help=f"exit {REFUSED} when the snapshot has any problem"
     )
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
     command(
@@ -270,7 +255,7 @@ def _parser() -> argparse.ArgumentParser:
         "print the registry as etcdwatch-shaped JSON",
         _snapshot,
         "The registry comes from --registry, else REGISTRY_URL, else the default file.\n\n"
-        + _EXIT_TABLE,
+        + epilog(),
     )
     add_registry_arguments(dump, default=DEFAULT_REGISTRY)
     dump.add_argument(
@@ -290,7 +275,7 @@ def _parser() -> argparse.ArgumentParser:
         "own 502 or 504 counts). Not up yet: the frontend's own 404 page (not routed yet), a "
         "502 or 504 that nginx made because no instance accepted the connection or answered "
         "in time (header X-Devtest-Router: no-instance, or nginx's own error page), and a "
-        "503.\n\n" + _EXIT_TABLE,
+        "503.\n\n" + epilog(),
     )
     group = wait.add_argument_group("waiting")
     group.add_argument("--name", help="branch name (default: $NAME)")
@@ -411,7 +396,7 @@ def _render(args: argparse.Namespace, streams: Streams, environ: Mapping[str, st
     rendered = _build(args, config, streams)
     _report_problems(rendered, streams)
     streams.stdout.write(checked_text(rendered, config))
-    return 0
+    return OK
 
 
 def _check(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
@@ -430,8 +415,8 @@ def _check(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
         streams.stdout.write(format_table(table))
     if args.strict and table.problems:
         streams.say(f"{len(table.problems)} problems (--strict)", "error")
-        return 123
-    return 0
+        return REFUSED
+    return OK
 
 
 def format_table(table: RoutingTable) -> str:
@@ -465,13 +450,13 @@ def _apply(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
                 f"{len(rendered.table.problems)} problems; {_site_summary(pages, True)}",
                 **_facts(rendered, "changed"),
             )
-            return 1
+            return CHANGES
         streams.say(
             f"{config.output} is up to date ({len(rendered.table.routes)} routes); "
             f"{_site_summary(pages, True)}",
             **_facts(rendered, "unchanged"),
         )
-        return 0
+        return OK
     written: list[SitePlan] = []
     result = apply(
         rendered,
@@ -482,7 +467,7 @@ def _apply(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
         _describe(result, rendered, config, written[0]),
         **_facts(rendered, "changed" if result.changes else "unchanged"),
     )
-    return 0
+    return OK
 
 
 def _facts(rendered: Rendered, result: str) -> dict[str, object]:
@@ -585,7 +570,7 @@ def _snapshot(args: argparse.Namespace, streams: Streams, environ: Mapping[str, 
     finally:
         registry.close()
     streams.stdout.write(json.dumps(read.snapshot, indent=2, sort_keys=True) + "\n")
-    return 0
+    return OK
 
 
 def _wait(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
@@ -607,9 +592,9 @@ def _wait(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]
             "try) or more"
         )
     if wait_until_routed(frontend, host, args.timeout, streams.say):
-        return 0
+        return OK
     streams.say(f"gave up on {host} after {args.timeout:g} s")
-    return 1
+    return CHANGES
 
 
 def main(
@@ -634,19 +619,22 @@ def main(
     try:
         return command(args, streams, environ)
     except Error as error:
-        streams.say(str(error), "error", exit_code=error.exit_code)
-        return error.exit_code
-    except KeyboardInterrupt:
-        streams.say("interrupted", "error", exit_code=130)
-        return 130
+        code = code_of(error)
+        streams.say(str(error), "error", exit_code=code)
+        return code
+    except KeyboardInterrupt as error:
+        code = code_of(error)
+        streams.say("interrupted", "error", exit_code=code)
+        return code
     except Exception as error:
+        code = code_of(error)  # not one of ours: a bug
         streams.say(
             f"internal error: {type(error).__name__}: {error}. This is a bug in "
             "devtest-router; please report it with the command and snapshot",
             "error",
-            exit_code=3,
+            exit_code=code,
         )
-        return 3
+        return code
 
 
 def run() -> None:

@@ -1,4 +1,4 @@
-"""What can go wrong, each with the exit code the CLI gives it (see cli.EXIT_CODES)."""
+"""What can go wrong. The exit code each ends a command with is in generator/cli/exit_codes.py."""
 
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ from __future__ import annotations
 class Error(Exception):
     """A failure we expected and can explain in one line; the message says what to do."""
 
-    exit_code = 123
-
 
 class UsageError(Error):
     """A flag, environment variable or config file setting is missing or wrong."""
 
-    exit_code = 2
+    exit_code = 2  # as in cli/exit_codes.py: register returns it without raising
 
 
 class SnapshotError(Error):
@@ -31,10 +29,6 @@ class SiteError(Error):
     """The config was applied (or was already in place), but the site's pages could not be
     written into site_dir: routing works, the index and 404 pages are not up to date."""
 
-    exit_code = 5
-
 
 class InternalError(Error):
     """What we rendered is not what we meant: a bug in devtest-router, not in the input."""
-
-    exit_code = 3
