@@ -23,6 +23,7 @@ from generator import __version__
 from generator.cli import exit_codes
 from generator.cli.exit_codes import EXIT_CODES, code_of, epilog
 from generator.cli.main import main
+from generator.core.config import resolve
 from generator.core.errors import (
     ApplyError,
     CheckError,
@@ -30,10 +31,17 @@ from generator.core.errors import (
     InternalError,
     SiteError,
     SnapshotError,
+    TemplateProblem,
     UsageError,
 )
+from generator.core.pipeline import build
+from generator.core.render import environment
+from generator.core.snapshot import loads
 from generator.register.command import MetadataUnavailable
 from generator.registry.base import RegistryUnavailable
+from generator.resources import data_dir, schema
+from generator.site import pages as site
+from generator.site.writer import SiteWriter
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).with_name("devtest-router")
@@ -606,6 +614,7 @@ class _RegistryTrouble(RegistryUnavailable):
     ("error", "code"),
     [
         (UsageError("x"), 2),
+        (TemplateProblem("x"), 2),
         (InternalError("x"), 3),
         (RegistryUnavailable("x"), 4),
         (_RegistryTrouble("x"), 4),
@@ -650,3 +659,44 @@ def test_an_epilog_of_some_codes_in_a_commands_own_words() -> None:
     assert epilog() == "exit codes:\n" + "\n".join(
         f"  {entry.code:>3}  {entry.meaning}" for entry in exit_codes.TABLE
     )
+
+
+@pytest.mark.parametrize(
+    ("template", "says"),
+    [
+        ("{% if %}", "template routes.conf.j2 line 1: "),
+        ('{% include "absent.j2" %}', "template absent.j2 not found in the template folders"),
+        ("no routes here", "template routes.conf.j2 must print {{ routes }} exactly once"),
+    ],
+)
+def test_a_broken_template_is_a_usage_error(tmp_path: Path, template: str, says: str) -> None:
+    (tmp_path / "routes.conf.j2").write_text(template, encoding="utf-8")
+    result = cli("render", "--template-dir", str(tmp_path), stdin=CLEAN, environ={})
+    assert says in one_error_line(result, 2)
+    assert result.out == ""
+
+
+@pytest.mark.parametrize(
+    ("template", "says"),
+    [
+        ("{% if %}", "template site/index.html.j2 line 1: "),
+        ('{% include "site/absent.j2" %}', "template site/absent.j2 not found"),
+    ],
+)
+def test_a_broken_site_template_is_a_template_problem(
+    tmp_path: Path, template: str, says: str
+) -> None:
+    templates = tmp_path / "templates"
+    (templates / "site").mkdir(parents=True)
+    (templates / "site" / "index.html.j2").write_text(template, encoding="utf-8")
+    config = resolve(schema("config"), {"site_dir": str(tmp_path / "site")}, {})
+    table = build(
+        loads(json.dumps(CLEAN), "clean"),
+        config,
+        schema("snapshot"),
+        environment([data_dir("templates")]),
+    ).table
+    writer = SiteWriter(config, site.environment([templates, data_dir("templates")]))
+    with pytest.raises(TemplateProblem, match=says) as caught:
+        writer.plan(table)
+    assert code_of(caught.value) == 2

@@ -22,7 +22,7 @@ from instances import build
 
 from generator.core import check, pipeline
 from generator.core.config import Config, resolve
-from generator.core.errors import InternalError, UsageError
+from generator.core.errors import InternalError, TemplateProblem
 from generator.core.model import Deployment, Instance, Service
 from generator.core.pipeline import Rendered, make_plan, plan_between, route_destination
 from generator.core.render import UPSTREAMS_MARKER, Fragment, environment, render
@@ -186,7 +186,7 @@ def test_an_override_template_without_upstreams_renders_until_a_group_needs_it(
     assert UPSTREAMS_MARKER not in old.skeleton
     assert checked_text(old, config) == old.text
     grouped = snapshot(web=instances.instances("10.0.0.1:80", "10.0.0.2:80"))
-    with pytest.raises(UsageError, match=r"must print \{\{ upstreams \}\} exactly once"):
+    with pytest.raises(TemplateProblem, match=r"must print \{\{ upstreams \}\} exactly once"):
         pipeline.build(grouped, config, instances.SCHEMA, templates)
     # the check refuses groups with no place in the file, whatever made them
     forged = dataclasses.replace(old, fragments=build(grouped, config).fragments)

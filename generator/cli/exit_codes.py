@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 
-from generator.core.errors import Error, InternalError, SiteError, UsageError
+from generator.core.errors import Error, InternalError, SiteError, TemplateProblem, UsageError
 from generator.registry.base import RegistryUnavailable
 
 OK = 0
@@ -35,7 +35,7 @@ class ExitCode:
 TABLE: tuple[ExitCode, ...] = (
     ExitCode(OK, "applied, or nothing to do"),
     ExitCode(CHANGES, "apply --dry-run: changes found; wait: the route did not answer in time"),
-    ExitCode(USAGE, "usage or configuration error", (UsageError,)),
+    ExitCode(USAGE, "usage or configuration error", (UsageError, TemplateProblem)),
     ExitCode(
         INTERNAL,
         "internal error: a bug in devtest-router (please report it)",

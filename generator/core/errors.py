@@ -13,6 +13,11 @@ class UsageError(Error):
     exit_code = 2  # as in cli/exit_codes.py: register returns it without raising
 
 
+class TemplateProblem(Error):
+    """A template (bundled, or from template_dir) is missing, does not parse or fails to render,
+    or does not print what the config needs (the routes and upstreams markers)."""
+
+
 class SnapshotError(Error):
     """The snapshot is unusable as a whole: not parseable, not an object, no deployment key."""
 

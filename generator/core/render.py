@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jinja2
 
 from generator.core.config import Config
-from generator.core.errors import UsageError
+from generator.core.errors import TemplateProblem
 from generator.core.model import Route, RoutingTable, Token
 from generator.site.pages import ASKED_LEVELS, domain_pattern
 
@@ -266,10 +266,10 @@ def skeleton_text(
         proxy_read_timeout=config.proxy_read_timeout,
     )
     if skeleton.count(ROUTES_MARKER) != 1:
-        raise UsageError(f"template {TEMPLATE} must print {{{{ routes }}}} exactly once")
+        raise TemplateProblem(f"template {TEMPLATE} must print {{{{ routes }}}} exactly once")
     upstreams = skeleton.count(UPSTREAMS_MARKER)
     if upstreams > 1 or (pools and not upstreams):
-        raise UsageError(
+        raise TemplateProblem(
             f"template {TEMPLATE} must print {{{{ upstreams }}}} exactly once, at http level "
             "(outside every block): services with several instances need their upstream blocks"
         )
@@ -301,7 +301,7 @@ def _render(templates: jinja2.Environment, name: str, **values: Any) -> str:
     try:
         return templates.get_template(name).render(**values)
     except jinja2.TemplateNotFound as error:
-        raise UsageError(f"template {error.name} not found in the template folders") from None
+        raise TemplateProblem(f"template {error.name} not found in the template folders") from None
     except jinja2.TemplateError as error:
         where = f" line {error.lineno}" if isinstance(error, jinja2.TemplateSyntaxError) else ""
-        raise UsageError(f"template {name}{where}: {error.message}") from None
+        raise TemplateProblem(f"template {name}{where}: {error.message}") from None

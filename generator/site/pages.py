@@ -29,7 +29,7 @@ import jinja2
 from markupsafe import Markup
 
 from generator.core.config import Config
-from generator.core.errors import UsageError
+from generator.core.errors import TemplateProblem
 from generator.core.model import (
     Member,
     Problem,
@@ -329,10 +329,12 @@ class Renderer:
                 domain=self.config.domain, default_service=self.config.default_service, **values
             )
         except jinja2.TemplateNotFound as error:
-            raise UsageError(f"template {error.name} not found in the template folders") from None
+            raise TemplateProblem(
+                f"template {error.name} not found in the template folders"
+            ) from None
         except jinja2.TemplateError as error:
             where = f" line {error.lineno}" if isinstance(error, jinja2.TemplateSyntaxError) else ""
-            raise UsageError(f"template {name}{where}: {error.message}") from None
+            raise TemplateProblem(f"template {name}{where}: {error.message}") from None
 
 
 def document_line(listing: Listing) -> str:
