@@ -7,6 +7,7 @@ No nginx here: `render` and `check` need none, and every apply below stops befor
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -22,7 +23,8 @@ import pytest
 from generator import __version__
 from generator.cli import exit_codes
 from generator.cli.exit_codes import EXIT_CODES, code_of, epilog
-from generator.cli.main import main
+from generator.cli.main import COMMANDS, main
+from generator.cli.parser import build_parser
 from generator.core.config import resolve
 from generator.core.errors import (
     ApplyError,
@@ -564,6 +566,18 @@ def test_help_lists_the_exit_codes_and_the_environment(capsys: pytest.CaptureFix
     apply_help = capsys.readouterr().out
     for flag in ("--dry-run", "--force", "--output", "--test-command", "--reload-command"):
         assert flag in apply_help
+
+
+def test_every_command_is_dispatched() -> None:
+    """The table in cli/main.py runs each command; register's commands name their own."""
+    (commands,) = (
+        action
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    for name, sub in commands.choices.items():
+        assert (name in COMMANDS) != (sub.get_default("run") is not None), name
+    assert set(COMMANDS) < set(commands.choices)
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,7 +26,7 @@ import yaml
 from deploy_harness import Frontend, Service, router_bin, v2_keys
 from harness import Backend, Etcd, Nginx, find_binary, http_request, pid_alive, wait_for
 
-from generator.cli import main as cli
+from generator.cli.parser import build_parser
 from generator.core.config import ENV_PREFIX
 from generator.resources import schema
 
@@ -261,7 +261,7 @@ def variables_the_code_reads() -> set[str]:
 
 def commands() -> dict[str, set[str]]:
     """devtest-router's subcommands and each one's options, from the CLI's own parser."""
-    parser = cli._parser()
+    parser = build_parser()
     found: dict[str, set[str]] = {}
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from generator.cli.exit_codes import EXIT_CODES
-from generator.cli.main import _parser
+from generator.cli.parser import build_parser
 from generator.cli.reference import main, reference, setting_flags
 from generator.core.config import ENV_PREFIX, resolve
 from generator.core.errors import UsageError
@@ -43,7 +43,7 @@ def test_configuration_reference_is_up_to_date(tmp_path: Path) -> None:
 
 def test_every_setting_has_a_section_with_its_variable_and_flags() -> None:
     properties = schema("config")["properties"]
-    parser = _parser()
+    parser = build_parser()
     text = reference(schema("config"), parser)
     sections = dict(re.findall(r"^### (\S+)\n(.*?)(?=^##)", text, re.MULTILINE | re.DOTALL))
     assert list(sections) == list(properties)

@@ -15,8 +15,8 @@ from typing import Any, TextIO
 import jinja2
 import yaml
 
-from generator import __version__
-from generator.cli.exit_codes import CHANGES, OK, REFUSED, code_of, epilog
+from generator.cli.exit_codes import CHANGES, OK, REFUSED, code_of
+from generator.cli.parser import build_parser
 from generator.cli.probe import wait_until_routed
 from generator.core.config import ENV_PREFIX, Config, resolve
 from generator.core.errors import Error, UsageError
@@ -27,286 +27,16 @@ from generator.core.render import environment
 from generator.core.snapshot import loads, yaml_problem
 from generator.memory import keep_large_blocks_apart, release_free_memory
 from generator.nginx.apply import apply, checked_text, plan
-from generator.register import command as register
-from generator.registry.base import (
-    DEFAULT_REGISTRY,
-    add_registry_arguments,
-    present,
-    registry_from_args,
-)
+from generator.registry.base import present, registry_from_args
 from generator.resources import data_dir, schema
 from generator.site import pages as site
 from generator.site.writer import SitePlan, SiteWriter
-from generator.streams import LOG_FORMATS, Streams
+from generator.streams import Streams
 from generator.watch.engine import Engine
 from generator.watch.observe import Outcome, problem_fields
 from generator.watch.watcher import Timing, Watcher, stop_on_signals
 
-_EPILOG = (
-    "The routing and applying flags can also be set as environment variables "
-    "DEVTEST_ROUTER_<FLAG> (e.g. DEVTEST_ROUTER_DOMAIN) or in the --config file; a flag beats "
-    "the environment, which beats the file, which beats the default. The registry comes from "
-    "--registry, else REGISTRY_URL.\n\n" + epilog()
-)
-
-
-def _parser() -> argparse.ArgumentParser:
-    snapshot = argparse.ArgumentParser(add_help=False)
-    snapshot.add_argument(
-        "snapshot",
-        nargs="?",
-        default="-",
-        help="registry snapshot, JSON or YAML, as etcdwatch writes it "
-        "(default: - for standard input)",
-    )
-
-    settings = argparse.ArgumentParser(add_help=False)
-    group = settings.add_argument_group("routing")
-    group.add_argument(
-        "--config",
-        metavar="FILE",
-        help="YAML settings file (schema/config.schema.json lists every setting)",
-    )
-    group.add_argument(
-        "--domain",
-        help="routes are <branch>-<service>.DOMAIN and <branch>.DOMAIN (default: localhost)",
-    )
-    group.add_argument(
-        "--default-service",
-        metavar="NAME",
-        help="the service <branch>.DOMAIN goes to (default: web)",
-    )
-    group.add_argument(
-        "--listen",
-        action="append",
-        metavar="ADDRESS",
-        help="PORT, IP:PORT or [IPV6]:PORT to listen on; repeatable (default: 80)",
-    )
-    group.add_argument(
-        "--tls-certificate",
-        metavar="FILE",
-        help="certificate (PEM, with its chain) for *.DOMAIN and DOMAIN; with "
-        "--tls-certificate-key, serves HTTPS and redirects plain HTTP to it (docs/tls.md)",
-    )
-    group.add_argument(
-        "--tls-certificate-key", metavar="FILE", help="the private key of --tls-certificate"
-    )
-    group.add_argument(
-        "--tls-listen",
-        action="append",
-        metavar="ADDRESS",
-        help="PORT, IP:PORT or [IPV6]:PORT for HTTPS when TLS is on; repeatable (default: 443)",
-    )
-    group.add_argument(
-        "--template-dir",
-        metavar="DIR",
-        help="templates here override the bundled ones of the same name",
-    )
-    group.add_argument(
-        "--site-dir",
-        metavar="DIR",
-        help="the folder apply writes the index of deployments and the 404 pages into, "
-        "which nginx serves "
-        "(default: /var/lib/devtest-router/site)",
-    )
-    group.add_argument(
-        "--allow-loopback",
-        action="store_const",
-        const=True,
-        help="accept loopback upstreams (local use and tests)",
-    )
-
-    applying = argparse.ArgumentParser(add_help=False)
-    group = applying.add_argument_group("applying")
-    group.add_argument(
-        "--output",
-        metavar="FILE",
-        help="the config file to write (default: /etc/nginx/conf.d/devtest-router.conf)",
-    )
-    group.add_argument(
-        "--nginx",
-        metavar="COMMAND",
-        help="nginx binary that tests the staged file (default: nginx)",
-    )
-    group.add_argument(
-        "--test-command",
-        metavar="COMMAND",
-        help="tests the installed config (default: nginx -t -q)",
-    )
-    group.add_argument(
-        "--reload-command", metavar="COMMAND", help="reloads nginx (default: nginx -s reload)"
-    )
-    group.add_argument(
-        "--dry-run",
-        action="store_const",
-        const=True,
-        help="run every check, print the diff and a summary, change nothing",
-    )
-    group.add_argument(
-        "--force",
-        action="store_const",
-        const=True,
-        help="apply even if more than max_removed_fraction of the routes would go",
-    )
-
-    parser = argparse.ArgumentParser(
-        prog="devtest-router",
-        description="Route <branch>-<service>.<domain> to the containers of per-branch "
-        "deployments registered in etcd, through a checked nginx config.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(
-        name: str,
-        parents: list[argparse.ArgumentParser],
-        summary: str,
-        run: Callable[[argparse.Namespace, Streams, Mapping[str, str]], int],
-        epilog: str = _EPILOG,
-    ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(
-            name,
-            parents=parents,
-            help=summary,
-            description=summary,
-            epilog=epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        sub.set_defaults(run=run)
-        return sub
-
-    command(
-        "render",
-        [snapshot, settings],
-        "print the nginx config for a snapshot (checked by crossplane, not by nginx)",
-        _render,
-    )
-    check = command(
-        "check",
-        [snapshot, settings],
-        "print the routing table and the problems found in a snapshot",
-        _check,
-    )
-    check.add_argument(
-        "--strict", action="store_true", help=f"exit {REFUSED} when the snapshot has any problem"
-    )
-    check.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    command(
-        "apply",
-        [snapshot, settings, applying],
-        "check, test, install and reload the config (or show the diff with --dry-run)",
-        _apply,
-    )
-
-    watch = command(
-        "watch",
-        [settings, applying],
-        "read the registry, apply, and apply again after every settled change (replaces etcdwatch)",
-        _watch,
-    )
-    add_registry_arguments(watch, default=DEFAULT_REGISTRY)
-    group = watch.add_argument_group("watching")
-    group.add_argument(
-        "--quiet-period",
-        type=float,
-        metavar="SECONDS",
-        help="apply once the registry has been quiet this long (default: 0.05)",
-    )
-    group.add_argument(
-        "--max-wait",
-        type=float,
-        metavar="SECONDS",
-        help="apply at the latest this long after the first change of a burst (default: 2)",
-    )
-    group.add_argument(
-        "--removal-grace",
-        type=float,
-        metavar="SECONDS",
-        help="after the registry was unreachable, hold removals back this long once it is "
-        "read again; 0: off (default: 30, the default registration TTL)",
-    )
-    group.add_argument(
-        "--removal-window",
-        type=float,
-        metavar="SECONDS",
-        help="the routes removed within this long count together against "
-        "max_removed_fraction of the most routes in place in it; 0: each apply alone "
-        "(default: 60)",
-    )
-    group.add_argument(
-        "--allow-empty",
-        action="store_const",
-        const=True,
-        help="take an absent /deployment prefix for no services (a fresh registry before "
-        "the first register); without it, it is a registry error: wrong API version or registry?",
-    )
-    group.add_argument(
-        "--metrics-listen",
-        metavar="ADDRESS",
-        help="serve /healthz and /metrics on PORT (127.0.0.1), IP:PORT or [IPV6]:PORT "
-        "(default: off); see docs/observability.md",
-    )
-
-    dump = command(
-        "snapshot",
-        [],
-        "print the registry as etcdwatch-shaped JSON",
-        _snapshot,
-        "The registry comes from --registry, else REGISTRY_URL, else the default file.\n\n"
-        + epilog(),
-    )
-    add_registry_arguments(dump, default=DEFAULT_REGISTRY)
-    dump.add_argument(
-        "--allow-empty",
-        action="store_true",
-        help="print an absent /deployment prefix as no services instead of failing "
-        "(env DEVTEST_ROUTER_ALLOW_EMPTY)",
-    )
-
-    wait = command(
-        "wait",
-        [],
-        "block until an instance answers for <NAME>-<SERVICE>.<domain> through the frontend",
-        _wait,
-        "The hostname is made as the generator makes it from what `register` writes. The route "
-        "is up when an instance of its service answers, with any status but 503 (a service's "
-        "own 502 or 504 counts). Not up yet: the frontend's own 404 page (not routed yet), a "
-        "502 or 504 that nginx made because no instance accepted the connection or answered "
-        "in time (header X-Devtest-Router: no-instance, or nginx's own error page), and a "
-        "503.\n\n" + epilog(),
-    )
-    group = wait.add_argument_group("waiting")
-    group.add_argument("--name", help="branch name (default: $NAME)")
-    group.add_argument(
-        "--service",
-        help="service name; omit for the default entry point <NAME>.<domain> (default: $SERVICE)",
-    )
-    group.add_argument(
-        "--domain", help="the frontend's domain (default: $DEVTEST_ROUTER_DOMAIN, else localhost)"
-    )
-    group.add_argument(
-        "--frontend",
-        metavar="URL",
-        help="where the frontend answers, e.g. http://dev.example.com (default: "
-        "$DEVTEST_ROUTER_FRONTEND, else http://127.0.0.1)",
-    )
-    group.add_argument(
-        "--timeout",
-        type=float,
-        default=300.0,
-        metavar="SECONDS",
-        help="give up after this long (default: 300)",
-    )
-    register.add_commands(commands)
-    for sub in commands.choices.values():  # every command's log lines, register's included
-        sub.add_argument(
-            "--log-format",
-            choices=LOG_FORMATS,
-            help="log lines on stderr: plain text, or one JSON object per line (default: plain)",
-        )
-    return parser
+Command = Callable[[argparse.Namespace, Streams, Mapping[str, str]], int]
 
 
 def _settings(args: argparse.Namespace, environ: Mapping[str, str], streams: Streams) -> Config:
@@ -597,6 +327,16 @@ def _wait(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]
     return CHANGES
 
 
+COMMANDS: Mapping[str, Command] = {
+    "render": _render,
+    "check": _check,
+    "apply": _apply,
+    "watch": _watch,
+    "snapshot": _snapshot,
+    "wait": _wait,
+}
+
+
 def main(
     argv: Sequence[str] | None = None,
     stdin: TextIO | None = None,
@@ -605,13 +345,14 @@ def main(
     environ: Mapping[str, str] | None = None,
 ) -> int:
     streams = Streams(stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr)
-    parser = _parser()
+    parser = build_parser()
     try:
         with redirect_stdout(streams.stdout), redirect_stderr(streams.stderr):
             args = parser.parse_args(argv)
     except SystemExit as leaving:  # argparse has printed usage or help
         return int(leaving.code or 0)
-    command: Callable[[argparse.Namespace, Streams, Mapping[str, str]], int] = args.run
+    # register and deregister: the function their parsers name (register.add_commands)
+    command: Command = COMMANDS.get(args.subcommand) or args.run
     environ = os.environ if environ is None else environ
     # The flag, else the environment; a command that reads the config file may change it (a
     # bad value in the environment is reported by the settings, in plain text).

@@ -335,13 +335,13 @@ def reference(schema: Mapping[str, Any], parser: argparse.ArgumentParser) -> str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from generator.cli.main import _parser  # the real parser, with every command's flags
+    from generator.cli.parser import build_parser  # the real one, with every command's flags
     from generator.resources import schema
 
     options = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     options.add_argument("--output", metavar="FILE", help="write here instead of standard output")
     args = options.parse_args(argv)
-    text = reference(schema("config"), _parser())
+    text = reference(schema("config"), build_parser())
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
