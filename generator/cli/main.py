@@ -26,7 +26,7 @@ from generator.core.pipeline import Plan, Rendered, build
 from generator.core.render import environment
 from generator.core.snapshot import loads, yaml_problem
 from generator.memory import keep_large_blocks_apart, release_free_memory
-from generator.nginx.apply import apply, checked_text, plan
+from generator.nginx.apply import apply_then, checked_text, plan
 from generator.registry.base import present, registry_from_args
 from generator.resources import data_dir, schema
 from generator.site import pages as site
@@ -168,11 +168,8 @@ def _apply(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
     config = _settings(args, environ, streams)
     rendered = _build(args, config, streams)
     _report_problems(rendered, streams)
-    writer = site_writer(config)
+    result, pages = _apply_or_plan(rendered, config, site_writer(config), streams)
     if config.dry_run:
-        result = plan(rendered, config)
-        pages = writer.plan(rendered.table)
-        streams.stdout.write(result.diff(config.output))
         if result.changes:
             streams.say(
                 f"would change {config.output}: {result.summary()}; "
@@ -187,17 +184,41 @@ def _apply(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
             **_facts(rendered, "unchanged"),
         )
         return OK
-    written: list[SitePlan] = []
-    result = apply(
-        rendered,
-        config,
-        after=lambda: written.append(writer.apply(rendered.table, rendered.deployments)),
-    )
     streams.say(
-        _describe(result, rendered, config, written[0]),
+        _describe(result, rendered, config, pages),
         **_facts(rendered, "changed" if result.changes else "unchanged"),
     )
     return OK
+
+
+def _apply_or_plan(
+    rendered: Rendered,
+    config: Config,
+    writer: SiteWriter,
+    streams: Streams,
+    engine: Engine | None = None,
+) -> tuple[Plan, SitePlan]:
+    """apply and watch: the nginx config's plan and the site's.
+
+    A dry run runs every check of both, then prints the diff; nothing is written. Otherwise the
+    config is installed and nginx reloaded (or the config was in place already), then the site
+    is written, under the apply's lock; a site that cannot be written raises SiteError with the
+    config applied. `engine`: the watcher's, which keeps its work between applies; without one,
+    a cold apply.
+    """
+    if config.dry_run:
+        result = engine.plan(rendered) if engine is not None else plan(rendered, config)
+        pages = writer.plan(rendered.table)
+        streams.stdout.write(result.diff(config.output))
+        streams.stdout.flush()
+        return result, pages
+
+    def write_site() -> SitePlan:
+        return writer.apply(rendered.table, rendered.deployments)
+
+    if engine is not None:
+        return engine.apply_then(rendered, write_site)
+    return apply_then(rendered, config, write_site)
 
 
 def _facts(rendered: Rendered, result: str) -> dict[str, object]:
@@ -240,18 +261,11 @@ def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
 
     def apply_snapshot(snapshot: Mapping[str, Any]) -> Outcome:
         rendered = engine.build(snapshot)
+        result, pages = _apply_or_plan(rendered, config, writer, streams, engine)
         if config.dry_run:
-            result = engine.plan(rendered)
-            streams.stdout.write(result.diff(config.output))
-            streams.stdout.flush()
-            pages = _site_summary(writer.plan(rendered.table), True)
-            return Outcome(rendered, f"dry run: {result.summary()}; {pages}", result.changes, False)
-        written: list[SitePlan] = []
-        result = engine.apply(
-            rendered,
-            after=lambda: written.append(writer.apply(rendered.table, rendered.deployments)),
-        )
-        message = _describe(result, rendered, config, written[0])
+            message = f"dry run: {result.summary()}; {_site_summary(pages, True)}"
+            return Outcome(rendered, message, result.changes, False)
+        message = _describe(result, rendered, config, pages)
         release_free_memory()  # what this apply's checks and writes needed is free again
         return Outcome(rendered, message, result.changes, result.changes)
 

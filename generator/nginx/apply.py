@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from generator.core.check import Span, check, check_fragments, routes_in
 from generator.core.config import Config
@@ -52,6 +52,7 @@ from generator.memory import no_gc
 from generator.nginx.wrapper import Wrapper, run_command
 
 NEW_FILE_MODE = 0o644
+T = TypeVar("T")  # what apply_then's `after` returns
 
 
 class Checker:
@@ -289,7 +290,6 @@ def apply(
     config: Config,
     checker: Checker | None = None,
     known: Known | None = None,
-    after: Callable[[], object] | None = None,
     recent: Sequence[Applied] = (),
 ) -> Plan:
     """Install `rendered` at config.output and reload nginx, or raise with the old file intact.
@@ -297,9 +297,28 @@ def apply(
     `recent`: the applies of the safety threshold's window (removal_refusal), oldest first.
 
     A long-running caller passes the same `checker` every time and, as `known`, what it
-    applied last. `after` runs under the same lock once the file in place is
-    the rendered one (installed, or there already): the site is written from the same routing
-    table, and two applies never interleave their pages.
+    applied last.
+    """
+    return apply_then(rendered, config, _nothing, checker, known, recent)[0]
+
+
+def _nothing() -> None:
+    return None
+
+
+def apply_then(
+    rendered: Rendered,
+    config: Config,
+    after: Callable[[], T],
+    checker: Checker | None = None,
+    known: Known | None = None,
+    recent: Sequence[Applied] = (),
+) -> tuple[Plan, T]:
+    """apply, then `after`: the plan and what `after` returned.
+
+    `after` runs under the same lock once the file in place is the rendered one (installed and
+    reloaded, or there already): the site is written from the same routing table, and two
+    applies never interleave their pages. If it raises, the config stays applied.
     """
     target = output_file(config)
     folder = target.parent
@@ -316,9 +335,8 @@ def apply(
             # an apply cut short after its record left the file it replaced: no longer needed
             _previous(target).unlink(missing_ok=True)
             if current == rendered.text:
-                if after is not None:
-                    after()
-                return Plan(current, rendered.text, len(rendered.table.routes), (), (), ())
+                done = after()
+                return Plan(current, rendered.text, len(rendered.table.routes), (), (), ()), done
         # Not the file last tested and reloaded (an apply was cut short): is the file it
         # replaced, kept as .previous, that one? Then a failure puts it back. Either way the
         # record goes first, so an apply cut short again is finished by the next one again.
@@ -340,9 +358,8 @@ def apply(
                 staged.unlink(missing_ok=True)
         if current is not None and not confirmed:
             result = _unconfirmed(result)
-        if after is not None:
-            after()
-    return result
+        done = after()
+    return result, done
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import jinja2
 
 from generator.core.config import Config
 from generator.core.pipeline import Applied, Pipeline, Plan, Rendered, in_window, record
-from generator.nginx.apply import Checker, Known, apply, checked_text, plan
+from generator.nginx.apply import Checker, Known, apply_then, checked_text, plan
+
+T = TypeVar("T")  # what apply_then's `after` returns
 
 
 class Engine:
@@ -42,12 +44,12 @@ class Engine:
         recent = in_window(self._recent, self._clock(), self.config.removal_window)
         return plan(rendered, self.config, self._checker, self._known, recent)
 
-    def apply(self, rendered: Rendered, after: Callable[[], object] | None = None) -> Plan:
-        """apply.apply, remembering what it installed and, for the safety threshold's window,
-        what it removed; `after` as there (the site)."""
+    def apply_then(self, rendered: Rendered, after: Callable[[], T]) -> tuple[Plan, T]:
+        """apply.apply_then (the plan, and what `after`, the site, returned), remembering what
+        it installed and, for the safety threshold's window, what it removed."""
         now = self._clock()
         recent = in_window(self._recent, now, self.config.removal_window)
-        result = apply(rendered, self.config, self._checker, self._known, after, recent)
+        result, done = apply_then(rendered, self.config, after, self._checker, self._known, recent)
         self._known = rendered
         self._recent = record(recent, result, now) if self.config.removal_window > 0 else ()
-        return result
+        return result, done
