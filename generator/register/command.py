@@ -41,6 +41,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from generator.core.errors import Error, UsageError
+from generator.core.model import RFC3339
 from generator.core.names import label
 from generator.registry.base import (
     Entry,
@@ -666,7 +667,7 @@ class Child:
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime(RFC3339)
 
 
 class Session:
