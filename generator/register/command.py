@@ -41,6 +41,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from generator.core.errors import Error, UsageError
+from generator.core.keys import created_key, instance_key, service_key
 from generator.core.model import RFC3339
 from generator.core.names import label
 from generator.registry.base import (
@@ -914,7 +915,7 @@ def _run_deregister(args: argparse.Namespace, streams: Streams, environ: Mapping
     text, source = _setting(args, environ, "port", "PORT")
     if text is not None:
         port = parse_port(text, "PORT", source)
-    service = f"/deployment/{settings.deployment}/service/{settings.service}"
+    service = service_key(settings.deployment, settings.service)
     if not force and (ip is None or port is None):
         raise UsageError(
             f"deregister removes an instance of {service} only while it holds the address it "
@@ -1025,6 +1026,10 @@ exit codes:
 """
 
 
+# In the commands' descriptions: the keys of an instance, as the layout spells them.
+_INSTANCE_KEYS = instance_key("<branch>", "<service>", "<id>") + "/{ip,port}"
+
+
 def _identity(parser: argparse.ArgumentParser, address: bool) -> None:
     group = parser.add_argument_group("registration")
     group.add_argument("--name", metavar="BRANCH", help="the branch (env NAME); slugged")
@@ -1076,12 +1081,11 @@ def add_commands(commands: Any) -> None:
     register = commands.add_parser(
         "register",
         help="register a service container (replaces the curl snippet); -- CMD wraps CMD",
-        description="Write /deployment/<branch>/service/<service>/instance/<id>/{ip,port} and "
-        "/deployment/<branch>/created with a TTL and keep them alive; delete them on "
-        "SIGTERM/SIGINT. With -- CMD ARGS: start CMD, register once its port answers on "
-        "127.0.0.1, on SIGTERM/SIGINT deregister first, pass SIGTERM/SIGINT/SIGHUP on, "
-        "deregister when it exits and exit with its status. Without CMD: register and keep "
-        "alive until signalled. With --once: write once.",
+        description=f"Write {_INSTANCE_KEYS} and {created_key('<branch>')} with a TTL and keep "
+        "them alive; delete them on SIGTERM/SIGINT. With -- CMD ARGS: start CMD, register once "
+        "its port answers on 127.0.0.1, on SIGTERM/SIGINT deregister first, pass "
+        "SIGTERM/SIGINT/SIGHUP on, deregister when it exits and exit with its status. Without "
+        "CMD: register and keep alive until signalled. With --once: write once.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -1115,10 +1119,9 @@ def add_commands(commands: Any) -> None:
         "deregister",
         help="delete an instance's keys if it still holds IP:PORT, or with --force a service's "
         "(the branch's too when no service is left)",
-        description="Delete /deployment/<branch>/service/<service>/instance/<id>/{ip,port} while "
-        "they hold IP:PORT, or with --force whatever is there (without --instance: the whole "
-        "service), and the branch's keys when no other service is left. Takes the same "
-        "settings as register.",
+        description=f"Delete {_INSTANCE_KEYS} while they hold IP:PORT, or with --force "
+        "whatever is there (without --instance: the whole service), and the branch's keys "
+        "when no other service is left. Takes the same settings as register.",
         epilog=_DEREGISTER_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

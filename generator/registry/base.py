@@ -22,10 +22,8 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from generator.core.errors import Error, UsageError
+from generator.core.keys import PREFIX, instance_key
 from generator.core.snapshot import loads
-from generator.registry.keytree import (
-    PREFIX as PREFIX,  # re-exported: the backends and tests import them here
-)
 from generator.registry.keytree import Change, KeyTree
 from generator.registry.keytree import build_snapshot as build_snapshot
 from generator.secret import redact
@@ -97,8 +95,7 @@ class Entry:
     @property
     def key(self) -> str:
         """The directory its ip and port keys are in."""
-        service = f"{PREFIX}/{self.deployment}/service/{self.service}"
-        return service if self.instance is None else f"{service}/instance/{self.instance}"
+        return instance_key(self.deployment, self.service, self.instance)
 
     @property
     def address(self) -> str:
@@ -232,7 +229,7 @@ def parse_url(url: str) -> tuple[str, tuple[Endpoint, ...], bool, str]:
         # a path was silently ignored before: say so rather than read another prefix
         raise UsageError(
             f"registry {url!r}: a path, query or fragment is not taken (the prefix is fixed at "
-            "/deployment); give only the scheme and HOST:PORT, e.g. http://etcd:2379"
+            f"{PREFIX}); give only the scheme and HOST:PORT, e.g. http://etcd:2379"
         )
     return kind, tuple(endpoints), tls, parts.path
 
