@@ -42,7 +42,8 @@ from generator.register.command import (
     slug_note,
     task_id,
 )
-from generator.registry.base import Entry, FileRegistry, Removal
+from generator.registry.base import Entry, Removal
+from generator.registry.file import FileRegistry
 
 CLI = Path(sys.executable).with_name("devtest-router")
 PYTHON = sys.executable

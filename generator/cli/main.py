@@ -27,12 +27,8 @@ from generator.core.snapshot import loads, yaml_problem
 from generator.memory import keep_large_blocks_apart, release_free_memory
 from generator.nginx.apply import apply, checked_text, plan
 from generator.register import command as register
-from generator.registry.base import (
-    DEFAULT_REGISTRY,
-    add_registry_arguments,
-    present,
-    registry_from_args,
-)
+from generator.registry.base import present
+from generator.registry.open import DEFAULT_REGISTRY, add_registry_arguments, registry_from_args
 from generator.resources import data_dir, schema
 from generator.site import pages as site
 from generator.site.writer import SitePlan, SiteWriter

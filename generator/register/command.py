@@ -44,14 +44,8 @@ from generator.core.errors import Error, UsageError
 from generator.core.keys import created_key, instance_key, service_key
 from generator.core.model import RFC3339
 from generator.core.names import label
-from generator.registry.base import (
-    Entry,
-    Registry,
-    RegistryUnavailable,
-    Removal,
-    add_registry_arguments,
-    registry_from_args,
-)
+from generator.registry.base import Entry, Registry, RegistryUnavailable, Removal
+from generator.registry.open import add_registry_arguments, registry_from_args
 from generator.secret import child_environment, redact
 from generator.streams import Streams
 
