@@ -23,7 +23,7 @@ from generator.core.errors import SnapshotError, UsageError
 from generator.core.routing import ALWAYS_REFUSED, guard
 from generator.core.snapshot import loads
 from generator.core.validate import SnapshotValidator, parse_time, validate
-from generator.register import command as register
+from generator.register import settings as register
 from generator.registry.open import parse_url
 from generator.resources import schema
 
