@@ -280,7 +280,7 @@ class Stage:
         return "\n".join(text.splitlines()[-lines:])
 
     def registry(self) -> Any:
-        from generator.registry.base import open_registry
+        from generator.registry.open import open_registry
 
         if self._registry is None:
             self._registry = open_registry(self.url, timeout=30.0)

@@ -39,7 +39,7 @@ from generator.core.errors import (
 from generator.core.pipeline import build
 from generator.core.render import environment
 from generator.core.snapshot import loads
-from generator.register.command import MetadataUnavailable
+from generator.register.discovery import MetadataUnavailable
 from generator.registry.base import RegistryUnavailable
 from generator.resources import data_dir, schema
 from generator.site import pages as site

@@ -247,7 +247,7 @@ def variables_the_code_reads() -> set[str]:
     for path in [*sorted((REPO / "generator").rglob("*.py")), DEPLOY_DIR / "service/app.py"]:
         text = path.read_text(encoding="utf-8")
         known |= set(re.findall(r'environ\.get\(\s*"([A-Z][A-Z0-9_]*)"', text))
-        known |= set(re.findall(r'_setting\([^)]*?"([A-Z][A-Z0-9_]*)"\s*\)', text))
+        known |= set(re.findall(r'\bsetting\([^)]*?"([A-Z][A-Z0-9_]*)"\s*\)', text))
         known |= {ENV_PREFIX + name for name in re.findall(r'ENV_PREFIX \+ "([A-Z_]+)"', text)}
         known |= {f"{ENV_PREFIX}ETCD_{n.upper()}" for n in re.findall(r'"--etcd-([a-z]+)"', text)}
     for script in SCRIPTS:

@@ -24,8 +24,10 @@ from harness import LOOPBACK, Etcd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from generator.registry.base import Read, Registry, open_registry
-from generator.registry.keytree import PREFIX, Change, KeyTree, build_snapshot
+from generator.core.keys import PREFIX
+from generator.registry.base import Read, Registry
+from generator.registry.keytree import Change, KeyTree, build_snapshot
+from generator.registry.open import open_registry
 
 # ------------------------------------------------------------------------------------------
 # pure: KeyTree.apply + snapshot() == build_snapshot of the keys the changes leave

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from watch_harness import BIN, DOMAIN, KINDS, Frontend, registry_url
 
 from generator.core.snapshot import MAX_DEPTH
-from generator.registry.base import Entry, open_registry
+from generator.registry.base import Entry
+from generator.registry.open import open_registry
 
 pytestmark = pytest.mark.integration
 

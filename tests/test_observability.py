@@ -29,7 +29,7 @@ from watch_harness import BIN, DOMAIN, Frontend, registry_url
 from generator.core.config import listen_address, resolve
 from generator.core.model import Deployment, Route, RoutingTable
 from generator.core.pipeline import Rendered
-from generator.registry.base import open_registry
+from generator.registry.open import open_registry
 from generator.resources import schema
 from generator.site import pages as site
 from generator.streams import LEVELS, format_line

@@ -24,7 +24,8 @@ import pytest
 from harness import LOOPBACK, Etcd, b64, unb64, wait_for
 
 from generator.cli.main import main
-from generator.registry.base import Entry, Registry, Removal, open_registry
+from generator.registry.base import Entry, Registry, Removal
+from generator.registry.open import open_registry
 
 pytestmark = pytest.mark.integration
 

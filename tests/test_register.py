@@ -32,17 +32,10 @@ from harness import LOOPBACK, Etcd, free_port, free_ports, http_request, port_op
 from generator.cli.main import main
 from generator.core.errors import UsageError
 from generator.core.names import label
-from generator.register.command import (
-    DEFAULT_TTL,
-    MetadataUnavailable,
-    ecs_address,
-    instance_id,
-    parse_drain,
-    resolve,
-    slug_note,
-    task_id,
-)
-from generator.registry.base import Entry, FileRegistry, Removal
+from generator.register.discovery import MetadataUnavailable, ecs_address, instance_id, task_id
+from generator.register.settings import DEFAULT_TTL, parse_drain, resolve, slug_note
+from generator.registry.base import Entry, Removal
+from generator.registry.file import FileRegistry
 
 CLI = Path(sys.executable).with_name("devtest-router")
 PYTHON = sys.executable

@@ -20,15 +20,9 @@ from typing import Any
 import pytest
 from harness import LOOPBACK, Etcd, wait_for
 
-from generator.registry.base import (
-    Entry,
-    HistoryLost,
-    Registry,
-    RegistryUnavailable,
-    Tls,
-    open_registry,
-)
+from generator.registry.base import Entry, HistoryLost, Registry, RegistryUnavailable, Tls
 from generator.registry.etcd3 import EtcdV3Registry
+from generator.registry.open import open_registry
 
 pytestmark = pytest.mark.integration
 

@@ -7,16 +7,12 @@ from pathlib import Path
 import pytest
 
 from generator.core.errors import UsageError
-from generator.registry.base import (
-    Endpoint,
-    FileRegistry,
-    Tls,
-    build_snapshot,
-    open_registry,
-    parse_url,
-)
+from generator.registry.base import Endpoint, Tls
 from generator.registry.etcd2 import EtcdV2Registry
 from generator.registry.etcd3 import EtcdV3Registry
+from generator.registry.file import FileRegistry
+from generator.registry.keytree import build_snapshot
+from generator.registry.open import open_registry, parse_url
 
 # --------------------------------------------------------------------------------------------
 # parse_url

@@ -20,7 +20,7 @@ from generator import resources
 from generator.core.config import resolve
 from generator.core.errors import UsageError
 from generator.core.render import environment
-from generator.registry.base import FileRegistry
+from generator.registry.file import FileRegistry
 from generator.watch.engine import Engine
 from generator.watch.observe import Outcome
 from generator.watch.watcher import (

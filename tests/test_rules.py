@@ -23,8 +23,8 @@ from generator.core.errors import SnapshotError, UsageError
 from generator.core.routing import ALWAYS_REFUSED, guard
 from generator.core.snapshot import loads
 from generator.core.validate import SnapshotValidator, parse_time, validate
-from generator.register import command as register
-from generator.registry.base import parse_url
+from generator.register import settings as register
+from generator.registry.open import parse_url
 from generator.resources import schema
 
 HUGE = "9" * 5000  # past Python's int-string limit (4,300 digits)

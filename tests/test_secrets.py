@@ -22,7 +22,7 @@ import pytest
 from harness import Etcd, Nginx, find_binary, free_port, port_open, wait_for
 
 from generator.core.errors import UsageError
-from generator.registry.base import parse_url
+from generator.registry.open import parse_url
 from generator.secret import SECRET_VARIABLES, child_environment, redact
 
 CLI = Path(sys.executable).with_name("devtest-router")

@@ -17,7 +17,8 @@ from test_registry import _write_v2_noise, entry
 from generator import resources
 from generator.core.config import resolve
 from generator.core.render import environment
-from generator.registry.base import Changes, Entry, Read, Registry, Removal, open_registry
+from generator.registry.base import Changes, Entry, Read, Registry, Removal
+from generator.registry.open import open_registry
 from generator.watch.engine import Engine
 from generator.watch.observe import Outcome
 from generator.watch.watcher import Timing, Watcher

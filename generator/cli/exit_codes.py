@@ -69,7 +69,7 @@ def _errors() -> dict[type[BaseException], int]:
     """Error class -> exit code. register's own error class is imported here, on first use:
     register's help may render its epilog with this module, so importing register at the top
     would be an import cycle."""
-    from generator.register.command import MetadataUnavailable
+    from generator.register.discovery import MetadataUnavailable
 
     errors = {error: entry.code for entry in TABLE for error in entry.errors}
     errors[MetadataUnavailable] = REGISTRY

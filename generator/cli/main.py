@@ -27,7 +27,8 @@ from generator.core.render import environment
 from generator.core.snapshot import loads, yaml_problem
 from generator.memory import keep_large_blocks_apart, release_free_memory
 from generator.nginx.apply import apply_then, checked_text, plan
-from generator.registry.base import present, registry_from_args
+from generator.registry.base import present
+from generator.registry.open import registry_from_args
 from generator.resources import data_dir, schema
 from generator.site import pages as site
 from generator.site.writer import SitePlan, SiteWriter

@@ -7,7 +7,7 @@ import argparse
 from generator import __version__
 from generator.cli.exit_codes import REFUSED, epilog
 from generator.register import command as register
-from generator.registry.base import DEFAULT_REGISTRY, add_registry_arguments
+from generator.registry.open import DEFAULT_REGISTRY, add_registry_arguments
 from generator.streams import LOG_FORMATS
 
 _EPILOG = (

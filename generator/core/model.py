@@ -9,6 +9,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+# RFC 3339 in UTC to the second, as `date -u +%Y-%m-%dT%H:%M:%SZ` writes it: the one way every
+# time is written (registry `created` values, the routing table, the site, the rendered config).
+RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _INERT = re.compile(r"[A-Za-z0-9._:/\[\]-]+", re.ASCII)
 
@@ -151,7 +155,7 @@ class Route:
                 {"instance": member.instance, "upstream": str(member.upstream)}
                 for member in self.members
             ],
-            "created": None if self.created is None else f"{self.created:%Y-%m-%dT%H:%M:%SZ}",
+            "created": None if self.created is None else f"{self.created:{RFC3339}}",
         }
 
 

@@ -14,7 +14,7 @@ import jinja2
 
 from generator.core.config import Config
 from generator.core.errors import TemplateProblem
-from generator.core.model import Route, RoutingTable, Token
+from generator.core.model import RFC3339, Route, RoutingTable, Token
 from generator.site.pages import ASKED_LEVELS, domain_pattern
 
 TEMPLATE = "routes.conf.j2"
@@ -80,7 +80,7 @@ def _align(value: int, to: int) -> int:
 
 
 def rfc3339(moment: datetime | None) -> Token | None:
-    return None if moment is None else Token(moment.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return None if moment is None else Token(moment.strftime(RFC3339))
 
 
 class Fragment(str):

@@ -26,7 +26,14 @@ import fastjsonschema
 import jsonschema
 import referencing
 
-from generator.core.model import Deployment, Instance, Problem, Service, instance_order
+from generator.core.model import (
+    RFC3339,
+    Deployment,
+    Instance,
+    Problem,
+    Service,
+    instance_order,
+)
 from generator.core.names import short_hash
 from generator.core.snapshot import DuplicateKeys
 
@@ -73,9 +80,7 @@ _BAD_PORT = Rule(
     "is {value}, not a port number 1-65535",
     "register the container's host port",
 )
-_CREATED_FIX = (
-    "the deployment routes but loses any hostname collision; write date -u +%Y-%m-%dT%H:%M:%SZ"
-)
+_CREATED_FIX = f"the deployment routes but loses any hostname collision; write date -u +{RFC3339}"
 _INSTANCE_FIX = "it routes once its ip and port keys are both written"
 
 # An instance id: the schema's propertyNames pattern, matched whole (a JSON Schema pattern's $

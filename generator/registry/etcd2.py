@@ -21,6 +21,16 @@ import etcd
 import urllib3
 from urllib3.exceptions import MaxRetryError
 
+from generator.core.keys import (
+    PREFIX,
+    created_key,
+    deployment_key,
+    instances_key,
+    ip_key,
+    port_key,
+    service_key,
+    services_key,
+)
 from generator.core.snapshot import parse_json
 from generator.memory import no_gc
 from generator.registry.base import (
@@ -35,7 +45,7 @@ from generator.registry.base import (
     address,
 )
 from generator.registry.etcd_common import MIN_WATCH, SHORTEST_WATCH, describe, first_line, why
-from generator.registry.keytree import PREFIX, Change, KeyTree
+from generator.registry.keytree import Change, KeyTree
 
 T = TypeVar("T")
 
@@ -249,13 +259,13 @@ class EtcdV2Registry:
         def action(client: Any) -> None:
             # Plain writes: the newest registration of an instance wins (see keepalive).
             if ttl <= 0:  # no TTL, like the original snippet: the keys stay until deleted
-                client.write(f"{entry.key}/ip", entry.ip)
-                client.write(f"{entry.key}/port", str(entry.port))
+                client.write(ip_key(entry.key), entry.ip)
+                client.write(port_key(entry.key), str(entry.port))
                 with contextlib.suppress(etcd.EtcdAlreadyExist):
-                    client.write(_created_key(entry), entry.created, prevExist=False)
+                    client.write(created_key(entry.deployment), entry.created, prevExist=False)
                 return
-            client.write(f"{entry.key}/ip", entry.ip, ttl=ttl)
-            client.write(f"{entry.key}/port", str(entry.port), ttl=ttl)
+            client.write(ip_key(entry.key), entry.ip, ttl=ttl)
+            client.write(port_key(entry.key), str(entry.port), ttl=ttl)
             self._keep_created(client, entry, ttl)
 
         self._call(action)
@@ -263,12 +273,14 @@ class EtcdV2Registry:
         # container gone without deregistering) leave empty directories behind; the snapshot
         # never shows them, but they pile up, one per instance id. A failure here costs nothing.
         with contextlib.suppress(etcd.EtcdException, RegistryUnavailable):
-            self._call(lambda client: _sweep(client, f"{PREFIX}/{entry.deployment}/service"))
+            self._call(lambda client: _sweep(client, services_key(entry.deployment)))
 
     def keepalive(self, entry: Entry, ttl: int) -> str | None:
         def action(client: Any) -> str | None:
-            for name, value in (("ip", entry.ip), ("port", str(entry.port))):
-                key = f"{entry.key}/{name}"
+            for key, value in (
+                (ip_key(entry.key), entry.ip),
+                (port_key(entry.key), str(entry.port)),
+            ):
                 try:  # only while it holds what we wrote; a refresh wakes no watcher
                     client.refresh(key, ttl, prevValue=value)
                     continue
@@ -285,7 +297,7 @@ class EtcdV2Registry:
                         return _held(client, entry)
             if self._created_ttl.get(entry.deployment):
                 try:
-                    client.refresh(_created_key(entry), ttl)
+                    client.refresh(created_key(entry.deployment), ttl)
                     return None
                 except etcd.EtcdKeyNotFound:
                     pass
@@ -296,7 +308,7 @@ class EtcdV2Registry:
 
     def _keep_created(self, client: Any, entry: Entry, ttl: int) -> None:
         """Create `created` with a TTL, or refresh the TTL of the one there (if it has one)."""
-        key = _created_key(entry)
+        key = created_key(entry.deployment)
         for _ in range(5):  # each retry follows a concurrent create or expiry
             try:
                 client.write(key, entry.created, ttl=ttl, prevExist=False)
@@ -317,8 +329,7 @@ class EtcdV2Registry:
 
     def deregister(self, entry: Entry, force: bool = False) -> Removal:
         def action(client: Any) -> Removal:
-            deployment = f"{PREFIX}/{entry.deployment}"
-            service = _service_key(entry)
+            service = service_key(entry.deployment, entry.service)
             removal = Removal(False)
             if force:
                 with contextlib.suppress(etcd.EtcdKeyNotFound):
@@ -341,22 +352,22 @@ class EtcdV2Registry:
             # v2 has no transactions. Directories are deleted without recursive=true, which
             # fails once a sibling registering concurrently has written into them: its keys
             # stay. Only `created` can race (see below).
-            emptied = [service, f"{deployment}/service"]
+            emptied = [service, services_key(entry.deployment)]
             if entry.instance is not None:
-                emptied[:0] = [entry.key, f"{service}/instance"]
+                emptied[:0] = [entry.key, instances_key(entry.deployment, entry.service)]
             for directory in emptied:
                 if not _remove_empty_dirs(client, directory):
                     return removal  # something else is still registered under it
             try:
-                gone = client.pop(f"{deployment}/created")
+                gone = client.pop(created_key(entry.deployment))
             except etcd.EtcdKeyNotFound:
                 gone = None
-            if gone is not None and _has_values(client, f"{deployment}/service"):
+            if gone is not None and _has_values(client, services_key(entry.deployment)):
                 # A sibling registered in between and found our `created`: put it back.
                 with contextlib.suppress(etcd.EtcdAlreadyExist):
                     client.write(gone.key, gone.value, ttl=gone.ttl, prevExist=False)
                 return removal
-            _remove_empty_dirs(client, deployment)
+            _remove_empty_dirs(client, deployment_key(entry.deployment))
             self._created_ttl.pop(entry.deployment, None)
             return removal
 
@@ -511,11 +522,3 @@ def _held(client: Any, entry: Entry) -> str:
     """The address in the entry's ip and port keys now (another registration's)."""
     found = _nodes(client, entry)
     return address(*(found[name].value if name in found else None for name in ("ip", "port")))
-
-
-def _service_key(entry: Entry) -> str:
-    return f"{PREFIX}/{entry.deployment}/service/{entry.service}"
-
-
-def _created_key(entry: Entry) -> str:
-    return f"{PREFIX}/{entry.deployment}/created"

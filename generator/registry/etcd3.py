@@ -35,6 +35,15 @@ from etcd3gw.exceptions import (
 )
 from etcd3gw.lease import Lease
 
+from generator.core.keys import (
+    UNDER,
+    created_key,
+    deployment_key,
+    ip_key,
+    port_key,
+    service_key,
+    services_key,
+)
 from generator.memory import no_gc
 from generator.registry.base import (
     Changes,
@@ -48,7 +57,7 @@ from generator.registry.base import (
     address,
 )
 from generator.registry.etcd_common import MIN_WATCH, SHORTEST_WATCH, describe, first_line, why
-from generator.registry.keytree import PREFIX, Change, KeyTree
+from generator.registry.keytree import Change, KeyTree
 
 T = TypeVar("T")
 
@@ -199,7 +208,7 @@ class EtcdV3Registry:
             # Not etcd3gw's get_prefix(): it drops the response header, and with it the
             # revision this snapshot is at, which wait() needs.
             with no_gc():
-                reply = client.post(client.get_url("/kv/range"), json=_range(f"{PREFIX}/"))
+                reply = client.post(client.get_url("/kv/range"), json=_range(UNDER))
                 try:
                     revision = _revision(reply)
                     kvs = reply.get("kvs", [])
@@ -231,9 +240,7 @@ class EtcdV3Registry:
         start revision or a rejected token leaves it waiting forever), its request has no
         timeout, and its thread and queue are more than one blocking read needs.
         """
-        request: dict[str, Any] = {
-            "create_request": {**_range(f"{PREFIX}/"), "start_revision": after + 1}
-        }
+        request: dict[str, Any] = {"create_request": {**_range(UNDER), "start_revision": after + 1}}
         while True:
             # Each read may wait at most this long; a member quiet for `self.timeout` is asked
             # again, so that one that stopped answering is noticed. Until etcd confirms the
@@ -317,10 +324,10 @@ class EtcdV3Registry:
         """ip and port, and created unless present, all with `lease`: one transaction."""
         ip, port = _keys(entry)
         puts = [_put(ip, entry.ip, lease), _put(port, str(entry.port), lease)]
-        created = _put(_created_key(entry.deployment), entry.created, lease)
+        created = _put(created_key(entry.deployment), entry.created, lease)
         client.transaction(
             {
-                "compare": [_absent(_created_key(entry.deployment))],
+                "compare": [_absent(created_key(entry.deployment))],
                 "success": [*puts, created],
                 "failure": puts,
             }
@@ -333,7 +340,7 @@ class EtcdV3Registry:
                 lease = self._find_lease(client, entry)
             if lease is not None and Lease(lease, client).refresh() <= 0:
                 lease = None  # expired, and with it our keys
-            keys = [*_keys(entry), _created_key(entry.deployment)]
+            keys = [*_keys(entry), created_key(entry.deployment)]
             if lease is not None:
                 self._leases[_owner(entry)] = lease
                 # Read-only (no revision, no event) while everything is there. `created` goes
@@ -451,7 +458,7 @@ class EtcdV3Registry:
     def _remove_all(self, client: Etcd3Client, entry: Entry) -> tuple[Removal, set[int]]:
         """Delete whatever is there: the instance's keys, or (no instance) the whole service."""
         if entry.instance is None:
-            ranges = [_range(f"{PREFIX}/{entry.deployment}/service/{entry.service}/")]
+            ranges = [_range(service_key(entry.deployment, entry.service) + "/")]
         else:
             ranges = [_range(key, False) for key in _keys(entry)]
         leases: set[int] = set()
@@ -486,11 +493,11 @@ class EtcdV3Registry:
         appeared, the chosen service is still there), so a sibling registering concurrently
         never loses `created`; after a concurrent change it reads again.
         """
-        created_key = _created_key(deployment)
-        services = f"{PREFIX}/{deployment}/service/"
+        created_path = created_key(deployment)
+        services = services_key(deployment) + "/"
         for _ in range(10):
-            kvs = self._range(client, f"{PREFIX}/{deployment}/")
-            created = kvs.get(created_key)
+            kvs = self._range(client, deployment_key(deployment) + "/")
+            created = kvs.get(created_path)
             # keys still on `lease` go with it (a half of ours deleted behind our back)
             others = [
                 kv
@@ -513,12 +520,12 @@ class EtcdV3Registry:
             reply = client.transaction({"compare": compare, "success": [change], "failure": []})
             if reply.get("succeeded"):
                 return
-        raise RegistryUnavailable(f"{self.description}: {created_key} keeps changing; try again")
+        raise RegistryUnavailable(f"{self.description}: {created_path} keeps changing; try again")
 
     def _move_created(self, client: Etcd3Client, deployment: str, lease: int, to: int) -> None:
         """Attach `created`, if on `lease`, to lease `to` (registered again: a new lease)."""
-        created = self._range(client, _created_key(deployment), prefix=False).get(
-            _created_key(deployment)
+        created = self._range(client, created_key(deployment), prefix=False).get(
+            created_key(deployment)
         )
         if created is not None and int(created.get("lease", 0)) == lease:
             client.transaction(  # if it changed meanwhile, it is not ours to move any more
@@ -654,7 +661,7 @@ def _owner(entry: Entry) -> tuple[str, str, str | None]:
 
 def _keys(entry: Entry) -> list[str]:
     """The entry's ip and port keys."""
-    return [f"{entry.key}/ip", f"{entry.key}/port"]
+    return [ip_key(entry.key), port_key(entry.key)]
 
 
 def _on(key: str, lease: int) -> dict[str, Any]:
@@ -690,10 +697,6 @@ def _holder(ip: dict[str, Any] | None, port: dict[str, Any] | None) -> str:
         return None if kv is None else _text(kv["value"]) if kv.get("value") else ""
 
     return address(value(ip), value(port))
-
-
-def _created_key(deployment: str) -> str:
-    return f"{PREFIX}/{deployment}/created"
 
 
 def _revoke(client: Etcd3Client, lease: int) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from generator.core.keys import PREFIX, UNDER, deployment_of, segments
 from generator.core.snapshot import MAX_DEPTH, TOO_DEEP
 from generator.memory import no_gc
 
@@ -20,9 +21,6 @@ from generator.memory import no_gc
 # deployment with a deeper key is left out of the snapshot (snapshot.TOO_DEEP in its place):
 # it costs only itself, and no later stage recurses on it.
 _LONGEST = MAX_DEPTH + 1
-
-PREFIX = "/deployment"
-_UNDER = PREFIX + "/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,17 +33,9 @@ class Change:
     subtree: bool = False
 
 
-def deployment_of(key: str) -> str | None:
-    """The deployment a key belongs to (its first segment under /deployment), None if none."""
-    if not key.startswith(_UNDER):
-        return None
-    name = key[len(PREFIX) :].strip("/").split("/", 1)[0]
-    return name or None
-
-
 def _insert(root: dict[str, Any], key: str, value: str) -> bool:
     """Put `value` at `key`'s path under `root`; False (nothing put) for a key too deep."""
-    parts = key[len(PREFIX) :].strip("/").split("/")
+    parts = segments(key)
     if len(parts) > _LONGEST:
         return False
     _place(root, parts, value)
@@ -99,7 +89,7 @@ class KeyTree:
         cut = len(PREFIX)
         with no_gc():
             for key, value in pairs:
-                if value is None or not key.startswith(_UNDER):
+                if value is None or not key.startswith(UNDER):
                     continue
                 parts = key[cut:].strip("/").split("/")
                 name = parts[0]

@@ -31,6 +31,7 @@ from markupsafe import Markup
 from generator.core.config import Config
 from generator.core.errors import TemplateProblem
 from generator.core.model import (
+    RFC3339,
     Member,
     Problem,
     Route,
@@ -202,7 +203,7 @@ def listing(key: DeploymentKey, routes: Sequence[Route], problems: tuple[Problem
     return Listing(
         name=name,
         label=label,
-        created=None if created is None else f"{created:%Y-%m-%dT%H:%M:%SZ}",
+        created=None if created is None else f"{created:{RFC3339}}",
         default=default,
         services=tuple(services),
         problems=problems,
