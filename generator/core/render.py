@@ -15,7 +15,7 @@ import jinja2
 from generator.core.config import Config
 from generator.core.errors import TemplateProblem
 from generator.core.model import RFC3339, Route, RoutingTable, Token
-from generator.site.pages import ASKED_LEVELS, domain_pattern
+from generator.core.site_layout import ASKED_LEVELS, domain_pattern
 
 TEMPLATE = "routes.conf.j2"
 GROUP_TEMPLATE = "deployment.conf.j2"

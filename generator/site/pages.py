@@ -41,30 +41,15 @@ from generator.core.model import (
     Upstream,
     instance_order,
 )
-from generator.core.validate import key_path
+from generator.core.names import key_path
+from generator.core.site_layout import (
+    DOCUMENT,
+    INDEX,
+    NOT_FOUND,
+    NOT_FOUND_DIR,
+)
 
-INDEX = "index.html"
-DOCUMENT = "deployments.json"
-NOT_FOUND = "not-found.html"
-NOT_FOUND_DIR = "not-found"
 DOCUMENT_VERSION = 1
-
-# How many times nginx cuts the last `-segment` off an unknown hostname's first label to find
-# a deployment's 404 page (feature-x-my-api -> feature-x-my -> feature-x): a fixed chain of
-# maps, whatever the number of routes. A service part with more hyphens than this gets the
-# generic page.
-ASKED_LEVELS = 8
-
-
-def try_files() -> list[str]:
-    """What nginx tries for an unknown hostname, the longest label first (see ASKED_LEVELS)."""
-    pages = [f"/{NOT_FOUND_DIR}/$devtest_asked_{level}.html" for level in range(ASKED_LEVELS)]
-    return [*pages, f"/{NOT_FOUND}", "=404"]
-
-
-def domain_pattern(domain: str) -> Token:
-    """The domain as a regex that matches only itself: dots as `[.]` (a Token has no `\\`)."""
-    return Token(domain.replace(".", "[.]"))
 
 
 @dataclass(frozen=True, slots=True)

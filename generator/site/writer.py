@@ -27,15 +27,12 @@ from markupsafe import Markup
 from generator.core.config import Config
 from generator.core.errors import ApplyError, SiteError, UsageError
 from generator.core.model import Problem, Route, RoutingTable
+from generator.core.names import key_path
 from generator.core.pipeline import update_sorted
-from generator.core.validate import key_path
+from generator.core.site_layout import DOCUMENT, INDEX, NOT_FOUND, NOT_FOUND_DIR
 from generator.memory import no_gc
 from generator.nginx.apply import file_kind
 from generator.site.pages import (
-    DOCUMENT,
-    INDEX,
-    NOT_FOUND,
-    NOT_FOUND_DIR,
     DeploymentKey,
     Listing,
     Page,
