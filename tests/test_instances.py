@@ -22,7 +22,8 @@ from generator import resources
 from generator.core import pipeline, render
 from generator.core.config import resolve
 from generator.core.model import Deployment, Problem, instance_order
-from generator.core.validate import INSTANCE_ID, SnapshotValidator, key_path, validate
+from generator.core.names import key_path
+from generator.core.validate import INSTANCE_ID, SnapshotValidator, validate
 
 VALIDATOR = SnapshotValidator(resources.schema("snapshot"))
 TEMPLATES = render.environment([resources.data_dir("templates")])

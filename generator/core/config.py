@@ -17,7 +17,7 @@ import jsonschema
 
 from generator.core.errors import UsageError
 from generator.core.model import Token
-from generator.core.validate import show
+from generator.core.names import show
 
 ENV_PREFIX = "DEVTEST_ROUTER_"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import re
+from typing import Any
 
 from generator.core.model import Token
 
@@ -72,3 +74,36 @@ def hostname(deployment: str, service: str | None, domain: str) -> Token:
     """<deployment>-<service>.<domain>, or <deployment>.<domain> (the default entry point)."""
     first = label(deployment) if service is None else label(deployment, service)
     return Token(f"{first}.{domain}")
+
+
+# Problems name registry keys: printed whatever a key holds, on one line.
+_PLAIN = re.compile(r"[A-Za-z0-9._~:@+=,-]{1,64}")
+
+
+def show(value: Any, limit: int = 48) -> str:
+    """A registry value or key, safe to print on one line whatever it holds."""
+    if isinstance(value, str):
+        if _PLAIN.fullmatch(value):
+            return value
+        cut = value if len(value) <= limit else value[:limit] + "..."
+        return json.dumps(cut, ensure_ascii=True)
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "a directory" if value else "an empty directory"
+    if isinstance(value, list):
+        return "a list"
+    return show(json.dumps(value), limit)
+
+
+def key_path(*parts: str) -> str:
+    return "/" + "/".join(_key_part(part) for part in parts)
+
+
+def _key_part(part: str) -> str:
+    """A key as show() prints it; a shortened one ends in a hash of the whole, so that two long
+    names sharing a prefix stay two keys (and two problems)."""
+    shown = show(part)
+    if shown.endswith('..."'):
+        shown += "~" + short_hash(part)
+    return shown

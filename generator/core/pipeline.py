@@ -16,7 +16,7 @@ import jinja2
 from generator.core.check import destination
 from generator.core.config import Config
 from generator.core.model import Problem, Route, RoutingTable, Token
-from generator.core.names import label
+from generator.core.names import key_path, label
 from generator.core.render import (
     Part,
     group_of,
@@ -27,7 +27,7 @@ from generator.core.render import (
 )
 from generator.core.routing import Candidate, candidates, reserved_hosts, settle_host
 from generator.core.snapshot import Refused, canonical, deployment_part, snapshot_id_of
-from generator.core.validate import Oversized, SnapshotValidator, find_oversized, key_path
+from generator.core.validate import Oversized, SnapshotValidator, find_oversized
 from generator.memory import no_gc
 
 

@@ -28,8 +28,7 @@ from generator.core.model import (
     Token,
     Upstream,
 )
-from generator.core.names import hostname, label, short_hash
-from generator.core.validate import key_path, show
+from generator.core.names import hostname, key_path, label, short_hash, show
 
 # A route some deployment asks for, before collisions with other deployments.
 Candidate = Route

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from generator.core.errors import SnapshotError
+from generator.core.names import key_path, show
 
 
 class _StringKeyLoader(yaml.SafeLoader):
@@ -107,7 +108,7 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 class DuplicateKeys(list[list[str]]):
     """What loads() puts in place of a deployment in which a key was given twice: one
-    [key path, first value, second value] each, the values as validate.show() prints them.
+    [key path, first value, second value] each, the values as names.show() prints them.
 
     etcd holds one value per key, so a duplicate comes from a snapshot written or edited by
     hand (or corrupted): neither value can be trusted to be the one meant, and a later value
@@ -392,8 +393,6 @@ def loads(text: str, source: str = "snapshot") -> dict[str, Any]:
 def _mark_duplicates(data: dict[str, Any], source: str) -> dict[str, Any]:
     """`data` with each deployment in which a key was given twice replaced by its
     DuplicateKeys; SnapshotError for a key given twice outside any deployment."""
-    from generator.core.validate import key_path, show  # validate imports this module
-
     found: dict[str, DuplicateKeys] = {}
     stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
     while stack:

@@ -13,7 +13,6 @@ another instance of the service is complete; a service with no complete instance
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping
 from collections.abc import Set as AbstractSet
@@ -34,7 +33,7 @@ from generator.core.model import (
     Service,
     instance_order,
 )
-from generator.core.names import short_hash
+from generator.core.names import key_path, show
 from generator.core.snapshot import DuplicateKeys
 
 
@@ -252,37 +251,6 @@ _PLAIN_INCOMPLETE = Rule(
 _INCOMPLETE_SERVICE = next(rule for _, _, rule in RULES if rule.code == "incomplete-service")
 _BAD_CREATED = next(rule for _, _, rule in RULES if rule.code == "bad-created")
 _BAD_INSTANCE_ID = next(rule for _, _, rule in RULES if rule.code == "bad-instance-id")
-
-_PLAIN = re.compile(r"[A-Za-z0-9._~:@+=,-]{1,64}")
-
-
-def show(value: Any, limit: int = 48) -> str:
-    """A registry value or key, safe to print on one line whatever it holds."""
-    if isinstance(value, str):
-        if _PLAIN.fullmatch(value):
-            return value
-        cut = value if len(value) <= limit else value[:limit] + "..."
-        return json.dumps(cut, ensure_ascii=True)
-    if value is None:
-        return "null"
-    if isinstance(value, dict):
-        return "a directory" if value else "an empty directory"
-    if isinstance(value, list):
-        return "a list"
-    return show(json.dumps(value), limit)
-
-
-def key_path(*parts: str) -> str:
-    return "/" + "/".join(_key_part(part) for part in parts)
-
-
-def _key_part(part: str) -> str:
-    """A key as show() prints it; a shortened one ends in a hash of the whole, so that two long
-    names sharing a prefix stay two keys (and two problems)."""
-    shown = show(part)
-    if shown.endswith('..."'):
-        shown += "~" + short_hash(part)
-    return shown
 
 
 class SnapshotValidator:
