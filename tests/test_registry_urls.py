@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from generator.cli.exit_codes import code_of
 from generator.core.errors import UsageError
 from generator.registry.base import Endpoint, Tls
 from generator.registry.etcd2 import EtcdV2Registry
@@ -73,7 +74,7 @@ def test_bad_url_is_one_usage_error_line(url: str, says: str) -> None:
     message = str(caught.value)
     assert says in message
     assert "\n" not in message
-    assert caught.value.exit_code == 2
+    assert code_of(caught.value) == 2
 
 
 # Found while writing these tests: parse_url let these through, or failed with a traceback.

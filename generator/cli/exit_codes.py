@@ -1,9 +1,6 @@
 """devtest-router's exit codes in one place: what each means (the help epilogs' table) and which
-errors end a command with it (main() maps them through `code_of`).
-
-The `exit_code` attributes that remain on UsageError, RegistryUnavailable and
-MetadataUnavailable are read by `register` (generator/register/) for the codes it returns
-without raising; a test checks that they agree with this table.
+errors end a command with it (main() maps them through `code_of`). `register` returns the
+codes it does not raise from here too, and prints its help's table with `epilog`.
 """
 
 from __future__ import annotations

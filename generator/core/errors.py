@@ -10,8 +10,6 @@ class Error(Exception):
 class UsageError(Error):
     """A flag, environment variable or config file setting is missing or wrong."""
 
-    exit_code = 2  # as in cli/exit_codes.py: register returns it without raising
-
 
 class TemplateProblem(Error):
     """A template (bundled, or from template_dir) is missing, does not parse or fails to render,

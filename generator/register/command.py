@@ -25,6 +25,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
+from generator.cli.exit_codes import CHANGES, OK, REGISTRY, USAGE, epilog
 from generator.core.errors import UsageError
 from generator.core.keys import created_key, instance_key, service_key
 from generator.register.discovery import discover, discover_instance
@@ -131,7 +132,8 @@ def _said(
 # --------------------------------------------------------------------------
 # the command line
 
-_EPILOG = """\
+_EPILOG = (
+    """\
 environment (a flag beats its variable):
   NAME, SERVICE, PORT, IP       as the original registration snippet's Docker variables
   INSTANCE                      --instance
@@ -163,16 +165,24 @@ that hold its address; etcd v3: that are on its lease); a newer registration's a
 alone. With -- CMD, a registry that does not answer is retried (said once) while CMD keeps
 serving.
 
-exit codes:
-    0  registered (--once), or stopped by SIGTERM/SIGINT and deregistered (or found a newer
-       registration in its place and left it)
-    2  a missing or bad setting
-    4  the registry or a metadata endpoint for the address cannot be reached (without CMD,
-       also when deregistering on SIGTERM/SIGINT fails)
+"""
+    + epilog(
+        (OK, USAGE, REGISTRY),
+        {
+            USAGE: "a missing or bad setting",
+            OK: "registered (--once), or stopped by SIGTERM/SIGINT and deregistered (or found a "
+            "newer\nregistration in its place and left it)",
+            REGISTRY: "the registry or a metadata endpoint for the address cannot be reached "
+            "(without CMD,\nalso when deregistering on SIGTERM/SIGINT fails)",
+        },
+    )
+    + """
   N    with -- CMD: CMD's exit status (128+S when signal S killed it; 126/127: cannot run it)
 """
+)
 
-_DEREGISTER_EPILOG = """\
+_DEREGISTER_EPILOG = (
+    """\
 environment (a flag beats its variable): NAME, SERVICE, INSTANCE, IP, PORT, REGISTRY_URL, as for
 register.
 
@@ -183,12 +193,18 @@ removed: the instance given with --instance/INSTANCE, or without one the whole s
 own ip/port keys and every instance). /deployment/<branch>/created goes once no service of
 the branch is left.
 
-exit codes:
-    0  deregistered, or nothing was registered there
-    1  left as it is: the instance holds another address (a newer registration's)
-    2  a missing or bad setting, or neither IP and PORT nor --force
-    4  the registry cannot be reached
 """
+    + epilog(
+        (OK, CHANGES, USAGE, REGISTRY),
+        {
+            OK: "deregistered, or nothing was registered there",
+            CHANGES: "left as it is: the instance holds another address (a newer registration's)",
+            USAGE: "a missing or bad setting, or neither IP and PORT nor --force",
+            REGISTRY: "the registry cannot be reached",
+        },
+    )
+    + "\n"
+)
 
 
 # In the commands' descriptions: the keys of an instance, as the layout spells them.

@@ -27,8 +27,6 @@ IMDS_TOKEN_TTL = 60  # seconds an IMDSv2 token lives; we use it at once
 class MetadataUnavailable(Error):
     """The ECS task metadata or EC2 instance metadata endpoint cannot be reached or read."""
 
-    exit_code = 4
-
 
 # --------------------------------------------------------------------------
 # the instance id (pure)

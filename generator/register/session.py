@@ -7,7 +7,8 @@ import signal
 import time
 from datetime import UTC, datetime
 
-from generator.core.errors import Error, UsageError
+from generator.cli.exit_codes import OK, REGISTRY, USAGE
+from generator.core.errors import Error
 from generator.core.model import RFC3339
 from generator.register.discovery import Address
 from generator.register.process import (
@@ -21,7 +22,7 @@ from generator.register.process import (
     port_answers,
 )
 from generator.register.settings import Settings
-from generator.registry.base import Entry, Registry, RegistryUnavailable
+from generator.registry.base import Entry, Registry
 from generator.streams import Streams
 
 PORT_POLL = 0.1  # seconds between connection attempts while CMD starts
@@ -150,7 +151,7 @@ def sidecar(session: Session, streams: Streams) -> int:
             stop = [signum for signum in received if signum in STOPPING]
             if stop:
                 streams.say(f"{signal.Signals(stop[0]).name} received; deregistering")
-                return 0 if session.deregister() else RegistryUnavailable.exit_code
+                return OK if session.deregister() else REGISTRY
             if time.monotonic() >= due:
                 session.keepalive()
                 due = next_keepalive(session.ttl)
@@ -165,7 +166,7 @@ def wrap(session: Session, settings: Settings, address: Address, streams: Stream
             "another process listens there and would be registered in its place; stop it or "
             "use another PORT (or --check-port)"
         )
-        return UsageError.exit_code
+        return USAGE
     with SignalWaiter((*FORWARDED, signal.SIGCHLD)) as waiter:
         try:
             child = Child(command)

@@ -19,8 +19,6 @@ from generator.registry.keytree import Change, KeyTree
 class RegistryUnavailable(Error):
     """The registry cannot be reached or read; nothing was changed."""
 
-    exit_code = 4
-
 
 class HistoryLost(Exception):
     """The watch fell too far behind (etcd v2 cleared the index, v3 compacted): re-read in full."""
