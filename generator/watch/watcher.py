@@ -5,9 +5,9 @@ costs what the change is, not what the registry is: the snapshot built from the 
 one a full read at the same index would give. It reads everything again when it cannot follow
 the events: at start and after the registry was away, when the history was lost (etcd v2
 cleared the index, v3 compacted), after an event of a shape it does not know, for a registry
-that only says "changed" (a file), and every `resync` seconds. Bursts settle when
+that only says "changed" (a file), and every `resync` seconds. Bursts are debounced (one apply once
 the registry has been quiet for `quiet` seconds, or `max_wait` seconds after the first change at
-the latest, so a steady trickle of writes still gets applied. An unreachable registry never
+the latest), so a steady trickle of writes still gets applied. An unreachable registry never
 means "no services": the last good config stays while the watcher retries with capped backoff.
 What happens is told to an Observer (observe.py): /healthz and /metrics are kept at the edge.
 
@@ -47,6 +47,7 @@ from generator.core.errors import Error
 from generator.core.model import Problem
 from generator.registry.base import Changes, HistoryLost, Read, Registry, present
 from generator.registry.keytree import Change
+from generator.resources import schema
 from generator.streams import Log
 from generator.watch.observe import Observer, Outcome, Unobserved, problem_fields
 
@@ -55,15 +56,22 @@ BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)  # seconds between attempts while the 
 IDLE_POLL = 0.5  # longest block in wait(), so a stop request is noticed within this
 
 
+def _default(setting: str) -> float:
+    """A setting's default, as schema/config.schema.json gives it (the one place it is set)."""
+    return float(schema("config")["properties"][setting]["default"])
+
+
 @dataclass(frozen=True, slots=True)
 class Timing:
-    quiet: float = 0.2
-    max_wait: float = 2.0
-    resync: float = 300.0  # read in full at least this often: a safety net under the events
-    removal_grace: float = 30.0  # after a reconnect, hold removals back this long (0: off)
+    """The watcher's timing settings (seconds); defaults as in the config schema."""
+
+    quiet: float = _default("quiet_period")
+    max_wait: float = _default("max_wait")
+    resync: float = _default("resync_interval")  # read in full at least this often
+    removal_grace: float = _default("removal_grace")  # after a reconnect, hold removals back
 
 
-def settle(
+def debounce(
     wait: Callable[[int, float], int | None],
     index: int,
     timing: Timing,
@@ -168,7 +176,7 @@ def _keys_of(paths: list[KeyPath]) -> str:
 
 
 class _Burst:
-    """Registry.watch as settle() wants it (an index or None), keeping the changes seen; a
+    """Registry.watch as debounce() wants it (an index or None), keeping the changes seen; a
     change it cannot follow (or a lost history) marks the burst for a full read."""
 
     def __init__(self, registry: Registry, first: Changes) -> None:
@@ -312,7 +320,7 @@ class Watcher:
             self._answered()
             if changed is not None:
                 burst = _Burst(self.registry, changed)
-                index = settle(burst, changed.index, self.timing)
+                index = debounce(burst, changed.index, self.timing)
                 if not burst.known or read.keys is None:
                     return None
                 read.keys.apply(burst.changes)

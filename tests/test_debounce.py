@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from generator.registry.base import HistoryLost
-from generator.watch.watcher import Timing, settle
+from generator.watch.watcher import Timing, debounce
 
 
 class Script:
@@ -31,21 +31,21 @@ class Script:
 TIMING = Timing(quiet=0.2, max_wait=2.0)
 
 
-def test_a_lone_change_settles_after_the_quiet_period() -> None:
+def test_a_lone_change_ends_its_burst_after_the_quiet_period() -> None:
     script = Script([])
-    assert settle(script.wait, 1, TIMING, script.clock) == 1
+    assert debounce(script.wait, 1, TIMING, script.clock) == 1
     assert script.now == pytest.approx(0.2)
 
 
-def test_a_burst_settles_after_its_last_change_plus_the_quiet_period() -> None:
+def test_a_burst_ends_after_its_last_change_plus_the_quiet_period() -> None:
     script = Script([0.1, 0.25, 0.3])
-    assert settle(script.wait, 1, TIMING, script.clock) == 4
+    assert debounce(script.wait, 1, TIMING, script.clock) == 4
     assert script.now == pytest.approx(0.5)
 
 
 def test_a_steady_trickle_is_applied_after_max_wait_at_the_latest() -> None:
     script = Script([0.15 * step for step in range(1, 100)])
-    settle(script.wait, 1, TIMING, script.clock)
+    debounce(script.wait, 1, TIMING, script.clock)
     assert script.now == pytest.approx(2.0)
     assert script.changes, "changes after max_wait are left for the next round"
 
@@ -54,10 +54,10 @@ def test_a_lost_history_ends_the_burst_at_once() -> None:
     def wait(after: int, timeout: float) -> int | None:
         raise HistoryLost
 
-    assert settle(wait, 7, TIMING, lambda: 0.0) == 7
+    assert debounce(wait, 7, TIMING, lambda: 0.0) == 7
 
 
 def test_zero_quiet_period_takes_no_second_look() -> None:
     script = Script([0.0])
-    settle(script.wait, 1, Timing(quiet=0.0, max_wait=2.0), script.clock)
+    debounce(script.wait, 1, Timing(quiet=0.0, max_wait=2.0), script.clock)
     assert script.changes == [0.0]
