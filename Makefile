@@ -33,7 +33,7 @@ demo: $(BIN)/devtest-router deps
 test: $(BIN)/devtest-router deps
 	$(BIN)/ruff check generator tests
 	$(BIN)/mypy
-	$(BIN)/pytest
+	HYPOTHESIS_PROFILE=ci $(BIN)/pytest
 
 # Rewrite the golden files from the current generator: only on purpose, then review the diff.
 goldens: $(BIN)/devtest-router

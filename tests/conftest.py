@@ -1,4 +1,5 @@
-"""Fixtures for real nginx, etcd and HTTP backends; the logic lives in harness.py."""
+"""Fixtures for real nginx, etcd and HTTP backends (the logic lives in harness.py), and the
+Hypothesis profile (hypothesis_profiles.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import hypothesis_profiles
 import pytest
 from harness import Backend, Etcd, Nginx, start_backends, start_cluster
 from watch_harness import Frontend
+
+
+def pytest_report_header() -> str:
+    return f"hypothesis profile: {hypothesis_profiles.PROFILE} (HYPOTHESIS_PROFILE)"
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from etcd3gw.lease import Lease
 from harness import LOOPBACK, Etcd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 
 from generator.registry.base import Read, Registry, open_registry
 from generator.registry.keytree import PREFIX, Change, KeyTree, build_snapshot
@@ -53,7 +54,7 @@ def reference(keys: dict[str, str], change: Change) -> None:
             del keys[key]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(st.tuples(KEYS, VALUES)), st.lists(st.lists(CHANGES, max_size=6), max_size=8))
 def test_kept_keys_make_the_snapshot_of_the_same_keys_read_at_once(
     initial: list[tuple[str, str]], bursts: list[list[Change]]
@@ -200,7 +201,7 @@ def api(request: pytest.FixtureRequest, member: Etcd) -> Iterator[tuple[Registry
 
 @pytest.mark.integration
 @settings(
-    max_examples=25,
+    max_examples=examples(25),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -27,6 +27,7 @@ import pytest
 from harness import find_binary
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 from strategies import (
     NGINX_SPECIAL,
     arbitrary_snapshots,
@@ -54,10 +55,10 @@ PURE = settings(
     derandomize=True,
     deadline=None,
     database=None,
-    max_examples=200,
+    max_examples=examples(200),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-WITH_NGINX = settings(PURE, max_examples=30)
+WITH_NGINX = settings(PURE, max_examples=examples(30))
 
 DEFAULT_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 
@@ -499,7 +500,7 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
     return code, out_bytes.getvalue().decode("utf-8"), err_bytes.getvalue().decode("utf-8")
 
 
-@settings(PURE, max_examples=100)
+@settings(PURE, max_examples=examples(100))
 @example(text=json.dumps(EMPTY_REGISTRY))  # fixed (was exit 2)
 @example(text=json.dumps(CREATED_OUT_OF_RANGE))  # fixed (was exit 3)
 @example(text=json.dumps(SURROGATE_BRANCH))  # fixed (was exit 3)

@@ -31,6 +31,7 @@ from harness import Backend, Nginx, Response, find_binary, http_request, wait_fo
 from hypothesis import HealthCheck, given
 from hypothesis import settings as settings_
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 from site_harness import ARTIFACTS, chromium, deployment, read_page, with_members
 from site_harness import table as routed_table
 
@@ -692,7 +693,7 @@ def test_a_kept_renderer_gives_the_bytes_of_a_fresh_one() -> None:
 
 
 @settings_(
-    max_examples=60,
+    max_examples=examples(60),
     derandomize=True,
     deadline=None,
     database=None,
