@@ -312,6 +312,7 @@ def test_a_failing_reload_counts_as_a_failed_apply_and_fails_healthz_until_it_wo
         registry.close()
 
 
+@pytest.mark.integration  # it listens on a port, and so does the watcher it starts, or tries to
 def test_metrics_listen_refuses_host_names_and_a_port_in_use(tmp_path: Path) -> None:
     registry = tmp_path / "registry.json"
     registry.write_text('{"deployment": {}}')

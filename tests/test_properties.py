@@ -783,7 +783,6 @@ def test_collision_assertion_catches_the_wrong_winner() -> None:
 # 8. nginx accepts it: apply.gate (crossplane + nginx -t) passes, and no hash warning
 
 
-@pytest.mark.integration
 @WITH_NGINX
 @given(snapshot=realistic_snapshots, config=configs)
 def test_nginx_accepts_the_rendered_config(
@@ -820,7 +819,6 @@ def scale_snapshot(count: int) -> dict[str, Any]:
     }
 
 
-@pytest.mark.integration
 def test_five_thousand_long_hostnames_build_the_map_hash(nginx_binary: str) -> None:
     config = make_config(domain="preview.example.com", nginx_binary=nginx_binary)
     rendered = build(scale_snapshot(5000), config)
@@ -829,7 +827,6 @@ def test_five_thousand_long_hostnames_build_the_map_hash(nginx_binary: str) -> N
     assert_nginx_accepts(rendered, config)
 
 
-@pytest.mark.integration
 def test_nginx_assertion_catches_a_hash_nginx_cannot_build(nginx_binary: str) -> None:
     """Without the computed map_hash sizes, the same routes make nginx complain."""
     config = make_config(domain="preview.example.com", nginx_binary=nginx_binary)
@@ -997,7 +994,6 @@ def test_group_assertion_catches_wrong_groups() -> None:
             assert_groups_rendered(bad, table)
 
 
-@pytest.mark.integration
 @WITH_NGINX
 @given(deployments=instance_deployments)
 def test_nginx_accepts_the_rendered_groups(

@@ -26,8 +26,6 @@ from watch_harness import BIN, DOMAIN, KINDS, Frontend, registry_url
 from generator.core.names import label
 from generator.registry.base import Entry, open_registry
 
-pytestmark = pytest.mark.integration
-
 
 def entry(deployment: str, service: str, backend: Backend) -> Entry:
     return Entry(deployment, service, "127.0.0.1", backend.port, "2026-11-28T10:00:00Z")
@@ -50,6 +48,7 @@ def register_process(
     )
 
 
+@pytest.mark.integration
 @KINDS
 def test_registered_service_routes_and_leaves_on_sigterm_and_on_sigkill(
     kind: str,
@@ -75,6 +74,7 @@ def test_registered_service_routes_and_leaves_on_sigterm_and_on_sigkill(
     router.wait_route(f"feature-login-web.{DOMAIN}", None, timeout=2 + 1 + 3)
 
 
+@pytest.mark.integration
 @KINDS
 def test_a_burst_of_200_registrations_causes_few_reloads_and_all_routes_answer(
     kind: str,
@@ -105,6 +105,7 @@ def test_a_burst_of_200_registrations_causes_few_reloads_and_all_routes_answer(
     assert router.reloads() - before <= 5, router.log_tail()
 
 
+@pytest.mark.integration
 @KINDS
 def test_ttl_refreshes_cause_no_reload(
     kind: str,
@@ -146,6 +147,7 @@ def test_ttl_refreshes_cause_no_reload(
         sidecar.wait(10)
 
 
+@pytest.mark.integration
 @KINDS
 def test_watcher_survives_etcd_down_at_start_and_a_restart(
     kind: str,
@@ -183,6 +185,7 @@ def test_watcher_survives_etcd_down_at_start_and_a_restart(
         member.stop()
 
 
+@pytest.mark.integration
 @KINDS
 def test_more_than_1000_writes_while_the_watcher_is_paused(
     kind: str,
@@ -212,6 +215,7 @@ def test_more_than_1000_writes_while_the_watcher_is_paused(
         registry.close()
 
 
+@pytest.mark.integration
 @KINDS
 def test_watcher_fails_over_when_its_etcd_member_dies(
     kind: str,
@@ -237,6 +241,7 @@ def test_watcher_fails_over_when_its_etcd_member_dies(
             member.stop()
 
 
+@pytest.mark.integration
 def test_the_original_curl_registration_routes_like_register(
     etcd: Etcd,
     frontend: Callable[..., Frontend],
@@ -311,6 +316,7 @@ def test_registry_misconfiguration_is_one_line(
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.integration
 def test_watch_stops_cleanly_on_sigterm_and_sigint(
     etcd: Etcd, frontend: Callable[..., Frontend]
 ) -> None:
@@ -329,6 +335,7 @@ def test_watch_stops_cleanly_on_sigterm_and_sigint(
         assert "stopped" in router.log.read_text()
 
 
+@pytest.mark.integration
 def test_watch_a_registry_file(
     tmp_path: Path, frontend: Callable[..., Frontend], backends: Callable[..., dict[str, Backend]]
 ) -> None:
@@ -351,6 +358,7 @@ def test_watch_a_registry_file(
     router.wait_route(f"local.{DOMAIN}", "api")  # the only service is the default
 
 
+@pytest.mark.integration
 def test_wait_returns_once_the_route_answers_and_gives_up_when_it_does_not(
     etcd: Etcd, frontend: Callable[..., Frontend], backends: Callable[..., dict[str, Backend]]
 ) -> None:
@@ -389,6 +397,7 @@ def test_wait_returns_once_the_route_answers_and_gives_up_when_it_does_not(
     assert "feature-wait-web.dev.test answers (200)" in said
 
 
+@pytest.mark.integration
 def test_a_v3_watcher_over_v2_data_keeps_the_routes_and_says_the_prefix_is_absent(
     tmp_path: Path,
     nginx: Nginx,
@@ -428,6 +437,7 @@ def test_a_v3_watcher_over_v2_data_keeps_the_routes_and_says_the_prefix_is_absen
         wrong.stop()
 
 
+@pytest.mark.integration
 def test_removals_in_steps_are_refused_once_they_pass_half_of_the_window(
     frontend: Callable[..., Frontend],
     etcd: Etcd,
@@ -458,6 +468,7 @@ def test_removals_in_steps_are_refused_once_they_pass_half_of_the_window(
     assert "removal_window" in router.log.read_text()
 
 
+@pytest.mark.integration
 def test_what_the_removal_grace_still_misses_at_its_end_meets_the_safety_threshold(
     tmp_path: Path,
     frontend: Callable[..., Frontend],

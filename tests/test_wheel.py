@@ -17,10 +17,7 @@ import sys
 import venv
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.integration
 
 
 def test_installed_wheel_renders_the_demo_outside_the_repo(tmp_path: Path) -> None:
