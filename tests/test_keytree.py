@@ -20,7 +20,7 @@ import pytest
 from etcd3gw.client import Etcd3Client
 from etcd3gw.exceptions import Etcd3Exception
 from etcd3gw.lease import Lease
-from harness import LOOPBACK, Etcd
+from harness import LOOPBACK, Etcd, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_profiles import examples
@@ -240,7 +240,7 @@ def test_ttl_expiries_make_the_snapshot_a_full_read_gives(api: tuple[Registry, A
     for number in range(3):
         writer.expiring(f"{PREFIX}/gone{number}/created")
     assert len(registry.read().snapshot["deployment"]) == 3
-    time.sleep(2.5)
+    wait_for(lambda: not registry.read().snapshot["deployment"], what="the TTLs (1 s) to run out")
     fresh = registry.read()
     assert fresh.snapshot == {"deployment": {}}
     assert follow(registry, read, fresh).snapshot() == fresh.snapshot

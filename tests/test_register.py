@@ -836,7 +836,7 @@ class Running:
     def err(self) -> str:
         return self.log.read_text()
 
-    def wait(self, timeout: float = 10) -> int:
+    def wait(self, timeout: float = 60) -> int:
         return self.proc.wait(timeout)
 
     def stop(self) -> None:

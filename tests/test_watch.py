@@ -85,7 +85,7 @@ def test_a_burst_of_200_registrations_causes_few_reloads_and_all_routes_answer(
     web = backends("web")["web"]
     url = registry_url(kind, etcd)
     router = frontend(url)
-    wait_for(lambda: "registry index" in router.log.read_text(), 10, what="first apply")
+    wait_for(lambda: "registry index" in router.log.read_text(), 60, what="first apply")
     before = router.reloads()
     registry = open_registry(url)
     try:
@@ -120,7 +120,7 @@ def test_ttl_refreshes_cause_no_reload(
     registry.register(registered, ttl=30)
     router = frontend(url)
     router.wait_route(f"keep-web.{DOMAIN}", "web")
-    wait_for(lambda: router.reloads() >= 1, 5, what="the first reload")
+    wait_for(lambda: router.reloads() >= 1, 60, what="the first reload")
     settled = router.reloads()
     try:
         for _ in range(360):  # an hour of refreshes every 10 s (TTL 30 s), run fast
@@ -160,7 +160,7 @@ def test_watcher_survives_etcd_down_at_start_and_a_restart(
     member = Etcd(tmp_path / "etcd", client_port=client, peer_port=peer)
     url = registry_url(kind, member)
     router = frontend(url)  # etcd is not there yet
-    wait_for(lambda: "retrying" in router.log.read_text(), 10, what="one unreachable line")
+    wait_for(lambda: "retrying" in router.log.read_text(), 60, what="one unreachable line")
     try:
         member.start()
         registry = open_registry(url)
@@ -235,7 +235,7 @@ def test_watcher_fails_over_when_its_etcd_member_dies(
         others = open_registry(registry_url(kind, *members[1:]))
         others.register(entry("two", "web", web), ttl=120)
         others.close()
-        router.wait_route(f"two-web.{DOMAIN}", "web", timeout=20)
+        router.wait_route(f"two-web.{DOMAIN}", "web")
     finally:
         for member in members:
             member.stop()
@@ -364,7 +364,7 @@ def test_wait_returns_once_the_route_answers_and_gives_up_when_it_does_not(
 ) -> None:
     web = backends("web")["web"]
     router = frontend(registry_url("etcd2", etcd))
-    wait_for(lambda: "registry index" in router.log.read_text(), 10, what="the first apply")
+    wait_for(lambda: "registry index" in router.log.read_text(), 60, what="the first apply")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEVTEST_ROUTER_")}
     waiting = [
         str(BIN),
@@ -462,7 +462,7 @@ def test_removals_in_steps_are_refused_once_they_pass_half_of_the_window(
         60,
         what=f"the window's refusal\n{router.log_tail()}",
     )
-    wait_for(lambda: len(router.nginx.worker_pids()) == 1, 30, what="old workers to quit")
+    wait_for(lambda: len(router.nginx.worker_pids()) == 1, 60, what="old workers to quit")
     routed = [n for n in range(45) if router.answers(f"step-{n}-web.{DOMAIN}") == "web"]
     assert len(routed) >= 23, (routed, router.log_tail())
     assert "removal_window" in router.log.read_text()
@@ -494,7 +494,7 @@ def test_what_the_removal_grace_still_misses_at_its_end_meets_the_safety_thresho
     router = frontend(f"file:{registry}", "--removal-grace", "2")
     router.wait_route(f"held-11-web.{DOMAIN}", "web")
     registry.unlink()  # the registry is away
-    wait_for(lambda: "no such file" in router.log.read_text(), 15, what="the outage noticed")
+    wait_for(lambda: "no such file" in router.log.read_text(), 60, what="the outage noticed")
     write(names[:2])  # back with 2 of the 12: 20 routes to remove
     wait_for(
         lambda: "refusing to remove 20 of 24 routes" in router.log.read_text(),
