@@ -37,7 +37,7 @@ test: $(BIN)/devtest-router deps
 
 # Rewrite the golden files from the current generator: only on purpose, then review the diff.
 goldens: $(BIN)/devtest-router
-	$(BIN)/pytest tests/test_golden.py --update-goldens
+	$(BIN)/pytest -n 0 tests/test_golden.py --update-goldens
 	git status --short fixtures
 
 # The benchmark suite (bench/run.py; docs/performance.md says what each figure means):

@@ -25,9 +25,11 @@ _SERVERS = pytest.StashKey[frozenset[str]]()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Note a test that uses a server fixture without the integration marker."""
+    """Keep the integration tests on one xdist worker, one after another (they bind ports and
+    start processes), beside the others; note an unmarked test that uses a server fixture."""
     for item in items:
         if item.get_closest_marker("integration") is not None:
+            item.add_marker(pytest.mark.xdist_group("integration"))
             continue
         servers = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
         if servers:
