@@ -33,11 +33,11 @@ demo: $(BIN)/devtest-router deps
 test: $(BIN)/devtest-router deps
 	$(BIN)/ruff check generator tests
 	$(BIN)/mypy
-	$(BIN)/pytest
+	HYPOTHESIS_PROFILE=ci $(BIN)/pytest
 
 # Rewrite the golden files from the current generator: only on purpose, then review the diff.
 goldens: $(BIN)/devtest-router
-	$(BIN)/pytest tests/test_golden.py --update-goldens
+	$(BIN)/pytest -n 0 tests/test_golden.py --update-goldens
 	git status --short fixtures
 
 # The benchmark suite (bench/run.py; docs/performance.md says what each figure means):

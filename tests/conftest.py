@@ -1,4 +1,5 @@
-"""Fixtures for real nginx, etcd and HTTP backends; the logic lives in harness.py."""
+"""Fixtures for real nginx, etcd and HTTP backends (the logic lives in harness.py), the
+Hypothesis profile (hypothesis_profiles.py) and the integration marker's rules."""
 
 from __future__ import annotations
 
@@ -6,9 +7,45 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import hypothesis_profiles
 import pytest
 from harness import Backend, Etcd, Nginx, start_backends, start_cluster
 from watch_harness import Frontend
+
+# Fixtures that start a server (directly or through one of these): a test using one must be
+# marked integration, so that `pytest -m "not integration"` starts none.
+SERVER_FIXTURES = frozenset({"nginx", "backends", "etcd", "etcd_cluster", "frontend"})
+
+
+def pytest_report_header() -> str:
+    return f"hypothesis profile: {hypothesis_profiles.PROFILE} (HYPOTHESIS_PROFILE)"
+
+
+_SERVERS = pytest.StashKey[frozenset[str]]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep the integration tests on one xdist worker, one after another (they bind ports and
+    start processes), beside the others; note an unmarked test that uses a server fixture."""
+    for item in items:
+        if item.get_closest_marker("integration") is not None:
+            item.add_marker(pytest.mark.xdist_group("integration"))
+            continue
+        servers = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if servers:
+            item.stash[_SERVERS] = frozenset(servers)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail, before any fixture starts it, a test that starts a server without the marker."""
+    servers = item.stash.get(_SERVERS, None)
+    if servers:
+        pytest.fail(
+            f"{item.nodeid} uses {', '.join(sorted(servers))}, which start a server: "
+            "mark it @pytest.mark.integration",
+            pytrace=False,
+        )
 
 
 @pytest.fixture

@@ -112,7 +112,7 @@ class Frontend:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        wait_for(self._serving, 20, what=f"the frontend's first apply\n{self.tail()}")
+        wait_for(self._serving, 60, what=f"the frontend's first apply\n{self.tail()}")
 
     def _serving(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

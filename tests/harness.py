@@ -86,7 +86,7 @@ def find_binary(name: str) -> str:
 
 def wait_for(
     predicate: Callable[[], object],
-    timeout: float = 10.0,
+    timeout: float = 60.0,
     interval: float = 0.02,
     what: str = "condition",
 ) -> None:
@@ -356,7 +356,7 @@ class Nginx:
             "}\n"
         )
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
         """Write nginx.conf if missing, start the master (daemon off) and wait until it serves."""
         if not self.main_conf.exists():
             self.write_main_conf()
@@ -392,7 +392,7 @@ class Nginx:
         """Run `nginx -t` on the current files (does not raise)."""
         return subprocess.run(shlex.split(self.test_command), capture_output=True, text=True)
 
-    def reload(self, timeout: float = 10.0) -> None:
+    def reload(self, timeout: float = 60.0) -> None:
         """Run reload_command and wait until every old worker is replaced by a new one.
 
         Raises AssertionError (with nginx's message) if the config is rejected.
@@ -502,7 +502,7 @@ class Etcd:
             "--election-timeout", str(self.election_ms),
         ]  # fmt: skip
 
-    def start(self, wait: bool = True, timeout: float = 20.0) -> None:
+    def start(self, wait: bool = True, timeout: float = 60.0) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self._proc = _start(self.argv(), self.log_path, env=_etcd_env())
         if wait:
@@ -512,7 +512,7 @@ class Etcd:
                 self.stop()
                 raise
 
-    def wait_healthy(self, timeout: float = 20.0) -> None:
+    def wait_healthy(self, timeout: float = 60.0) -> None:
         def check() -> bool:
             if not self.running():
                 raise AssertionError(f"etcd {self.name} exited")
@@ -576,7 +576,7 @@ class Etcd:
         assert self._proc is not None
         self._proc.send_signal(sig)
 
-    def restart(self, wait: bool = True, timeout: float = 20.0) -> None:
+    def restart(self, wait: bool = True, timeout: float = 60.0) -> None:
         """Stop, then start again on the same data dir and ports."""
         self.stop()
         self.start(wait=wait, timeout=timeout)
@@ -594,7 +594,7 @@ class Etcd:
         self.stop()
 
 
-def start_cluster(base_dir: Path, n: int = 3, timeout: float = 30.0) -> list[Etcd]:
+def start_cluster(base_dir: Path, n: int = 3, timeout: float = 90.0) -> list[Etcd]:
     """n members on loopback, started together; returns once every member is healthy."""
     ports = free_ports(2 * n)
     names = [f"etcd{i}" for i in range(n)]

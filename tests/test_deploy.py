@@ -71,12 +71,12 @@ def test_frontend_routes_a_registered_backend_through_its_nginx(
         status, body = frontend.route("feature-web.dev.test", "/hello")
         return status == 200 and b'"feature-web"' in body
 
-    wait_for(routed, 20, what=f"feature-web.dev.test to reach its backend\n{frontend.tail()}")
+    wait_for(routed, 60, what=f"feature-web.dev.test to reach its backend\n{frontend.tail()}")
     assert web.requests[-1]["path"] == "/hello"
     assert web.requests[-1]["host"] == "feature-web.dev.test"
     # The default entry point (web). Polled: right after a reload a worker of the config before
     # (no routes yet) can still take a connection.
-    wait_for(lambda: frontend.route("feature.dev.test")[0] == 200, 20, what="feature.dev.test")
+    wait_for(lambda: frontend.route("feature.dev.test")[0] == 200, 60, what="feature.dev.test")
 
 
 @pytest.mark.integration
@@ -90,7 +90,7 @@ def test_health_check_passes_while_the_frontend_runs_and_fails_without_nginx(
     # nginx stops: the health check says so, and the entrypoint stops the watcher and exits
     nginx_pid, watcher_pid = frontend.nginx_pid, frontend.watcher_pid
     os.kill(nginx_pid, signal.SIGQUIT)
-    wait_for(lambda: not pid_alive(nginx_pid), 15, what="nginx to stop")
+    wait_for(lambda: not pid_alive(nginx_pid), 60, what="nginx to stop")
     sick = frontend.health()
     assert sick.returncode == 1
     assert sick.stdout.startswith("unhealthy: nginx does not answer"), sick.stdout
@@ -145,7 +145,7 @@ def test_sigterm_stops_nginx_and_the_watcher(frontend: Frontend) -> None:
     assert len(pids) >= 4  # the entrypoint, nginx's master and a worker, the watcher
     frontend.proc.send_signal(signal.SIGTERM)
     assert frontend.proc.wait(20) == 0, frontend.tail()
-    wait_for(lambda: not any(pid_alive(pid) for pid in pids), 10, what="every pid to be gone")
+    wait_for(lambda: not any(pid_alive(pid) for pid in pids), 60, what="every pid to be gone")
     assert "SIGTERM received: stopping the watcher and nginx" in frontend.log.read_text()
     assert not (frontend.run_dir / "watcher.pid").exists()
 
@@ -175,7 +175,7 @@ def test_service_entrypoint_registers_is_routed_and_deregisters_on_sigterm(
                 str(service.port),
             )
 
-        wait_for(registered, 20, what=f"the service's keys in etcd\n{service.tail()}")
+        wait_for(registered, 60, what=f"the service's keys in etcd\n{service.tail()}")
 
         # One answer decides: during a reload an old nginx worker can still take a connection
         # with the old table, so a second request could race it.
@@ -187,7 +187,7 @@ def test_service_entrypoint_registers_is_routed_and_deregisters_on_sigterm(
                 and b'"branch": "feature/Deploy"' in body
             )
 
-        wait_for(routed, 20, what=f"the frontend to route to the service\n{frontend.tail()}")
+        wait_for(routed, 60, what=f"the frontend to route to the service\n{frontend.tail()}")
 
         assert service.proc is not None
         service.proc.send_signal(signal.SIGTERM)

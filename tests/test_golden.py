@@ -24,6 +24,7 @@ The expected files are never rewritten without that flag.
 from __future__ import annotations
 
 import difflib
+import functools
 import io
 import json
 import re
@@ -109,6 +110,17 @@ def produce(case: Path, stdin: str | None = None) -> dict[str, str]:
     )
     produced = {CONF: render.stdout, TABLE: check.stdout, PROBLEMS: render.stderr}
     return produced | site_files(case, stdin)
+
+
+@functools.cache
+def _produced_once(case: Path) -> dict[str, str]:
+    return produce(case)
+
+
+def produced(case: Path) -> dict[str, str]:
+    """produce(case), rendered once per process for every test that reads it (a copy); the
+    tests that compare two renders make the second one with produce()."""
+    return dict(_produced_once(case))
 
 
 def site_files(case: Path, stdin: str | None = None) -> dict[str, str]:
@@ -282,7 +294,7 @@ def hostile_strings(snapshot: Any) -> set[str]:
 def test_golden(case: str, goldens: Goldens) -> None:
     """render and check --json print exactly the expected files (or rewrite them on request)."""
     folder = FIXTURES / case
-    actual = produce(folder)
+    actual = produced(folder)
     if goldens.update:
         rewritten = rewrite(folder, actual)
         goldens.rewritten.extend(rewritten)
@@ -297,7 +309,7 @@ def test_golden(case: str, goldens: Goldens) -> None:
 @pytest.mark.parametrize("case", CASES, ids=CASES)
 def test_render_twice_gives_the_same_bytes(case: str) -> None:
     folder = FIXTURES / case
-    assert_same(produce(folder), produce(folder), f"{case}: a second run")
+    assert_same(produced(folder), produce(folder), f"{case}: a second run")
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASES)
@@ -309,7 +321,7 @@ def test_registry_order_does_not_matter(case: str) -> None:
     if len(snapshot["deployment"]) > 1:
         assert list(flipped["deployment"]) != list(snapshot["deployment"])
     assert_same(
-        produce(folder),
+        produced(folder),
         produce(folder, stdin=json.dumps(flipped, ensure_ascii=False)),
         f"{case}: the snapshot with every mapping in reverse order (read from standard input)",
     )
@@ -317,7 +329,7 @@ def test_registry_order_does_not_matter(case: str) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=CASES)
 def test_render_reports_the_problems_of_check_one_line_each(case: str) -> None:
-    actual = produce(FIXTURES / case)
+    actual = produced(FIXTURES / case)
     table = json.loads(actual[TABLE])
     assert actual[PROBLEMS].splitlines() == [
         f"{PROBLEM_PREFIX}{problem['key']}: {problem['message']} [{problem['code']}]"
@@ -333,7 +345,7 @@ def test_no_raw_registry_string_reaches_the_config(case: str) -> None:
     strings found in the bundled template are not held against the case.
     """
     folder = FIXTURES / case
-    conf = produce(folder)[CONF]
+    conf = produced(folder)[CONF]
     template = (data_dir("templates") / TEMPLATE).read_text(encoding="utf-8")
     leaked = sorted(
         text

@@ -22,6 +22,7 @@ import pytest
 import strategies
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 
 from generator import resources
 from generator.core.config import resolve
@@ -77,7 +78,7 @@ def edited(snapshot: dict[str, Any], edit: tuple[str, str, str, Any]) -> dict[st
 
 
 WARM_EXAMPLES = settings(
-    max_examples=120,
+    max_examples=examples(120),
     derandomize=True,
     deadline=None,
     database=None,

@@ -17,6 +17,7 @@ from typing import Any
 import strategies
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 
 from generator import resources
 from generator.core import pipeline, render
@@ -33,7 +34,7 @@ PURE = settings(
     derandomize=True,
     deadline=None,
     database=None,
-    max_examples=200,
+    max_examples=examples(200),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 

@@ -20,9 +20,10 @@ import pytest
 from etcd3gw.client import Etcd3Client
 from etcd3gw.exceptions import Etcd3Exception
 from etcd3gw.lease import Lease
-from harness import LOOPBACK, Etcd
+from harness import LOOPBACK, Etcd, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 
 from generator.core.keys import PREFIX
 from generator.registry.base import Read, Registry
@@ -55,7 +56,7 @@ def reference(keys: dict[str, str], change: Change) -> None:
             del keys[key]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(st.tuples(KEYS, VALUES)), st.lists(st.lists(CHANGES, max_size=6), max_size=8))
 def test_kept_keys_make_the_snapshot_of_the_same_keys_read_at_once(
     initial: list[tuple[str, str]], bursts: list[list[Change]]
@@ -202,7 +203,7 @@ def api(request: pytest.FixtureRequest, member: Etcd) -> Iterator[tuple[Registry
 
 @pytest.mark.integration
 @settings(
-    max_examples=25,
+    max_examples=examples(25),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -241,7 +242,7 @@ def test_ttl_expiries_make_the_snapshot_a_full_read_gives(api: tuple[Registry, A
     for number in range(3):
         writer.expiring(f"{PREFIX}/gone{number}/created")
     assert len(registry.read().snapshot["deployment"]) == 3
-    time.sleep(2.5)
+    wait_for(lambda: not registry.read().snapshot["deployment"], what="the TTLs (1 s) to run out")
     fresh = registry.read()
     assert fresh.snapshot == {"deployment": {}}
     assert follow(registry, read, fresh).snapshot() == fresh.snapshot

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 from test_cli import cli
 
 from generator.core.config import resolve
@@ -72,7 +73,7 @@ JSON_VALUES = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(JSON_VALUES, st.sampled_from([None, 2, 0]))
 def test_the_parse_without_recursion_reads_what_json_loads_reads(value: Any, indent: Any) -> None:
     from generator.core.snapshot import _parse_deep

@@ -21,6 +21,7 @@ import pytest
 from harness import Backend, Etcd, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 from watch_harness import BIN, DOMAIN, KINDS, Frontend, registry_url
 
 from generator.core.snapshot import MAX_DEPTH
@@ -200,7 +201,7 @@ TREES = st.lists(
 
 @KINDS
 @settings(
-    max_examples=5,
+    max_examples=examples(5),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -526,7 +526,7 @@ def test_an_older_container_with_the_same_instance_id_stops_refreshing_and_says_
         "one, which stops refreshing it; give each container its own INSTANCE (or leave it "
         "unset)"
     )
-    wait_for(lambda: said in old.err, timeout=10, what=f"the old one to say so:\n{old.err}")
+    wait_for(lambda: said in old.err, timeout=60, what=f"the old one to say so:\n{old.err}")
     time.sleep(2)  # six keepalive periods of the old one: it never writes itself back
     assert instance(backend, etcd, "a") == {"ip": "10.0.3.8", "port": "8080"}
     assert old.err.count(said) == 1, old.err

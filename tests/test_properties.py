@@ -27,6 +27,7 @@ import pytest
 from harness import find_binary
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 from strategies import (
     NGINX_SPECIAL,
     arbitrary_snapshots,
@@ -54,10 +55,10 @@ PURE = settings(
     derandomize=True,
     deadline=None,
     database=None,
-    max_examples=200,
+    max_examples=examples(200),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-WITH_NGINX = settings(PURE, max_examples=30)
+WITH_NGINX = settings(PURE, max_examples=examples(30))
 
 DEFAULT_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 
@@ -499,7 +500,7 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
     return code, out_bytes.getvalue().decode("utf-8"), err_bytes.getvalue().decode("utf-8")
 
 
-@settings(PURE, max_examples=100)
+@settings(PURE, max_examples=examples(100))
 @example(text=json.dumps(EMPTY_REGISTRY))  # fixed (was exit 2)
 @example(text=json.dumps(CREATED_OUT_OF_RANGE))  # fixed (was exit 3)
 @example(text=json.dumps(SURROGATE_BRANCH))  # fixed (was exit 3)
@@ -782,7 +783,6 @@ def test_collision_assertion_catches_the_wrong_winner() -> None:
 # 8. nginx accepts it: apply.gate (crossplane + nginx -t) passes, and no hash warning
 
 
-@pytest.mark.integration
 @WITH_NGINX
 @given(snapshot=realistic_snapshots, config=configs)
 def test_nginx_accepts_the_rendered_config(
@@ -819,7 +819,6 @@ def scale_snapshot(count: int) -> dict[str, Any]:
     }
 
 
-@pytest.mark.integration
 def test_five_thousand_long_hostnames_build_the_map_hash(nginx_binary: str) -> None:
     config = make_config(domain="preview.example.com", nginx_binary=nginx_binary)
     rendered = build(scale_snapshot(5000), config)
@@ -828,7 +827,6 @@ def test_five_thousand_long_hostnames_build_the_map_hash(nginx_binary: str) -> N
     assert_nginx_accepts(rendered, config)
 
 
-@pytest.mark.integration
 def test_nginx_assertion_catches_a_hash_nginx_cannot_build(nginx_binary: str) -> None:
     """Without the computed map_hash sizes, the same routes make nginx complain."""
     config = make_config(domain="preview.example.com", nginx_binary=nginx_binary)
@@ -996,7 +994,6 @@ def test_group_assertion_catches_wrong_groups() -> None:
             assert_groups_rendered(bad, table)
 
 
-@pytest.mark.integration
 @WITH_NGINX
 @given(deployments=instance_deployments)
 def test_nginx_accepts_the_rendered_groups(

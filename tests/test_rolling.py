@@ -110,7 +110,7 @@ class Container:
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def wait_registered(self, timeout: float = 20.0) -> None:
+    def wait_registered(self, timeout: float = 60.0) -> None:
         wait_for(lambda: "registered" in self.text(), timeout, what=f"{self.name}:\n{self.text()}")
 
     def stop(self, timeout: float = 60.0) -> int:
@@ -125,7 +125,7 @@ class Container:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.process.wait(10)
-        wait_for(lambda: not any(pid_alive(pid) for pid in tree), 10, what="the tree to die")
+        wait_for(lambda: not any(pid_alive(pid) for pid in tree), 60, what="the tree to die")
 
     def cleanup(self) -> None:
         if self.process.poll() is None:
@@ -167,7 +167,7 @@ def test_five_rolling_redeploys_in_a_row_fail_no_request(
     router = frontend(url)
     host = f"roll.{DOMAIN}"  # the branch's URL: its default entry point, service web
     old = containers(url, "roll", "web", "task-0")
-    router.wait_route(host, "task-0", timeout=30)
+    router.wait_route(host, "task-0")
     seen = [old]
     with Client(router.nginx.port, host) as client:
         for number in range(1, 6):
@@ -208,7 +208,7 @@ def test_two_replicas_both_serve_and_one_killed_fails_no_request(
         what=f"both replicas to answer; watcher log:\n{router.log_tail()}",
     )
     with Client(router.nginx.port, host) as client:
-        wait_for(lambda: len(client.answers) == 2, 10, what="the client to reach both")
+        wait_for(lambda: len(client.answers) == 2, 60, what="the client to reach both")
         first.kill()
         killed_at = client.asked
         # Past the TTL (the dead replica's keys expire and the watcher drops it), and at least
@@ -240,7 +240,7 @@ def test_etcd_stopped_longer_than_the_ttl_fails_no_request(
     router = frontend(url, "--removal-grace", str(grace))
     host = f"outage.{DOMAIN}"
     container = containers(url, "outage", "web", "task-1", ttl=ttl)
-    router.wait_route(host, "task-1", timeout=30)
+    router.wait_route(host, "task-1")
     with Client(router.nginx.port, host) as client:
         etcd.stop()
         time.sleep(2 * ttl)  # every registration's TTL has run out meanwhile
@@ -284,7 +284,7 @@ def test_the_seeds_curl_puts_route_beside_a_registered_instance(
             check=True,
             stdout=subprocess.DEVNULL,
         )
-    router.wait_route(f"seed-web.{DOMAIN}", "plain", timeout=30)
+    router.wait_route(f"seed-web.{DOMAIN}", "plain")
     router.wait_route(f"seed.{DOMAIN}", "plain")
     # A container registered by `register` joins the same service as a second instance.
     container = containers(url, "seed", "web", "task-1")

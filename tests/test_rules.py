@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 from test_cli import CLEAN, cli, one_error_line
 from test_routing import config
 
@@ -487,7 +488,7 @@ def test_every_always_refused_host_network_is_documented_in_security_md() -> Non
 IPV4_REFUSED = [network for network, _ in ALWAYS_REFUSED if network.version == 4]
 
 
-@settings(max_examples=300, derandomize=True, deadline=None, database=None)
+@settings(max_examples=examples(300), derandomize=True, deadline=None, database=None)
 @given(st.sampled_from(IPV4_REFUSED), st.integers(0, 2**32 - 1))
 def test_every_ipv6_form_of_an_always_refused_ipv4_host_is_refused(
     network: ipaddress.IPv4Network, bits: int

@@ -31,6 +31,7 @@ from harness import Backend, Nginx, Response, find_binary, http_request, wait_fo
 from hypothesis import HealthCheck, given
 from hypothesis import settings as settings_
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 from site_harness import ARTIFACTS, chromium, deployment, read_page, with_members
 from site_harness import table as routed_table
 
@@ -497,12 +498,12 @@ def test_the_watcher_writes_a_site_only_change_without_a_reload(
                 return False
             return response.status == 200 and text in read_page(response.text).text
 
-        wait_for(lambda: index_has("local-web.localhost"), 15, what="the first apply")
+        wait_for(lambda: index_has("local-web.localhost"), 60, what="the first apply")
         reloads = len(counter.read_text().split())
         registry_file.write_text(
             yaml.safe_dump({"deployment": {"local": {"service": {"web": web}}, "ttl": None}})
         )
-        wait_for(lambda: index_has("/deployment/ttl: is null"), 15, what="the problem listed")
+        wait_for(lambda: index_has("/deployment/ttl: is null"), 60, what="the problem listed")
         assert len(counter.read_text().split()) == reloads
         assert "nothing to do" in log.read_text() and "2 site files written" in log.read_text()
     finally:
@@ -692,7 +693,7 @@ def test_a_kept_renderer_gives_the_bytes_of_a_fresh_one() -> None:
 
 
 @settings_(
-    max_examples=60,
+    max_examples=examples(60),
     derandomize=True,
     deadline=None,
     database=None,

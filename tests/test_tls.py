@@ -515,6 +515,6 @@ def test_worker_shutdown_timeout_bounds_how_long_an_old_worker_keeps_a_websocket
             frontend.apply(
                 snapshot({"feat": {"live": socket_server.port}, "other": {"web": other.port}})
             )
-            wait_for(lambda: not pid_alive(serving), timeout=30, what="the old worker to exit")
+            wait_for(lambda: not pid_alive(serving), timeout=60, what="the old worker to exit")
             with pytest.raises(ConnectionClosed):
                 echo(connection, "after")

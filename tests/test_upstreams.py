@@ -522,7 +522,6 @@ def _answers(port: int, host: str) -> bool:
         return False
 
 
-@pytest.mark.integration
 def test_nginx_accepts_groups_of_ipv4_and_ipv6_servers(tmp_path: Path) -> None:
     """nginx -t on a file of many groups, IPv6 servers among them (no backend is contacted)."""
     data = {

@@ -12,6 +12,7 @@ import referencing
 import strategies
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis_profiles import examples
 
 from generator import resources
 from generator.core.model import Instance, Problem, Service
@@ -23,7 +24,7 @@ REFERENCE = SnapshotValidator(resources.schema("snapshot"), fast=False)
 SCHEMA = resources.schema("snapshot")
 
 EXAMPLES = settings(
-    max_examples=400,
+    max_examples=examples(400),
     derandomize=True,
     deadline=None,
     database=None,

@@ -182,7 +182,7 @@ def test_wait_is_not_up_while_the_instance_does_not_listen_and_up_once_it_does(
             assert done.returncode == 1, done.stderr
             return seen in done.stderr
 
-        wait_for(not_up_yet, 20, what=f"the route to be there; watcher log:\n{router.log_tail()}")
+        wait_for(not_up_yet, 60, what=f"the route to be there; watcher log:\n{router.log_tail()}")
         waiter = subprocess.Popen(
             [*waiting, "--timeout", "60"], env=_environ(), stderr=subprocess.PIPE, text=True
         )

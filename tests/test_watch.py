@@ -27,8 +27,6 @@ from generator.core.names import label
 from generator.registry.base import Entry
 from generator.registry.open import open_registry
 
-pytestmark = pytest.mark.integration
-
 
 def entry(deployment: str, service: str, backend: Backend) -> Entry:
     return Entry(deployment, service, "127.0.0.1", backend.port, "2026-11-28T10:00:00Z")
@@ -51,6 +49,7 @@ def register_process(
     )
 
 
+@pytest.mark.integration
 @KINDS
 def test_registered_service_routes_and_leaves_on_sigterm_and_on_sigkill(
     kind: str,
@@ -76,6 +75,7 @@ def test_registered_service_routes_and_leaves_on_sigterm_and_on_sigkill(
     router.wait_route(f"feature-login-web.{DOMAIN}", None, timeout=2 + 1 + 3)
 
 
+@pytest.mark.integration
 @KINDS
 def test_a_burst_of_200_registrations_causes_few_reloads_and_all_routes_answer(
     kind: str,
@@ -86,7 +86,7 @@ def test_a_burst_of_200_registrations_causes_few_reloads_and_all_routes_answer(
     web = backends("web")["web"]
     url = registry_url(kind, etcd)
     router = frontend(url)
-    wait_for(lambda: "registry index" in router.log.read_text(), 10, what="first apply")
+    wait_for(lambda: "registry index" in router.log.read_text(), 60, what="first apply")
     before = router.reloads()
     registry = open_registry(url)
     try:
@@ -106,6 +106,7 @@ def test_a_burst_of_200_registrations_causes_few_reloads_and_all_routes_answer(
     assert router.reloads() - before <= 5, router.log_tail()
 
 
+@pytest.mark.integration
 @KINDS
 def test_ttl_refreshes_cause_no_reload(
     kind: str,
@@ -120,7 +121,7 @@ def test_ttl_refreshes_cause_no_reload(
     registry.register(registered, ttl=30)
     router = frontend(url)
     router.wait_route(f"keep-web.{DOMAIN}", "web")
-    wait_for(lambda: router.reloads() >= 1, 5, what="the first reload")
+    wait_for(lambda: router.reloads() >= 1, 60, what="the first reload")
     settled = router.reloads()
     try:
         for _ in range(360):  # an hour of refreshes every 10 s (TTL 30 s), run fast
@@ -147,6 +148,7 @@ def test_ttl_refreshes_cause_no_reload(
         sidecar.wait(10)
 
 
+@pytest.mark.integration
 @KINDS
 def test_watcher_survives_etcd_down_at_start_and_a_restart(
     kind: str,
@@ -159,7 +161,7 @@ def test_watcher_survives_etcd_down_at_start_and_a_restart(
     member = Etcd(tmp_path / "etcd", client_port=client, peer_port=peer)
     url = registry_url(kind, member)
     router = frontend(url)  # etcd is not there yet
-    wait_for(lambda: "retrying" in router.log.read_text(), 10, what="one unreachable line")
+    wait_for(lambda: "retrying" in router.log.read_text(), 60, what="one unreachable line")
     try:
         member.start()
         registry = open_registry(url)
@@ -184,6 +186,7 @@ def test_watcher_survives_etcd_down_at_start_and_a_restart(
         member.stop()
 
 
+@pytest.mark.integration
 @KINDS
 def test_more_than_1000_writes_while_the_watcher_is_paused(
     kind: str,
@@ -213,6 +216,7 @@ def test_more_than_1000_writes_while_the_watcher_is_paused(
         registry.close()
 
 
+@pytest.mark.integration
 @KINDS
 def test_watcher_fails_over_when_its_etcd_member_dies(
     kind: str,
@@ -232,12 +236,13 @@ def test_watcher_fails_over_when_its_etcd_member_dies(
         others = open_registry(registry_url(kind, *members[1:]))
         others.register(entry("two", "web", web), ttl=120)
         others.close()
-        router.wait_route(f"two-web.{DOMAIN}", "web", timeout=20)
+        router.wait_route(f"two-web.{DOMAIN}", "web")
     finally:
         for member in members:
             member.stop()
 
 
+@pytest.mark.integration
 def test_the_original_curl_registration_routes_like_register(
     etcd: Etcd,
     frontend: Callable[..., Frontend],
@@ -312,6 +317,7 @@ def test_registry_misconfiguration_is_one_line(
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.integration
 def test_watch_stops_cleanly_on_sigterm_and_sigint(
     etcd: Etcd, frontend: Callable[..., Frontend]
 ) -> None:
@@ -330,6 +336,7 @@ def test_watch_stops_cleanly_on_sigterm_and_sigint(
         assert "stopped" in router.log.read_text()
 
 
+@pytest.mark.integration
 def test_watch_a_registry_file(
     tmp_path: Path, frontend: Callable[..., Frontend], backends: Callable[..., dict[str, Backend]]
 ) -> None:
@@ -352,12 +359,13 @@ def test_watch_a_registry_file(
     router.wait_route(f"local.{DOMAIN}", "api")  # the only service is the default
 
 
+@pytest.mark.integration
 def test_wait_returns_once_the_route_answers_and_gives_up_when_it_does_not(
     etcd: Etcd, frontend: Callable[..., Frontend], backends: Callable[..., dict[str, Backend]]
 ) -> None:
     web = backends("web")["web"]
     router = frontend(registry_url("etcd2", etcd))
-    wait_for(lambda: "registry index" in router.log.read_text(), 10, what="the first apply")
+    wait_for(lambda: "registry index" in router.log.read_text(), 60, what="the first apply")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEVTEST_ROUTER_")}
     waiting = [
         str(BIN),
@@ -390,6 +398,7 @@ def test_wait_returns_once_the_route_answers_and_gives_up_when_it_does_not(
     assert "feature-wait-web.dev.test answers (200)" in said
 
 
+@pytest.mark.integration
 def test_a_v3_watcher_over_v2_data_keeps_the_routes_and_says_the_prefix_is_absent(
     tmp_path: Path,
     nginx: Nginx,
@@ -429,6 +438,7 @@ def test_a_v3_watcher_over_v2_data_keeps_the_routes_and_says_the_prefix_is_absen
         wrong.stop()
 
 
+@pytest.mark.integration
 def test_removals_in_steps_are_refused_once_they_pass_half_of_the_window(
     frontend: Callable[..., Frontend],
     etcd: Etcd,
@@ -453,12 +463,13 @@ def test_removals_in_steps_are_refused_once_they_pass_half_of_the_window(
         60,
         what=f"the window's refusal\n{router.log_tail()}",
     )
-    wait_for(lambda: len(router.nginx.worker_pids()) == 1, 30, what="old workers to quit")
+    wait_for(lambda: len(router.nginx.worker_pids()) == 1, 60, what="old workers to quit")
     routed = [n for n in range(45) if router.answers(f"step-{n}-web.{DOMAIN}") == "web"]
     assert len(routed) >= 23, (routed, router.log_tail())
     assert "removal_window" in router.log.read_text()
 
 
+@pytest.mark.integration
 def test_what_the_removal_grace_still_misses_at_its_end_meets_the_safety_threshold(
     tmp_path: Path,
     frontend: Callable[..., Frontend],
@@ -484,7 +495,7 @@ def test_what_the_removal_grace_still_misses_at_its_end_meets_the_safety_thresho
     router = frontend(f"file:{registry}", "--removal-grace", "2")
     router.wait_route(f"held-11-web.{DOMAIN}", "web")
     registry.unlink()  # the registry is away
-    wait_for(lambda: "no such file" in router.log.read_text(), 15, what="the outage noticed")
+    wait_for(lambda: "no such file" in router.log.read_text(), 60, what="the outage noticed")
     write(names[:2])  # back with 2 of the 12: 20 routes to remove
     wait_for(
         lambda: "refusing to remove 20 of 24 routes" in router.log.read_text(),

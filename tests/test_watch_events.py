@@ -99,7 +99,7 @@ def watching(scheme: str, etcd: Etcd) -> Iterator[tuple[Running, Registry, Etcd]
     running = Running(Counted(open_registry(url, timeout=5.0)), Timing(quiet=0.05))
     running.thread.start()
     try:
-        wait_for(lambda: running.applied, timeout=15, what="the first apply")
+        wait_for(lambda: running.applied, timeout=60, what="the first apply")
         yield running, writer, etcd
     finally:
         running.gate.set()
@@ -117,7 +117,7 @@ def test_changes_are_applied_from_events_without_reading_everything_again(
         writer.register(entry(deployment="feat-y", service=service), ttl=30)
     writer.deregister(entry(deployment="feat-y", service="api"))
     writer.deregister(entry(deployment="before"))
-    wait_for(lambda: running.caught_up(writer), timeout=15, what="the changes applied")
+    wait_for(lambda: running.caught_up(writer), timeout=60, what="the changes applied")
     assert set(running.applied[-1]["deployment"]) == {"feat-y"}
     assert running.registry.reads == 1  # only the first read; the rest came from events
 
@@ -128,7 +128,7 @@ def test_a_lost_history_is_read_in_full(
     running, writer, etcd = watching
     running.gate.clear()  # the next apply waits: the watcher falls behind
     writer.register(entry(deployment="first"), ttl=30)
-    wait_for(running.holding.is_set, timeout=15, what="an apply held")
+    wait_for(running.holding.is_set, timeout=60, what="an apply held")
     writer.register(entry(deployment="second"), ttl=30)
     writer.register(entry(deployment="third"), ttl=30)  # v3 keeps the compaction's revision
     if scheme == "etcd":
@@ -136,7 +136,7 @@ def test_a_lost_history_is_read_in_full(
     else:
         etcd.v3("kv/compaction", {"revision": writer.read().index})
     running.gate.set()
-    wait_for(lambda: running.caught_up(writer), timeout=15, what="the history re-read")
+    wait_for(lambda: running.caught_up(writer), timeout=60, what="the history re-read")
     assert {"first", "second", "third"} <= set(running.applied[-1]["deployment"])
     assert running.registry.reads == 2
 
@@ -146,7 +146,7 @@ def test_the_registry_is_read_in_full_every_resync_interval(scheme: str, etcd: E
     running = Running(registry, Timing(quiet=0.05, resync=0.5))
     running.thread.start()
     try:
-        wait_for(lambda: registry.reads >= 3, timeout=15, what="two resyncs")
+        wait_for(lambda: registry.reads >= 3, timeout=60, what="two resyncs")
     finally:
         running.watcher.stop()
         running.thread.join(15)

@@ -17,10 +17,7 @@ import sys
 import venv
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.integration
 
 
 def test_installed_wheel_renders_the_demo_outside_the_repo(tmp_path: Path) -> None:
@@ -44,12 +41,23 @@ def test_installed_wheel_renders_the_demo_outside_the_repo(tmp_path: Path) -> No
     [wheel] = wheels.glob("devtest_router-*.whl")
 
     environment = tmp_path / "venv"
-    venv.create(environment, with_pip=True)
+    venv.create(environment)  # no pip of its own: the running pip installs into it (--python)
     python = environment / "bin" / "python"
     [own_site] = environment.glob("lib/python*/site-packages")
     (own_site / "test-dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
         check=True,
         cwd=tmp_path,
     )

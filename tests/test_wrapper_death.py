@@ -126,7 +126,7 @@ def test_sigkill_of_the_wrapper_takes_cmd_with_it_and_the_next_registration_swee
     wrapper.wait(30)
 
     # CMD got SIGTERM and exited: nothing serves unregistered.
-    wait_for(lambda: not pid_alive(child), timeout=30, what="CMD to end with its wrapper")
+    wait_for(lambda: not pid_alive(child), timeout=60, what="CMD to end with its wrapper")
     assert (tmp_path / "killed" / "got-SIGTERM").exists()
 
     # The keys expire (TTL 2 s); etcd v2 keeps their directories, empty.

@@ -75,7 +75,7 @@ class Frontend:
         name: str = response.json()["name"]
         return name
 
-    def wait_route(self, host: str, backend: str | None, timeout: float = 15.0) -> None:
+    def wait_route(self, host: str, backend: str | None, timeout: float = 60.0) -> None:
         """Wait until `host` answers from `backend`, and until the workers of any earlier
         config have quit (worker_processes is 1): until then they may still take a request."""
         wait_for(
