@@ -36,6 +36,7 @@ from site_harness import ARTIFACTS, chromium, deployment, read_page, with_member
 from site_harness import table as routed_table
 
 from generator.cli.main import main
+from generator.core import site_layout
 from generator.core.config import Config, resolve
 from generator.core.errors import InternalError
 from generator.core.model import (
@@ -1081,7 +1082,7 @@ def test_the_check_refuses_a_site_directive_the_template_does_not_write(
 
 
 def test_the_domain_is_a_regex_of_itself_only() -> None:
-    assert site.domain_pattern("dev.example.com") == "dev[.]example[.]com"
-    assert site.try_files()[0] == "/not-found/$devtest_asked_0.html"
-    assert site.try_files()[-2:] == ["/not-found.html", "=404"]
-    assert len(site.try_files()) == site.ASKED_LEVELS + 2
+    assert site_layout.domain_pattern("dev.example.com") == "dev[.]example[.]com"
+    assert site_layout.try_files()[0] == "/not-found/$devtest_asked_0.html"
+    assert site_layout.try_files()[-2:] == ["/not-found.html", "=404"]
+    assert len(site_layout.try_files()) == site_layout.ASKED_LEVELS + 2
