@@ -138,3 +138,65 @@ def test_security_notes_list_every_always_refused_network() -> None:
     assert listed == {str(network) for network, _ in ALWAYS_REFUSED}, (
         "docs/security.md: the always-refused table differs from routing.ALWAYS_REFUSED"
     )
+
+
+# --------------------------------------------------------------------------
+# docs/architecture.md: the drawing of the layout and the path that runs name real code
+
+ARCHITECTURE = DOCS / "architecture.md"
+PACKAGE = DOCS.parent / "generator"
+
+
+def drawn_modules(text: str) -> set[str]:
+    """The module files the layout block (the fenced block that starts with `generator/`)
+    draws, as paths below generator/: a line `name/` opens a package, `a.py, b.py` names files."""
+    block = text.split("```\ngenerator/\n", 1)[1].split("```", 1)[0]
+    found: set[str] = set()
+    package = ""
+    for line in block.splitlines():
+        first = line.split()[0] if line.split() else ""
+        indent = len(line) - len(line.lstrip())
+        if first.endswith("/"):
+            package = first
+            continue
+        if indent == 2:
+            package = ""
+        names = re.match(r"\s*([\w.]+\.py(?:, [\w.]+\.py)*)", line)
+        assert names, f"a layout line that names no module: {line!r}"
+        found.update(package + name for name in names.group(1).split(", "))
+    return found
+
+
+def test_the_layout_drawing_is_the_package() -> None:
+    real = {
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if path.name not in ("__init__.py", "__main__.py")
+    }
+    assert drawn_modules(ARCHITECTURE.read_text(encoding="utf-8")) == real
+
+
+def test_the_functions_architecture_names_exist() -> None:
+    import importlib
+
+    names = set(re.findall(r"`(generator(?:\.\w+)+)`", ARCHITECTURE.read_text(encoding="utf-8")))
+    assert len(names) >= 10  # the path that runs names its stage functions
+    missing = []
+    for name in sorted(names):
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):  # the longest importable module, then attributes
+            try:
+                found: object = importlib.import_module(".".join(parts[:cut]))
+            except ModuleNotFoundError:
+                continue
+            for attribute in parts[cut:]:
+                found = getattr(found, attribute, None)
+            if found is None:
+                missing.append(name)
+            break
+    assert missing == []
+
+
+def test_drawn_modules_reads_packages_and_lists() -> None:
+    block = "```\ngenerator/\n  core/   x\n    a.py   y\n    b.py, c.py   z\n  top.py   t\n```"
+    assert drawn_modules(block) == {"core/a.py", "core/b.py", "core/c.py", "top.py"}
