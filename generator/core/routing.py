@@ -73,19 +73,21 @@ _TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # IPv4-translated (RFC 27
 Masked = tuple[int, int, int]
 
 
-def _masks(networks: tuple[Network, ...]) -> tuple[Masked, ...]:
-    """The networks as integers; the last answer is kept (by identity: hashing networks is slow)."""
-    if _last_masks[0] is not networks:
-        masks = tuple(
-            (network.version, int(network.network_address), int(network.netmask))
-            for network in networks
-        )
-        _last_masks[:] = [networks, masks]
-    return _last_masks[1]  # type: ignore[return-value]
+def masks(networks: Iterable[Network]) -> tuple[Masked, ...]:
+    """Networks as the integers the guard compares (hashing networks is slow: make these once
+    per config, see allowed_masks, and pass them in)."""
+    return tuple(
+        (network.version, int(network.network_address), int(network.netmask))
+        for network in networks
+    )
 
 
-_last_masks: list[object] = [None, ()]
-_REFUSED = _masks(tuple(network for network, _ in ALWAYS_REFUSED))
+def allowed_masks(config: Config) -> tuple[Masked, ...]:
+    """config.allowed_networks as `masks`: what guard, members and candidates take as `allowed`."""
+    return masks(config.allowed_networks)
+
+
+_REFUSED = masks(network for network, _ in ALWAYS_REFUSED)
 
 
 def _hosts(address: Address) -> list[Address]:
@@ -103,8 +105,11 @@ def _hosts(address: Address) -> list[Address]:
     return hosts
 
 
-def guard(ip: str, port: str, config: Config) -> Upstream | str:
-    """The upstream, or why it is refused (a phrase that follows the address)."""
+def guard(
+    ip: str, port: str, config: Config, allowed: tuple[Masked, ...] | None = None
+) -> Upstream | str:
+    """The upstream, or why it is refused (a phrase that follows the address). `allowed`:
+    allowed_masks(config), made once by the caller (made here when it is None)."""
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
@@ -115,7 +120,8 @@ def guard(ip: str, port: str, config: Config) -> Upstream | str:
     # An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is that IPv4 host: judge and route it as such.
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    allowed = _masks(config.allowed_networks)
+    if allowed is None:
+        allowed = allowed_masks(config)
     for host in _hosts(address):
         version, value = host.version, int(host)
         for (network_version, network, mask), why in zip(_REFUSED, ALWAYS_REFUSED, strict=True):
@@ -168,13 +174,16 @@ def pool(deployment: str, service: str, members: tuple[Member, ...]) -> Token:
 
 
 def members(
-    deployment: Deployment, service: Service, config: Config
+    deployment: Deployment,
+    service: Service,
+    config: Config,
+    allowed: tuple[Masked, ...] | None = None,
 ) -> tuple[tuple[Member, ...], list[Problem]]:
     """The instances of `service` whose addresses pass the guard, and a problem for each other."""
     passed: list[Member] = []
     refused: list[tuple[Instance, str]] = []
     for instance in service.instances:
-        upstream = guard(instance.ip, instance.port, config)
+        upstream = guard(instance.ip, instance.port, config, allowed)
         if isinstance(upstream, str):
             refused.append((instance, upstream))
         else:
@@ -196,13 +205,18 @@ _SERVICE_SKIPPED = "the service is skipped"
 _INSTANCE_SKIPPED = "the instance is skipped; the service's other instances route"
 
 
-def candidates(deployment: Deployment, config: Config) -> tuple[list[Candidate], list[Problem]]:
-    """The routes one deployment asks for, before collisions with other deployments."""
+def candidates(
+    deployment: Deployment, config: Config, allowed: tuple[Masked, ...] | None = None
+) -> tuple[list[Candidate], list[Problem]]:
+    """The routes one deployment asks for, before collisions with other deployments (the route
+    stage for one deployment; `allowed` as for guard)."""
+    if allowed is None:
+        allowed = allowed_masks(config)
     found: list[Candidate] = []
     problems: list[Problem] = []
     routed: dict[str, tuple[Member, ...]] = {}
     for service in deployment.services:
-        passed, refused = members(deployment, service, config)
+        passed, refused = members(deployment, service, config, allowed)
         problems.extend(refused)
         if not passed:
             continue
@@ -334,19 +348,14 @@ def _describe(route: Route) -> str:
 def build_table(
     deployments: Iterable[Deployment], config: Config, problems: Iterable[Problem] = ()
 ) -> RoutingTable:
-    """The routing table for validated deployments; `problems` found earlier are carried along."""
+    """The route stage: the routing table for validated deployments (candidates of each, then
+    settle); `problems` found earlier are carried along."""
+    allowed = allowed_masks(config)
     found: list[Candidate] = []
     all_problems = list(problems)
     for deployment in deployments:
-        asked, trouble = candidates(deployment, config)
+        asked, trouble = candidates(deployment, config, allowed)
         found.extend(asked)
         all_problems.extend(trouble)
-    return assemble(found, all_problems, config)
-
-
-def assemble(
-    found: Iterable[Candidate], problems: Iterable[Problem], config: Config
-) -> RoutingTable:
-    """The routing table of every deployment's candidates, collisions settled."""
-    routes, trouble = settle(found, config)
-    return RoutingTable(config.domain, tuple(routes), tuple(sorted({*problems, *trouble})))
+    routes, lost = settle(found, config)
+    return RoutingTable(config.domain, tuple(routes), tuple(sorted({*all_problems, *lost})))
