@@ -24,9 +24,9 @@ from test_cli import cli
 from generator.core.config import resolve
 from generator.core.errors import UsageError
 from generator.core.keys import PREFIX
-from generator.core.pipeline import _PLAIN
 from generator.core.snapshot import MAX_DEPTH, TOO_DEEP, Refused, loads, parse_json
 from generator.registry.keytree import Change, KeyTree, build_snapshot
+from generator.watch.engine import _PLAIN
 
 BIN = Path(sys.executable).parent / "devtest-router"
 CREATED = "2026-11-28T10:00:00Z"

@@ -896,12 +896,13 @@ instance_deployments = st.dictionaries(
 def rendered_of(deployments: list[Deployment], config: Config) -> pipeline.Rendered:
     """What the pipeline renders for validated `deployments`, made with render's own parts."""
     table = routing.build_table(deployments, config)
-    parts = [render.render_group(group, TEMPLATES) for group in render.groups(table)]
+    by_deployment = render.by_deployment(table)
+    parts = [render.render_group(render.group_of(r), TEMPLATES) for r in by_deployment.values()]
     skeleton = render.render_skeleton(table, config, TEMPLATES, parts)
     text = render.splice(
         skeleton, "".join(part.lines for part in parts), "".join(part.blocks for part in parts)
     )
-    assert text == render.render(table, config, TEMPLATES)
+    assert text == render.render(table, config, TEMPLATES).text
     return pipeline.Rendered("sha256:0", table, text, skeleton, tuple(parts))
 
 
@@ -952,7 +953,10 @@ def test_instance_order_never_changes_the_output(
         for deployment in deployments
     ]
     again = routing.build_table(shuffled, DEFAULT)
-    assert render.render(again, DEFAULT, TEMPLATES) == render.render(first, DEFAULT, TEMPLATES)
+    assert (
+        render.render(again, DEFAULT, TEMPLATES).text
+        == render.render(first, DEFAULT, TEMPLATES).text
+    )
     assert [(r.host, r.target, r.upstreams) for r in again.routes] == [
         (r.host, r.target, r.upstreams) for r in first.routes
     ]

@@ -327,11 +327,11 @@ def test_the_deployment_key_given_twice_makes_the_snapshot_unusable(text: str) -
 def test_a_duplicate_decides_the_same_on_a_kept_pipeline() -> None:
     # the watcher keeps work per deployment by content: a deployment with a duplicate must not
     # be taken for the same deployment without it
-    from generator.core.pipeline import Pipeline
     from generator.core.render import environment
     from generator.resources import data_dir
+    from generator.watch.engine import Build
 
-    pipeline = Pipeline(config(), schema("snapshot"), environment([data_dir("templates")]))
+    pipeline = Build(config(), schema("snapshot"), environment([data_dir("templates")]))
     good = '{"deployment": {"b": {"service": {"web": {"ip": "10.0.0.1", "port": "80"}}}}}'
     twice = good.replace('"ip": "10.0.0.1"', '"ip": "169.254.169.254", "ip": "10.0.0.1"')
     assert [r.host for r in pipeline(loads(good)).table.routes]

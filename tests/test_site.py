@@ -49,13 +49,14 @@ from generator.core.model import (
     instance_order,
 )
 from generator.core.names import hostname
-from generator.core.pipeline import Pipeline, Rendered, build
+from generator.core.pipeline import Rendered, build
 from generator.core.render import environment
 from generator.core.snapshot import loads
 from generator.nginx.apply import checked_text
 from generator.resources import data_dir, schema
 from generator.site import pages as site
 from generator.site.writer import SiteWriter
+from generator.watch.engine import Build
 
 DOMAIN = "localhost"  # Chromium resolves *.localhost to loopback by itself
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -999,7 +1000,7 @@ def test_through_the_pipeline_an_instance_that_moves_rewrites_the_index_and_json
     tmp_path: Path,
 ) -> None:
     config = settings(site_dir=str(tmp_path / "site"))
-    pipeline = Pipeline(config, schema("snapshot"), environment([data_dir("templates")]))
+    pipeline = Build(config, schema("snapshot"), environment([data_dir("templates")]))
     writer = SiteWriter(config, site_templates())
     rows: list[str] = []
     row = writer._render.row

@@ -125,7 +125,7 @@ def test_single_address_services_render_as_before_the_groups() -> None:
     single = snapshot(web=instances.instances(plain="10.0.0.1:80"))
     rendered = build(single, CONFIG)
     deployments = [instances.deployment_of("main", single["deployment"]["main"])]
-    assert render(build_table(deployments, CONFIG), CONFIG, TEMPLATES) == rendered.text
+    assert render(build_table(deployments, CONFIG), CONFIG, TEMPLATES).text == rendered.text
     assert "\n}\n\nmap $devtest_route $devtest_deployment" in rendered.text
     assert "\nupstream " not in rendered.text
 
@@ -140,7 +140,7 @@ def test_the_pipeline_and_render_give_the_same_bytes_with_groups() -> None:
     deployments = [
         instances.deployment_of(name, value) for name, value in data["deployment"].items()
     ]
-    assert render(build_table(deployments, CONFIG), CONFIG, TEMPLATES) == rendered.text
+    assert render(build_table(deployments, CONFIG), CONFIG, TEMPLATES).text == rendered.text
     assert rendered.text.count("\nupstream ") == 2
 
 
@@ -156,7 +156,7 @@ def test_instance_order_never_changes_the_file() -> None:
             ),
         )
         table = build_table([Deployment("main", None, (service,), ("web",))], CONFIG)
-        texts.add(render(table, CONFIG, TEMPLATES))
+        texts.add(render(table, CONFIG, TEMPLATES).text)
     assert len(texts) == 1
 
 

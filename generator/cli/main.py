@@ -22,7 +22,7 @@ from generator.core.config import ENV_PREFIX, Config, resolve
 from generator.core.errors import Error, UsageError
 from generator.core.model import RoutingTable
 from generator.core.names import hostname, label
-from generator.core.pipeline import Plan, Rendered, build
+from generator.core.pipeline import Plan, Rendered
 from generator.core.render import environment
 from generator.core.snapshot import loads, yaml_problem
 from generator.memory import keep_large_blocks_apart, release_free_memory
@@ -33,7 +33,7 @@ from generator.resources import data_dir, schema
 from generator.site import pages as site
 from generator.site.writer import SitePlan, SiteWriter
 from generator.streams import Streams
-from generator.watch.engine import Engine
+from generator.watch.engine import Engine, build
 from generator.watch.observe import Outcome, problem_fields
 from generator.watch.watcher import Timing, Watcher, stop_on_signals
 

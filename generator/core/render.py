@@ -122,15 +122,17 @@ class Part(NamedTuple):
     pools: frozenset[Pool]  # (name, servers) of those blocks
 
 
-def groups(table: RoutingTable) -> list[Group]:
-    """The routes by deployment, in file order. Two branches can share a label (Feature/Foo and
-    feature-foo) and both keep some routes: each keeps its own group and created."""
-    by_deployment: dict[tuple[str, str], list[Route]] = {}
+# A deployment's key in the file's order of deployments: (its label, its name). Two branches can
+# share a label (Feature/Foo and feature-foo) and both keep some routes: each has its own part.
+GroupKey = tuple[Token, str]
+
+
+def by_deployment(table: RoutingTable) -> dict[GroupKey, tuple[Route, ...]]:
+    """The routes of the table by deployment, in file order (each deployment's sorted by host)."""
+    found: dict[GroupKey, list[Route]] = {}
     for route in table.routes:  # sorted by host already
-        by_deployment.setdefault((route.deployment_label, route.deployment), []).append(route)
-    return [
-        group_of(routes) for _, routes in sorted(by_deployment.items(), key=lambda item: item[0])
-    ]
+        found.setdefault((route.deployment_label, route.deployment), []).append(route)
+    return {key: tuple(found[key]) for key in sorted(found)}
 
 
 def render_group(group: Group, templates: jinja2.Environment) -> Part:
@@ -287,14 +289,25 @@ def splice(skeleton: str, lines: str, blocks: str) -> str:
     return with_blocks.replace(ROUTES_MARKER, lines)
 
 
-def render(table: RoutingTable, config: Config, templates: jinja2.Environment) -> str:
-    """The config text for `table`: the same bytes for the same table and config, always."""
-    parts = [render_group(group, templates) for group in groups(table)]
-    return splice(
-        render_skeleton(table, config, templates, parts),
-        "".join(part.lines for part in parts),
-        "".join(part.blocks for part in parts),
+class Rendering(NamedTuple):
+    """The render stage's result: the file and the pieces it was made of."""
+
+    text: str
+    skeleton: str  # the file with the markers in place of the deployments' lines and blocks
+    parts: tuple[Part, ...]  # each deployment's lines and upstream blocks, in file order
+    routes: dict[GroupKey, tuple[Route, ...]]  # each deployment's routes (by_deployment)
+
+
+def render(table: RoutingTable, config: Config, templates: jinja2.Environment) -> Rendering:
+    """The render stage: the config text for `table`, the same bytes for the same table and
+    config, always (each deployment's part, then the skeleton, spliced)."""
+    routes = by_deployment(table)
+    parts = tuple([render_group(group_of(found), templates) for found in routes.values()])
+    skeleton = render_skeleton(table, config, templates, parts)
+    text = splice(
+        skeleton, "".join([part.lines for part in parts]), "".join([part.blocks for part in parts])
     )
+    return Rendering(text, skeleton, parts, routes)
 
 
 def _render(templates: jinja2.Environment, name: str, **values: Any) -> str:

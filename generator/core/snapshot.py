@@ -426,16 +426,25 @@ def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def snapshot_id(data: Mapping[str, Any], deployments: Mapping[str, str] | None = None) -> str:
+def deployment_text(value: Any) -> str:
+    """What stands for one deployment's content: its canonical JSON, or for a deployment refused
+    while reading (Refused) "!" and the refusal (no canonical JSON starts with "!")."""
+    return "!" + value if isinstance(value, Refused) else canonical(value)
+
+
+def deployment_texts(data: Mapping[str, Any]) -> dict[str, str]:
+    """deployment_text of every deployment of a loaded snapshot, by name."""
+    return {name: deployment_text(value) for name, value in data["deployment"].items()}
+
+
+def snapshot_id(data: Mapping[str, Any], texts: Mapping[str, str] | None = None) -> str:
     """A name for the snapshot that depends only on its content, never on order or time.
 
-    `deployments` (name -> canonical JSON) saves recomputing what a caller already has.
+    `texts` (deployment_texts) saves recomputing what a caller already has.
     """
-    if deployments is None:
-        deployments = {name: canonical(value) for name, value in data["deployment"].items()}
-    return snapshot_id_of(
-        data, [deployment_part(name, deployments[name]) for name in sorted(deployments)]
-    )
+    if texts is None:
+        texts = deployment_texts(data)
+    return snapshot_id_of(data, [deployment_part(name, texts[name]) for name in sorted(texts)])
 
 
 def deployment_part(name: str, text: str) -> bytes:

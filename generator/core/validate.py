@@ -34,7 +34,7 @@ from generator.core.model import (
     instance_order,
 )
 from generator.core.names import key_path, show
-from generator.core.snapshot import DuplicateKeys
+from generator.core.snapshot import DuplicateKeys, Refused
 
 
 class Cost(Enum):
@@ -396,12 +396,10 @@ class Oversized:
 _STAND_IN = "\x00"
 
 
-def find_oversized(value: Any, limit: int) -> tuple[Oversized, bool]:
-    """The values in a deployment longer than `limit` bytes, and whether it holds only objects,
-    lists, strings and null (JSON whose `==` is its text's). Iterative: no recursion on
-    registry data (snapshot.loads and keytree bound its depth)."""
+def find_oversized(value: Any, limit: int) -> Oversized:
+    """The values in a deployment longer than `limit` bytes. Iterative: no recursion on registry
+    data (snapshot.loads and keytree bound its depth)."""
     sizes: dict[tuple[str, ...], int] = {}
-    plain = True
     stack: list[tuple[tuple[str, ...], Any]] = [((), value)]
     shortest = limit // 4  # a character is at most 4 bytes in UTF-8
     while stack:
@@ -410,14 +408,11 @@ def find_oversized(value: Any, limit: int) -> tuple[Oversized, bool]:
             stack.extend(((*at, key), child) for key, child in node.items())
         elif isinstance(node, list):
             stack.extend(((*at, str(index)), child) for index, child in enumerate(node))
-        elif isinstance(node, str):
-            if len(node) > shortest:
-                size = len(node) if node.isascii() else len(node.encode("utf-8", "surrogatepass"))
-                if size > limit:
-                    sizes[at] = size
-        elif node is not None:
-            plain = False
-    return Oversized(limit, sizes), plain
+        elif isinstance(node, str) and len(node) > shortest:
+            size = len(node) if node.isascii() else len(node.encode("utf-8", "surrogatepass"))
+            if size > limit:
+                sizes[at] = size
+    return Oversized(limit, sizes)
 
 
 def _stand_ins(value: Any, sizes: Mapping[tuple[str, ...], int]) -> Any:
@@ -568,14 +563,38 @@ def _rule_for(where: tuple[str, ...], keyword: str) -> Rule | None:
     return None
 
 
+def validate_deployment(
+    name: str,
+    value: Any,
+    validator: SnapshotValidator,
+    max_value_bytes: int | None = None,
+    text: str | None = None,
+) -> tuple[Deployment | None, list[Problem]]:
+    """The validate stage for one deployment: what of it is usable (None: nothing) and its
+    problems. A deployment refused while reading is skipped with its refusal; values longer
+    than `max_value_bytes` (None: no limit) are judged by their size (see find_oversized).
+    `text`, its snapshot.deployment_text when the caller has it, spares that search when it is
+    short enough to hold no such value."""
+    if isinstance(value, Refused):
+        return None, [Problem(key_path("deployment", name), value.code, str(value))]
+    if max_value_bytes is None or (text is not None and len(text) <= max_value_bytes):
+        return validator.deployment(name, value)
+    return validator.deployment(name, value, find_oversized(value, max_value_bytes))
+
+
 def validate(
-    snapshot: Mapping[str, Any], validator: SnapshotValidator
+    snapshot: Mapping[str, Any],
+    validator: SnapshotValidator,
+    max_value_bytes: int | None = None,
+    texts: Mapping[str, str] | None = None,
 ) -> tuple[list[Deployment], list[Problem]]:
-    """Every usable deployment (sorted by name) and every problem found on the way."""
+    """The validate stage: every usable deployment (sorted by name) and every problem found on
+    the way (validate_deployment of each; `texts` by name, as snapshot.deployment_texts)."""
     deployments: list[Deployment] = []
     problems: list[Problem] = []
     for name, value in sorted(snapshot["deployment"].items()):
-        deployment, found = validator.deployment(name, value)
+        text = None if texts is None else texts[name]
+        deployment, found = validate_deployment(name, value, validator, max_value_bytes, text)
         problems.extend(found)
         if deployment is not None:
             deployments.append(deployment)

@@ -28,7 +28,6 @@ from generator.core.config import Config
 from generator.core.errors import ApplyError, SiteError, UsageError
 from generator.core.model import Problem, Route, RoutingTable
 from generator.core.names import key_path
-from generator.core.pipeline import update_sorted
 from generator.core.site_layout import DOCUMENT, INDEX, NOT_FOUND, NOT_FOUND_DIR
 from generator.memory import no_gc
 from generator.nginx.apply import file_kind
@@ -45,6 +44,7 @@ from generator.site.pages import (
     owners,
     pages,
 )
+from generator.watch.engine import update_sorted
 
 FILE_MODE = 0o644  # nginx's workers run as another user
 
