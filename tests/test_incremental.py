@@ -1,8 +1,10 @@
 """A long-running process keeps per-deployment work (issue: apply cost follows the change).
 
-The property: after any sequence of registry edits, what the warm Engine builds is what a cold
-run builds from the same snapshot, byte for byte, and the warm check passes exactly when the
-cold one does.
+The property: after any sequence of registry edits, what the warm Engine builds (engine.Build,
+the cache around the pipeline's stages) is what the plain composition of those stages
+(pipeline.build) builds from the same snapshot, byte for byte: the text, the routing table and
+its problems, the snapshot id and the plan; and the warm check passes exactly when the cold one
+does.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from generator.core.config import resolve
 from generator.core.errors import InternalError
 from generator.core.pipeline import Rendered, build, make_plan, plan_between, route_destination
 from generator.core.render import Fragment, environment
+from generator.core.snapshot import ALIAS_BOMB, TOO_DEEP, loads
 from generator.memory import release_free_memory
 from generator.nginx import apply
 from generator.nginx.apply import Checker, checked_text
@@ -50,6 +53,32 @@ edits = st.tuples(
     strategies.branch_names,
     strategies.service_names,
     st.one_of(strategies.deployments, strategies.services, strategies.created_strings),
+)
+
+
+# Broken values: what reading a registry can leave in a snapshot besides good entries. Junk where
+# a deployment, a service or a created time goes, values longer than max_value_bytes, and the
+# deployments reading refuses (too deep, an alias bomb, a key given twice).
+_DUPLICATE = loads('{"deployment": {"d": {"created": "x", "created": "y"}}}')["deployment"]["d"]
+_LIMIT = 256  # the smallest max_value_bytes: a long value is an oversized one
+_long_values = st.sampled_from(["10.0.0.1" + " " * _LIMIT, "x" * (_LIMIT + 1), "é" * 200])
+broken_values = st.one_of(
+    strategies.trees,
+    strategies.leaves,
+    _long_values,
+    st.fixed_dictionaries({"ip": _long_values, "port": st.just("80")}),
+    st.fixed_dictionaries(
+        {"service": st.fixed_dictionaries({"web": st.fixed_dictionaries({"ip": _long_values})})}
+    ),
+    st.sampled_from([TOO_DEEP, ALIAS_BOMB, _DUPLICATE]),
+    st.integers(),
+    st.booleans(),
+)
+broken_edits = st.tuples(
+    st.sampled_from(["set-deployment", "set-service", "set-created"]),
+    strategies.branch_names,
+    strategies.service_names,
+    broken_values,
 )
 
 
@@ -118,24 +147,52 @@ def test_warm_builds_are_the_cold_build_as_instances_come_and_go(
     assert_warm_is_cold(start, steps)
 
 
-def assert_warm_is_cold(start: dict[str, Any], steps: list[tuple[str, str, str, Any]]) -> None:
-    engine = Engine(CONFIG, SCHEMA, TEMPLATES)
+@settings(WARM_EXAMPLES, max_examples=80)
+@given(
+    st.one_of(
+        strategies.arbitrary_snapshots,
+        strategies.realistic_snapshots,
+        instances.instance_snapshots,
+    ),
+    st.lists(
+        st.one_of(broken_edits, edits, instances.instance_edits),
+        min_size=1,
+        max_size=8,
+    ),
+    st.sampled_from([_LIMIT, 4096]),
+)
+def test_the_kept_build_is_the_composed_stages_over_broken_values(
+    start: dict[str, Any], steps: list[tuple[str, str, str, Any]], limit: int
+) -> None:
+    """The same property through edits that break values: junk deployments, services and
+    created times, values over max_value_bytes (the smallest limit makes more of them) and the
+    deployments reading refuses, coming, going and mended, beside good edits."""
+    assert_warm_is_cold(start, steps, dataclasses.replace(CONFIG, max_value_bytes=limit))
+
+
+def assert_warm_is_cold(
+    start: dict[str, Any], steps: list[tuple[str, str, str, Any]], settings: Any = CONFIG
+) -> None:
+    engine = Engine(settings, SCHEMA, TEMPLATES)
     snapshot = start
+    cold_before: Rendered | None = None
     with tempfile.TemporaryDirectory() as folder:
-        config = dataclasses.replace(CONFIG, site_dir=folder)
+        config = dataclasses.replace(settings, site_dir=folder)
         writer = SiteWriter(config, SITE_TEMPLATES)  # kept, as the watcher keeps it
         previous: Rendered | None = None
         for step in [None, *steps]:
             if step is not None:
                 snapshot = edited(snapshot, step)
             warm = engine.build(snapshot)
-            cold = build(snapshot, CONFIG, SCHEMA, TEMPLATES)
+            cold = build(snapshot, settings, SCHEMA, TEMPLATES)
             assert warm.text == cold.text
             assert warm.table == cold.table
+            assert warm.table.problems == cold.table.problems
             assert warm.snapshot_id == cold.snapshot_id
             assert warm.skeleton == cold.skeleton and warm.fragments == cold.fragments
+            assert dict(warm.deployments or {}) == dict(cold.deployments or {})
             engine.check(warm)  # the warm gate, parsing only what changed, passes like the cold
-            assert checked_text(cold, CONFIG) == cold.text
+            assert checked_text(cold, settings) == cold.text
             # the site the kept writer leaves in the folder is the one a cold run renders
             writer.apply(warm.table, warm.deployments)
             assert _files(Path(folder)) == site.render_site(cold.table, config, SITE_TEMPLATES)
@@ -143,9 +200,11 @@ def assert_warm_is_cold(start: dict[str, Any], steps: list[tuple[str, str, str, 
                 routes = {str(r.host): route_destination(r) for r in previous.table.routes}
                 plan = plan_between(previous, warm)
                 assert plan == make_plan(previous.text, routes, warm)
+                assert cold_before is not None  # the plan of the composed stages: the same
+                assert plan == plan_between(cold_before, cold)
                 if _blocks(previous) != _blocks(warm):  # a group's servers changed: a route did
                     assert plan.added or plan.removed or plan.changed
-            previous = warm
+            previous, cold_before = warm, cold
 
 
 def _blocks(rendered: Rendered) -> str:
