@@ -63,8 +63,10 @@ def snapshot_schema() -> dict[str, Any]:
 
 
 def naive_build(snapshot: Mapping[str, Any], cfg: Any, env: Any) -> Any:
-    """pipeline.build from scratch, whichever signature it has today (its third argument was a
-    prepared SnapshotValidator, and is now the snapshot schema)."""
+    """pipeline.build from scratch as the command line runs it (through the shell's build,
+    which holds the garbage collector off, where there is one), whichever signature it has
+    today (its third argument was a prepared SnapshotValidator, and is now the snapshot
+    schema)."""
     from generator.core import pipeline
 
     third = list(inspect.signature(pipeline.build).parameters)[2]
@@ -72,7 +74,9 @@ def naive_build(snapshot: Mapping[str, Any], cfg: Any, env: Any) -> Any:
         from generator.core.validate import SnapshotValidator
 
         return pipeline.build(snapshot, cfg, SnapshotValidator(snapshot_schema()), env)
-    return pipeline.build(snapshot, cfg, snapshot_schema(), env)
+    engine = _engine_module()
+    build = getattr(engine, "build", pipeline.build) if engine is not None else pipeline.build
+    return build(snapshot, cfg, snapshot_schema(), env)
 
 
 def checked_text(rendered: Any, cfg: Any) -> str:
@@ -83,15 +87,19 @@ def checked_text(rendered: Any, cfg: Any) -> str:
     return text
 
 
-def engine_class() -> Any:
-    """generator.watch.engine.Engine, or None while it does not exist."""
+def _engine_module() -> Any:
+    """generator.watch.engine, or None while it does not exist."""
     try:
-        module = importlib.import_module("generator.watch.engine")
+        return importlib.import_module("generator.watch.engine")
     except ModuleNotFoundError as error:
         if error.name != "generator.watch.engine":
             raise
         return None
-    return getattr(module, "Engine", None)
+
+
+def engine_class() -> Any:
+    """generator.watch.engine.Engine, or None while it does not exist."""
+    return getattr(_engine_module(), "Engine", None)
 
 
 # ------------------------------------------------------------------------------------------------
