@@ -29,9 +29,9 @@ from watch_harness import BIN, DOMAIN, Frontend, registry_url
 from generator.core.config import listen_address, resolve
 from generator.core.model import Deployment, Route, RoutingTable
 from generator.core.pipeline import Rendered
+from generator.core.render import by_deployment
 from generator.registry.open import open_registry
 from generator.resources import schema
-from generator.site import pages as site
 from generator.streams import LEVELS, format_line
 from generator.watch.metrics import Status, exposure
 from generator.watch.observe import (
@@ -581,7 +581,7 @@ def test_the_kept_count_is_the_count_of_the_table_after_every_change() -> None:
     kept: dict[Any, tuple[Route, ...]] = {}
     for step in steps:
         data = instances_table(*(deployment(name, services) for name, services in step.items()))
-        fresh = site.deployment_routes(data)
+        fresh = by_deployment(data)
         # as the pipeline does: an unchanged deployment's routes stay the same tuple
         kept = {key: kept[key] if kept.get(key) == value else value for key, value in fresh.items()}
         assert count(data, kept) == routed_instances(data.routes), step
@@ -593,7 +593,7 @@ def test_the_gauge_of_an_apply_counts_the_instances_routed() -> None:
     web = [(None, "127.0.0.1", 9100), ("a1", "127.0.0.1", 9101), ("b2", "127.0.0.1", 9102)]
     data = instances_table(deployment("one", {"web": web}))  # one.<domain> and one-web
     status = Status(clock=lambda: 1000.0)
-    rendered = Rendered("sha256:0", data, "", "", (), site.deployment_routes(data))
+    rendered = Rendered("sha256:0", data, "", "", (), by_deployment(data))
     status.applied(Outcome(rendered, "applied", changed=True, reloaded=True), 0.1)
     text = prometheus_client.generate_latest(status.metrics).decode()
     assert "devtest_router_instances 3.0" in text.splitlines()

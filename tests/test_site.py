@@ -50,7 +50,7 @@ from generator.core.model import (
 )
 from generator.core.names import hostname
 from generator.core.pipeline import Rendered, build
-from generator.core.render import environment
+from generator.core.render import by_deployment, environment
 from generator.core.snapshot import loads
 from generator.nginx.apply import checked_text
 from generator.resources import data_dir, schema
@@ -936,7 +936,7 @@ def kept_routes(
 ) -> dict[site.DeploymentKey, tuple[Route, ...]]:
     """table's routes by deployment, each deployment whose routes are equal keeping the tuple
     of `previous`, as the pipeline keeps it (Rendered.deployments)."""
-    fresh = site.deployment_routes(table)
+    fresh = by_deployment(table)
     return {key: previous[key] if previous.get(key) == value else value
             for key, value in fresh.items()}  # fmt: skip
 
@@ -958,7 +958,7 @@ def test_an_instance_that_comes_goes_or_moves_rewrites_the_index_and_json_only(
 
     writer._render.row = counting  # type: ignore[method-assign]
     first = routed_table(config, login(one), solo())
-    routes = site.deployment_routes(first)
+    routes = by_deployment(first)
     assert writer.apply(first, routes).written == (
         "deployments.json",
         "index.html",

@@ -163,6 +163,11 @@ def _upstream_order(upstream: Upstream) -> tuple[int, Address, int]:
     return (upstream.address.version, upstream.address, upstream.port)
 
 
+# A deployment as the config file, the index and the caches order and key it:
+# (its label, its raw branch name). Two branches can share a label.
+DeploymentKey = tuple[Token, str]
+
+
 @dataclass(frozen=True, slots=True)
 class RoutingTable:
     """Every route, sorted by host; at most one route per host."""

@@ -17,7 +17,7 @@ import jinja2
 
 from generator.core.check import destination
 from generator.core.config import Config
-from generator.core.model import Route, RoutingTable, Token
+from generator.core.model import DeploymentKey, Route, RoutingTable
 from generator.core.render import Part, render
 from generator.core.routing import build_table
 from generator.core.snapshot import deployment_texts, snapshot_id
@@ -36,7 +36,7 @@ class Rendered:
     fragments: tuple[Part, ...]
     # (label, name) -> the deployment's routes by hostname, the same tuple while they stay the
     # same (site_apply.SiteWriter compares them by identity); None: not kept
-    deployments: Mapping[tuple[Token, str], tuple[Route, ...]] | None = None
+    deployments: Mapping[DeploymentKey, tuple[Route, ...]] | None = None
 
 
 def build(

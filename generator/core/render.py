@@ -14,7 +14,7 @@ import jinja2
 
 from generator.core.config import Config
 from generator.core.errors import TemplateProblem
-from generator.core.model import RFC3339, Route, RoutingTable, Token
+from generator.core.model import RFC3339, DeploymentKey, Route, RoutingTable, Token
 from generator.core.site_layout import ASKED_LEVELS, domain_pattern
 
 TEMPLATE = "routes.conf.j2"
@@ -122,14 +122,9 @@ class Part(NamedTuple):
     pools: frozenset[Pool]  # (name, servers) of those blocks
 
 
-# A deployment's key in the file's order of deployments: (its label, its name). Two branches can
-# share a label (Feature/Foo and feature-foo) and both keep some routes: each has its own part.
-GroupKey = tuple[Token, str]
-
-
-def by_deployment(table: RoutingTable) -> dict[GroupKey, tuple[Route, ...]]:
+def by_deployment(table: RoutingTable) -> dict[DeploymentKey, tuple[Route, ...]]:
     """The routes of the table by deployment, in file order (each deployment's sorted by host)."""
-    found: dict[GroupKey, list[Route]] = {}
+    found: dict[DeploymentKey, list[Route]] = {}
     for route in table.routes:  # sorted by host already
         found.setdefault((route.deployment_label, route.deployment), []).append(route)
     return {key: tuple(found[key]) for key in sorted(found)}
@@ -295,7 +290,7 @@ class Rendering(NamedTuple):
     text: str
     skeleton: str  # the file with the markers in place of the deployments' lines and blocks
     parts: tuple[Part, ...]  # each deployment's lines and upstream blocks, in file order
-    routes: dict[GroupKey, tuple[Route, ...]]  # each deployment's routes (by_deployment)
+    routes: dict[DeploymentKey, tuple[Route, ...]]  # each deployment's routes (by_deployment)
 
 
 def render(table: RoutingTable, config: Config, templates: jinja2.Environment) -> Rendering:

@@ -32,6 +32,7 @@ from generator.core.config import Config
 from generator.core.errors import TemplateProblem
 from generator.core.model import (
     RFC3339,
+    DeploymentKey,
     Member,
     Problem,
     Route,
@@ -42,6 +43,7 @@ from generator.core.model import (
     instance_order,
 )
 from generator.core.names import key_path
+from generator.core.render import by_deployment
 from generator.core.site_layout import (
     DOCUMENT,
     INDEX,
@@ -139,22 +141,9 @@ def listings(table: RoutingTable) -> tuple[Listing, ...]:
     is listed on its own. A problem belongs to the deployment whose key starts its key; those of
     deployments that route nothing are in the table's problems only.
     """
-    by_deployment = deployment_routes(table)
-    owned = owners(table.problems, key_paths(by_deployment))
-    return tuple(
-        listing(key, routes, owned.get(key, ())) for key, routes in sorted(by_deployment.items())
-    )
-
-
-DeploymentKey = tuple[Token, str]  # (label, name): the order of the config file and the index
-
-
-def deployment_routes(table: RoutingTable) -> dict[DeploymentKey, tuple[Route, ...]]:
-    """Each deployment's routes, by hostname."""
-    by_deployment: dict[DeploymentKey, list[Route]] = {}
-    for route in table.routes:
-        by_deployment.setdefault((route.deployment_label, route.deployment), []).append(route)
-    return {key: tuple(routes) for key, routes in by_deployment.items()}
+    grouped = by_deployment(table)  # sorted by key
+    owned = owners(table.problems, key_paths(grouped))
+    return tuple(listing(key, routes, owned.get(key, ())) for key, routes in grouped.items())
 
 
 def key_paths(keys: Iterable[DeploymentKey]) -> dict[str, DeploymentKey]:
@@ -195,7 +184,7 @@ def listing(key: DeploymentKey, routes: Sequence[Route], problems: tuple[Problem
     )
 
 
-def _owner(key: str, keys: Mapping[str, tuple[Token, str]]) -> tuple[Token, str] | None:
+def _owner(key: str, keys: Mapping[str, DeploymentKey]) -> DeploymentKey | None:
     """The deployment whose key is `key` or a folder above it (a quoted name may hold a /)."""
     cut = len(key)
     while cut > 0:

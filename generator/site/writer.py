@@ -26,18 +26,17 @@ from markupsafe import Markup
 
 from generator.core.config import Config
 from generator.core.errors import ApplyError, SiteError, UsageError
-from generator.core.model import Problem, Route, RoutingTable
+from generator.core.model import DeploymentKey, Problem, Route, RoutingTable
 from generator.core.names import key_path
+from generator.core.render import by_deployment
 from generator.core.site_layout import DOCUMENT, INDEX, NOT_FOUND, NOT_FOUND_DIR
 from generator.memory import no_gc
 from generator.nginx.apply import file_kind
 from generator.site.pages import (
-    DeploymentKey,
     Listing,
     Page,
     PageKind,
     Renderer,
-    deployment_routes,
     document_line,
     key_paths,
     listing,
@@ -127,7 +126,7 @@ class SiteWriter:
     ) -> SitePlan:
         """Write the pages of `table` that changed and remove stale ones, or raise ApplyError.
 
-        `routes` is site.deployment_routes(table), from a caller that keeps it (the pipeline)."""
+        `routes` is render.by_deployment(table), from a caller that keeps it (the pipeline)."""
         try:
             with no_gc():  # many small objects, no cycles (see memory.no_gc)
                 try:
@@ -159,7 +158,7 @@ class SiteWriter:
         """Take in `table`: the pages that may have changed, with their bytes, and the paths
         of the pages that went (every page when nothing is known of what was written)."""
         if routes is None:
-            routes = deployment_routes(table)
+            routes = by_deployment(table)
         kept = self._routes
         touched = [key for key, value in routes.items() if kept.get(key) is not value]
         added = [key for key in touched if key not in kept]

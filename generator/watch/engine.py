@@ -19,11 +19,10 @@ import jinja2
 
 from generator.core import pipeline
 from generator.core.config import Config
-from generator.core.model import Problem, Route, RoutingTable
+from generator.core.model import DeploymentKey, Problem, Route, RoutingTable
 from generator.core.names import label
 from generator.core.pipeline import Applied, Plan, Rendered, in_window, record
 from generator.core.render import (
-    GroupKey,
     Part,
     group_of,
     joined_routes_id,
@@ -111,10 +110,10 @@ class Build:
         self._problem_counts: dict[Problem, int] = {}
         self._problems: tuple[Problem, ...] = ()
         self._problems_changed = False
-        self._groups: dict[GroupKey, Part] = {}
-        self._pooled: set[GroupKey] = set()  # the deployments that have upstream blocks
-        self._group_keys: list[GroupKey] = []  # sorted
-        self._group_routes: dict[GroupKey, tuple[Route, ...]] = {}
+        self._groups: dict[DeploymentKey, Part] = {}
+        self._pooled: set[DeploymentKey] = set()  # the deployments that have upstream blocks
+        self._group_keys: list[DeploymentKey] = []  # sorted
+        self._group_routes: dict[DeploymentKey, tuple[Route, ...]] = {}
         self._lengths: dict[int, int] = {}  # hostname length -> routes
         self._created: dict[datetime, int] = {}  # created -> routes
 
@@ -183,7 +182,7 @@ class Build:
             self._settle(settled, dirty, placed)
         self._place(hosts, placed)
 
-        keys: dict[GroupKey, Part | None] = {}
+        keys: dict[DeploymentKey, Part | None] = {}
         for name in dirty:
             keys.update(self._group(name))
         for key, made in keys.items():
@@ -293,7 +292,7 @@ class Build:
                 del self._hosts[at]
                 del self._routes[at]
 
-    def _group(self, name: str) -> dict[GroupKey, Part | None]:
+    def _group(self, name: str) -> dict[DeploymentKey, Part | None]:
         """The part of deployment `name` as its routes now stand (None: it routes nothing)."""
         work = self._work.get(name)
         key = (label(name), name)
