@@ -112,3 +112,24 @@ def test_cycle_finder_finds_a_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def reaches(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module `start` imports, directly or through others."""
+    seen: set[str] = set()
+    pending = list(graph[start])
+    while pending:
+        module = pending.pop()
+        if module not in seen:
+            seen.add(module)
+            pending.extend(graph[module])
+    return seen
+
+
+def test_the_registry_records_import_no_backend() -> None:
+    backends = {"generator.registry.etcd2", "generator.registry.etcd3", "generator.registry.file"}
+    assert not reaches(internal_graph(), "generator.registry.base") & backends
+
+
+def test_the_key_layout_imports_nothing_of_the_project() -> None:
+    assert internal_graph()["generator.core.keys"] == set()
