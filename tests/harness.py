@@ -100,6 +100,13 @@ def wait_for(
         time.sleep(interval)
 
 
+def interruptible() -> None:
+    """preexec_fn for a child a test ends with SIGINT, as a terminal's Ctrl-C would: SIGINT back
+    to its default action. A test run started as a background job of a non-interactive shell
+    inherits SIGINT ignored, and Python and make keep it ignored in their children."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def pid_alive(pid: int) -> bool:
     """True while pid exists and is not a zombie."""
     try:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import Nginx, pid_alive, wait_for
+from harness import Nginx, interruptible, pid_alive, wait_for
 from test_apply import DOMAIN, LOCK, Router, finish, waiting_on
 
 from generator.cli.main import main
@@ -61,6 +61,7 @@ def test_an_interrupted_run_takes_the_hung_command_along(tmp_path: Path) -> None
         [sys.executable, "-c", code, hung(tmp_path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=interruptible,
     )
     try:
         wait_for((tmp_path / "started").exists, what="the hung command to start")

@@ -26,6 +26,7 @@ from harness import (
     find_binary,
     free_port,
     http_request,
+    interruptible,
     pid_alive,
     port_open,
     wait_for,
@@ -98,6 +99,7 @@ def start_demo(tmp_path: Path, port: int, **env: str) -> DemoRun:
             **env,
         },
         start_new_session=True,
+        preexec_fn=interruptible,
     )
     run = DemoRun(proc, base, port)
     for stream, lines in ((proc.stdout, run.stdout), (proc.stderr, run.stderr)):
