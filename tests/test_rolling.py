@@ -11,6 +11,7 @@ HTTP server as CMD, while a client asks the branch's URL every 20 ms and counts 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import signal
 import subprocess
@@ -41,6 +42,11 @@ APP = Path(__file__).with_name("instance_app.py")
 ASK_EVERY = 0.02  # seconds between the client's requests
 
 
+def _now() -> str:
+    """Wall-clock time to the millisecond, to set a failure beside the nginx and watcher logs."""
+    return datetime.datetime.now().strftime("%H:%M:%S.%f")[:-3]
+
+
 class Client:
     """Asks `host` through nginx every 20 ms, each time on a new connection (as a browser's
     first request or an integration test does), and keeps every answer and every failure."""
@@ -60,9 +66,9 @@ class Client:
                 if response.status == 200:
                     self.answers[str(response.json()["name"])] += 1
                 else:
-                    self.failures.append(f"{time.monotonic():.2f}: HTTP {response.status}")
+                    self.failures.append(f"{_now()}: HTTP {response.status}")
             except OSError as error:
-                self.failures.append(f"{time.monotonic():.2f}: {error!r}")
+                self.failures.append(f"{_now()}: {error!r}")
             self._stop.wait(max(0.0, ASK_EVERY - (time.monotonic() - started)))
 
     @property
@@ -93,6 +99,7 @@ class Container:
         self.name = instance
         self.port = free_port()
         self.log = folder / f"register-{instance}.log"
+        self.events: list[str] = []  # signals the test sent, with their times
         env = {k: v for k, v in os.environ.items() if not k.startswith("DEVTEST_ROUTER_")}
         for variable in ("REGISTRY_URL", "NAME", "SERVICE", "PORT", "IP", "INSTANCE"):
             env.pop(variable, None)
@@ -115,12 +122,14 @@ class Container:
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM, as ECS stops the old task once the new one is healthy; its exit status."""
+        self.events.append(f"{_now()}: SIGTERM")
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
 
     def kill(self) -> None:
         """SIGKILL to the whole process tree, as a runtime kills a container: no deregistering."""
         tree = child_pids(self.process.pid) | {self.process.pid}
+        self.events.append(f"{_now()}: SIGKILL")
         for pid in tree:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -149,10 +158,16 @@ def containers(tmp_path: Path) -> Iterator[Callable[..., Container]]:
 
 
 def _report(client: Client, router: Frontend, *containers: Container) -> str:
-    logs = "\n".join(f"--- {c.name}:\n{c.text()[-1500:]}" for c in containers)
+    logs = "\n".join(f"--- {c.name} {c.events}:\n{c.text()[-1500:]}" for c in containers)
+    try:
+        nginx_lines = router.nginx.error_log.read_text(errors="replace").splitlines()
+    except OSError:
+        nginx_lines = []
+    nginx_errors = "\n".join(line for line in nginx_lines if "[notice]" not in line)
     return (
         f"{len(client.failures)} of {client.asked} requests failed: {client.failures[:10]}\n"
-        f"answers: {dict(client.answers)}\nwatcher log:\n{router.log_tail()}\n{logs}"
+        f"answers: {dict(client.answers)}\nwatcher log:\n{router.log_tail()}\n{logs}\n"
+        f"--- nginx errors and warnings:\n{nginx_errors[-3000:]}"
     )
 
 
