@@ -96,8 +96,8 @@ def read_registry(path: Path) -> dict[str, Any]:
 def test_settings_from_flags_beat_the_environment() -> None:
     environ = {"NAME": "env-branch", "SERVICE": "api", "PORT": "9000", "IP": "10.0.0.9"}
     settings = resolve(namespace(name="feature/x", port="8080"), environ)
-    assert (settings.name, settings.deployment) == ("feature/x", "feature-x")
-    assert (settings.service_name, settings.service) == ("api", "api")
+    assert (settings.branch, settings.deployment) == ("feature/x", "feature-x")
+    assert (settings.service_given, settings.service) == ("api", "api")
     assert (settings.port, settings.ip, settings.ttl) == (8080, "10.0.0.9", DEFAULT_TTL)
 
 

@@ -23,10 +23,12 @@ INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII)
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    name: str  # NAME as given: the branch
-    service_name: str  # SERVICE as given
-    deployment: str  # label(name): the key and hostname label the generator uses
-    service: str  # label(service_name)
+    branch: str  # NAME as given: the developer's branch name, before slugging
+    service_given: str  # SERVICE as given, before slugging
+    # The names it registers under (the key segments in /deployment/<deployment>/service/
+    # <service>/), which are already labels: label(branch) and label(service_given).
+    deployment: str
+    service: str
     port: int | None  # PORT; None: from the ECS metadata
     ip: str | None  # IP; None: discovered
     ttl: int  # seconds; 0: no TTL and no keepalive
@@ -112,11 +114,11 @@ def resolve(
     Without need_address (deregister) only NAME, SERVICE and INSTANCE are looked at, not PORT,
     IP or the TTL.
     """
-    name, _ = setting(args, environ, "name", "NAME")
-    if name is None:
+    branch, _ = setting(args, environ, "name", "NAME")
+    if branch is None:
         raise UsageError("NAME is not set: pass --name or set NAME (the branch name)")
-    service_name, _ = setting(args, environ, "service", "SERVICE")
-    if service_name is None:
+    service_given, _ = setting(args, environ, "service", "SERVICE")
+    if service_given is None:
         raise UsageError(
             "SERVICE is not set: pass --service or set SERVICE (the service name, e.g. web)"
         )
@@ -150,10 +152,10 @@ def resolve(
         if text is not None:
             drain = parse_drain(text, source)
     return Settings(
-        name=name,
-        service_name=service_name,
-        deployment=str(label(name)),
-        service=str(label(service_name)),
+        branch=branch,
+        service_given=service_given,
+        deployment=str(label(branch)),
+        service=str(label(service_given)),
         port=port,
         ip=ip,
         ttl=ttl,
@@ -169,8 +171,8 @@ def resolve(
 def slug_note(settings: Settings, verb: str = "registering") -> str | None:
     """One line when a name is not already the label it is registered under, else None."""
     changes = []
-    if settings.deployment != settings.name:
-        changes.append(f"{settings.name} as {settings.deployment}")
-    if settings.service != settings.service_name:
-        changes.append(f"service {settings.service_name} as {settings.service}")
+    if settings.deployment != settings.branch:
+        changes.append(f"{settings.branch} as {settings.deployment}")
+    if settings.service != settings.service_given:
+        changes.append(f"service {settings.service_given} as {settings.service}")
     return f"{verb} {', '.join(changes)}" if changes else None

@@ -59,8 +59,11 @@ class Changes:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One service container's registration: one instance of a service, under keys named by the
-    slug of its branch.
+    """One service container's registration: one instance of a service.
+
+    `deployment` and `service` are the names it is registered under (the key segments, as in
+    Route). `register` passes the labels of the branch and of the service as given, so an
+    entry of its is registered under its own labels.
 
     Its keys are /deployment/<deployment>/service/<service>/instance/<instance>/{ip,port}, or,
     with instance None, the service's own /deployment/<deployment>/service/<service>/{ip,port}
