@@ -35,7 +35,7 @@ from generator.resources import schema
 from generator.streams import LEVELS, format_line
 from generator.watch.metrics import Status, exposure
 from generator.watch.observe import (
-    Check,
+    Condition,
     Health,
     InstanceCount,
     Outcome,
@@ -232,10 +232,10 @@ def test_healthz_names_the_registry_while_etcd_is_down_and_reconnects_are_counte
         code, body = health(port)
         assert code == 503 and body["failing"] == ["registry"], body
         assert body["status"] == "failing"
-        registry_check = body["checks"]["registry"]
-        assert not registry_check["ok"]
-        assert f"127.0.0.1:{client}" in registry_check["detail"], body
-        datetime.fromisoformat(registry_check["since"])
+        registry_condition = body["checks"]["registry"]
+        assert not registry_condition["ok"]
+        assert f"127.0.0.1:{client}" in registry_condition["detail"], body
+        datetime.fromisoformat(registry_condition["since"])
         assert body["checks"]["apply"]["ok"], "the last apply still holds"
         down = metrics(port)
         assert down["devtest_router_registry_reachable"] == 0
@@ -483,7 +483,7 @@ def test_apply_register_and_errors_log_json_and_stdout_stays_as_it_is(
 # the pure parts
 
 
-def test_health_report_names_failing_checks_and_since_when() -> None:
+def test_health_report_names_failing_conditions_and_since_when() -> None:
     fresh = starting(100.0)
     code, body = health_report(fresh)
     assert code == 503 and body["failing"] == ["registry", "apply"]
@@ -495,7 +495,7 @@ def test_health_report_names_failing_checks_and_since_when() -> None:
 
     down = update(ok.registry, False, "etcd v2 at 127.0.0.1:1: refused", 120.0)
     still_down = update(down, False, "etcd v2 at 127.0.0.1:1: timed out", 130.0)
-    assert still_down == Check(False, 120.0, "etcd v2 at 127.0.0.1:1: timed out")
+    assert still_down == Condition(False, 120.0, "etcd v2 at 127.0.0.1:1: timed out")
     code, body = health_report(Health(still_down, ok.apply))
     assert code == 503 and body["failing"] == ["registry"]
     assert body["checks"]["registry"]["since"] == "1970-01-01T00:02:00Z"

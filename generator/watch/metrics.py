@@ -1,5 +1,5 @@
 """The edge of observability: Prometheus metrics in a CollectorRegistry of our own and the
-small HTTP server that serves them (/metrics) and the health checks (/healthz).
+small HTTP server that serves them (/metrics) and the health conditions (/healthz).
 
 Imported only by a watcher with metrics_listen set: other commands never pay for
 prometheus_client and http.server.
@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from generator.core.errors import UsageError
 from generator.watch.observe import (
-    Check,
+    Condition,
     Health,
     InstanceCount,
     Outcome,
@@ -106,7 +106,7 @@ class Status:
         with self._lock:
             return self._health
 
-    def _set(self, registry: Check | None = None, apply: Check | None = None) -> None:
+    def _set(self, registry: Condition | None = None, apply: Condition | None = None) -> None:
         with self._lock:
             self._health = Health(registry or self._health.registry, apply or self._health.apply)
 

@@ -3,8 +3,8 @@ counts of a routing table.
 
 The watcher reports events (a registry read, a lost registry, an apply and its outcome) to an
 Observer; it never looks at the wall clock or at HTTP. metrics.Status is the observer that
-keeps the Prometheus metrics and the health checks, and metrics.Server serves them at the edge.
-Whether the watcher is healthy is a pure function of the two checks (health_report).
+keeps the Prometheus metrics and the health conditions, and metrics.Server serves them at the
+edge. Whether the watcher is healthy is a pure function of the two conditions (health_report).
 """
 
 from __future__ import annotations
@@ -114,11 +114,13 @@ class InstanceCount:
 
 
 # --------------------------------------------------------------------------
-# health: two checks, each ok or failing since some moment
+# health: two conditions, each ok or failing since some moment
 
 
 @dataclass(frozen=True, slots=True)
-class Check:
+class Condition:
+    """One condition of health, as /healthz reports it (its JSON calls them "checks")."""
+
     ok: bool
     since: float  # unix seconds when it last turned ok or failing
     detail: str  # what the last event said
@@ -126,37 +128,37 @@ class Check:
 
 @dataclass(frozen=True, slots=True)
 class Health:
-    registry: Check  # was the registry reachable on the last read (or watch)?
-    apply: Check  # did the last apply succeed?
+    registry: Condition  # was the registry reachable on the last read (or watch)?
+    apply: Condition  # did the last apply succeed?
 
 
 def starting(now: float) -> Health:
     return Health(
-        Check(False, now, "not read yet"),
-        Check(False, now, "not applied yet"),
+        Condition(False, now, "not read yet"),
+        Condition(False, now, "not applied yet"),
     )
 
 
-def update(check: Check, ok: bool, detail: str, now: float) -> Check:
-    """The check after an event; `since` moves only when the state flips."""
-    return Check(ok, check.since if check.ok == ok else now, detail)
+def update(condition: Condition, ok: bool, detail: str, now: float) -> Condition:
+    """The condition after an event; `since` moves only when the state flips."""
+    return Condition(ok, condition.since if condition.ok == ok else now, detail)
 
 
 def health_report(health: Health) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, JSON body) of /healthz: 200 when every check is ok, else 503 naming the
-    failing checks and since when they fail."""
-    checks = {"registry": health.registry, "apply": health.apply}
-    failing = [name for name, check in checks.items() if not check.ok]
+    """(HTTP status, JSON body) of /healthz: 200 when every condition is ok, else 503 naming the
+    failing conditions and since when they fail (under the body's key "checks")."""
+    conditions = {"registry": health.registry, "apply": health.apply}
+    failing = [name for name, condition in conditions.items() if not condition.ok]
     body = {
         "status": "failing" if failing else "ok",
         "failing": failing,
         "checks": {
             name: {
-                "ok": check.ok,
-                "since": _iso(check.since),
-                "detail": check.detail,
+                "ok": condition.ok,
+                "since": _iso(condition.since),
+                "detail": condition.detail,
             }
-            for name, check in checks.items()
+            for name, condition in conditions.items()
         },
     }
     return (503 if failing else 200), body
