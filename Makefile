@@ -16,7 +16,7 @@ deps:
 	scripts/install-deps
 
 # The main job on the bundled demo registry: routing table, problems, and the diff an apply
-# would make (every check of a real apply runs, nginx -t on the staged file included).
+# would make (the check and nginx's test of the staged file run, as in a real apply).
 run: $(BIN)/devtest-router deps
 	mkdir -p $(DEMO)
 	$(BIN)/devtest-router check --config fixtures/demo/config.yaml fixtures/demo/snapshot.json

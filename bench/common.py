@@ -80,10 +80,10 @@ def naive_build(snapshot: Mapping[str, Any], cfg: Any, env: Any) -> Any:
 
 
 def checked_text(rendered: Any, cfg: Any) -> str:
-    """apply.checked_text without any memory of earlier checks: the crossplane gate, cold."""
-    from generator.nginx.apply import checked_text as gate
+    """apply.checked_text without any memory of earlier ones: the check (crossplane), cold."""
+    from generator.nginx.apply import checked_text as check
 
-    text: str = gate(rendered, cfg)
+    text: str = check(rendered, cfg)
     return text
 
 

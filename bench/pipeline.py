@@ -17,8 +17,8 @@ nginx -t then tests the written file inside the same minimal wrapper the apply u
 
 The naive baseline of the cold pipeline is a bare regenerate in the same process: json.loads,
 one f-string line per route, write. No validation, no routing rules, no check: what the
-original regenerate.py did, and the floor any generator pays. Its ratio says what the checks
-cost, in a unit that does not depend on how fast or busy the machine is.
+original regenerate.py did, and the floor any generator pays. Its ratio says what validation,
+routing and the check cost, in a unit that does not depend on how fast or busy the machine is.
 
 Warm (--warm): with generator.watch.engine.Engine, a first build of the whole registry, then one
 deployment changed at a time (5 times): engine.build + engine.check, against the naive baseline

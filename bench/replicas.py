@@ -7,14 +7,14 @@ A registry of N services (three a deployment, as synthetic.registry makes them),
 instances at distinct private addresses (synthetic.replicated): one `upstream` block of M
 servers per service, N blocks, and a map line per route naming its group.
 
-- cold: the pipeline from scratch and the crossplane gate (as bench/pipeline.py's cold pass,
+- cold: the pipeline from scratch and the check (as bench/pipeline.py's cold pass,
   without the split into phases), then the file written; its size.
 - nginx -t: bench/pipeline.py's nginx_test on the written file, in the apply's wrapper: wall
   time (median of 3) and peak memory, beside nginx -t on an empty file.
 - warm: generator.watch.engine.Engine, a first build of the whole registry, then one instance of
   one deployment's web service replaced at a time (a rolling redeploy's step: the group's
   servers change, no map line does), 5 times: engine.build + engine.check, against the naive
-  rebuild (pipeline from scratch + crossplane gate) of the same snapshot; the texts must be equal.
+  rebuild (pipeline from scratch + the check) of the same snapshot; the texts must be equal.
 """
 
 from __future__ import annotations

@@ -513,7 +513,7 @@ def test_directive_outside_the_allowlist_is_refused_before_nginx_runs(
     assert "directive 'expires' is not allowed (in " in refused.err
     assert "add it to allowed_directives" in refused.err
     assert str(templates) in refused.err
-    assert not nginx_runs.exists(), "nginx -t ran on a config the crossplane gate refuses"
+    assert not nginx_runs.exists(), "nginx -t ran on a config the check refuses"
     assert listing(router.nginx.conf_dir) == before
     assert router.reloads() == 1
 

@@ -191,7 +191,7 @@ def assert_warm_is_cold(
             assert warm.snapshot_id == cold.snapshot_id
             assert warm.skeleton == cold.skeleton and warm.fragments == cold.fragments
             assert dict(warm.deployments or {}) == dict(cold.deployments or {})
-            engine.check(warm)  # the warm gate, parsing only what changed, passes like the cold
+            engine.check(warm)  # the warm check, parsing only what changed, passes like the cold
             assert checked_text(cold, settings) == cold.text
             # the site the kept writer leaves in the folder is the one a cold run renders
             writer.apply(warm.table, warm.deployments)

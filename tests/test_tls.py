@@ -367,7 +367,7 @@ def test_the_check_refuses_other_certificates_protocols_and_listen_forms(
 
 
 def test_the_listen_macro_prints_only_checked_values(tmp_path: Path) -> None:
-    """A call block prints the macro's text as is, but values inside it still meet the gate."""
+    """A call block prints the macro's text as is; values in it still meet the Token gate."""
     folder = override(tmp_path, "listen {{ address }} ssl", "listen {{ address ~ '' }} ssl")
     result = cli(["render", "--template-dir", str(folder), *PAIR], CLEAN)
     assert result.code == 2

@@ -492,7 +492,7 @@ def test_two_instances_share_the_requests_and_a_dead_one_costs_none(
     rendered = build(data, config)
     assert rendered.text.count("\nupstream ") == 1
     workers = nginx.worker_pids()
-    result = apply.apply(rendered, config)  # every gate: crossplane, nginx -t, test, reload
+    result = apply.apply(rendered, config)  # check, nginx's test (staged, installed), reload
     assert result.changes and "main-web.dev.test" in result.added
     wait_for(lambda: nginx.worker_pids() and not nginx.worker_pids() & workers, what="reload")
     wait_for(lambda: _answers(nginx.port, "main-web.dev.test"), what="main-web to answer")

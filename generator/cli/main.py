@@ -201,11 +201,11 @@ def _apply_or_plan(
 ) -> tuple[Plan, SitePlan]:
     """apply and watch: the nginx config's plan and the site's.
 
-    A dry run runs every check of both, then prints the diff; nothing is written. Otherwise the
-    config is installed and nginx reloaded (or the config was in place already), then the site
-    is written, under the apply's lock; a site that cannot be written raises SiteError with the
-    config applied. `engine`: the watcher's, which keeps its work between applies; without one,
-    a cold apply.
+    A dry run plans both as an apply would (the config's gate and safety threshold included),
+    then prints the diff; nothing is written. Otherwise the config is installed and nginx
+    reloaded (or the config was in place already), then the site is written, under the apply's
+    lock; a site that cannot be written raises SiteError with the config applied. `engine`: the
+    watcher's, which keeps its work between applies; without one, a cold apply.
     """
     if config.dry_run:
         result = engine.plan(rendered) if engine is not None else plan(rendered, config)
@@ -267,7 +267,7 @@ def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
             message = f"dry run: {result.summary()}; {_site_summary(pages, True)}"
             return Outcome(rendered, message, result.changes, False)
         message = _describe(result, rendered, config, pages)
-        release_free_memory()  # what this apply's checks and writes needed is free again
+        release_free_memory()  # what this apply's check and writes needed is free again
         return Outcome(rendered, message, result.changes, result.changes)
 
     timing = Timing(

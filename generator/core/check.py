@@ -1,11 +1,12 @@
-"""Check rendered text as nginx will read it: crossplane's parse of it against the routing table.
+"""The check: rendered text as nginx will read it, crossplane's parse of it against the
+routing table.
 
-This gate runs before any `nginx -t`, because `nginx -t` itself executes `load_module` and
-`ssl_engine`: nothing but the directives below (and the config's allowed_directives) may reach it,
-every route must stand in the hostname map exactly once, with exactly its target, and every
-upstream group a route names must stand at http level exactly once, with exactly its servers.
-crossplane's own directive table stops near nginx 1.19, so it checks syntax, argument counts and
-contexts here, never which directives exist.
+The check runs before nginx's test (`nginx -t`), because `nginx -t` itself executes
+`load_module` and `ssl_engine`: nothing but the directives below (and the config's
+allowed_directives) may reach it, every route must stand in the hostname map exactly once, with
+exactly its target, and every upstream group a route names must stand at http level exactly
+once, with exactly its servers. crossplane's own directive table stops near nginx 1.19, so it
+checks syntax, argument counts and contexts here, never which directives exist.
 """
 
 from __future__ import annotations

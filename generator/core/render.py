@@ -29,7 +29,7 @@ class UncheckedValueError(jinja2.TemplateError):
 
 
 def _only_checked(value: Any) -> Any:
-    """Jinja's finalize hook: the single gate between data and nginx syntax."""
+    """Jinja's finalize hook, the Token gate: the one way from data into nginx syntax."""
     if isinstance(value, Token | Fragment) or (
         isinstance(value, int) and not isinstance(value, bool)
     ):
@@ -86,7 +86,7 @@ def rfc3339(moment: datetime | None) -> Token | None:
 class Fragment(str):
     """Text a bundled or override template rendered from Tokens and ints alone.
 
-    The finalize gate lets it through, so a deployment's lines are rendered once and printed
+    The Token gate lets it through, so a deployment's lines are rendered once and printed
     by the main template as they are.
     """
 

@@ -2,10 +2,11 @@
 
 Order of a real apply, under a lock: remove what an apply cut short left (staged files) ->
 compare with the file in place (identical, and the file last tested and reloaded: nothing to do)
--> stage the new text beside the target -> crossplane gate -> `nginx -t` on the staged file
-inside a throwaway wrapper -> safety threshold -> keep a hard link to the file in place ->
-atomic rename -> test the whole installed config -> reload -> record the file's digest as tested
-and reloaded. If a test or the reload fails, the previous file is put back byte for byte and
+-> stage the new text beside the target -> the gate: the check (crossplane parses the text back,
+core/check.py), then nginx's test (`nginx -t`) of the staged file inside a throwaway wrapper ->
+safety threshold -> keep a hard link to the file in place -> atomic rename -> nginx's test of
+the whole installed config (test_command) -> reload -> record the file's digest as tested and
+reloaded. If a test or the reload fails, the previous file is put back byte for byte and
 nothing is reloaded: nginx keeps serving the routes it had.
 
 An apply may be cut short anywhere (SIGKILL, a crash, a power cut). The record (`.<output
@@ -56,7 +57,7 @@ T = TypeVar("T")  # what apply_then's `after` returns
 
 
 class Checker:
-    """The crossplane gate, with memory.
+    """The check (crossplane parses the rendered config back: core/check.py), with memory.
 
     The file around the deployments' parts (the skeleton, small) is parsed every time; each
     deployment's part (its lines in the hostname map and its upstream blocks) is parsed once
@@ -212,7 +213,8 @@ def _refuse(failures: list[str], config: Config) -> None:
 
 
 def gate(rendered: Rendered, config: Config, staged: Path, scratch: Path, checker: Checker) -> None:
-    """The crossplane gate, then nginx's own test on the staged file; raises if either refuses."""
+    """The gate: the check (crossplane), then nginx's test of the staged file; raises if either
+    refuses."""
     checker(rendered, config, scratch)
     _require_tls_files(config)
     (scratch / "nginx").mkdir()
@@ -225,7 +227,7 @@ def gate(rendered: Rendered, config: Config, staged: Path, scratch: Path, checke
 
 def _require_tls_files(config: Config) -> None:
     """The certificate and key must be readable: nginx reads them at every test and reload.
-    Its own test would refuse a missing one too, but in lines of its own about its wrapper."""
+    nginx's test would refuse a missing one too, but in lines of its own about its wrapper."""
     for setting in ("tls_certificate", "tls_certificate_key"):
         path = getattr(config, setting)
         if path is None:
@@ -257,7 +259,8 @@ Known = Rendered
 
 
 def checked_text(rendered: Rendered, config: Config, checker: Checker | None = None) -> str:
-    """The rendered text once crossplane has read it back as the routing table (no nginx)."""
+    """The rendered text once it passed the check: crossplane has read it back as the routing
+    table (no nginx's test)."""
     with tempfile.TemporaryDirectory(prefix="devtest-router-") as folder:
         (checker or Checker())(rendered, config, Path(folder))
     return rendered.text
@@ -270,7 +273,8 @@ def plan(
     known: Known | None = None,
     recent: Sequence[Applied] = (),
 ) -> Plan:
-    """Dry run: every check a real apply runs, on a copy in a temporary folder; changes nothing.
+    """Dry run: the gate (the check and nginx's test) and the safety threshold, as a real apply
+    runs them, on a copy in a temporary folder; changes nothing.
     `recent`: the safety threshold's window, as for apply()."""
     target = output_file(config)
     current = _read(target)
@@ -436,8 +440,8 @@ def _checked_plan(
     refused_suffix: str,
     recent: Sequence[Applied] = (),
 ) -> Plan:
-    """What dry run and apply share: both gates on the staged file, the plan against the file
-    in place, and the safety threshold."""
+    """What dry run and apply share: the gate on the staged file (the check, then nginx's
+    test), the plan against the file in place, and the safety threshold."""
     gate(rendered, config, staged, scratch, checker or Checker())
     if known is not None and current is not None and known.text == current:
         result = plan_between(known, rendered)

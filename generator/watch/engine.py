@@ -1,4 +1,4 @@
-"""The pipeline, its checks and apply for a long-running process (the watcher, benchmarks).
+"""The pipeline, the check and apply for a long-running process (the watcher, benchmarks).
 
 Each step keeps what it did for the deployments that did not change (Build, and
 apply.Checker), so an apply costs in proportion to the change, not to the registry, and still
@@ -354,7 +354,8 @@ class Engine:
         self._recent: tuple[Applied, ...] = ()
 
     def check(self, rendered: Rendered) -> None:
-        """The crossplane gate (no nginx); raises like apply would."""
+        """The check alone (crossplane parses the text back; not nginx's test); raises like
+        apply would."""
         checked_text(rendered, self.config, self._checker)
 
     def plan(self, rendered: Rendered) -> Plan:

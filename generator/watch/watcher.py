@@ -293,7 +293,7 @@ class Watcher:
             self._trouble = None
 
     def _follow(self, read: Read, patience: float) -> Read | None:
-        """Wait for changes after `read`; the keys changed by a settled burst of them, or None
+        """Wait for changes after `read`; the keys changed by a debounced burst of them, or None
         when a full read is due: the events cannot be followed (a lost history, an unknown
         event, no keys kept), `patience` seconds without events, the resync, or a stop. When a
         removal grace ends first, `read` itself: applied again, without the held keys."""
