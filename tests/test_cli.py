@@ -28,9 +28,9 @@ from generator.cli.parser import build_parser
 from generator.core.config import resolve
 from generator.core.errors import (
     ApplyError,
-    CheckError,
     Error,
     InternalError,
+    RefusedError,
     SiteError,
     SnapshotError,
     TemplateProblem,
@@ -635,7 +635,7 @@ class _RegistryTrouble(RegistryUnavailable):
         (MetadataUnavailable("x"), 4),
         (SiteError("x"), 5),
         (SnapshotError("x"), 123),
-        (CheckError("x"), 123),
+        (RefusedError("x"), 123),
         (ApplyError("x"), 123),
         (Error("x"), 123),
         (KeyboardInterrupt(), 130),

@@ -42,7 +42,7 @@ from generator.cli import main as cli
 from generator.core import check, pipeline, render, routing
 from generator.core import snapshot as snapshot_module
 from generator.core.config import Config, resolve
-from generator.core.errors import CheckError, SnapshotError
+from generator.core.errors import RefusedError, SnapshotError
 from generator.core.model import Member, Route, RouteKind, RoutingTable, Token, Upstream
 from generator.core.validate import SnapshotValidator, validate
 from generator.nginx import apply
@@ -836,7 +836,7 @@ def test_nginx_assertion_catches_a_hash_nginx_cannot_build(nginx_binary: str) ->
     unsized = sizes.sub("", rendered.text)
     assert unsized != rendered.text
     without = dataclasses.replace(rendered, text=unsized, skeleton=sizes.sub("", rendered.skeleton))
-    with pytest.raises((AssertionError, CheckError)) as caught:
+    with pytest.raises((AssertionError, RefusedError)) as caught:
         assert_nginx_accepts(without, config)
     assert "map_hash" in str(caught.value)
 

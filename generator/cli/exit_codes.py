@@ -53,7 +53,7 @@ TABLE: tuple[ExitCode, ...] = (
         REFUSED,
         "unusable snapshot, or a check, nginx test, reload or safety threshold refused: "
         "nothing was changed",
-        (Error,),  # every other Error: SnapshotError, CheckError, ApplyError
+        (Error,),  # every other Error: SnapshotError, RefusedError, ApplyError
     ),
     ExitCode(INTERRUPTED, "interrupted", (KeyboardInterrupt,)),
 )

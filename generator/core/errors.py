@@ -20,8 +20,9 @@ class SnapshotError(Error):
     """The snapshot is unusable as a whole: not parseable, not an object, no deployment key."""
 
 
-class CheckError(Error):
-    """A check refused the rendered config (crossplane gate, nginx test, safety threshold)."""
+class RefusedError(Error):
+    """The rendered config was refused before anything changed: by the gate (the check, or
+    nginx's test of the staged file) or by the safety threshold."""
 
 
 class ApplyError(Error):

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from generator.core.check import Span, check, check_fragments, routes_in
 from generator.core.config import Config
-from generator.core.errors import ApplyError, CheckError, InternalError, UsageError
+from generator.core.errors import ApplyError, InternalError, RefusedError, UsageError
 from generator.core.pipeline import (
     Applied,
     Plan,
@@ -205,7 +205,7 @@ def _refuse(failures: list[str], config: Config) -> None:
         f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
     )
     if config.template_dir:  # an override template is the likelier culprit than we are
-        raise CheckError(
+        raise RefusedError(
             f"the rendered config fails the check: {detail}; nothing was changed. Fix the "
             f"templates in {config.template_dir}"
         )
@@ -222,7 +222,9 @@ def gate(rendered: Rendered, config: Config, staged: Path, scratch: Path, checke
     wrapper.write()
     passed, said = wrapper.test(config.nginx, config.command_timeout)
     if not passed:
-        raise CheckError(f"nginx rejects the rendered config; nothing was changed\n{_indent(said)}")
+        raise RefusedError(
+            f"nginx rejects the rendered config; nothing was changed\n{_indent(said)}"
+        )
 
 
 def _require_tls_files(config: Config) -> None:
@@ -450,7 +452,7 @@ def _checked_plan(
         result = make_plan(current, routes, rendered)
     refusal = removal_refusal(result, config, recent)
     if refusal:
-        raise CheckError(refusal + refused_suffix)
+        raise RefusedError(refusal + refused_suffix)
     return result
 
 
