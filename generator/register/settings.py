@@ -1,4 +1,4 @@
-"""`register`'s settings: flags, else environment variables, checked (pure)."""
+"""`register`'s settings: flags, else environment variables, validated (pure)."""
 
 from __future__ import annotations
 
