@@ -43,7 +43,7 @@ from generator.site.pages import (
     owners,
     pages,
 )
-from generator.watch.engine import update_sorted
+from generator.sorted_keys import update_sorted
 
 FILE_MODE = 0o644  # nginx's workers run as another user
 

@@ -35,6 +35,7 @@ from generator.core.snapshot import deployment_part, deployment_text, snapshot_i
 from generator.core.validate import SnapshotValidator, validate_deployment
 from generator.memory import no_gc
 from generator.nginx.apply import Checker, Known, apply_then, checked_text, plan
+from generator.sorted_keys import update_sorted
 
 T = TypeVar("T")  # what apply_then's `after` returns
 
@@ -320,21 +321,6 @@ def _step(counts: dict[Any, int], key: Any, step: int) -> None:
         counts[key] = count
     else:
         del counts[key]
-
-
-def update_sorted(items: list[Any], touched: Iterable[Any], present: Mapping[Any, Any]) -> None:
-    """Keep `items` the sorted keys of `present`, after the keys `touched` came or went."""
-    touched = list(touched)
-    if len(touched) * 16 > len(items) + 64:  # many: sorting all is cheaper than inserting
-        items[:] = sorted(present)
-        return
-    for key in touched:
-        at = bisect.bisect_left(items, key)
-        there = at < len(items) and items[at] == key
-        if key in present and not there:
-            items.insert(at, key)
-        elif key not in present and there:
-            del items[at]
 
 
 class Engine:
