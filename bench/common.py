@@ -51,9 +51,9 @@ def config(**overrides: Any) -> Any:
 
 def templates() -> Any:
     from generator.core.render import environment
-    from generator.resources import data_dir
+    from generator.resources import template_loader
 
-    return environment([data_dir("templates")])
+    return environment(template_loader())
 
 
 def snapshot_schema() -> dict[str, Any]:

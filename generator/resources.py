@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+import jinja2
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -24,3 +27,9 @@ def schema(name: str) -> dict[str, Any]:
     with open(data_dir("schema") / f"{name}.schema.json", encoding="utf-8") as file:
         loaded: dict[str, Any] = json.load(file)
     return loaded
+
+
+def template_loader(overrides: Sequence[Path] = ()) -> jinja2.FileSystemLoader:
+    """Loads the bundled templates/, each file overridden by one of the same name in the
+    folders of `overrides` (the user's template_dir), earlier first."""
+    return jinja2.FileSystemLoader([*map(str, overrides), str(data_dir("templates"))])

@@ -22,9 +22,9 @@ from generator.core.config import Config
 from generator.core.model import Deployment
 from generator.core.render import environment
 from generator.core.validate import SnapshotValidator
-from generator.resources import data_dir, schema
+from generator.resources import schema, template_loader
 
-TEMPLATES = environment([data_dir("templates")])
+TEMPLATES = environment(template_loader())
 SCHEMA = schema("snapshot")
 _VALIDATOR = SnapshotValidator(SCHEMA)
 

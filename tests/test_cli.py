@@ -41,7 +41,7 @@ from generator.core.render import environment
 from generator.core.snapshot import loads
 from generator.register.discovery import MetadataUnavailable
 from generator.registry.base import RegistryUnavailable
-from generator.resources import data_dir, schema
+from generator.resources import schema, template_loader
 from generator.site import pages as site
 from generator.site.writer import SiteWriter
 
@@ -703,9 +703,9 @@ def test_a_broken_site_template_is_a_template_problem(
         loads(json.dumps(CLEAN), "clean"),
         config,
         schema("snapshot"),
-        environment([data_dir("templates")]),
+        environment(template_loader()),
     ).table
-    writer = SiteWriter(config, site.environment([templates, data_dir("templates")]))
+    writer = SiteWriter(config, site.environment(template_loader([templates])))
     with pytest.raises(TemplateProblem, match=says) as caught:
         writer.plan(table)
     assert code_of(caught.value) == 2

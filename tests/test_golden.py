@@ -41,7 +41,7 @@ from generator.core.config import resolve
 from generator.core.pipeline import build
 from generator.core.render import TEMPLATE, environment
 from generator.core.snapshot import loads
-from generator.resources import data_dir, schema
+from generator.resources import data_dir, schema, template_loader
 from generator.site import pages as site
 
 if TYPE_CHECKING:
@@ -133,9 +133,9 @@ def site_files(case: Path, stdin: str | None = None) -> dict[str, str]:
     path = snapshot_path(case)
     text = path.read_text(encoding="utf-8") if stdin is None else stdin
     rendered = build(
-        loads(text, str(path)), config, schema("snapshot"), environment([data_dir("templates")])
+        loads(text, str(path)), config, schema("snapshot"), environment(template_loader())
     )
-    files = site.render_site(rendered.table, config, site.environment([data_dir("templates")]))
+    files = site.render_site(rendered.table, config, site.environment(template_loader()))
     return {f"{SITE}/{name}": data.decode("utf-8") for name, data in files.items()}
 
 

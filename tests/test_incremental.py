@@ -40,9 +40,9 @@ from generator.site.writer import SiteWriter
 from generator.watch.engine import Engine
 
 CONFIG = resolve(resources.schema("config"), {"domain": "dev.test", "allow_loopback": True}, {})
-TEMPLATES = environment([resources.data_dir("templates")])
+TEMPLATES = environment(resources.template_loader())
 SCHEMA = resources.schema("snapshot")
-SITE_TEMPLATES = site.environment([resources.data_dir("templates")])
+SITE_TEMPLATES = site.environment(resources.template_loader())
 
 # One registry edit: (what, branch, service, value). Edits that collide, half-write, remove and
 # re-add are all in here, since those are the paths where kept work could go stale.

@@ -27,7 +27,7 @@ from generator.core.names import key_path
 from generator.core.validate import INSTANCE_ID, SnapshotValidator, validate
 
 VALIDATOR = SnapshotValidator(resources.schema("snapshot"))
-TEMPLATES = render.environment([resources.data_dir("templates")])
+TEMPLATES = render.environment(resources.template_loader())
 CONFIG = resolve(resources.schema("config"), {"domain": "dev.test"}, {})
 
 PURE = settings(

@@ -49,7 +49,7 @@ from generator.nginx import apply
 from generator.nginx import wrapper as nginx
 
 VALIDATOR = SnapshotValidator(resources.schema("snapshot"))
-TEMPLATES = render.environment([resources.data_dir("templates")])
+TEMPLATES = render.environment(resources.template_loader())
 
 PURE = settings(
     derandomize=True,

@@ -156,9 +156,7 @@ def test_removal_grace_is_a_validated_setting() -> None:
 # the watcher, on a real registry file
 
 CONFIG = resolve(resources.schema("config"), {"domain": "dev.test", "allow_loopback": True}, {})
-ENGINE = Engine(
-    CONFIG, resources.schema("snapshot"), environment([resources.data_dir("templates")])
-)
+ENGINE = Engine(CONFIG, resources.schema("snapshot"), environment(resources.template_loader()))
 
 
 def deployment(port: int) -> dict[str, Any]:

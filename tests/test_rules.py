@@ -26,7 +26,7 @@ from generator.core.snapshot import loads
 from generator.core.validate import SnapshotValidator, parse_time, validate
 from generator.register import settings as register
 from generator.registry.open import parse_url
-from generator.resources import schema
+from generator.resources import schema, template_loader
 
 HUGE = "9" * 5000  # past Python's int-string limit (4,300 digits)
 
@@ -328,10 +328,9 @@ def test_a_duplicate_decides_the_same_on_a_kept_pipeline() -> None:
     # the watcher keeps work per deployment by content: a deployment with a duplicate must not
     # be taken for the same deployment without it
     from generator.core.render import environment
-    from generator.resources import data_dir
     from generator.watch.engine import Build
 
-    pipeline = Build(config(), schema("snapshot"), environment([data_dir("templates")]))
+    pipeline = Build(config(), schema("snapshot"), environment(template_loader()))
     good = '{"deployment": {"b": {"service": {"web": {"ip": "10.0.0.1", "port": "80"}}}}}'
     twice = good.replace('"ip": "10.0.0.1"', '"ip": "169.254.169.254", "ip": "10.0.0.1"')
     assert [r.host for r in pipeline(loads(good)).table.routes]

@@ -53,7 +53,7 @@ from generator.core.pipeline import Rendered, build
 from generator.core.render import by_deployment, environment
 from generator.core.snapshot import loads
 from generator.nginx.apply import checked_text
-from generator.resources import data_dir, schema
+from generator.resources import schema, template_loader
 from generator.site import pages as site
 from generator.site.writer import SiteWriter
 from generator.watch.engine import Build
@@ -76,11 +76,11 @@ def settings(**values: Any) -> Config:
 
 
 def table_of(snapshot: Snapshot, config: Config) -> Rendered:
-    return build(snapshot, config, schema("snapshot"), environment([data_dir("templates")]))
+    return build(snapshot, config, schema("snapshot"), environment(template_loader()))
 
 
 def site_templates() -> Any:
-    return site.environment([data_dir("templates")])
+    return site.environment(template_loader())
 
 
 def registry(found: Mapping[str, Any]) -> Snapshot:
@@ -1000,7 +1000,7 @@ def test_through_the_pipeline_an_instance_that_moves_rewrites_the_index_and_json
     tmp_path: Path,
 ) -> None:
     config = settings(site_dir=str(tmp_path / "site"))
-    pipeline = Build(config, schema("snapshot"), environment([data_dir("templates")]))
+    pipeline = Build(config, schema("snapshot"), environment(template_loader()))
     writer = SiteWriter(config, site_templates())
     rows: list[str] = []
     row = writer._render.row

@@ -30,11 +30,11 @@ from generator.core.routing import build_table
 from generator.nginx import apply
 from generator.nginx.apply import Checker, checked_text
 from generator.nginx.wrapper import Wrapper
-from generator.resources import data_dir, schema
+from generator.resources import data_dir, schema, template_loader
 from generator.watch.engine import Engine
 
 CONFIG = resolve(schema("config"), {"domain": "dev.test", "allow_loopback": True}, {})
-TEMPLATES = environment([data_dir("templates")])
+TEMPLATES = environment(template_loader())
 CREATED = "2026-01-01T00:00:00Z"
 SERVER = "max_fails=1 fail_timeout=10s"
 
@@ -180,7 +180,7 @@ def test_an_override_template_without_upstreams_renders_until_a_group_needs_it(
     assert bundled.count("{{ upstreams }}\n") == 1
     (tmp_path / "routes.conf.j2").write_text(bundled.replace("{{ upstreams }}\n", "\n"))
     config = dataclasses.replace(CONFIG, template_dir=str(tmp_path))
-    templates = environment([tmp_path, data_dir("templates")])
+    templates = environment(template_loader([tmp_path]))
     single = snapshot(web=instances.instances(plain="10.0.0.1:80"))
     old = pipeline.build(single, config, instances.SCHEMA, templates)
     assert UPSTREAMS_MARKER not in old.skeleton

@@ -26,9 +26,7 @@ from generator.watch.watcher import Timing, Watcher
 pytestmark = pytest.mark.integration
 
 CONFIG = resolve(resources.schema("config"), {"domain": "dev.test", "allow_loopback": True}, {})
-ENGINE = Engine(
-    CONFIG, resources.schema("snapshot"), environment([resources.data_dir("templates")])
-)
+ENGINE = Engine(CONFIG, resources.schema("snapshot"), environment(resources.template_loader()))
 
 
 class Counted:

@@ -29,7 +29,7 @@ from generator.memory import keep_large_blocks_apart, release_free_memory
 from generator.nginx.apply import apply_then, checked_text, plan
 from generator.registry.base import present
 from generator.registry.open import registry_from_args
-from generator.resources import data_dir, schema
+from generator.resources import schema, template_loader
 from generator.site import pages as site
 from generator.site.writer import SitePlan, SiteWriter
 from generator.streams import Streams
@@ -79,24 +79,23 @@ def _config_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
 _ConfigLoader.add_constructor("tag:yaml.org,2002:int", _config_int)
 
 
-def _template_folders(config: Config) -> list[Path]:
-    """The bundled templates, overridden by those in config.template_dir."""
-    folders = [data_dir("templates")]
-    if config.template_dir:
-        if not Path(config.template_dir).is_dir():
-            raise UsageError(f"template_dir {config.template_dir}: no such folder")
-        folders.insert(0, Path(config.template_dir))
-    return folders
+def _template_overrides(config: Config) -> list[Path]:
+    """The folder whose templates override the bundled ones: config.template_dir, if set."""
+    if not config.template_dir:
+        return []
+    if not Path(config.template_dir).is_dir():
+        raise UsageError(f"template_dir {config.template_dir}: no such folder")
+    return [Path(config.template_dir)]
 
 
 def templates(config: Config) -> jinja2.Environment:
     """The nginx templates (only Tokens and ints printed)."""
-    return environment(_template_folders(config))
+    return environment(template_loader(_template_overrides(config)))
 
 
 def site_writer(config: Config) -> SiteWriter:
     """Writes the site's pages (templates/site/, HTML-escaped) into config.site_dir."""
-    return SiteWriter(config, site.environment(_template_folders(config)))
+    return SiteWriter(config, site.environment(template_loader(_template_overrides(config))))
 
 
 def _build(args: argparse.Namespace, config: Config, streams: Streams) -> Rendered:

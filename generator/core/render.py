@@ -7,7 +7,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jinja2
@@ -42,10 +41,12 @@ def _only_checked(value: Any) -> Any:
     )
 
 
-def environment(template_dirs: Sequence[Path]) -> jinja2.Environment:
-    """A Jinja environment whose earlier folders override later ones (user's, then bundled)."""
+def environment(loader: jinja2.BaseLoader) -> jinja2.Environment:
+    """The nginx templates' Jinja environment. The shell passes the loader in
+    (resources.template_loader: the user's folder, then the bundled one): reading the
+    templates is IO, and the core does none."""
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader([str(folder) for folder in template_dirs]),
+        loader=loader,
         undefined=jinja2.StrictUndefined,
         finalize=_only_checked,
         autoescape=False,  # nginx syntax, not HTML: safety comes from Tokens, not escaping

@@ -22,7 +22,6 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -235,11 +234,11 @@ def document(page: Page, config: Config) -> dict[str, Any]:
     }
 
 
-def environment(template_dirs: Sequence[Path]) -> jinja2.Environment:
+def environment(loader: jinja2.BaseLoader) -> jinja2.Environment:
     """The pages' Jinja environment: every printed value escaped for HTML (and so no value can
     open an nginx SSI comment, `<!--#`, in a page nginx runs SSI on)."""
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader([str(folder) for folder in template_dirs]),
+        loader=loader,
         undefined=jinja2.StrictUndefined,
         autoescape=True,
         trim_blocks=True,
