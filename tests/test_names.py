@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from generator.core.names import MAX_LABEL, is_label, label, slug
+from generator.core.names import MAX_LABEL, label, slug
+
+# The oracle: a DNS label (RFC 1123), lower case, as hostnames need it.
+LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def is_label(text: str) -> bool:
+    return LABEL.fullmatch(text) is not None
 
 
 @pytest.mark.parametrize(

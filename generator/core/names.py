@@ -20,7 +20,6 @@ from generator.core.model import Token
 
 MAX_LABEL = 63
 HASH_LENGTH = 6
-LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _NOT_SLUG = re.compile(r"[^a-z0-9]")
 
 
@@ -64,10 +63,6 @@ def _label(names: tuple[str, ...]) -> Token:
         keep = joined[: MAX_LABEL - HASH_LENGTH - 1].rstrip("-")
         joined = f"{keep}-{short_hash(joined)}"
     return Token(joined)
-
-
-def is_label(text: str) -> bool:
-    return LABEL_RE.match(text) is not None
 
 
 def hostname(deployment: str, service: str | None, domain: str) -> Token:
