@@ -83,6 +83,13 @@ class Frontend:
             timeout,
             what=f"{host} -> {backend}; watcher log:\n{self.log_tail()}",
         )
+        self.wait_old_workers_gone(timeout)
+
+    def wait_old_workers_gone(self, timeout: float = 60.0) -> None:
+        """Wait until only the worker of the newest config is left (worker_processes is 1).
+        A reload is not over when the new worker answers: nginx's master gives it 100 ms to
+        start before it tells the old ones to quit, and until then the old ones go on taking
+        connections with the old config."""
         wait_for(lambda: len(self.nginx.worker_pids()) == 1, timeout, what="old workers to quit")
 
     def log_tail(self) -> str:
