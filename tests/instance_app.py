@@ -16,6 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    # The response leaves in one write, as servers send a small response: a SIGKILL then
+    # lands before it (nginx retries the request at another instance) or after it (the
+    # answer is whole). Unbuffered, headers and body went in two writes, and a kill between
+    # them cut off a response nginx had begun to pass on, which no proxy can retry.
+    wbufsize = 64 * 1024
 
     def do_GET(self) -> None:
         body = json.dumps({"name": self.server.name}).encode()

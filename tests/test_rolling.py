@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import http.client
 import os
 import signal
 import subprocess
@@ -67,7 +68,7 @@ class Client:
                     self.answers[str(response.json()["name"])] += 1
                 else:
                     self.failures.append(f"{_now()}: HTTP {response.status}")
-            except OSError as error:
+            except (OSError, http.client.HTTPException) as error:  # a cut-off body included
                 self.failures.append(f"{_now()}: {error!r}")
             self._stop.wait(max(0.0, ASK_EVERY - (time.monotonic() - started)))
 
