@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO := build/demo
 
-.PHONY: run demo test deps lint goldens bench docs clean
+.PHONY: run demo test deps lint goldens bench docs dist clean
 
 $(BIN)/devtest-router: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,16 @@ bench: $(BIN)/devtest-router deps
 # fails when it is out of date).
 docs: $(BIN)/devtest-router
 	$(BIN)/python -m generator.cli.reference --output docs/configuration.md
+
+# The sdist and the wheel (built from the sdist) into $(DIST), then `twine check` on both.
+# python -m build fetches hatchling into an isolated environment; offline, add
+# BUILD_ARGS=--no-isolation (it then uses the venv's). Install: README.md, "Install".
+DIST ?= dist
+BUILD_ARGS ?=
+dist: $(BIN)/devtest-router
+	rm -f $(DIST)/devtest_router-*.whl $(DIST)/devtest_router-*.tar.gz
+	$(BIN)/python -m build $(BUILD_ARGS) --outdir $(DIST) .
+	$(BIN)/twine check --strict $(DIST)/devtest_router-*.whl $(DIST)/devtest_router-*.tar.gz
 
 lint: $(BIN)/devtest-router
 	$(BIN)/ruff check generator tests
