@@ -632,7 +632,7 @@ class _RegistryTrouble(RegistryUnavailable):
         (InternalError("x"), 3),
         (RegistryUnavailable("x"), 4),
         (_RegistryTrouble("x"), 4),
-        (MetadataUnavailable("x"), 4),
+        (MetadataUnavailable("x"), 6),  # its own address, not the registry
         (SiteError("x"), 5),
         (SnapshotError("x"), 123),
         (RefusedError("x"), 123),

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cache
 
 from generator.core.errors import Error, InternalError, SiteError, TemplateProblem, UsageError
+from generator.register.discovery import MetadataUnavailable
 from generator.registry.base import RegistryUnavailable
 
 OK = 0
@@ -18,6 +18,7 @@ USAGE = 2
 INTERNAL = 3
 REGISTRY = 4
 SITE = 5
+ADDRESS = 6  # register: its own address (the cloud metadata) could not be found
 REFUSED = 123
 INTERRUPTED = 130
 
@@ -41,13 +42,19 @@ TABLE: tuple[ExitCode, ...] = (
     ExitCode(
         REGISTRY,
         "the registry (etcd, or the registry file) cannot be reached or read",
-        (RegistryUnavailable,),  # and register's MetadataUnavailable (see _errors)
+        (RegistryUnavailable,),
     ),
     ExitCode(
         SITE,
         "the config was applied (or was up to date), but the site's pages could not be "
         "written into site_dir",
         (SiteError,),
+    ),
+    ExitCode(
+        ADDRESS,
+        "register: its own address could not be found (the ECS task metadata or EC2 instance "
+        "metadata cannot be reached, or gives no usable address): nothing was registered",
+        (MetadataUnavailable,),
     ),
     ExitCode(
         REFUSED,
@@ -59,27 +66,17 @@ TABLE: tuple[ExitCode, ...] = (
 )
 
 EXIT_CODES: Mapping[int, str] = {entry.code: entry.meaning for entry in TABLE}
-
-
-@cache
-def _errors() -> dict[type[BaseException], int]:
-    """Error class -> exit code. register's own error class is imported here, on first use:
-    register's help may render its epilog with this module, so importing register at the top
-    would be an import cycle."""
-    from generator.register.discovery import MetadataUnavailable
-
-    errors = {error: entry.code for entry in TABLE for error in entry.errors}
-    errors[MetadataUnavailable] = REGISTRY
-    return errors
+_ERRORS: Mapping[type[BaseException], int] = {
+    error: entry.code for entry in TABLE for error in entry.errors
+}
 
 
 def code_of(error: BaseException) -> int:
     """The exit code `error` ends a command with: its nearest class in the table; INTERNAL for
     an exception that is not one of ours (a bug)."""
-    errors = _errors()
     for kind in type(error).__mro__:
-        if kind in errors:
-            return errors[kind]
+        if kind in _ERRORS:
+            return _ERRORS[kind]
     return INTERNAL
 
 

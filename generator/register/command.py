@@ -25,7 +25,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from generator.cli.exit_codes import CHANGES, OK, REGISTRY, USAGE, epilog
+from generator.cli.exit_codes import ADDRESS, CHANGES, OK, REGISTRY, USAGE, epilog
 from generator.core.errors import UsageError
 from generator.core.keys import created_key, instance_key, service_key
 from generator.register.discovery import discover, discover_instance
@@ -167,13 +167,15 @@ serving.
 
 """
     + epilog(
-        (OK, USAGE, REGISTRY),
+        (OK, USAGE, REGISTRY, ADDRESS),
         {
             USAGE: "a missing or bad setting",
             OK: "registered (--once), or stopped by SIGTERM/SIGINT and deregistered (or found a "
             "newer\nregistration in its place and left it)",
-            REGISTRY: "the registry or a metadata endpoint for the address cannot be reached "
-            "(without CMD,\nalso when deregistering on SIGTERM/SIGINT fails)",
+            REGISTRY: "the registry cannot be reached (without CMD, also when deregistering on "
+            "SIGTERM/SIGINT\nfails)",
+            ADDRESS: "its own address cannot be found: the ECS or EC2 metadata endpoint cannot "
+            "be reached or\ngives no usable address (pass --ip and --port); nothing was registered",
         },
     )
     + """
