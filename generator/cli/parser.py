@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 from generator import __version__
-from generator.cli.exit_codes import REFUSED, epilog
+from generator.cli.exit_codes import CHANGES, OK, REFUSED, REGISTRY, SITE, USAGE, epilog, summary
 from generator.register import command as register
 from generator.registry.open import DEFAULT_REGISTRY, add_registry_arguments
 from generator.streams import LOG_FORMATS
 
-_EPILOG = (
+_SETTINGS = textwrap.fill(
     "The routing and applying flags can also be set as environment variables "
     "DEVTEST_ROUTER_<FLAG> (e.g. DEVTEST_ROUTER_DOMAIN) or in the --config file; a flag beats "
-    "the environment, which beats the file, which beats the default. The registry comes from "
-    "--registry, else REGISTRY_URL.\n\n" + epilog()
+    "the environment, which beats the file, which beats the default (docs/configuration.md). "
+    "The registry comes from --registry, else REGISTRY_URL.",
+    79,
 )
+_EPILOG = _SETTINGS + "\n\n" + epilog()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "snapshot",
         nargs="?",
         default="-",
+        metavar="SNAPSHOT",
         help="registry snapshot, JSON or YAML, as etcdwatch writes it "
         "(default: - for standard input)",
     )
@@ -133,27 +137,37 @@ def build_parser() -> argparse.ArgumentParser:
     def command(
         name: str,
         parents: list[argparse.ArgumentParser],
-        summary: str,
-        text: str = _EPILOG,
+        what: str,
+        codes: str,
+        text: str = _SETTINGS,
+        usage: str = "%(prog)s [options]",
     ) -> argparse.ArgumentParser:
+        """A command whose help is its flags, `text` and one line of exit codes (`codes`): the
+        table of every code is in the top-level help only."""
         return commands.add_parser(
             name,
             parents=parents,
-            help=summary,
-            description=summary,
-            epilog=text,
+            help=what,
+            description=what,
+            usage=usage,
+            epilog=f"{text}\n\n{codes}" if text else codes,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
+    with_snapshot = "%(prog)s [options] [SNAPSHOT]"
     command(
         "render",
         [snapshot, settings],
         "print the nginx config for a snapshot (checked by crossplane, not by nginx)",
+        summary((OK, USAGE, REFUSED)),
+        usage=with_snapshot,
     )
     check = command(
         "check",
         [snapshot, settings],
         "print the routing table and the problems found in a snapshot",
+        summary((OK, USAGE, REFUSED), {REFUSED: "refused, or problems under --strict"}),
+        usage=with_snapshot,
     )
     check.add_argument(
         "--strict", action="store_true", help=f"exit {REFUSED} when the snapshot has any problem"
@@ -163,12 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
         "apply",
         [snapshot, settings, applying],
         "check, test, install and reload the config (or show the diff with --dry-run)",
+        summary((OK, CHANGES, USAGE, SITE, REFUSED), {CHANGES: "changes found (--dry-run)"}),
+        usage=with_snapshot,
     )
 
     watch = command(
         "watch",
         [settings, applying],
         "read the registry, apply, and apply again after every settled change (replaces etcdwatch)",
+        summary(
+            (OK, USAGE),
+            {OK: "stopped by SIGTERM/SIGINT", USAGE: "a bad setting at start"},
+            "registry and apply failures are logged and retried, not an exit",
+        ),
     )
     add_registry_arguments(watch, default=DEFAULT_REGISTRY)
     group = watch.add_argument_group("watching")
@@ -217,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
         "snapshot",
         [],
         "print the registry as etcdwatch-shaped JSON",
-        "The registry comes from --registry, else REGISTRY_URL, else the default file.\n\n"
-        + epilog(),
+        summary((OK, USAGE, REGISTRY)),
+        "The registry comes from --registry, else REGISTRY_URL, else the default file.",
     )
     add_registry_arguments(dump, default=DEFAULT_REGISTRY)
     dump.add_argument(
@@ -232,12 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
         "wait",
         [],
         "block until an instance answers for <NAME>-<SERVICE>.<domain> through the frontend",
-        "The hostname is made as the generator makes it from what `register` writes. The route "
-        "is up when an instance of its service answers, with any status but 503 (a service's "
-        "own 502 or 504 counts). Not up yet: the frontend's own 404 page (not routed yet), a "
-        "502 or 504 that nginx made because no instance accepted the connection or answered "
-        "in time (header X-Devtest-Router: no-instance, or nginx's own error page), and a "
-        "503.\n\n" + epilog(),
+        summary((OK, CHANGES, USAGE), {OK: "it answers", CHANGES: "gave up (--timeout)"}),
+        textwrap.fill(
+            "The hostname is made as the generator makes it from what `register` writes. The "
+            "route is up when an instance of its service answers, with any status but 503 (a "
+            "service's own 502 or 504 counts). Not up yet: the frontend's own 404 page (not "
+            "routed yet), a 502 or 504 that nginx made because no instance accepted the "
+            "connection or answered in time (header X-Devtest-Router: no-instance, or nginx's "
+            "own error page), and a 503.",
+            79,
+        ),
     )
     group = wait.add_argument_group("waiting")
     group.add_argument("--name", help="branch name (default: $NAME)")

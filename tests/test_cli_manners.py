@@ -1,0 +1,115 @@
+"""The command line's manners (issue 12): each command's help is short and names only its own
+exit codes.
+
+main() runs in-process with StringIO streams and an explicit environ, except where the installed
+binary or a shell is the point. No server is started.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from generator.cli.exit_codes import EXIT_CODES, TABLE
+from generator.cli.main import main
+from generator.cli.parser import build_parser
+from generator.cli.reference import commands
+
+CLI = Path(sys.executable).with_name("devtest-router")
+
+# Routes with no settings (upstreams in the default allowed networks), and one branch that is
+# half-registered: render says one problem, a warning.
+SNAPSHOT = {
+    "deployment": {
+        "master": {
+            "created": "2026-01-01T09:00:00Z",
+            "service": {"web": {"ip": "10.0.0.5", "port": "8080"}},
+        },
+        "feature-x": {"service": {"web": {"ip": "10.0.0.7"}}},
+    }
+}
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def lines(self) -> list[str]:
+        return self.err.splitlines()
+
+
+def cli(*argv: str, environ: Mapping[str, str] | None = None, stdin: Any = SNAPSHOT) -> Result:
+    out, err = io.StringIO(), io.StringIO()
+    text = stdin if isinstance(stdin, str) else json.dumps(stdin)
+    code = main(list(argv), io.StringIO(text), out, err, dict(environ or {}))
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def usage_error(result: Result, command: str) -> str:
+    """A usage error: exit 2, the command's usage, then one line; that line."""
+    assert result.code == 2, result
+    assert result.out == "" and "Traceback" not in result.err
+    usage, line = result.lines
+    prog = f"devtest-router {command}".strip()
+    assert usage.startswith(f"usage: {prog} "), usage
+    assert line.startswith(f"{prog}: error: "), line
+    return line.removeprefix(f"{prog}: error: ")
+
+
+# --------------------------------------------------------------------------
+# short help: the table once, each command its own codes in one line
+
+# What each command can end with, besides 3 (a bug) and 130 (interrupted), which any may.
+CODES = {
+    "render": {0, 2, 123},
+    "check": {0, 2, 123},
+    "apply": {0, 1, 2, 5, 123},
+    "watch": {0, 2},
+    "snapshot": {0, 2, 4},
+    "wait": {0, 1, 2},
+    "register": {0, 2, 4, 6},
+    "deregister": {0, 1, 2, 4},
+}
+
+
+def help_text(*argv: str) -> str:
+    result = cli(*argv, "--help")
+    assert result.code == 0 and result.err == ""
+    return result.out
+
+
+def test_every_command_is_in_the_list_of_codes() -> None:
+    assert set(commands(build_parser())) == set(CODES)
+
+
+@pytest.mark.parametrize("command", list(CODES))
+def test_a_commands_help_names_only_its_own_codes_in_one_short_line(command: str) -> None:
+    text = help_text(command)
+    assert text.startswith(f"usage: devtest-router {command} ")
+    assert text.index("\n") < 80, "the usage is one line"
+    paragraph = text.split("\n\nexit codes: ")[1]
+    assert len(paragraph.splitlines()) <= 3
+    words = " ".join(paragraph.split())
+    said = {int(code) for code in re.findall(r"(?:^|; )(\d+) ", words)}
+    assert said == CODES[command]
+    assert words.endswith(". Every code: devtest-router --help")
+    for entry in TABLE:  # no line of the full table
+        assert entry.meaning not in text
+        assert not re.search(rf"^ +{entry.code} +\S", text, re.MULTILINE)
+
+
+def test_the_top_level_help_has_the_whole_table_and_says_where_help_went() -> None:
+    text = help_text()
+    for code, meaning in EXIT_CODES.items():
+        assert f"\n  {code:>3}  {meaning}" in text
