@@ -1,5 +1,5 @@
-"""The command line's manners (issue 12): each command's help is short and names only its own
-exit codes.
+"""The command line's manners (issue 12): a typo gets the closest flag or command, each command's
+help is short and names only its own exit codes.
 
 main() runs in-process with StringIO streams and an explicit environ, except where the installed
 binary or a shell is the point. No server is started.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -65,6 +66,73 @@ def usage_error(result: Result, command: str) -> str:
     assert usage.startswith(f"usage: {prog} "), usage
     assert line.startswith(f"{prog}: error: "), line
     return line.removeprefix(f"{prog}: error: ")
+
+
+# --------------------------------------------------------------------------
+# a typo gets a suggestion
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "said"),
+    [
+        # the issue's own: only the flag is named, not the file after it
+        (
+            ["apply", "--domian", "x", "snap.json"],
+            "apply",
+            "unknown flag --domian; did you mean --domain?",
+        ),
+        (["apply", "--domian=x"], "apply", "unknown flag --domian; did you mean --domain?"),
+        (["check", "--stirct"], "check", "unknown flag --stirct; did you mean --strict?"),
+        (
+            ["watch", "--quiet-perod", "1"],
+            "watch",
+            "unknown flag --quiet-perod; did you mean --quiet-period?",
+        ),
+        (["register", "--nmae", "x"], "register", "unknown flag --nmae; did you mean --name?"),
+        (["wait", "--tiemout", "5"], "wait", "unknown flag --tiemout; did you mean --timeout?"),
+        (["render", "--zzz"], "render", "unknown flag --zzz"),  # nothing close: no guess
+        (["check", "--dry-run"], "check", "--dry-run is a flag of apply and watch, not of check"),
+        (["aply"], "", "unknown command 'aply'; did you mean apply?"),
+        (["deregistr", "--force"], "", "unknown command 'deregistr'; did you mean deregister?"),
+        (["snapshots"], "", "unknown command 'snapshots'; did you mean snapshot?"),
+        (["frobnicate"], "", "unknown command 'frobnicate'"),
+        (
+            ["--domain", "x", "apply"],
+            "",
+            "unknown flag --domain: flags go after the command (e.g. devtest-router render "
+            "--domain)",
+        ),
+    ],
+)
+def test_a_typo_names_the_closest_flag_or_command(argv: list[str], command: str, said: str) -> None:
+    assert usage_error(cli(*argv), command) == said
+
+
+def test_a_stray_argument_is_still_argparses_error() -> None:
+    assert usage_error(cli("check", "a.json", "b.json"), "check") == (
+        "unrecognized arguments: b.json"
+    )
+
+
+def test_the_programs_own_options_still_answer() -> None:
+    assert cli("--version").code == 0
+    assert cli("-h", "aply").code == 0  # help first, as argparse does
+    assert usage_error(cli(), "") == "the following arguments are required: COMMAND"
+
+
+def test_a_typo_through_the_installed_binary() -> None:
+    done = subprocess.run(
+        [str(CLI), "apply", "--domian", "x", "snap.json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "usage: devtest-router apply [options] [SNAPSHOT]\n"
+        "devtest-router apply: error: unknown flag --domian; did you mean --domain?\n"
+    )
 
 
 # --------------------------------------------------------------------------

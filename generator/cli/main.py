@@ -16,7 +16,7 @@ import jinja2
 import yaml
 
 from generator.cli.exit_codes import CHANGES, OK, REFUSED, code_of
-from generator.cli.parser import build_parser
+from generator.cli.parser import build_parser, parse
 from generator.cli.probe import wait_until_routed
 from generator.core.config import ENV_PREFIX, Config, resolve
 from generator.core.errors import Error, UsageError
@@ -362,7 +362,7 @@ def main(
     parser = build_parser()
     try:
         with redirect_stdout(streams.stdout), redirect_stderr(streams.stderr):
-            args = parser.parse_args(argv)
+            args = parse(parser, sys.argv[1:] if argv is None else argv)
     except SystemExit as leaving:  # argparse has printed usage or help
         return int(leaving.code or 0)
     # register and deregister: the function their parsers name (register.add_commands)

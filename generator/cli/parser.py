@@ -1,15 +1,20 @@
-"""devtest-router's command-line parser: the commands, their flags and their help."""
+"""devtest-router's command-line parser: the commands, their flags and their help, and `parse`,
+which names the closest valid flag or command for a typo."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import textwrap
+from collections.abc import Sequence
 
 from generator import __version__
 from generator.cli.exit_codes import CHANGES, OK, REFUSED, REGISTRY, SITE, USAGE, epilog, summary
 from generator.register import command as register
 from generator.registry.open import DEFAULT_REGISTRY, add_registry_arguments
 from generator.streams import LOG_FORMATS
+
+PROG = "devtest-router"
 
 _SETTINGS = textwrap.fill(
     "The routing and applying flags can also be set as environment variables "
@@ -124,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     parser = argparse.ArgumentParser(
-        prog="devtest-router",
+        prog=PROG,
         description="Route <branch>-<service>.<domain> to the containers of per-branch "
         "deployments registered in etcd, through a checked nginx config.",
         epilog=_EPILOG,
@@ -294,3 +299,63 @@ def build_parser() -> argparse.ArgumentParser:
             help="log lines on stderr: plain text, or one JSON object per line (default: plain)",
         )
     return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing, with a suggestion for a typo
+
+_EXITING = ("-h", "--help", "--version")  # the program's own options: argparse answers them
+
+
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser's commands by name."""
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found.update(action.choices)
+    return found
+
+
+def _closest(word: str, choices: Sequence[str]) -> str:
+    """ "; did you mean X?" for the choice most like `word` (difflib), or nothing."""
+    found = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {found[0]}?" if found else ""
+
+
+def _flags(parser: argparse.ArgumentParser) -> list[str]:
+    return [option for action in parser._actions for option in action.option_strings]
+
+
+def _unknown_flag(flag: str, name: str, commands: dict[str, argparse.ArgumentParser]) -> str:
+    """The error line for `flag`, which command `name` does not take."""
+    others = [other for other, sub in commands.items() if other != name and flag in _flags(sub)]
+    if others:
+        takers = " and ".join([", ".join(others[:-1]), others[-1]] if others[:-1] else others)
+        return f"{flag} is a flag of {takers}, not of {name}"
+    return f"unknown flag {flag}{_closest(flag, _flags(commands[name]))}"
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """`parser.parse_args(argv)`, except that a mistyped command or flag is one line that names
+    it and the closest valid one, after the usage of the command it was given to (the program's
+    for a command); exit 2 through argparse's own `error`, as every usage error."""
+    commands = _commands(parser)
+    for word in argv:  # the program takes no option but _EXITING: the first word is the command
+        if word in _EXITING or word == "--":
+            break
+        if word.startswith("-"):
+            option = word.split("=", 1)[0]
+            owners = [name for name, sub in commands.items() if option in _flags(sub)]
+            after = f" (e.g. {PROG} {owners[0]} {option})" if owners else ""
+            parser.error(f"unknown flag {option}: flags go after the command{after}")
+        if word not in commands:
+            parser.error(f"unknown command {word!r}{_closest(word, list(commands))}")
+        break
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        sub = commands[args.subcommand]
+        flags = [word.split("=", 1)[0] for word in extras if word.startswith("-") and word != "-"]
+        if flags:
+            sub.error(_unknown_flag(flags[0], args.subcommand, commands))
+        sub.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
