@@ -1,5 +1,5 @@
 """The command line's manners (issue 12): a typo gets the closest flag or command, each command's
-help is short and names only its own exit codes.
+help is short and names only its own exit codes, and -q and -v change what is written on stderr.
 
 main() runs in-process with StringIO streams and an explicit environ, except where the installed
 binary or a shell is the point. No server is started.
@@ -23,6 +23,10 @@ from generator.cli.exit_codes import EXIT_CODES, TABLE
 from generator.cli.main import main
 from generator.cli.parser import build_parser
 from generator.cli.reference import commands
+from generator.cli.sources import sources
+from generator.core.config import resolve
+from generator.core.errors import UsageError
+from generator.resources import schema
 
 CLI = Path(sys.executable).with_name("devtest-router")
 
@@ -181,3 +185,131 @@ def test_the_top_level_help_has_the_whole_table_and_says_where_help_went() -> No
     text = help_text()
     for code, meaning in EXIT_CODES.items():
         assert f"\n  {code:>3}  {meaning}" in text
+    for word in ("-q", "-v", "DEVTEST_ROUTER_LOG_LEVEL"):
+        assert word in text
+
+
+# --------------------------------------------------------------------------
+# -q and -v
+
+
+def test_quiet_leaves_warnings_and_errors(tmp_path: Path) -> None:
+    registry = tmp_path / "registry.json"
+    flags = ["--registry", f"file:{registry}", "--once", "--ip", "10.0.0.5", "--port", "80"]
+    environ = {"NAME": "feature/x", "SERVICE": "web", "INSTANCE": "c1"}
+    loud = cli("register", *flags, environ=environ)
+    assert loud.code == 0 and len(loud.lines) == 2, loud.err  # the slug note, the registration
+    assert "registered /deployment/feature-x/service/web/instance/c1" in loud.lines[1]
+    quiet = cli("register", "-q", *flags, environ=environ)
+    assert (quiet.code, quiet.err) == (0, "")
+    by_env = cli("register", *flags, environ={**environ, "DEVTEST_ROUTER_LOG_LEVEL": "warning"})
+    assert (by_env.code, by_env.err) == (0, "")
+    # a warning stays (render's problem lines), and so does an error and its exit code
+    assert cli("render", "-q").lines == cli("render").lines != []
+    failed = cli("register", "-q", "--once", environ={"SERVICE": "web"})
+    assert failed.code == 2 and failed.lines == [
+        "devtest-router: NAME is not set: pass --name or set NAME (the branch name)"
+    ]
+
+
+def test_quiet_leaves_stdout_alone() -> None:
+    assert cli("render", "-q").out == cli("render").out != ""
+
+
+def test_verbose_says_each_setting_and_where_it_came_from(tmp_path: Path) -> None:
+    config = tmp_path / "router.yaml"
+    config.write_text("listen: ['8080']\nlog_format: plain\n", encoding="utf-8")
+    environ = {"DEVTEST_ROUTER_DEFAULT_SERVICE": "api"}
+    result = cli("check", "-v", "--domain", "dev.test", "--config", str(config), environ=environ)
+    assert result.code == 0, result.err
+    lines = result.lines
+    properties = schema("config")["properties"]
+    said = [line for line in lines if line.startswith("devtest-router: setting ")]
+    assert len(said) == len(properties)  # every setting, once, in the schema's order
+    assert [line.split()[2] for line in said] == list(properties)
+    assert 'devtest-router: setting domain = "dev.test" from --domain' in lines
+    assert (
+        'devtest-router: setting default_service = "api" from environment variable '
+        "DEVTEST_ROUTER_DEFAULT_SERVICE" in lines
+    )
+    assert f'devtest-router: setting listen = ["8080"] from config file {config}' in lines
+    assert 'devtest-router: setting log_level = "debug" from -v' in lines
+    assert "devtest-router: setting force = false from the default" in lines
+    assert not any("setting" in line for line in cli("check", "--domain", "dev.test").lines)
+
+
+def test_verbose_lines_are_debug_lines_in_json() -> None:
+    result = cli("check", "-v", "--log-format", "json")
+    records = [json.loads(line) for line in result.lines]
+    domain = next(record for record in records if record.get("setting") == "domain")
+    assert domain["level"] == "debug" and domain["source"] == "the default"
+    assert {record["level"] for record in records} == {"debug"}
+
+
+def test_the_log_level_from_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "router.yaml"
+    config.write_text("log_level: debug\n", encoding="utf-8")
+    lines = cli("check", "--config", str(config)).lines
+    assert f'devtest-router: setting log_level = "debug" from config file {config}' in lines
+    assert cli("check", "-q", "--config", str(config)).err == ""  # the flag beats the file
+
+
+def test_q_and_v_together_are_a_usage_error() -> None:
+    line = usage_error(cli("check", "-q", "-v"), "check")
+    assert line == "argument -v/--verbose: not allowed with argument -q/--quiet"
+
+
+@pytest.mark.parametrize("command", ["check", "snapshot", "wait"])
+def test_a_bad_log_level_in_the_environment_is_one_line(command: str) -> None:
+    result = cli(command, environ={"DEVTEST_ROUTER_LOG_LEVEL": "loud"})
+    assert result.code == 2
+    assert result.lines == [
+        "devtest-router: environment variable DEVTEST_ROUTER_LOG_LEVEL = 'loud' is not a log "
+        "level: use one of debug, info, warning, error"
+    ]
+
+
+def test_register_verbose_names_its_settings_and_the_endpoint_it_asks(tmp_path: Path) -> None:
+    environ = {
+        "NAME": "x",
+        "SERVICE": "web",
+        "PORT": "8080",
+        "DEVTEST_ROUTER_IMDS_URL": "http://127.0.0.1:9",  # the discard port: refused at once
+    }
+    result = cli(
+        "register", "-v", "--once", "--registry", f"file:{tmp_path / 'r.json'}", environ=environ
+    )
+    assert result.code == 6, result.err
+    assert "devtest-router: setting PORT = 8080 from PORT" in result.lines
+    assert "devtest-router: setting DEVTEST_ROUTER_TTL not set: 30, the default" in result.lines
+    assert result.lines[-2] == (
+        "devtest-router: asking EC2 instance metadata at http://127.0.0.1:9 for the address"
+    )
+
+
+@pytest.mark.parametrize(
+    ("layer", "source"),
+    [
+        ("flag", "--domain"),
+        ("environment", "environment variable DEVTEST_ROUTER_DOMAIN"),
+        ("file", "config file router.yaml"),
+    ],
+)
+def test_sources_name_the_layer_resolve_takes(layer: str, source: str) -> None:
+    """-v's sources and config.resolve agree: a bad value in the winning layer makes resolve
+    name its source, which must be the one sources names."""
+    bad = "no spaces allowed"
+    layers: dict[str, Any] = {"flag": "flag.test", "environment": "env.test", "file": "file.test"}
+    layers[layer] = bad
+    order = ["flag", "environment", "file"]
+    for above in order[: order.index(layer)]:
+        layers[above] = None  # the layers above the winning one are not set
+    flags = {"domain": layers["flag"]}
+    environ = (
+        {} if layers["environment"] is None else {"DEVTEST_ROUTER_DOMAIN": layers["environment"]}
+    )
+    file_data = {"domain": layers["file"]}
+    properties = schema("config")["properties"]
+    assert sources(properties, flags, environ, file_data, "router.yaml")["domain"] == source
+    with pytest.raises(UsageError, match=f"from {re.escape(source)} "):
+        resolve(schema("config"), flags, environ, file_data, "router.yaml")

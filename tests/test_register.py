@@ -635,7 +635,7 @@ def test_issue_12_metadata_down_is_not_registry_down(down: str, tmp_path: Path) 
         env.update(IP="10.0.0.5", PORT="8080", INSTANCE=INSTANCE)
         registry = f"etcd://{LOOPBACK}:{free_port()}"
     done = subprocess.run(
-        [str(CLI), "register", "--once", "--registry", registry],
+        [str(CLI), "register", "--once", "--registry", registry, "-v"],
         capture_output=True,
         text=True,
         env=env,
@@ -646,12 +646,13 @@ def test_issue_12_metadata_down_is_not_registry_down(down: str, tmp_path: Path) 
     assert "Traceback" not in done.stderr
     if down == "metadata":
         assert done.returncode == ADDRESS == 6, done.stderr
+        assert f"devtest-router: asking the ECS task metadata at {closed}/v4/container" in said[-2]
         what = "ECS task metadata (ECS_CONTAINER_METADATA_URI_V4)"
         assert said[-1].startswith(f"devtest-router: {what} at {closed}/v4/container: ")
         assert not (tmp_path / "registry.json").exists()
     else:
         assert done.returncode == REGISTRY == 4, done.stderr
-        assert "metadata" not in done.stderr  # the address was given: no metadata asked
+        assert "asking" not in done.stderr  # the address was given: no metadata asked
 
 
 @pytest.mark.integration

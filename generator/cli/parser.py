@@ -23,7 +23,17 @@ _SETTINGS = textwrap.fill(
     "The registry comes from --registry, else REGISTRY_URL.",
     79,
 )
-_EPILOG = _SETTINGS + "\n\n" + epilog()
+_EPILOG = (
+    _SETTINGS
+    + "\n\n"
+    + textwrap.fill(
+        "Every command takes -q (only warnings and errors on stderr) and -v (debug lines too), "
+        "or DEVTEST_ROUTER_LOG_LEVEL.",
+        79,
+    )
+    + "\n\n"
+    + epilog()
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,10 +303,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     register.add_commands(commands)
     for sub in commands.choices.values():  # every command's log lines, register's included
-        sub.add_argument(
+        group = sub.add_argument_group("log lines on stderr")
+        group.add_argument(
             "--log-format",
             choices=LOG_FORMATS,
-            help="log lines on stderr: plain text, or one JSON object per line (default: plain)",
+            metavar="FORMAT",
+            help="plain (default), or json: one JSON object per line",
+        )
+        loudness = group.add_mutually_exclusive_group()
+        loudness.add_argument(
+            "-q",
+            "--quiet",
+            dest="log_level",
+            action="store_const",
+            const="warning",
+            help="only warnings and errors",
+        )
+        loudness.add_argument(
+            "-v",
+            "--verbose",
+            dest="log_level",
+            action="store_const",
+            const="debug",
+            help="debug lines too: each setting and its source",
         )
     return parser
 

@@ -33,6 +33,7 @@ from generator.register.session import Session, now, sidecar, wrap
 from generator.register.settings import (
     DEFAULT_DRAIN,
     DEFAULT_TTL,
+    origins,
     parse_ip,
     parse_port,
     resolve,
@@ -46,12 +47,14 @@ from generator.streams import Streams
 
 def _run_register(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
     settings = resolve(args, environ)
+    for line in origins(settings, args, environ):
+        streams.say(line, "debug")
     if settings.once and settings.command:
         raise UsageError("--once writes the keys and exits: it takes no command after --")
     note = slug_note(settings)
     if note:
         streams.say(note)
-    address = discover(settings, environ)
+    address = discover(settings, environ, streams.say)
     found = discover_instance(settings, environ, streams)
     assert found is not None  # a random id when nothing else applies
     instance, instance_from = found
@@ -72,6 +75,8 @@ def _run_register(args: argparse.Namespace, streams: Streams, environ: Mapping[s
 
 def _run_deregister(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
     settings = resolve(args, environ, need_address=False)
+    for line in origins(settings, args, environ, need_address=False):
+        streams.say(line, "debug")
     force = bool(getattr(args, "force_removal", False))
     ip: str | None = None
     port: int | None = None
