@@ -1,5 +1,6 @@
 """The command line's manners (issue 12): a typo gets the closest flag or command, each command's
-help is short and names only its own exit codes, and -q and -v change what is written on stderr.
+help is short and names only its own exit codes, -q and -v change what is written on stderr,
+and `completion` prints a shell script made from the parser.
 
 main() runs in-process with StringIO streams and an explicit environ, except where the installed
 binary or a shell is the point. No server is started.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -152,6 +154,7 @@ CODES = {
     "wait": {0, 1, 2},
     "register": {0, 2, 4, 6},
     "deregister": {0, 1, 2, 4},
+    "completion": {0, 2},
 }
 
 
@@ -185,7 +188,7 @@ def test_the_top_level_help_has_the_whole_table_and_says_where_help_went() -> No
     text = help_text()
     for code, meaning in EXIT_CODES.items():
         assert f"\n  {code:>3}  {meaning}" in text
-    for word in ("-q", "-v", "DEVTEST_ROUTER_LOG_LEVEL"):
+    for word in ("-q", "-v", "DEVTEST_ROUTER_LOG_LEVEL", "completion bash"):
         assert word in text
 
 
@@ -313,3 +316,81 @@ def test_sources_name_the_layer_resolve_takes(layer: str, source: str) -> None:
     assert sources(properties, flags, environ, file_data, "router.yaml")["domain"] == source
     with pytest.raises(UsageError, match=f"from {re.escape(source)} "):
         resolve(schema("config"), flags, environ, file_data, "router.yaml")
+
+
+# --------------------------------------------------------------------------
+# shell completion
+
+
+def completion(shell: str) -> str:
+    result = cli("completion", shell)
+    assert result.code == 0 and result.err == ""
+    return result.out
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_the_completion_script_names_every_command_and_flag(shell: str) -> None:
+    script = completion(shell)
+    parser = build_parser()
+    for name, sub in commands(parser).items():
+        assert name in script
+        for action in sub._actions:
+            for option in action.option_strings:
+                assert option in script, (name, option)
+    if shell == "zsh":
+        assert script.startswith("#compdef devtest-router\n")
+
+
+def test_an_unknown_shell_is_a_usage_error() -> None:
+    line = usage_error(cli("completion", "fish"), "completion")
+    assert line.startswith("argument shell: invalid choice: 'fish'")
+
+
+BASH = shutil.which("bash")
+
+
+@pytest.mark.skipif(BASH is None, reason="no bash here")
+def test_bash_reads_the_script_and_completes_commands_flags_and_files(tmp_path: Path) -> None:
+    script = tmp_path / "devtest-router.bash"
+    script.write_text(completion("bash"), encoding="utf-8")
+    assert BASH is not None
+    checked = subprocess.run([BASH, "-n", str(script)], capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stderr
+    (tmp_path / "snap.json").write_text("{}", encoding="utf-8")
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(words)
+        program = (
+            f"source {script}\n"
+            f"COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}\n"
+            f"COMP_LINE='{line}'; COMP_POINT={len(line)}\n"
+            "_shtab_devtest_router\n"
+            'printf "%s\\n" "${COMPREPLY[@]}"\n'
+        )
+        done = subprocess.run(
+            [BASH, "--norc", "--noprofile", "-c", program],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert complete("devtest-router", "ap") == ["apply"]
+    assert complete("devtest-router", "apply", "--dr") == ["--dry-run"]
+    assert complete("devtest-router", "register", "--na") == ["--name"]
+    assert complete("devtest-router", "check", "sn") == ["snap.json"]  # SNAPSHOT: a file
+
+
+ZSH = shutil.which("zsh")
+
+
+@pytest.mark.skipif(ZSH is None, reason="no zsh here")
+def test_zsh_reads_the_script(tmp_path: Path) -> None:
+    script = tmp_path / "_devtest-router"
+    script.write_text(completion("zsh"), encoding="utf-8")
+    assert ZSH is not None
+    checked = subprocess.run([ZSH, "-n", str(script)], capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stderr

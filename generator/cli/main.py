@@ -347,6 +347,13 @@ def _wait(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]
     return CHANGES
 
 
+def _completion(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
+    from generator.cli.completion import script  # on use: other commands never import shtab
+
+    streams.stdout.write(script(build_parser(), args.shell))
+    return OK
+
+
 COMMANDS: Mapping[str, Command] = {
     "render": _render,
     "check": _check,
@@ -354,6 +361,7 @@ COMMANDS: Mapping[str, Command] = {
     "watch": _watch,
     "snapshot": _snapshot,
     "wait": _wait,
+    "completion": _completion,
 }
 
 

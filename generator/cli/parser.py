@@ -15,6 +15,7 @@ from generator.registry.open import DEFAULT_REGISTRY, add_registry_arguments
 from generator.streams import LOG_FORMATS
 
 PROG = "devtest-router"
+SHELLS = ("bash", "zsh")  # what `completion` writes a script for
 
 _SETTINGS = textwrap.fill(
     "The routing and applying flags can also be set as environment variables "
@@ -28,7 +29,8 @@ _EPILOG = (
     + "\n\n"
     + textwrap.fill(
         "Every command takes -q (only warnings and errors on stderr) and -v (debug lines too), "
-        "or DEVTEST_ROUTER_LOG_LEVEL.",
+        "or DEVTEST_ROUTER_LOG_LEVEL; `devtest-router completion bash` prints a completion "
+        "script.",
         79,
     )
     + "\n\n"
@@ -302,6 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up after this long (default: 300)",
     )
     register.add_commands(commands)
+    completion = command(
+        "completion",
+        [],
+        "print a shell completion script for devtest-router (README: Shell completion)",
+        summary((OK, USAGE)),
+        'bash: add eval "$(devtest-router completion bash)" to ~/.bashrc\n'
+        "zsh:  devtest-router completion zsh > DIR/_devtest-router, with DIR in your $fpath",
+        usage="%(prog)s {bash,zsh}",
+    )
+    completion.add_argument("shell", choices=SHELLS, help="the shell to complete in")
     for sub in commands.choices.values():  # every command's log lines, register's included
         group = sub.add_argument_group("log lines on stderr")
         group.add_argument(
