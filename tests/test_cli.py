@@ -22,7 +22,7 @@ import pytest
 
 from generator import __version__
 from generator.cli import exit_codes
-from generator.cli.exit_codes import EXIT_CODES, code_of, epilog
+from generator.cli.exit_codes import EXIT_CODES, code_of, epilog, summary
 from generator.cli.main import COMMANDS, main
 from generator.cli.parser import build_parser
 from generator.core.config import resolve
@@ -554,12 +554,15 @@ def test_render_is_deterministic_and_ignores_key_order() -> None:
 
 
 def test_help_lists_the_exit_codes_and_the_environment(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"], environ={}) == 0
+    text = capsys.readouterr().out
+    assert "exit codes:" in text
+    for code, meaning in EXIT_CODES.items():  # the whole table: here only (test_cli_manners.py)
+        assert f"\n  {code:>3}  {meaning}\n" in text
     for argv in (["--help"], ["apply", "--help"], ["check", "--help"], ["render", "--help"]):
         assert main(argv, environ={}) == 0
         text = capsys.readouterr().out
         assert "exit codes:" in text
-        for code, meaning in EXIT_CODES.items():
-            assert f"\n  {code:>3}  {meaning}\n" in text
         assert "DEVTEST_ROUTER_<FLAG>" in text
         assert "DEVTEST_ROUTER_DOMAIN" in text
     assert main(["apply", "--help"], environ={}) == 0
@@ -632,7 +635,7 @@ class _RegistryTrouble(RegistryUnavailable):
         (InternalError("x"), 3),
         (RegistryUnavailable("x"), 4),
         (_RegistryTrouble("x"), 4),
-        (MetadataUnavailable("x"), 4),
+        (MetadataUnavailable("x"), 6),  # its own address, not the registry
         (SiteError("x"), 5),
         (SnapshotError("x"), 123),
         (RefusedError("x"), 123),
@@ -648,22 +651,12 @@ def test_each_error_ends_with_its_code_from_the_table(error: BaseException, code
     assert code in EXIT_CODES
 
 
-def test_an_epilog_of_some_codes_in_a_commands_own_words() -> None:
-    assert epilog([2, 123]) == (f"exit codes:\n    2  {EXIT_CODES[2]}\n  123  {EXIT_CODES[123]}")
-    # register's table, as its help prints it today
-    text = epilog(
-        [0, 2],
-        {
-            0: "registered (--once), or stopped by SIGTERM/SIGINT and deregistered (or found a "
-            "newer\nregistration in its place and left it)"
-        },
-    )
+def test_a_commands_line_of_codes_in_its_own_words() -> None:
+    assert summary([0, 2]) == "exit codes: 0 ok; 2 usage. Every code: devtest-router --help"
+    text = summary([0, 4], {0: "registered"}, "with -- CMD: CMD's status")
     assert text == (
-        "exit codes:\n"
-        "    0  registered (--once), or stopped by SIGTERM/SIGINT and deregistered (or found a "
-        "newer\n"
-        "       registration in its place and left it)\n"
-        "    2  usage or configuration error"
+        "exit codes: 0 registered; 4 registry unreachable; with -- CMD: CMD's status.\n"
+        "  Every code: devtest-router --help"
     )
     assert epilog() == "exit codes:\n" + "\n".join(
         f"  {entry.code:>3}  {entry.meaning}" for entry in exit_codes.TABLE

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 from harness import LOOPBACK, Etcd, free_port, free_ports, http_request, port_open, wait_for
 
+from generator.cli.exit_codes import ADDRESS, REGISTRY
 from generator.cli.main import main
 from generator.core.errors import UsageError
 from generator.core.names import label
@@ -533,7 +534,7 @@ def test_metadata_server_down_is_one_clear_line(which: str, tmp_path: Path) -> N
         environ["ECS_CONTAINER_METADATA_URI_V4"] = f"{down}/v4/container"
     registry = tmp_path / "registry.json"
     result = once(registry, environ)
-    assert result.code == 4
+    assert result.code == ADDRESS  # its own address, not the registry: 4 is the registry's
     assert len(result.lines) == 1 and "Traceback" not in result.err
     what = "ECS task metadata (ECS_CONTAINER_METADATA_URI_V4)"
     if which == "imds":
@@ -557,7 +558,7 @@ def test_an_imds_that_never_answers_gives_up_in_seconds_with_the_hop_limit_hint(
         started = time.monotonic()
         result = once(tmp_path / "registry.json", environ)
         assert time.monotonic() - started < 10
-    assert result.code == 4 and len(result.lines) == 1, result.err
+    assert result.code == ADDRESS and len(result.lines) == 1, result.err
     assert f"EC2 instance metadata at {url}/latest/api/token: no answer within" in result.err
     assert "hop limit" in result.err
 
@@ -570,7 +571,7 @@ def test_an_ecs_metadata_error_status_is_one_clear_line(metadata: Metadata, tmp_
         "ECS_CONTAINER_METADATA_URI_V4": f"{metadata.url}/v4/no-such-container",
     }
     result = once(tmp_path / "registry.json", environ)
-    assert result.code == 4 and len(result.lines) == 1, result.err
+    assert result.code == ADDRESS and len(result.lines) == 1, result.err
     assert "/v4/no-such-container: HTTP 404 Not Found; pass --ip and --port" in result.err
 
 
@@ -619,6 +620,39 @@ def test_a_task_metadata_endpoint_that_is_down_is_no_registry_failure(tmp_path: 
         "choose one)"
     )
     assert registered(registry, instance=socket.gethostname())
+
+
+@pytest.mark.parametrize("down", ["metadata", "registry"])
+def test_issue_12_metadata_down_is_not_registry_down(down: str, tmp_path: Path) -> None:
+    """register exited 4, "registry unreachable", when the cloud metadata lookup failed and
+    the registry was fine: each has its own code now (the installed binary, a real run)."""
+    closed = f"http://{LOOPBACK}:{free_port()}"
+    registry = f"file:{tmp_path / 'registry.json'}"
+    env = clean_env(NAME="x", SERVICE="web", DEVTEST_ROUTER_IMDS_URL=closed)
+    if down == "metadata":  # the registry is a file that can be written; the address is unknown
+        env["ECS_CONTAINER_METADATA_URI_V4"] = f"{closed}/v4/container"
+    else:  # the address is given; nothing answers at the registry
+        env.update(IP="10.0.0.5", PORT="8080", INSTANCE=INSTANCE)
+        registry = f"etcd://{LOOPBACK}:{free_port()}"
+    done = subprocess.run(
+        [str(CLI), "register", "--once", "--registry", registry, "-v"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    said = done.stderr.splitlines()
+    assert "Traceback" not in done.stderr
+    if down == "metadata":
+        assert done.returncode == ADDRESS == 6, done.stderr
+        assert f"devtest-router: asking the ECS task metadata at {closed}/v4/container" in said[-2]
+        what = "ECS task metadata (ECS_CONTAINER_METADATA_URI_V4)"
+        assert said[-1].startswith(f"devtest-router: {what} at {closed}/v4/container: ")
+        assert not (tmp_path / "registry.json").exists()
+    else:
+        assert done.returncode == REGISTRY == 4, done.stderr
+        assert "asking" not in done.stderr  # the address was given: no metadata asked
 
 
 @pytest.mark.integration
@@ -1219,5 +1253,5 @@ def test_an_unreachable_registry_is_one_line_and_exit_4() -> None:
     down = f"http://{LOOPBACK}:{free_ports(1)[0]}"
     environ = {"REGISTRY_URL": down, "NAME": "x", "SERVICE": "web", "PORT": "80", "IP": "10.0.0.5"}
     result = cli("register", "--once", environ=environ)
-    assert result.code == 4, result.err
+    assert result.code == REGISTRY == 4, result.err
     assert len(result.lines) == 1 and "Traceback" not in result.err

@@ -158,6 +158,22 @@ def test_a_refused_url_with_credentials_never_shows_them(
     assert "***@127.0.0.1:2379" in message, said
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("watch", "-v", "--registry", URL_WITH_SECRET),
+        ("check", "-v"),
+        ("register", "-v", "--name", "b", "--service", "web", "--port", "80", "--ip",
+         "127.0.0.1", "--once"),
+        ("deregister", "-v", "--name", "b", "--service", "web", "--force"),
+    ],
+)  # fmt: skip
+def test_debug_lines_never_show_the_password(argv: tuple[str, ...]) -> None:
+    env = environment(REGISTRY_URL=URL_WITH_SECRET)
+    said = run(*argv, env=env, log_format="json", stdin="{}", timeout=60)
+    assert '"level": "debug"' in said, said  # -v said something, and not the password
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("api", ["etcd", "etcd3"])
 @pytest.mark.parametrize("log_format", ["plain", "json"])

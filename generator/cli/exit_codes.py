@@ -1,15 +1,17 @@
-"""devtest-router's exit codes in one place: what each means (the help epilogs' table) and which
-errors end a command with it (main() maps them through `code_of`). `register` returns the
-codes it does not raise from here too, and prints its help's table with `epilog`.
+"""devtest-router's exit codes in one place: what each means (the top-level help's table, and
+docs/operations.md), which errors end a command with it (main() maps them through `code_of`),
+and the one line a command's help gives (`summary`: only the codes that command returns).
+`register` returns the codes it does not raise from here too.
 """
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cache
 
 from generator.core.errors import Error, InternalError, SiteError, TemplateProblem, UsageError
+from generator.register.discovery import MetadataUnavailable
 from generator.registry.base import RegistryUnavailable
 
 OK = 0
@@ -18,6 +20,7 @@ USAGE = 2
 INTERNAL = 3
 REGISTRY = 4
 SITE = 5
+ADDRESS = 6  # register: its own address (the cloud metadata) could not be found
 REFUSED = 123
 INTERRUPTED = 130
 
@@ -25,72 +28,85 @@ INTERRUPTED = 130
 @dataclass(frozen=True, slots=True)
 class ExitCode:
     code: int
-    meaning: str  # its line in the help epilogs and in docs/operations.md
+    short: str  # a few words for a command's help line (`summary`)
+    meaning: str  # its line in the top-level help and in docs/operations.md
     errors: tuple[type[BaseException], ...] = ()  # ended with this code (and their subclasses)
 
 
 TABLE: tuple[ExitCode, ...] = (
-    ExitCode(OK, "applied, or nothing to do"),
-    ExitCode(CHANGES, "apply --dry-run: changes found; wait: the route did not answer in time"),
-    ExitCode(USAGE, "usage or configuration error", (UsageError, TemplateProblem)),
+    ExitCode(OK, "ok", "applied, or nothing to do"),
+    ExitCode(
+        CHANGES,
+        "changes found",
+        "apply --dry-run: changes found; wait: the route did not answer in time",
+    ),
+    ExitCode(USAGE, "usage", "usage or configuration error", (UsageError, TemplateProblem)),
     ExitCode(
         INTERNAL,
+        "a bug",
         "internal error: a bug in devtest-router (please report it)",
         (InternalError,),  # and any exception that is not an Error (see main)
     ),
     ExitCode(
         REGISTRY,
+        "registry unreachable",
         "the registry (etcd, or the registry file) cannot be reached or read",
-        (RegistryUnavailable,),  # and register's MetadataUnavailable (see _errors)
+        (RegistryUnavailable,),
     ),
     ExitCode(
         SITE,
+        "site not written",
         "the config was applied (or was up to date), but the site's pages could not be "
         "written into site_dir",
         (SiteError,),
     ),
     ExitCode(
+        ADDRESS,
+        "own address not found",
+        "register: its own address could not be found (the ECS task metadata or EC2 instance "
+        "metadata cannot be reached, or gives no usable address): nothing was registered",
+        (MetadataUnavailable,),
+    ),
+    ExitCode(
         REFUSED,
+        "refused",
         "unusable snapshot, or a check, nginx test, reload or safety threshold refused: "
         "nothing was changed",
         (Error,),  # every other Error: SnapshotError, RefusedError, ApplyError
     ),
-    ExitCode(INTERRUPTED, "interrupted", (KeyboardInterrupt,)),
+    ExitCode(INTERRUPTED, "interrupted", "interrupted", (KeyboardInterrupt,)),
 )
 
 EXIT_CODES: Mapping[int, str] = {entry.code: entry.meaning for entry in TABLE}
-
-
-@cache
-def _errors() -> dict[type[BaseException], int]:
-    """Error class -> exit code. register's own error class is imported here, on first use:
-    register's help may render its epilog with this module, so importing register at the top
-    would be an import cycle."""
-    from generator.register.discovery import MetadataUnavailable
-
-    errors = {error: entry.code for entry in TABLE for error in entry.errors}
-    errors[MetadataUnavailable] = REGISTRY
-    return errors
+_SHORT: Mapping[int, str] = {entry.code: entry.short for entry in TABLE}
+_ERRORS: Mapping[type[BaseException], int] = {
+    error: entry.code for entry in TABLE for error in entry.errors
+}
 
 
 def code_of(error: BaseException) -> int:
     """The exit code `error` ends a command with: its nearest class in the table; INTERNAL for
     an exception that is not one of ours (a bug)."""
-    errors = _errors()
     for kind in type(error).__mro__:
-        if kind in errors:
-            return errors[kind]
+        if kind in _ERRORS:
+            return _ERRORS[kind]
     return INTERNAL
 
 
-def epilog(codes: Iterable[int] | None = None, meanings: Mapping[int, str] | None = None) -> str:
-    """The "exit codes:" table of a command's help: `codes` (default: every code) with their
-    meanings from the table, or from `meanings` where it has one (a command's own wording). A
-    meaning of several lines continues under its first."""
-    own = meanings or {}
+def epilog() -> str:
+    """The "exit codes:" table of the top-level help: every code with its meaning."""
     lines = ["exit codes:"]
-    for code in EXIT_CODES if codes is None else codes:
-        first, *rest = (own.get(code) or EXIT_CODES[code]).split("\n")
-        lines.append(f"  {code:>3}  {first}")
-        lines.extend(f"{'':7}{line}" for line in rest)
+    lines.extend(f"  {entry.code:>3}  {entry.meaning}" for entry in TABLE)
     return "\n".join(lines)
+
+
+def summary(codes: Iterable[int], own: Mapping[int, str] | None = None, also: str = "") -> str:
+    """A command's help line: the codes it returns besides 3 (a bug) and 130 (interrupted),
+    which every command may, each in a few words (the table's, or `own`'s), and `also` (a code
+    that is not in the table, such as a wrapped command's status)."""
+    words = own or {}
+    said = [f"{code} {words.get(code) or _SHORT[code]}" for code in codes]
+    if also:
+        said.append(also)
+    line = f"exit codes: {'; '.join(said)}. Every code: devtest-router --help"
+    return textwrap.fill(line, 79, subsequent_indent="  ", break_on_hyphens=False)

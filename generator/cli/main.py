@@ -16,8 +16,9 @@ import jinja2
 import yaml
 
 from generator.cli.exit_codes import CHANGES, OK, REFUSED, code_of
-from generator.cli.parser import build_parser
+from generator.cli.parser import build_parser, parse
 from generator.cli.probe import wait_until_routed
+from generator.cli.sources import setting_lines, sources
 from generator.core.config import ENV_PREFIX, Config, resolve
 from generator.core.errors import Error, UsageError
 from generator.core.model import RoutingTable
@@ -32,7 +33,7 @@ from generator.registry.open import registry_from_args
 from generator.resources import schema, template_loader
 from generator.site import pages as site
 from generator.site.writer import SitePlan, SiteWriter
-from generator.streams import Streams
+from generator.streams import LEVELS, Streams
 from generator.watch.engine import Engine, build
 from generator.watch.observe import Outcome, problem_fields
 from generator.watch.watcher import Timing, Watcher, stop_on_signals
@@ -61,6 +62,11 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str], streams: Str
     flags = {key: value for key, value in vars(args).items() if key in properties}
     config = resolve(schema("config"), flags, environ, file_data, config_name)
     streams.log_format = config.log_format  # the config file may set it too
+    streams.log_level = config.log_level
+    if streams.verbose:
+        origin = sources(properties, flags, environ, file_data, config_name)
+        for line, key, source in setting_lines(config, origin):
+            streams.say(line, "debug", setting=key, source=source)
     return config
 
 
@@ -341,6 +347,13 @@ def _wait(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]
     return CHANGES
 
 
+def _completion(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
+    from generator.cli.completion import script  # on use: other commands never import shtab
+
+    streams.stdout.write(script(build_parser(), args.shell))
+    return OK
+
+
 COMMANDS: Mapping[str, Command] = {
     "render": _render,
     "check": _check,
@@ -348,6 +361,7 @@ COMMANDS: Mapping[str, Command] = {
     "watch": _watch,
     "snapshot": _snapshot,
     "wait": _wait,
+    "completion": _completion,
 }
 
 
@@ -362,7 +376,7 @@ def main(
     parser = build_parser()
     try:
         with redirect_stdout(streams.stdout), redirect_stderr(streams.stderr):
-            args = parser.parse_args(argv)
+            args = parse(parser, sys.argv[1:] if argv is None else argv)
     except SystemExit as leaving:  # argparse has printed usage or help
         return int(leaving.code or 0)
     # register and deregister: the function their parsers name (register.add_commands)
@@ -371,7 +385,13 @@ def main(
     # The flag, else the environment; a command that reads the config file may change it (a
     # bad value in the environment is reported by the settings, in plain text).
     streams.log_format = args.log_format or environ.get(ENV_PREFIX + "LOG_FORMAT", "plain")
+    streams.log_level = args.log_level or environ.get(ENV_PREFIX + "LOG_LEVEL", "info")
     try:
+        if streams.log_level not in LEVELS:  # the settings would say it too, but not every
+            raise UsageError(  # command reads them
+                f"environment variable {ENV_PREFIX}LOG_LEVEL = {streams.log_level!r} is not a "
+                f"log level: use one of {', '.join(LEVELS)}"
+            )
         return command(args, streams, environ)
     except Error as error:
         code = code_of(error)

@@ -1,20 +1,40 @@
-"""devtest-router's command-line parser: the commands, their flags and their help."""
+"""devtest-router's command-line parser: the commands, their flags and their help, and `parse`,
+which names the closest valid flag or command for a typo."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import textwrap
+from collections.abc import Sequence
 
 from generator import __version__
-from generator.cli.exit_codes import REFUSED, epilog
+from generator.cli.exit_codes import CHANGES, OK, REFUSED, REGISTRY, SITE, USAGE, epilog, summary
 from generator.register import command as register
 from generator.registry.open import DEFAULT_REGISTRY, add_registry_arguments
 from generator.streams import LOG_FORMATS
 
-_EPILOG = (
+PROG = "devtest-router"
+SHELLS = ("bash", "zsh")  # what `completion` writes a script for
+
+_SETTINGS = textwrap.fill(
     "The routing and applying flags can also be set as environment variables "
     "DEVTEST_ROUTER_<FLAG> (e.g. DEVTEST_ROUTER_DOMAIN) or in the --config file; a flag beats "
-    "the environment, which beats the file, which beats the default. The registry comes from "
-    "--registry, else REGISTRY_URL.\n\n" + epilog()
+    "the environment, which beats the file, which beats the default (docs/configuration.md). "
+    "The registry comes from --registry, else REGISTRY_URL.",
+    79,
+)
+_EPILOG = (
+    _SETTINGS
+    + "\n\n"
+    + textwrap.fill(
+        "Every command takes -q (only warnings and errors on stderr) and -v (debug lines too), "
+        "or DEVTEST_ROUTER_LOG_LEVEL; `devtest-router completion bash` prints a completion "
+        "script.",
+        79,
+    )
+    + "\n\n"
+    + epilog()
 )
 
 
@@ -26,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "snapshot",
         nargs="?",
         default="-",
+        metavar="SNAPSHOT",
         help="registry snapshot, JSON or YAML, as etcdwatch writes it "
         "(default: - for standard input)",
     )
@@ -120,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     parser = argparse.ArgumentParser(
-        prog="devtest-router",
+        prog=PROG,
         description="Route <branch>-<service>.<domain> to the containers of per-branch "
         "deployments registered in etcd, through a checked nginx config.",
         epilog=_EPILOG,
@@ -133,27 +154,37 @@ def build_parser() -> argparse.ArgumentParser:
     def command(
         name: str,
         parents: list[argparse.ArgumentParser],
-        summary: str,
-        text: str = _EPILOG,
+        what: str,
+        codes: str,
+        text: str = _SETTINGS,
+        usage: str = "%(prog)s [options]",
     ) -> argparse.ArgumentParser:
+        """A command whose help is its flags, `text` and one line of exit codes (`codes`): the
+        table of every code is in the top-level help only."""
         return commands.add_parser(
             name,
             parents=parents,
-            help=summary,
-            description=summary,
-            epilog=text,
+            help=what,
+            description=what,
+            usage=usage,
+            epilog=f"{text}\n\n{codes}" if text else codes,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
+    with_snapshot = "%(prog)s [options] [SNAPSHOT]"
     command(
         "render",
         [snapshot, settings],
         "print the nginx config for a snapshot (checked by crossplane, not by nginx)",
+        summary((OK, USAGE, REFUSED)),
+        usage=with_snapshot,
     )
     check = command(
         "check",
         [snapshot, settings],
         "print the routing table and the problems found in a snapshot",
+        summary((OK, USAGE, REFUSED), {REFUSED: "refused, or problems under --strict"}),
+        usage=with_snapshot,
     )
     check.add_argument(
         "--strict", action="store_true", help=f"exit {REFUSED} when the snapshot has any problem"
@@ -163,12 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
         "apply",
         [snapshot, settings, applying],
         "check, test, install and reload the config (or show the diff with --dry-run)",
+        summary((OK, CHANGES, USAGE, SITE, REFUSED), {CHANGES: "changes found (--dry-run)"}),
+        usage=with_snapshot,
     )
 
     watch = command(
         "watch",
         [settings, applying],
         "read the registry, apply, and apply again after every settled change (replaces etcdwatch)",
+        summary(
+            (OK, USAGE),
+            {OK: "stopped by SIGTERM/SIGINT", USAGE: "a bad setting at start"},
+            "registry and apply failures are logged and retried, not an exit",
+        ),
     )
     add_registry_arguments(watch, default=DEFAULT_REGISTRY)
     group = watch.add_argument_group("watching")
@@ -217,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
         "snapshot",
         [],
         "print the registry as etcdwatch-shaped JSON",
-        "The registry comes from --registry, else REGISTRY_URL, else the default file.\n\n"
-        + epilog(),
+        summary((OK, USAGE, REGISTRY)),
+        "The registry comes from --registry, else REGISTRY_URL, else the default file.",
     )
     add_registry_arguments(dump, default=DEFAULT_REGISTRY)
     dump.add_argument(
@@ -232,12 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
         "wait",
         [],
         "block until an instance answers for <NAME>-<SERVICE>.<domain> through the frontend",
-        "The hostname is made as the generator makes it from what `register` writes. The route "
-        "is up when an instance of its service answers, with any status but 503 (a service's "
-        "own 502 or 504 counts). Not up yet: the frontend's own 404 page (not routed yet), a "
-        "502 or 504 that nginx made because no instance accepted the connection or answered "
-        "in time (header X-Devtest-Router: no-instance, or nginx's own error page), and a "
-        "503.\n\n" + epilog(),
+        summary((OK, CHANGES, USAGE), {OK: "it answers", CHANGES: "gave up (--timeout)"}),
+        textwrap.fill(
+            "The hostname is made as the generator makes it from what `register` writes. The "
+            "route is up when an instance of its service answers, with any status but 503 (a "
+            "service's own 502 or 504 counts). Not up yet: the frontend's own 404 page (not "
+            "routed yet), a 502 or 504 that nginx made because no instance accepted the "
+            "connection or answered in time (header X-Devtest-Router: no-instance, or nginx's "
+            "own error page), and a 503.",
+            79,
+        ),
     )
     group = wait.add_argument_group("waiting")
     group.add_argument("--name", help="branch name (default: $NAME)")
@@ -262,10 +304,99 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up after this long (default: 300)",
     )
     register.add_commands(commands)
+    completion = command(
+        "completion",
+        [],
+        "print a shell completion script for devtest-router (README: Shell completion)",
+        summary((OK, USAGE)),
+        'bash: add eval "$(devtest-router completion bash)" to ~/.bashrc\n'
+        "zsh:  devtest-router completion zsh > DIR/_devtest-router, with DIR in your $fpath",
+        usage="%(prog)s {bash,zsh}",
+    )
+    completion.add_argument("shell", choices=SHELLS, help="the shell to complete in")
     for sub in commands.choices.values():  # every command's log lines, register's included
-        sub.add_argument(
+        group = sub.add_argument_group("log lines on stderr")
+        group.add_argument(
             "--log-format",
             choices=LOG_FORMATS,
-            help="log lines on stderr: plain text, or one JSON object per line (default: plain)",
+            metavar="FORMAT",
+            help="plain (default), or json: one JSON object per line",
+        )
+        loudness = group.add_mutually_exclusive_group()
+        loudness.add_argument(
+            "-q",
+            "--quiet",
+            dest="log_level",
+            action="store_const",
+            const="warning",
+            help="only warnings and errors",
+        )
+        loudness.add_argument(
+            "-v",
+            "--verbose",
+            dest="log_level",
+            action="store_const",
+            const="debug",
+            help="debug lines too: each setting and its source",
         )
     return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing, with a suggestion for a typo
+
+_EXITING = ("-h", "--help", "--version")  # the program's own options: argparse answers them
+
+
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser's commands by name."""
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found.update(action.choices)
+    return found
+
+
+def _closest(word: str, choices: Sequence[str]) -> str:
+    """ "; did you mean X?" for the choice most like `word` (difflib), or nothing."""
+    found = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {found[0]}?" if found else ""
+
+
+def _flags(parser: argparse.ArgumentParser) -> list[str]:
+    return [option for action in parser._actions for option in action.option_strings]
+
+
+def _unknown_flag(flag: str, name: str, commands: dict[str, argparse.ArgumentParser]) -> str:
+    """The error line for `flag`, which command `name` does not take."""
+    others = [other for other, sub in commands.items() if other != name and flag in _flags(sub)]
+    if others:
+        takers = " and ".join([", ".join(others[:-1]), others[-1]] if others[:-1] else others)
+        return f"{flag} is a flag of {takers}, not of {name}"
+    return f"unknown flag {flag}{_closest(flag, _flags(commands[name]))}"
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """`parser.parse_args(argv)`, except that a mistyped command or flag is one line that names
+    it and the closest valid one, after the usage of the command it was given to (the program's
+    for a command); exit 2 through argparse's own `error`, as every usage error."""
+    commands = _commands(parser)
+    for word in argv:  # the program takes no option but _EXITING: the first word is the command
+        if word in _EXITING or word == "--":
+            break
+        if word.startswith("-"):
+            option = word.split("=", 1)[0]
+            owners = [name for name, sub in commands.items() if option in _flags(sub)]
+            after = f" (e.g. {PROG} {owners[0]} {option})" if owners else ""
+            parser.error(f"unknown flag {option}: flags go after the command{after}")
+        if word not in commands:
+            parser.error(f"unknown command {word!r}{_closest(word, list(commands))}")
+        break
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        sub = commands[args.subcommand]
+        flags = [word.split("=", 1)[0] for word in extras if word.startswith("-") and word != "-"]
+        if flags:
+            sub.error(_unknown_flag(flags[0], args.subcommand, commands))
+        sub.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args

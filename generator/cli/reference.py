@@ -53,7 +53,7 @@ def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPars
 
 
 def _usage(action: argparse.Action) -> str:
-    option = max(action.option_strings, key=len)
+    option = ", ".join(action.option_strings)  # "--listen"; "-q, --quiet"
     if action.nargs == 0:
         return option
     metavar = action.metavar if isinstance(action.metavar, str) else action.dest.upper()

@@ -57,6 +57,7 @@ class Config:
     removal_grace: float  # watch: seconds removals are held back after a reconnect (0: off)
     allow_empty: bool  # watch: an absent /deployment prefix is no services, not a registry error
     log_format: str  # plain or json: how log lines on stderr look
+    log_level: str  # debug, info, warning or error: the least serious log line written
     metrics_listen: tuple[str, int] | None  # (IP address, port) of /healthz and /metrics
     max_value_bytes: int  # a registry value longer than this is a problem (validate.Oversized)
 
@@ -301,6 +302,7 @@ def _config(values: dict[str, Any], networks: tuple[Network, ...]) -> Config:
         removal_grace=float(values["removal_grace"]),
         allow_empty=values["allow_empty"],
         log_format=values["log_format"],
+        log_level=values["log_level"],
         metrics_listen=listen_address(values["metrics_listen"]),
         max_value_bytes=values["max_value_bytes"],
     )

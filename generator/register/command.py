@@ -25,7 +25,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from generator.cli.exit_codes import CHANGES, OK, REGISTRY, USAGE, epilog
+from generator.cli.exit_codes import ADDRESS, CHANGES, OK, REGISTRY, USAGE, summary
 from generator.core.errors import UsageError
 from generator.core.keys import created_key, instance_key, service_key
 from generator.register.discovery import discover, discover_instance
@@ -33,6 +33,7 @@ from generator.register.session import Session, now, sidecar, wrap
 from generator.register.settings import (
     DEFAULT_DRAIN,
     DEFAULT_TTL,
+    origins,
     parse_ip,
     parse_port,
     resolve,
@@ -46,12 +47,14 @@ from generator.streams import Streams
 
 def _run_register(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
     settings = resolve(args, environ)
+    for line in origins(settings, args, environ):
+        streams.say(line, "debug")
     if settings.once and settings.command:
         raise UsageError("--once writes the keys and exits: it takes no command after --")
     note = slug_note(settings)
     if note:
         streams.say(note)
-    address = discover(settings, environ)
+    address = discover(settings, environ, streams.say)
     found = discover_instance(settings, environ, streams)
     assert found is not None  # a random id when nothing else applies
     instance, instance_from = found
@@ -72,6 +75,8 @@ def _run_register(args: argparse.Namespace, streams: Streams, environ: Mapping[s
 
 def _run_deregister(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
     settings = resolve(args, environ, need_address=False)
+    for line in origins(settings, args, environ, need_address=False):
+        streams.say(line, "debug")
     force = bool(getattr(args, "force_removal", False))
     ip: str | None = None
     port: int | None = None
@@ -132,8 +137,7 @@ def _said(
 # --------------------------------------------------------------------------
 # the command line
 
-_EPILOG = (
-    """\
+_EPILOG = """\
 environment (a flag beats its variable):
   NAME, SERVICE, PORT, IP       as the original registration snippet's Docker variables
   INSTANCE                      --instance
@@ -163,26 +167,16 @@ it also gives PORT when unset); EC2 instance metadata (IMDSv2 local-ipv4).
 A registration only refreshes and deletes keys that are still its own (etcd v2 and files:
 that hold its address; etcd v3: that are on its lease); a newer registration's are left
 alone. With -- CMD, a registry that does not answer is retried (said once) while CMD keeps
-serving.
+serving, and register exits with CMD's status (128+S when signal S killed it; 126/127: it
+cannot run CMD).
 
-"""
-    + epilog(
-        (OK, USAGE, REGISTRY),
-        {
-            USAGE: "a missing or bad setting",
-            OK: "registered (--once), or stopped by SIGTERM/SIGINT and deregistered (or found a "
-            "newer\nregistration in its place and left it)",
-            REGISTRY: "the registry or a metadata endpoint for the address cannot be reached "
-            "(without CMD,\nalso when deregistering on SIGTERM/SIGINT fails)",
-        },
-    )
-    + """
-  N    with -- CMD: CMD's exit status (128+S when signal S killed it; 126/127: cannot run it)
-"""
+""" + summary(
+    (OK, USAGE, REGISTRY, ADDRESS),
+    {OK: "registered, or stopped and deregistered"},
+    "with -- CMD: CMD's status",
 )
 
-_DEREGISTER_EPILOG = (
-    """\
+_DEREGISTER_EPILOG = """\
 environment (a flag beats its variable): NAME, SERVICE, INSTANCE, IP, PORT, REGISTRY_URL, as for
 register.
 
@@ -193,17 +187,9 @@ removed: the instance given with --instance/INSTANCE, or without one the whole s
 own ip/port keys and every instance). /deployment/<branch>/created goes once no service of
 the branch is left.
 
-"""
-    + epilog(
-        (OK, CHANGES, USAGE, REGISTRY),
-        {
-            OK: "deregistered, or nothing was registered there",
-            CHANGES: "left as it is: the instance holds another address (a newer registration's)",
-            USAGE: "a missing or bad setting, or neither IP and PORT nor --force",
-            REGISTRY: "the registry cannot be reached",
-        },
-    )
-    + "\n"
+""" + summary(
+    (OK, CHANGES, USAGE, REGISTRY),
+    {CHANGES: "left as it is (a newer registration's address)"},
 )
 
 
@@ -267,6 +253,7 @@ def add_commands(commands: Any) -> None:
         "its port answers on 127.0.0.1, on SIGTERM/SIGINT deregister first, pass "
         "SIGTERM/SIGINT/SIGHUP on, deregister when it exits and exit with its status. Without "
         "CMD: register and keep alive until signalled. With --once: write once.",
+        usage="%(prog)s [options] [-- CMD [ARGS ...]]",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -303,6 +290,7 @@ def add_commands(commands: Any) -> None:
         description=f"Delete {_INSTANCE_KEYS} while they hold IP:PORT, or with --force "
         "whatever is there (without --instance: the whole service), and the branch's keys "
         "when no other service is left. Takes the same settings as register.",
+        usage="%(prog)s [options]",
         epilog=_DEREGISTER_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

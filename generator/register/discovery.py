@@ -17,7 +17,7 @@ from typing import Any
 from generator.core.errors import Error, UsageError
 from generator.register.settings import INSTANCE_ID, Settings
 from generator.secret import redact
-from generator.streams import Streams
+from generator.streams import Log, Streams
 
 IMDS_URL = "http://169.254.169.254"
 METADATA_TIMEOUT = 2.0  # seconds per metadata request: the endpoints are local or absent
@@ -293,20 +293,28 @@ class Address:
     how: str
 
 
-def discover(settings: Settings, environ: Mapping[str, str]) -> Address:
+def _silent(message: str, level: str = "info", /, **fields: object) -> None:
+    """A Log that writes nothing."""
+
+
+def discover(settings: Settings, environ: Mapping[str, str], log: Log = _silent) -> Address:
     """--ip/IP; else ECS task metadata v4 when ECS_CONTAINER_METADATA_URI_V4 is set (it also
-    gives the port when PORT is not set); else EC2 instance metadata (IMDSv2)."""
+    gives the port when PORT is not set); else EC2 instance metadata (IMDSv2). Each metadata
+    endpoint asked is said in a debug line."""
     imds = environ.get("DEVTEST_ROUTER_IMDS_URL") or IMDS_URL
     ecs = environ.get("ECS_CONTAINER_METADATA_URI_V4")
     if settings.ip is not None and settings.port is not None:
         return Address(settings.ip, settings.port, settings.port, "IP")
     if ecs:
+        log(f"asking the ECS task metadata at {redact(ecs)} for the address", "debug")
         found = ecs_address(ecs_container(ecs), settings.port)
         if settings.ip is not None:
             return Address(settings.ip, found.port, found.container_port, f"IP, {found.how}")
         if found.ip is not None:
             return Address(found.ip, found.port, found.container_port, found.how)
         how = f"{found.how}, EC2 instance metadata"
+        log(f"asking EC2 instance metadata at {redact(imds)} for the host's address", "debug")
         return Address(instance_ipv4(imds), found.port, found.container_port, how)
     assert settings.port is not None  # resolve() requires PORT without ECS metadata
+    log(f"asking EC2 instance metadata at {redact(imds)} for the address", "debug")
     return Address(instance_ipv4(imds), settings.port, settings.port, "EC2 instance metadata")

@@ -168,6 +168,45 @@ def resolve(
     )
 
 
+# Each setting's flag attribute, its environment variable and its field in Settings, as resolve
+# reads them (deregister reads the first three).
+_SOURCES = (
+    ("name", "NAME", "branch"),
+    ("service", "SERVICE", "service_given"),
+    ("instance", "INSTANCE", "instance"),
+    ("port", "PORT", "port"),
+    ("ip", "IP", "ip"),
+    ("ttl", "DEVTEST_ROUTER_TTL", "ttl"),
+    ("check_port", "DEVTEST_ROUTER_CHECK_PORT", "check_port"),
+    ("drain", "DEVTEST_ROUTER_DRAIN", "drain"),
+)
+_UNSET = {
+    "instance": "not set: the ECS task id, else the hostname, else a random id",
+    "port": "not set: from the ECS task metadata",
+    "ip": "not set: discovered",
+    "check_port": "not set: PORT",
+}
+
+
+def origins(
+    settings: Settings,
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    need_address: bool = True,
+) -> list[str]:
+    """-v's lines: each setting as resolve took it, and the flag or variable it came from."""
+    lines = []
+    for attribute, variable, field in _SOURCES[: None if need_address else 3]:
+        text, source = setting(args, environ, attribute, variable)
+        value = getattr(settings, field)
+        if text is not None:
+            lines.append(f"setting {variable} = {value!r} from {source}")
+        else:
+            unset = _UNSET.get(attribute, f"not set: {value!r}, the default")
+            lines.append(f"setting {variable} {unset}")
+    return lines
+
+
 def slug_note(settings: Settings, verb: str = "registering") -> str | None:
     """One line when a name is not already the label it is registered under, else None."""
     changes = []
