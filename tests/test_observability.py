@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from site_harness import deployment, table
 from test_watch import entry
 from watch_harness import BIN, DOMAIN, Frontend, registry_url
 
+from generator.cli.main import main
 from generator.core.config import listen_address, resolve
 from generator.core.model import Deployment, Route, RoutingTable
 from generator.core.pipeline import Rendered
@@ -599,3 +601,33 @@ def test_the_gauge_of_an_apply_counts_the_instances_routed() -> None:
     assert "devtest_router_instances 3.0" in text.splitlines()
     assert "# HELP devtest_router_instances Instances (containers)" in text
     assert "# TYPE devtest_router_instances gauge" in text
+
+
+def test_a_problems_deployment_field_is_the_name_as_registered_whatever_its_key_shows() -> None:
+    # issue 12: the field was read back out of the key, which quotes a name with a slash
+    # (/deployment/"feature/login"/...) and cuts a long one short
+    web = {"ip": "10.0.0.5", "port": "8080"}
+    deployments = {
+        "feature/login": {"service": {"web": {"ip": "10.0.0.5"}}},  # no port: validation's
+        'say "hi"/there': {"service": {"web": {"ip": "169.254.169.254", "port": "80"}}},
+        "feature/" + "x" * 80: {"service": {"web": {"ip": "10.0.0.5"}}},
+        "a/b": {"created": "2026-01-01T00:00:00Z", "service": {"web": web}},
+        "a-b": {"created": "2026-02-01T00:00:00Z", "service": {"web": web}},  # a collision
+    }
+    out, err = io.StringIO(), io.StringIO()
+    code = main(
+        ["render", "--log-format", "json", "--domain", DOMAIN],
+        stdin=io.StringIO(json.dumps({"deployment": deployments})),
+        stdout=out,
+        stderr=err,
+        environ={},
+    )
+    assert code == 0, err.getvalue()
+    problems = [r for r in parse_log(err.getvalue()) if r["message"].startswith("problem: ")]
+    codes = {r["code"]: r["deployment"] for r in problems}
+    assert codes["incomplete-service"] in ("feature/login", "feature/" + "x" * 80)
+    assert codes["refused-upstream"] == 'say "hi"/there'
+    assert codes["host-collision"] == "a-b"  # the newer one loses a-b.<domain>
+    assert {r["deployment"] for r in problems} == set(deployments) - {"a/b"}
+    for record in problems:
+        assert record["key"].startswith("/deployment/"), record
