@@ -283,7 +283,7 @@ def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
                 exposure,
             )
 
-            status = Status()
+            status = Status(dry_run=config.dry_run)
             server = Server(config.metrics_listen, status)  # a port in use fails here, at once
             warning = exposure(config.metrics_listen[0])
             streams.say(
