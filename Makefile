@@ -26,9 +26,11 @@ run: $(BIN)/devtest-router deps
 
 # The whole frontend on loopback until Ctrl-C: etcd, nginx on 127.0.0.1:$(DEMO_PORT), the
 # watcher (domain localhost) and two demo branches; docs/local-mode.md. DEMO_DIR: its files.
+# `exec`: the demo is make's own child, so the SIGTERM make passes on reaches it (and not a
+# shell that would die of it and leave the demo running).
 DEMO_PORT ?= 8080
 demo: $(BIN)/devtest-router deps
-	DEMO_PORT=$(DEMO_PORT) $(BIN)/python scripts/demo
+	exec env DEMO_PORT=$(DEMO_PORT) $(BIN)/python scripts/demo
 
 test: $(BIN)/devtest-router deps
 	$(BIN)/ruff check generator tests

@@ -1,10 +1,12 @@
 """`make demo`: the local stack starts, serves both demo branches through nginx, takes a service
-registered the way it says, and stops everything it started on SIGINT.
+registered the way it says, and stops everything it started on a stop signal, sent to make or
+to the demo.
 
 The real `make demo` runs as a subprocess in its own process group, on a free DEMO_PORT and
 with its own DEMO_DIR. Every process the demo starts carries DEVTEST_ROUTER_DEMO=<DEMO_DIR> in
 its environment (children inherit it), which is how these tests find all of them, nginx
-workers and the servers under `register -- CMD` included.
+workers and the servers under `register -- CMD` included; make and the demo itself carry the
+tests' own RUN_MARKER=<DEMO_DIR>, so a demo that outlived make is found too.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ pytestmark = pytest.mark.integration  # each test runs `make demo`: etcd, nginx,
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER = "DEVTEST_ROUTER_DEMO"
+RUN_MARKER = "DEVTEST_ROUTER_DEMO_TEST"  # set by start_demo: make, the demo and all below
 START_TIMEOUT = 120.0  # the whole start, generous: the machine is shared
 STOP_TIMEOUT = 60.0
 # What the demo must serve: host label -> (branch, service) named in the answer.
@@ -71,6 +74,10 @@ class DemoRun:
     def close(self) -> None:
         for thread in self.threads:
             thread.join(5)
+        if any(thread.is_alive() for thread in self.threads):
+            # A process still holds the pipes (a demo that outlived make): closing a stream
+            # waits for the read in progress, so for that process; the fixture kills it first.
+            return
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
@@ -92,7 +99,8 @@ def start_demo(tmp_path: Path, port: int, **env: str) -> DemoRun:
         stderr=subprocess.PIPE,
         text=True,
         env={
-            **{k: v for k, v in os.environ.items() if k != MARKER},
+            **{k: v for k, v in os.environ.items() if k not in (MARKER, RUN_MARKER)},
+            RUN_MARKER: str(base),
             "DEMO_PORT": str(port),
             "DEMO_DIR": str(base),
             "DEMO_START_TIMEOUT": "90",
@@ -111,17 +119,18 @@ def start_demo(tmp_path: Path, port: int, **env: str) -> DemoRun:
 
 @pytest.fixture
 def demos() -> Iterator[list[DemoRun]]:
-    """Runs to clean up: whatever a failed test left is killed by process group and marker."""
+    """Runs to clean up: whatever a failed test left is killed by process group and marker,
+    and then the pipes are closed (once nothing holds them)."""
     runs: list[DemoRun] = []
     yield runs
     for run in runs:
         if run.proc.poll() is None:
             _signal_group(run.proc.pid, signal.SIGKILL)
             run.proc.wait()
-        run.close()
         for pid in demo_pids(run.base):
             _signal_group(pid, signal.SIGKILL)
             _signal(pid, signal.SIGKILL)
+        run.close()
 
 
 def _signal_group(pgid: int, signum: int) -> None:
@@ -135,11 +144,11 @@ def _signal(pid: int, signum: int) -> None:
 
 
 def demo_pids(base: Path, root: int | None = None) -> set[int]:
-    """Live processes of the demo in `base`: those whose environment carries the marker, or
-    whose command line names `base` (nginx overwrites its environment with its process
-    title, but its master's title keeps the -p path), and with `root` every descendant of
-    root (nginx's workers)."""
-    mark = f"{MARKER}={base}".encode()
+    """Live processes of the demo in `base`: those whose environment carries a marker (the
+    demo's or the tests'), or whose command line names `base` (nginx overwrites its
+    environment with its process title, but its master's title keeps the -p path), and with
+    `root` every descendant of root (nginx's workers)."""
+    marks = {f"{MARKER}={base}".encode(), f"{RUN_MARKER}={base}".encode()}
     found: set[int] = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -149,7 +158,7 @@ def demo_pids(base: Path, root: int | None = None) -> set[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue  # exited while we looked
-        if mark in environ.split(b"\0") or str(base).encode() in cmdline:
+        if marks & set(environ.split(b"\0")) or str(base).encode() in cmdline:
             found.add(int(entry.name))
     tree: set[int] = set()
     frontier = {root} if root is not None else set()
@@ -324,10 +333,31 @@ def test_a_part_failing_at_start_is_one_line_and_stops_what_was_started(
     assert not port_open(port)
 
 
-@pytest.mark.parametrize("how", ["sigterm-to-the-demo", "ctrl-c-to-the-group"])
-def test_demo_stops_everything_on_sigterm_and_on_a_terminals_ctrl_c(
+# How the demo is stopped -> (the signal and whom it goes to, make's exit status, what the
+# demo says before it stops everything).
+STOPS = {
+    # kill's default, to the demo alone
+    "sigterm-to-the-demo": (signal.SIGTERM, "demo", 0, "got SIGTERM"),
+    # a terminal's Ctrl-C reaches make and the demo together; make then ends itself by
+    # SIGINT once its recipe is done (GNU make's way), the demo still stops everything
+    "ctrl-c-to-the-group": (signal.SIGINT, "group", -signal.SIGINT, "got SIGINT"),
+    # a closed terminal
+    "sighup-to-the-group": (signal.SIGHUP, "group", -signal.SIGHUP, "got SIGHUP"),
+    # issue 12: make passes SIGTERM on to its recipe's process, which was a shell (it died
+    # and left the demo running) until the recipe `exec`ed the demo
+    "sigterm-to-make": (signal.SIGTERM, "make", -signal.SIGTERM, "SIGTERM"),
+    # make passes SIGINT on to nobody and waits for its recipe: the demo sees make take it
+    "sigint-to-make": (signal.SIGINT, "make", -signal.SIGINT, "got SIGINT and waits"),
+    # nothing is passed on at all: the demo sees its parent go
+    "make-killed": (signal.SIGKILL, "make", -signal.SIGKILL, "is gone"),
+}
+
+
+@pytest.mark.parametrize("how", list(STOPS))
+def test_demo_stops_everything_on_a_stop_signal_to_make_or_to_the_demo(
     tmp_path: Path, demos: list[DemoRun], how: str
 ) -> None:
+    signum, whom, make_status, reason = STOPS[how]
     port = free_port()
     run = start_demo(tmp_path, port)
     demos.append(run)
@@ -347,14 +377,21 @@ def test_demo_stops_everything_on_sigterm_and_on_a_terminals_ctrl_c(
             "set DEMO_DIR to another folder"
         ], second.output()
         assert http_request(port, "main-web.localhost").status == 200
-        os.kill(pid, signal.SIGTERM)
-        assert run.wait() == 0, run.output()
+    if whom == "demo":
+        os.kill(pid, signum)
+    elif whom == "make":
+        os.kill(run.proc.pid, signum)
     else:
-        # A terminal's Ctrl-C reaches make and the demo together; make then ends itself by
-        # SIGINT once its recipe is done (GNU make's way), the demo still stops everything.
-        os.killpg(run.proc.pid, signal.SIGINT)
-        assert run.wait() == -signal.SIGINT, run.output()
-    assert run.stdout[-1] == "devtest-router demo: stopped; everything it started is gone"
+        os.killpg(run.proc.pid, signum)
+    assert run.proc.wait(STOP_TIMEOUT) == make_status, run.output()
+    # make may end first (SIGKILL): the demo has its own deadline to stop everything
+    wait_for(lambda: not pid_alive(pid), STOP_TIMEOUT, interval=0.1, what="the demo to end")
+    run.close()
     assert not [p for p in pids if pid_alive(p)], run.output()
     assert not demo_pids(run.base)
     assert not [p for p in ports if port_open(p)], ports
+    assert run.stdout[-1] == "devtest-router demo: stopped; everything it started is gone"
+    said = run.stdout[-2]
+    assert said.startswith("devtest-router demo: "), run.output()
+    assert said.endswith("; stopping everything it started"), run.output()
+    assert reason in said, run.output()

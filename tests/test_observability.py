@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -26,6 +27,8 @@ from site_harness import deployment, table
 from test_watch import entry
 from watch_harness import BIN, DOMAIN, Frontend, registry_url
 
+import generator
+from generator.cli.main import main
 from generator.core.config import listen_address, resolve
 from generator.core.model import Deployment, Route, RoutingTable
 from generator.core.pipeline import Rendered
@@ -479,6 +482,72 @@ def test_apply_register_and_errors_log_json_and_stdout_stays_as_it_is(
     assert line["instance"] == "json-1", line
 
 
+@pytest.mark.integration  # the dry run's gate runs nginx's test; /metrics is served on a port
+def test_a_dry_run_watch_counts_dry_runs_apart_and_logs_names_with_a_slash(
+    tmp_path: Path,
+) -> None:
+    # issue 12: a dry run counted as a successful apply (applies_total and the last success's
+    # time), there was no build_info, the JSON `deployment` of /deployment/"feature/login"/...
+    # was "\"feature", and one route was "1 routes added"
+    registry = tmp_path / "registry.json"
+    half = {"api": {"ip": "127.0.0.1", "port": "9001"}, "web": {"ip": "127.0.0.1"}}  # no port
+    registry.write_text(json.dumps({"deployment": {"feature/login": {"service": half}}}))
+    port = free_port()
+    log = tmp_path / "watch.log"
+    argv = [
+        str(BIN), "watch", "--dry-run", "--registry", f"file:{registry}", "--domain", DOMAIN,
+        "--allow-loopback", "--output", str(tmp_path / "out.conf"),
+        "--site-dir", str(tmp_path / "site"), "--nginx", find_binary("nginx"),
+        "--metrics-listen", f"127.0.0.1:{port}", "--log-format", "json",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        watcher = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=out, env=clean_env())
+    try:
+
+        def log_tail() -> str:
+            return log.read_text(errors="replace")
+
+        def dry_runs(count: int) -> list[dict[str, Any]]:
+            records = parse_log(log_tail())
+            return [r for r in records if r["message"].startswith("dry run: ")][count - 1 :]
+
+        wait_for(lambda: dry_runs(1), 60, what=f"a dry run; log:\n{log_tail()}")
+        samples = settle(port, {'devtest_router_dry_runs_total{result="changed"}': 1}, log_tail)
+        # two deployments, each named with a slash, one with quotes too: one more dry run
+        both = {"feature/login": {"service": half}, 'say "hi"/there': {"service": half}}
+        registry.write_text(json.dumps({"deployment": both}))
+        wait_for(lambda: dry_runs(2), 60, what=f"a second dry run; log:\n{log_tail()}")
+        after = settle(port, {'devtest_router_dry_runs_total{result="changed"}': 2}, log_tail)
+        assert watcher.poll() is None, log_tail()
+        watcher.send_signal(signal.SIGTERM)
+        assert watcher.wait(30) == 0, log_tail()
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+
+    # dry runs are not applies: no apply counted, no success time, no reload, no duration
+    for seen in (samples, after):
+        for result in ("changed", "unchanged", "failed"):
+            assert applies(seen, result) == 0, seen
+        assert seen["devtest_router_last_successful_apply_timestamp_seconds"] == 0
+        assert seen["devtest_router_nginx_reloads_total"] == 0
+        assert seen["devtest_router_apply_duration_seconds_count"] == 0
+        assert seen['devtest_router_dry_runs_total{result="failed"}'] == 0
+        assert seen[f'devtest_router_build_info{{version="{generator.__version__}"}}'] == 1
+    assert (samples["devtest_router_routes"], after["devtest_router_routes"]) == (1, 2)
+
+    records = parse_log(log.read_text())
+    first, second = [r for r in records if r["message"].startswith("dry run: ")]
+    assert first["message"].startswith("dry run: 1 route added, 0 removed, 0 changed; "), first
+    assert second["message"].startswith("dry run: 2 routes added, 0 removed, 0 changed; ")
+    problems = [r for r in records if r["message"].startswith("problem: ")]
+    assert {(r["deployment"], r["key"]) for r in problems} == {
+        ("feature/login", '/deployment/"feature/login"/service/web'),
+        ('say "hi"/there', '/deployment/"say \\"hi\\"/there"/service/web'),
+    }, problems
+
+
 # --------------------------------------------------------------------------
 # the pure parts
 
@@ -599,3 +668,61 @@ def test_the_gauge_of_an_apply_counts_the_instances_routed() -> None:
     assert "devtest_router_instances 3.0" in text.splitlines()
     assert "# HELP devtest_router_instances Instances (containers)" in text
     assert "# TYPE devtest_router_instances gauge" in text
+
+
+def test_a_dry_run_counts_as_a_dry_run_never_as_an_apply() -> None:
+    data = instances_table(deployment("one", {"web": [(None, "127.0.0.1", 9100)]}))
+    rendered = Rendered("sha256:0", data, "", "", (), by_deployment(data))
+    for dry_run in (True, False):
+        status = Status(clock=lambda: 1000.0, dry_run=dry_run)
+        status.applied(Outcome(rendered, "dry run: ...", changed=True, reloaded=False), 0.1)
+        status.applied(Outcome(rendered, "dry run: ...", changed=False, reloaded=False), 0.1)
+        status.apply_failed("the check refuses", 0.1)
+        samples = {
+            sample.name + str(sorted(sample.labels.values())): sample.value
+            for family in text_string_to_metric_families(
+                prometheus_client.generate_latest(status.metrics).decode()
+            )
+            for sample in family.samples
+        }
+        counted = "devtest_router_dry_runs_total" if dry_run else "devtest_router_applies_total"
+        other = "devtest_router_applies_total" if dry_run else "devtest_router_dry_runs_total"
+        for result in ("changed", "unchanged", "failed"):
+            assert samples[f"{counted}{[result]}"] == 1, samples
+            assert samples[f"{other}{[result]}"] == 0, samples
+        last = samples["devtest_router_last_successful_apply_timestamp_seconds[]"]
+        assert last == (0 if dry_run else 1000.0)
+        assert samples["devtest_router_apply_duration_seconds_count[]"] == (0 if dry_run else 3)
+        assert samples[f"devtest_router_build_info{[generator.__version__]}"] == 1
+        assert samples["devtest_router_routes[]"] == 2  # what the last one found: one, one-web
+        assert not status.health().apply.ok  # the last one failed, dry or not
+
+
+def test_a_problems_deployment_field_is_the_name_as_registered_whatever_its_key_shows() -> None:
+    # issue 12: the field was read back out of the key, which quotes a name with a slash
+    # (/deployment/"feature/login"/...) and cuts a long one short
+    web = {"ip": "10.0.0.5", "port": "8080"}
+    deployments = {
+        "feature/login": {"service": {"web": {"ip": "10.0.0.5"}}},  # no port: validation's
+        'say "hi"/there': {"service": {"web": {"ip": "169.254.169.254", "port": "80"}}},
+        "feature/" + "x" * 80: {"service": {"web": {"ip": "10.0.0.5"}}},
+        "a/b": {"created": "2026-01-01T00:00:00Z", "service": {"web": web}},
+        "a-b": {"created": "2026-02-01T00:00:00Z", "service": {"web": web}},  # a collision
+    }
+    out, err = io.StringIO(), io.StringIO()
+    code = main(
+        ["render", "--log-format", "json", "--domain", DOMAIN],
+        stdin=io.StringIO(json.dumps({"deployment": deployments})),
+        stdout=out,
+        stderr=err,
+        environ={},
+    )
+    assert code == 0, err.getvalue()
+    problems = [r for r in parse_log(err.getvalue()) if r["message"].startswith("problem: ")]
+    codes = {r["code"]: r["deployment"] for r in problems}
+    assert codes["incomplete-service"] in ("feature/login", "feature/" + "x" * 80)
+    assert codes["refused-upstream"] == 'say "hi"/there'
+    assert codes["host-collision"] == "a-b"  # the newer one loses a-b.<domain>
+    assert {r["deployment"] for r in problems} == set(deployments) - {"a/b"}
+    for record in problems:
+        assert record["key"].startswith("/deployment/"), record

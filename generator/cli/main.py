@@ -26,6 +26,7 @@ from generator.core.names import hostname, label
 from generator.core.pipeline import Plan, Rendered
 from generator.core.render import environment
 from generator.core.snapshot import loads, yaml_problem
+from generator.core.words import counted
 from generator.memory import keep_large_blocks_apart, release_free_memory
 from generator.nginx.apply import apply_then, checked_text, plan
 from generator.registry.base import present
@@ -150,14 +151,14 @@ def _check(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
     else:
         streams.stdout.write(format_table(table))
     if args.strict and table.problems:
-        streams.say(f"{len(table.problems)} problems (--strict)", "error")
+        streams.say(f"{counted(len(table.problems), 'problem')} (--strict)", "error")
         return REFUSED
     return OK
 
 
 def format_table(table: RoutingTable) -> str:
     """The routing table and the problems as text for a person."""
-    lines = [f"{len(table.routes)} routes under {table.domain}"]
+    lines = [f"{counted(len(table.routes), 'route')} under {table.domain}"]
     width = max((len(route.host) for route in table.routes), default=0)
     for route in table.routes:
         what = "default entry point" if route.kind.value == "default" else "service"
@@ -165,7 +166,7 @@ def format_table(table: RoutingTable) -> str:
             f"  {route.host:<{width}}  ->  {route.pool}  "
             f"({route.deployment_label} {route.service_label}, {what})"
         )
-    lines.append(f"{len(table.problems)} problems")
+    lines.append(counted(len(table.problems), "problem"))
     lines.extend(f"  {problem}" for problem in table.problems)
     return "\n".join(lines) + "\n"
 
@@ -179,13 +180,14 @@ def _apply(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
         if result.changes:
             streams.say(
                 f"would change {config.output}: {result.summary()}; "
-                f"{len(rendered.table.routes)} routes, "
-                f"{len(rendered.table.problems)} problems; {_site_summary(pages, True)}",
+                f"{counted(len(rendered.table.routes), 'route')}, "
+                f"{counted(len(rendered.table.problems), 'problem')}; "
+                f"{_site_summary(pages, True)}",
                 **_facts(rendered, "changed"),
             )
             return CHANGES
         streams.say(
-            f"{config.output} is up to date ({len(rendered.table.routes)} routes); "
+            f"{config.output} is up to date ({counted(len(rendered.table.routes), 'route')}); "
             f"{_site_summary(pages, True)}",
             **_facts(rendered, "unchanged"),
         )
@@ -242,14 +244,14 @@ def _site_summary(pages: SitePlan, dry_run: bool = False) -> str:
         return "site up to date"
     if dry_run:
         return (
-            f"would write {len(pages.written)} site files and remove {len(pages.removed)} "
-            "(nothing written: dry run)"
+            f"would write {counted(len(pages.written), 'site file')} and remove "
+            f"{len(pages.removed)} (nothing written: dry run)"
         )
     return pages.summary()
 
 
 def _describe(result: Plan, rendered: Rendered, config: Config, pages: SitePlan) -> str:
-    routes = f"{len(rendered.table.routes)} routes, snapshot {rendered.snapshot_id}"
+    routes = f"{counted(len(rendered.table.routes), 'route')}, snapshot {rendered.snapshot_id}"
     if result.changes:
         return (
             f"applied {config.output}: {result.summary()}; {routes}; nginx reloaded; "
@@ -287,7 +289,7 @@ def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
                 exposure,
             )
 
-            status = Status()
+            status = Status(dry_run=config.dry_run)
             server = Server(config.metrics_listen, status)  # a port in use fails here, at once
             warning = exposure(config.metrics_listen[0])
             streams.say(

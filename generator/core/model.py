@@ -39,6 +39,10 @@ class Problem:
     key: str  # registry key path, e.g. /deployment/feat-x/service/web/port
     code: str  # stable kebab-case name of the kind of problem, e.g. missing-port
     message: str  # one line: what is wrong and what to do about it
+    # The deployment it is under, as registered: the key above shows the name quoted or cut
+    # short when it must (feature/login is /deployment/"feature/login"), so it cannot be read
+    # back from the key. Said by the key already, so not compared.
+    deployment: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.key}: {self.message} [{self.code}]"

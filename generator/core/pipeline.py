@@ -22,6 +22,7 @@ from generator.core.render import Part, render
 from generator.core.routing import build_table
 from generator.core.snapshot import deployment_texts, snapshot_id
 from generator.core.validate import SnapshotValidator, validate
+from generator.core.words import counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,7 @@ class Plan:
 
     def summary(self) -> str:
         return (
-            f"{len(self.added)} routes added, {len(self.removed)} removed, "
+            f"{counted(len(self.added), 'route')} added, {len(self.removed)} removed, "
             f"{len(self.changed)} changed"
         )
 
@@ -195,13 +196,13 @@ def removal_refusal(plan: Plan, config: Config, recent: Sequence[Applied] = ()) 
     advice = "Check it with `devtest-router check`; --force applies anyway"
     if not earlier:
         return (
-            f"refusing to remove {len(plan.removed)} of {plan.current_routes} routes at once "
-            f"(more than {config.max_removed_fraction:.0%}): an emptied or misread registry? "
-            + advice
+            f"refusing to remove {len(plan.removed)} of {counted(plan.current_routes, 'route')} "
+            f"at once (more than {config.max_removed_fraction:.0%}): an emptied or misread "
+            "registry? " + advice
         )
     return (
-        f"refusing to remove {len(plan.removed)} more routes: with the {earlier} removed in the "
-        f"last {config.removal_window:g} s (removal_window), {len(gone)} of the {most} routes "
-        f"in place then would be gone (more than {config.max_removed_fraction:.0%}): a "
-        "registry emptied step by step? " + advice
+        f"refusing to remove {counted(len(plan.removed), 'more route')}: with the {earlier} "
+        f"removed in the last {config.removal_window:g} s (removal_window), {len(gone)} of "
+        f"the {counted(most, 'route')} in place then would be gone (more than "
+        f"{config.max_removed_fraction:.0%}): a registry emptied step by step? " + advice
     )

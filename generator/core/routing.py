@@ -195,6 +195,7 @@ def members(
             instance_key(deployment.name, service.name, instance.id),
             "refused-upstream",
             f"upstream {_address(instance.ip, instance.port)} {why}; {cost}",
+            deployment.name,
         )
         for instance, why in refused
     ]
@@ -235,6 +236,7 @@ def candidates(
                 f"has no default entry point {hostname(deployment.name, None, config.domain)}: no "
                 f"service named {show(config.default_service)} among {names}; register one "
                 "or set default_service",
+                deployment.name,
             )
         )
     elif default is not None and default.name in routed:
@@ -312,6 +314,7 @@ def settle_host(
                 "reserved-host",
                 f"asks for {host}, which the frontend keeps for itself (the bare "
                 "domain and reserved_names); rename the branch or service",
+                loser.deployment,
             )
             for loser in contenders
         ]
@@ -323,6 +326,7 @@ def settle_host(
             f"{_describe(loser)} lands on {host}, which belongs to "
             f"{_describe(winner)} ({_why(winner, loser)}); this route "
             "is dropped: rename the branch or service",
+            loser.deployment,
         )
         for loser in losers
     ]

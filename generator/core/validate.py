@@ -323,6 +323,7 @@ class SnapshotValidator:
                         "bad-created",
                         f"is {show(value['created'])}, not an RFC 3339 time: the key is "
                         f"ignored; {_CREATED_FIX}",
+                        name,
                     )
                 )
         if not services:
@@ -332,6 +333,7 @@ class SnapshotValidator:
                     "no-services",
                     "has no complete service yet: nothing routes to it; it routes once a "
                     "service registers its ip and port",
+                    name,
                 )
             )
         registered = tuple(sorted(value.get("service") or {}))
@@ -510,7 +512,7 @@ def _problems(name: str, findings: list[Finding], routed: set[str]) -> list[Prob
         if cost.instances and where[1] not in routed:
             cost = Cost.SKIP_SERVICE
         text = f"{rule.says.format(**detail)}: {cost.text}; {rule.fix}"
-        problems[Problem(key_path("deployment", name, *where), rule.code, text)] = None
+        problems[Problem(key_path("deployment", name, *where), rule.code, text, name)] = None
     return list(problems)
 
 
@@ -532,6 +534,7 @@ def _duplicate(name: str, entry: list[str]) -> Problem:
         "duplicate-key",
         f"is given twice, {first} then {second}: the deployment is skipped; a registry key "
         "holds one value (etcd never writes one twice): remove one of them from the snapshot",
+        name,
     )
 
 
@@ -576,7 +579,7 @@ def validate_deployment(
     `text`, its snapshot.deployment_text when the caller has it, spares that search when it is
     short enough to hold no such value."""
     if isinstance(value, Refused):
-        return None, [Problem(key_path("deployment", name), value.code, str(value))]
+        return None, [Problem(key_path("deployment", name), value.code, str(value), name)]
     if max_value_bytes is None or (text is not None and len(text) <= max_value_bytes):
         return validator.deployment(name, value)
     return validator.deployment(name, value, find_oversized(value, max_value_bytes))

@@ -30,6 +30,7 @@ from generator.core.model import DeploymentKey, Problem, Route, RoutingTable
 from generator.core.names import key_path
 from generator.core.render import by_deployment
 from generator.core.site_layout import DOCUMENT, INDEX, NOT_FOUND, NOT_FOUND_DIR
+from generator.core.words import counted
 from generator.memory import no_gc
 from generator.nginx.apply import file_kind
 from generator.site.pages import (
@@ -60,7 +61,7 @@ class SitePlan:
         return bool(self.written or self.removed)
 
     def summary(self) -> str:
-        return f"{len(self.written)} site files written, {len(self.removed)} removed"
+        return f"{counted(len(self.written), 'site file')} written, {len(self.removed)} removed"
 
 
 class SiteWriter:

@@ -20,6 +20,7 @@ from typing import Any
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+import generator
 from generator.core.errors import UsageError
 from generator.watch.observe import (
     Condition,
@@ -39,10 +40,17 @@ DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 
 class Status:
     """The Observer behind /metrics and /healthz. Thread-safe: the watcher writes, the HTTP
-    server's threads read."""
+    server's threads read.
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    Under --dry-run (`dry_run`) every apply is a dry run: it counts in dry_runs_total, never in
+    applies_total, apply_duration_seconds or the last successful apply's time, which stay
+    about the config in place. The gauges (routes, problems, ...) and the apply condition of
+    /healthz follow the dry runs: what the last one found.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time, dry_run: bool = False) -> None:
         self.clock = clock
+        self.dry_run = dry_run
         self._lock = threading.Lock()
         self._health = starting(clock())
         self._registry_lost = False
@@ -57,8 +65,25 @@ class Status:
             ["result"],
             registry=registry,
         )
+        # A counter of its own, not a label of applies_total: a sum over applies_total's
+        # labels stays the applies made, and no alert on failed applies counts dry runs.
+        self.dry_runs = Counter(
+            PREFIX + "dry_runs",
+            "Dry runs (watch --dry-run) by result: changed (the config in place would change), "
+            "unchanged, failed (the gate or the safety threshold would refuse)",
+            ["result"],
+            registry=registry,
+        )
         for result in RESULTS:
             self.applies.labels(result)
+            self.dry_runs.labels(result)
+        self.build_info = Gauge(
+            PREFIX + "build_info",
+            "Always 1; its label is the version of devtest-router that serves it",
+            ["version"],
+            registry=registry,
+        )
+        self.build_info.labels(generator.__version__).set(1)
         self.reloads = Counter(PREFIX + "nginx_reloads", "nginx reloads", registry=registry)
         self.duration = Histogram(
             PREFIX + "apply_duration_seconds",
@@ -125,22 +150,29 @@ class Status:
 
     def applied(self, outcome: Outcome, seconds: float) -> None:
         table = outcome.rendered.table
-        self.applies.labels("changed" if outcome.changed else "unchanged").inc()
+        now = self.clock()
+        result = "changed" if outcome.changed else "unchanged"
+        if self.dry_run:
+            self.dry_runs.labels(result).inc()
+        else:
+            self.applies.labels(result).inc()
+            self.duration.observe(seconds)
+            self.last_success.set(now)
         if outcome.reloaded:
             self.reloads.inc()
-        self.duration.observe(seconds)
         self.routes.set(len(table.routes))
         self.deployments.set(len({route.deployment for route in table.routes}))
         self.instances.set(self._count_instances(table, outcome.rendered.deployments))
         self.problems.set(len(table.problems))
-        now = self.clock()
-        self.last_success.set(now)
         detail = f"snapshot {outcome.rendered.snapshot_id}: {outcome.message}"
         self._set(apply=update(self.health().apply, True, detail, now))
 
     def apply_failed(self, error: str, seconds: float) -> None:
-        self.applies.labels("failed").inc()
-        self.duration.observe(seconds)
+        if self.dry_run:
+            self.dry_runs.labels("failed").inc()
+        else:
+            self.applies.labels("failed").inc()
+            self.duration.observe(seconds)
         self._set(apply=update(self.health().apply, False, error, self.clock()))
 
 

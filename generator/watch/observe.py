@@ -59,10 +59,9 @@ class Unobserved:
 
 
 def problem_fields(problem: Problem) -> dict[str, object]:
-    """The facts of a problem for a JSON log line: key, code and the deployment it is under."""
-    parts = problem.key.split("/")
-    deployment = parts[2] if len(parts) > 2 and parts[1] == "deployment" and parts[2] else None
-    return {"key": problem.key, "code": problem.code, "deployment": deployment}
+    """The facts of a problem for a JSON log line: key, code and the deployment it is under
+    (as registered: the name, which the key may show quoted or cut short)."""
+    return {"key": problem.key, "code": problem.code, "deployment": problem.deployment}
 
 
 # --------------------------------------------------------------------------

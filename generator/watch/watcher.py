@@ -45,6 +45,7 @@ from typing import Any
 
 from generator.core.errors import Error
 from generator.core.model import Problem
+from generator.core.words import counted
 from generator.registry.base import Changes, HistoryLost, Read, Registry, present
 from generator.registry.keytree import Change
 from generator.resources import schema
@@ -169,10 +170,7 @@ def count_keys(paths: list[KeyPath]) -> tuple[int, int]:
 
 def _keys_of(paths: list[KeyPath]) -> str:
     keys, deployments = count_keys(paths)
-    return (
-        f"{keys} {'key' if keys == 1 else 'keys'} of {deployments} "
-        f"{'deployment' if deployments == 1 else 'deployments'}"
-    )
+    return f"{counted(keys, 'key')} of {counted(deployments, 'deployment')}"
 
 
 class _Burst:
