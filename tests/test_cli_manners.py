@@ -384,13 +384,10 @@ def test_bash_reads_the_script_and_completes_commands_flags_and_files(tmp_path: 
     assert complete("devtest-router", "check", "sn") == ["snap.json"]  # SNAPSHOT: a file
 
 
-ZSH = shutil.which("zsh")
-
-
-@pytest.mark.skipif(ZSH is None, reason="no zsh here")
 def test_zsh_reads_the_script(tmp_path: Path) -> None:
     script = tmp_path / "_devtest-router"
     script.write_text(completion("zsh"), encoding="utf-8")
-    assert ZSH is not None
-    checked = subprocess.run([ZSH, "-n", str(script)], capture_output=True, text=True, check=False)
+    zsh = shutil.which("zsh")
+    assert zsh is not None, "no zsh: `make deps` (scripts/install-deps) installs it"
+    checked = subprocess.run([zsh, "-n", str(script)], capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stderr
