@@ -200,3 +200,69 @@ def test_the_functions_architecture_names_exist() -> None:
 def test_drawn_modules_reads_packages_and_lists() -> None:
     block = "```\ngenerator/\n  core/   x\n    a.py   y\n    b.py, c.py   z\n  top.py   t\n```"
     assert drawn_modules(block) == {"core/a.py", "core/b.py", "core/c.py", "top.py"}
+
+
+# --------------------------------------------------------------------------
+# links: the README and the docs reach every page, and every relative link lands
+
+ROOT = DOCS.parent
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def headings(text: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lowercased, punctuation but `-` and `_`
+    dropped, spaces to `-` (headings inside fenced blocks are none)."""
+    found: set[str] = set()
+    fenced = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,6} ", line):
+            title = line.lstrip("#").strip().lower()
+            found.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return found
+
+
+def links(text: str) -> list[str]:
+    """The link targets of a page's prose (not of its code blocks and code spans)."""
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+    return LINK.findall(re.sub(r"`[^`\n]*`", "", prose))
+
+
+def broken_links(page: Path) -> list[str]:
+    """The relative links of page whose file, or heading, does not exist."""
+    broken = []
+    for target in links(page.read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", target):
+            continue  # https:, mailto:
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists():
+            broken.append(target)
+            continue
+        if anchor and linked.suffix == ".md":
+            anchors = headings(linked.read_text(encoding="utf-8"))
+            if anchor not in anchors:
+                broken.append(target)
+    return broken
+
+
+def test_headings_are_anchored_as_github_does() -> None:
+    text = "# A: b\n```\n# not one\n```\n## An absent /deployment prefix: --allow-empty\n### x_y z"
+    assert headings(text) == {"a-b", "an-absent-deployment-prefix---allow-empty", "x_y-z"}
+
+
+def test_every_relative_link_lands() -> None:
+    pages = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "deploy" / "README.md"]
+    pages += sorted(DOCS.glob("*.md"))
+    broken = {str(page.relative_to(ROOT)): broken_links(page) for page in pages}
+    assert {page: links for page, links in broken.items() if links} == {}
+
+
+def test_the_readme_and_the_docs_index_link_every_page() -> None:
+    """What moved out of the README into docs/ stays reachable from it."""
+    pages = {path.name for path in DOCS.glob("*.md")} - {"README.md"}
+    readme = set(links((ROOT / "README.md").read_text(encoding="utf-8")))
+    index = set(links((DOCS / "README.md").read_text(encoding="utf-8")))
+    assert sorted(p for p in pages if f"docs/{p}" not in readme) == []
+    assert sorted(p for p in pages if p not in index) == []
