@@ -7,7 +7,7 @@ import argparse
 from generator import __version__
 from generator.cli.exit_codes import REFUSED, epilog
 from generator.register import command as register
-from generator.registry.open import DEFAULT_REGISTRY, add_registry_arguments
+from generator.registry.open import add_registry_arguments
 from generator.streams import LOG_FORMATS
 
 _EPILOG = (
@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         [settings, applying],
         "read the registry, apply, and apply again after every settled change (replaces etcdwatch)",
     )
-    add_registry_arguments(watch, default=DEFAULT_REGISTRY)
+    add_registry_arguments(watch)
     group = watch.add_argument_group("watching")
     group.add_argument(
         "--quiet-period",
@@ -217,10 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
         "snapshot",
         [],
         "print the registry as etcdwatch-shaped JSON",
-        "The registry comes from --registry, else REGISTRY_URL, else the default file.\n\n"
+        "The registry comes from --registry, else REGISTRY_URL; there is no default.\n\n"
         + epilog(),
     )
-    add_registry_arguments(dump, default=DEFAULT_REGISTRY)
+    add_registry_arguments(dump)
     dump.add_argument(
         "--allow-empty",
         action="store_true",
