@@ -100,6 +100,12 @@ def site_writer(config: Config) -> SiteWriter:
 
 def _build(args: argparse.Namespace, config: Config, streams: Streams) -> Rendered:
     if args.snapshot == "-":
+        if _is_terminal(streams.stdin):
+            command = f"devtest-router {args.subcommand}"
+            raise UsageError(
+                f"standard input is a terminal, not a snapshot: give a snapshot file ({command} "
+                f"SNAPSHOT), or pipe one in (devtest-router snapshot --registry URL | {command})"
+            )
         text, source = streams.stdin.read(), "standard input"
     else:
         try:
@@ -109,6 +115,13 @@ def _build(args: argparse.Namespace, config: Config, streams: Streams) -> Render
             raise UsageError(f"snapshot {args.snapshot}: {reason}") from None
         source = args.snapshot
     return build(loads(text, source), config, schema("snapshot"), templates(config))
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):  # no such method, or a closed stream
+        return False
 
 
 def _report_problems(rendered: Rendered, streams: Streams) -> None:
