@@ -1,25 +1,38 @@
 """Issue 12, a new user's first hour with the settings and the input: a terminal on standard
-input is refused at once.
+input, and validation messages that echo the value they refused with the rule it breaks, one
+rule for relative paths.
 
-A real process where a terminal is the point.
+Most of it runs generator.cli.main.main() in-process (as test_cli does) or calls the pure
+config.resolve; a real process where a terminal or a running watcher is the point. No server
+is started: `--nginx true` stands in for nginx's test of the staged file where a dry run needs
+one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from test_cli import CLEAN, CLI, clean_env, write
+from test_cli import CLEAN, CLI, clean_env, cli, one_error_line, write
 
 from generator.cli.exit_codes import USAGE
+from generator.core.config import resolve
+from generator.core.errors import UsageError
+from generator.resources import schema
+
+PROPERTIES: dict[str, Any] = schema("config")["properties"]
+PATHS = [key for key, spec in PROPERTIES.items() if "x-path" in spec]
 
 
 def applying(tmp_path: Path, *extra: str) -> list[str]:
-    """apply's arguments into tmp_path/out; nothing is reached (the command stops before)."""
+    """apply's arguments into tmp_path/out; `--nginx true` passes nginx's test of the staged
+    file, and nothing is reloaded (nor reached: every apply below stops before, or dry-runs)."""
     (tmp_path / "out").mkdir(exist_ok=True)
     return [
         "apply",
@@ -81,3 +94,190 @@ def test_a_snapshot_file_is_read_whatever_standard_input_is(tmp_path: Path) -> N
         os.close(leader)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("3 routes under dev.test")
+
+
+# --------------------------------------------------------------------------------------------
+# validation: every message echoes the refused value and says the rule
+
+
+# (flag or variable, value, what the line must say besides the value: the rule)
+REFUSED: list[tuple[str, str, str]] = [
+    ("--listen", "foo", "PORT, IPV4:PORT or [IPV6]:PORT with a port 1-65535"),
+    ("--listen", "99999", "not 1-65535"),
+    ("--listen", "999.1.1.1:80", "not an IPv4 address"),
+    ("--tls-listen", "0", "not 1-65535"),
+    ("DEVTEST_ROUTER_METRICS_LISTEN", "70000", "not 1-65535"),
+    ("DEVTEST_ROUTER_METRICS_LISTEN", "localhost:9180", "PORT (on 127.0.0.1), IPV4:PORT"),
+    ("DEVTEST_ROUTER_METRICS_LISTEN", "999.1.1.1:80", "not an IPv4 address"),
+    ("--domain", "Foo_Bar", "a DNS name in lower case"),
+    ("--domain", "com", "at least one dot"),
+    ("--default-service", "", "must not be empty"),
+    ("--site-dir", "/srv/my site", "letters, digits, '.', '_', '/' and '-' only"),
+    ("--site-dir", "~/site", "a leading ~ is not expanded"),
+    ("DEVTEST_ROUTER_OUTPUT", "~/router.conf", "a leading ~ is not expanded"),
+    ("--tls-certificate", "/etc/ssl/my cert.pem", "letters, digits, '.', '_', '/' and '-' only"),
+    ("DEVTEST_ROUTER_ACCESS_LOG", "/var/log/a log", "off, or a path of letters"),
+    ("DEVTEST_ROUTER_ALLOWED_NETWORKS", "10.0.0.0/33", "a network in CIDR notation"),
+    ("DEVTEST_ROUTER_ALLOWED_NETWORKS", "10.0.0.0/8,ten/8", "a network in CIDR notation"),
+    ("DEVTEST_ROUTER_RESERVED_NAMES", "ok,Bad_Label", "a DNS label"),
+    ("DEVTEST_ROUTER_ALLOWED_DIRECTIVES", "add_header,Add-Header", "an nginx directive name"),
+    ("DEVTEST_ROUTER_ALLOWED_DIRECTIVES", "add_header,load_module", "can never be allowed"),
+    ("DEVTEST_ROUTER_CLIENT_MAX_BODY_SIZE", "1t", "an nginx size"),
+    ("DEVTEST_ROUTER_PROXY_READ_TIMEOUT", "1d", "an nginx time"),
+    ("DEVTEST_ROUTER_LOG_FORMAT", "xml", "one of plain, json"),
+    ("DEVTEST_ROUTER_COMMAND_TIMEOUT", "9999", "at most 3600"),
+    ("DEVTEST_ROUTER_MAX_REMOVED_FRACTION", "2", "at most 1"),
+    ("DEVTEST_ROUTER_MAX_VALUE_BYTES", "12", "at least 256"),
+    ("DEVTEST_ROUTER_REMOVAL_GUARD_MIN_ROUTES", "few", "a whole number"),
+    ("DEVTEST_ROUTER_ALLOW_LOOPBACK", "maybe", "true or false"),
+]
+
+
+@pytest.mark.parametrize(("where", "value", "rule"), REFUSED)
+def test_a_refused_setting_echoes_its_value_and_the_rule(where: str, value: str, rule: str) -> None:
+    flag = where.startswith("--")
+    argv, environ = ([where, value], {}) if flag else ([], {where: value})
+    line = one_error_line(cli("check", *argv, stdin=CLEAN, environ=environ), USAGE, rule)
+    refused = value.rsplit(",", 1)[-1]  # of a list, the item that breaks the rule
+    assert f" = {refused} " in line or f' = "{refused}" ' in line, line
+    assert f"from {where}" in line or f"from environment variable {where}" in line, line
+
+
+@pytest.mark.parametrize("value", ["99999", "65536", "0", "foo"])
+@pytest.mark.parametrize("command", ["check", "render", "apply"])
+def test_a_listen_port_out_of_range_is_a_usage_error_in_every_command(
+    command: str, value: str, tmp_path: Path
+) -> None:
+    """Issue 12: `check --listen 99999` passed, and apply failed inside nginx (exit 123)."""
+    argv = applying(tmp_path, "--domain", "dev.test") if command == "apply" else [command]
+    line = one_error_line(cli(*argv, "--listen", value, stdin=CLEAN), USAGE, "--listen")
+    assert f"setting listen = {value} from --listen is not valid" in line
+
+
+def test_every_pattern_of_the_settings_has_its_rule_in_words() -> None:
+    """A message says the rule, not the regular expression: each pattern has an x-rule."""
+
+    def specs(spec: dict[str, Any]) -> list[dict[str, Any]]:
+        found = [spec]
+        for child in ("items", "not"):
+            if isinstance(spec.get(child), dict):
+                found += specs(spec[child])
+        return found
+
+    for key, top in PROPERTIES.items():
+        for spec in specs(top):
+            if "pattern" in spec:
+                assert spec.get("x-rule"), f"{key}: a pattern without an x-rule"
+
+
+# --------------------------------------------------------------------------------------------
+# paths: one rule for every path setting, whichever layer gives it
+
+
+def test_the_path_settings_are_the_expected_ones() -> None:
+    assert PATHS == [
+        "tls_certificate",
+        "tls_certificate_key",
+        "output",
+        "site_dir",
+        "template_dir",
+        "access_log",
+    ]
+
+
+@pytest.mark.parametrize("key", PATHS)
+def test_the_path_rule_is_in_every_path_settings_description(key: str) -> None:
+    description = PROPERTIES[key]["description"]
+    assert "A relative path is taken from the current directory at startup" in description
+    assert "a leading ~ is refused, not expanded" in description
+
+
+def variable(key: str) -> str:
+    return f"DEVTEST_ROUTER_{key.upper()}"
+
+
+def settings_for(key: str, value: str) -> dict[str, str]:
+    """`key` = `value` as variables, with its TLS partner where it needs one."""
+    partner = {"tls_certificate": "tls_certificate_key", "tls_certificate_key": "tls_certificate"}
+    values = {key: value}
+    if key in partner:
+        values[partner[key]] = "/etc/ssl/other.pem"
+    return {variable(name): text for name, text in values.items()}
+
+
+@pytest.mark.parametrize("key", PATHS)
+def test_a_relative_path_is_taken_from_the_current_directory_in_every_layer(key: str) -> None:
+    """The flag, the variable and the config file (whose own folder plays no part): the same
+    rule, made absolute as os.path.abspath would."""
+    partner = {k: v for k, v in settings_for(key, "x").items() if k != variable(key)}
+    flag = resolve(schema("config"), {key: "state/thing"}, partner, cwd="/srv/router")
+    environment = resolve(
+        schema("config"), {}, settings_for(key, "./state/../state//thing/"), cwd="/srv/router"
+    )
+    config_file = resolve(
+        schema("config"),
+        {},
+        partner,
+        {key: "state/thing"},
+        "/etc/elsewhere/config.yaml",
+        cwd="/srv/router",
+    )
+    for layer, config in (("flag", flag), ("variable", environment), ("file", config_file)):
+        assert getattr(config, key) == "/srv/router/state/thing", layer
+    absolute = resolve(schema("config"), {}, settings_for(key, "/abs/./as/given"), cwd="/srv")
+    assert getattr(absolute, key) == "/abs/./as/given"  # an absolute path is taken as given
+
+
+def test_access_log_off_is_no_path() -> None:
+    config = resolve(schema("config"), {}, {"DEVTEST_ROUTER_ACCESS_LOG": "off"}, cwd="/srv")
+    assert config.access_log == "off"
+
+
+@pytest.mark.parametrize("key", PATHS)
+def test_a_leading_tilde_is_refused_for_every_path(key: str) -> None:
+    says = f'setting {key} = "~/x" from environment variable {variable(key)} is not valid: a lead'
+    with pytest.raises(UsageError, match=re.escape(says)):
+        resolve(schema("config"), {}, settings_for(key, "~/x"), cwd="/srv")
+
+
+def test_a_relative_path_that_cannot_be_made_absolute_is_refused() -> None:
+    """The current directory was deleted: a relative path is refused, absolute ones work."""
+    says = 'setting output = "build/router.conf" from --output is not valid: it is a relative path'
+    with pytest.raises(UsageError, match=re.escape(says)):
+        resolve(schema("config"), {"output": "build/router.conf"}, {}, cwd=None)
+    assert resolve(schema("config"), {"output": "/x.conf"}, {}, cwd=None).output == "/x.conf"
+
+
+def test_relative_output_and_site_dir_follow_the_same_rule_through_the_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12: a relative --output was taken and a relative --site-dir refused. Both are now
+    taken from the current directory, and the config nginx gets has the absolute path."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "build").mkdir()
+    rendered = cli("render", "--domain", "dev.test", "--site-dir", "build/site", stdin=CLEAN)
+    assert rendered.code == 0, rendered.err
+    assert f"root {tmp_path}/build/site;" in rendered.out
+    dry = cli(
+        "apply",
+        "--dry-run",
+        *("--domain", "dev.test", "--nginx", "true"),
+        *("--output", "build/router.conf", "--site-dir", "build/site"),
+        stdin=CLEAN,
+    )
+    assert dry.code == 1, dry.err  # would change the file
+    assert f"would change {tmp_path}/build/router.conf" in dry.err
+    assert list((tmp_path / "build").iterdir()) == []  # a dry run writes nothing
+
+
+def test_a_relative_path_refused_for_its_characters_shows_both_forms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "my projects"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    line = one_error_line(cli("check", "--site-dir", "build/site", stdin=CLEAN), USAGE)
+    assert (
+        f'setting site_dir = "{folder}/build/site" ("build/site" in the current directory' in line
+    )
+    assert "letters, digits, '.', '_', '/' and '-' only" in line

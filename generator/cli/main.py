@@ -59,9 +59,18 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str], streams: Str
             ) from None
     properties = schema("config")["properties"]
     flags = {key: value for key, value in vars(args).items() if key in properties}
-    config = resolve(schema("config"), flags, environ, file_data, config_name)
+    config = resolve(schema("config"), flags, environ, file_data, config_name, cwd=_cwd())
     streams.log_format = config.log_format  # the config file may set it too
     return config
+
+
+def _cwd() -> str | None:
+    """The current directory, which relative path settings are taken from; None when it was
+    deleted (the settings then refuse a relative path, and take absolute ones)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -84,7 +93,10 @@ def _template_overrides(config: Config) -> list[Path]:
     if not config.template_dir:
         return []
     if not Path(config.template_dir).is_dir():
-        raise UsageError(f"template_dir {config.template_dir}: no such folder")
+        raise UsageError(
+            f"setting template_dir = {config.template_dir} is not valid: no such folder; it "
+            "must be a folder of templates (a relative path is taken from the current directory)"
+        )
     return [Path(config.template_dir)]
 
 
