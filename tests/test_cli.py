@@ -92,6 +92,13 @@ def cli(
     return Result(code, out.getvalue(), err.getvalue())
 
 
+# what render, check and dry runs say when no flag, variable or file set the domain
+DEFAULT_DOMAIN = (
+    "devtest-router: domain localhost: the default (no --domain, DEVTEST_ROUTER_DOMAIN or "
+    "domain: in the config file)\n"
+)
+
+
 def one_error_line(result: Result, code: int, *fragments: str) -> str:
     """The result failed with `code` and said so in exactly one line; return that line."""
     assert result.code == code, result
@@ -143,7 +150,8 @@ def clean_env() -> dict[str, str]:
 def test_unusable_snapshot_is_one_line_and_exit_123(
     command: str, text: str, fragment: str, tmp_path: Path
 ) -> None:
-    argv = [command] if command != "apply" else [command, "--output", str(tmp_path / "out.conf")]
+    output = ["--domain", "dev.test", "--output", str(tmp_path / "out.conf")]
+    argv = [command] if command != "apply" else [command, *output]
     result = cli(*argv, stdin=text)
     line = one_error_line(result, 123, fragment)
     assert line.startswith("devtest-router: standard input: ")
@@ -290,7 +298,7 @@ def test_bad_settings_are_one_line_and_exit_2(
 def test_apply_into_a_missing_folder_is_a_usage_error(tmp_path: Path) -> None:
     output = tmp_path / "conf.d" / "devtest-router.conf"
     one_error_line(
-        cli("apply", "--output", str(output), stdin=CLEAN),
+        cli("apply", "--domain", "dev.test", "--output", str(output), stdin=CLEAN),
         2,
         f"the folder {output.parent} does not exist",
     )
@@ -462,11 +470,11 @@ def test_listen_is_repeatable() -> None:
 
 
 def test_check_strict_exits_123_only_when_there_are_problems() -> None:
-    clean = cli("check", "--strict", stdin=CLEAN)
+    clean = cli("check", "--strict", "--domain", "localhost", stdin=CLEAN)
     assert (clean.code, clean.err) == (0, "")
     assert "0 problems" in clean.out
 
-    half = cli("check", "--strict", stdin=HALF)
+    half = cli("check", "--strict", "--domain", "localhost", stdin=HALF)
     assert one_error_line(half, 123) == "devtest-router: 2 problems (--strict)"
     assert (
         "/deployment/feature-x/service/web: has no port yet" in half.out
@@ -485,7 +493,7 @@ def test_check_strict_exits_123_only_when_there_are_problems() -> None:
 
 def test_check_prints_a_readable_table() -> None:
     result = cli("check", stdin=HALF)
-    assert result.code == 0 and result.err == ""
+    assert result.code == 0 and result.err == DEFAULT_DOMAIN
     lines = result.out.splitlines()
     assert lines[0] == "3 routes under localhost"
     assert lines[1:4] == [

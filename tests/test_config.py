@@ -1,6 +1,7 @@
-"""Issue 12, a new user's first hour with the settings and the input: a terminal on standard
-input, and validation messages that echo the value they refused with the rule it breaks, one
-rule for relative paths.
+"""Issue 12, a new user's first hour with the settings: safe defaults (apply and watch never
+guess the domain or the registry), a terminal on standard input, and
+validation messages that echo the value they refused with the rule it breaks, one rule for
+relative paths.
 
 Most of it runs generator.cli.main.main() in-process (as test_cli does) or calls the pure
 config.resolve; a real process where a terminal or a running watcher is the point. No server
@@ -13,13 +14,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import CLEAN, CLI, clean_env, cli, one_error_line, write
+from harness import wait_for
+from test_cli import CLEAN, CLI, DEFAULT_DOMAIN, Result, clean_env, cli, one_error_line, write
 
 from generator.cli.exit_codes import USAGE
 from generator.core.config import resolve
@@ -28,6 +31,24 @@ from generator.resources import schema
 
 PROPERTIES: dict[str, Any] = schema("config")["properties"]
 PATHS = [key for key, spec in PROPERTIES.items() if "x-path" in spec]
+NO_DOMAIN = (
+    "devtest-router: no domain set: give --domain or DEVTEST_ROUTER_DOMAIN (or domain: in the "
+    "config file); apply and watch do not guess one (render, check and --dry-run use localhost)"
+)
+
+
+def process(*argv: str) -> Result:
+    """The real command, for a watcher: one that does not stop (a regression) fails the test at
+    the timeout instead of blocking the test run, as an in-process watcher would."""
+    done = subprocess.run(
+        [str(CLI), *argv],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env={**clean_env(), "REGISTRY_URL": ""},
+        timeout=60,
+    )
+    return Result(done.returncode, done.stdout, done.stderr)
 
 
 def applying(tmp_path: Path, *extra: str) -> list[str]:
@@ -41,6 +62,110 @@ def applying(tmp_path: Path, *extra: str) -> list[str]:
         *("--nginx", "true", "--test-command", "false", "--reload-command", "false"),
         *extra,
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# the domain: apply and watch refuse to guess it; render, check and dry runs say they use it
+
+
+def test_apply_refuses_to_run_without_a_domain(tmp_path: Path) -> None:
+    result = cli(*applying(tmp_path), stdin=CLEAN)
+    assert one_error_line(result, USAGE) == NO_DOMAIN
+    assert list((tmp_path / "out").iterdir()) == []  # nothing written
+
+
+def test_watch_refuses_to_run_without_a_domain(tmp_path: Path) -> None:
+    registry = write(tmp_path / "registry.json", json.dumps(CLEAN))
+    result = process("watch", "--registry", f"file:{registry}", *applying(tmp_path)[1:])
+    assert one_error_line(result, USAGE) == NO_DOMAIN
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_domain_from_any_layer_lets_apply_go_on(tmp_path: Path) -> None:
+    """The flag, the variable or the config file: each sets the domain, localhost too when it is
+    written out. The apply then goes on to its test command, which fails on purpose (123)."""
+    config = write(tmp_path / "router.yaml", "domain: localhost\n")
+    for extra, environ in (
+        (["--domain", "dev.test"], {}),
+        ([], {"DEVTEST_ROUTER_DOMAIN": "dev.test"}),
+        (["--config", str(config)], {}),
+    ):
+        result = cli(*applying(tmp_path, *extra), stdin=CLEAN, environ=environ)
+        assert result.code == 123, result
+        assert "no domain set" not in result.err
+        assert "the default" not in result.err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["render"], ["check"], ["check", "--json"], ["apply", "--dry-run"]],
+    ids=["render", "check", "check-json", "apply-dry-run"],
+)
+def test_render_check_and_dry_runs_say_they_use_the_default_domain(
+    argv: list[str], tmp_path: Path
+) -> None:
+    full = applying(tmp_path, *argv[1:]) if argv[0] == "apply" else argv
+    result = cli(*full, stdin=CLEAN)
+    assert result.code in (0, 1), result  # 1: the dry run would change the file
+    assert DEFAULT_DOMAIN in result.err
+    assert "master-web.localhost" in result.out
+    given = cli(*full, "--domain", "localhost", stdin=CLEAN)
+    assert given.code == result.code
+    assert "the default" not in given.err  # written out: nothing to say
+
+
+def test_watch_dry_run_says_it_uses_the_default_domain(tmp_path: Path) -> None:
+    """A real watcher (a file registry: no server) in a dry run: it starts, says the domain is
+    the default, and would change the file; SIGTERM stops it."""
+    registry = write(tmp_path / "registry.json", json.dumps(CLEAN))
+    argv = ["watch", "--dry-run", "--registry", f"file:{registry}", *applying(tmp_path)[1:]]
+    watcher = subprocess.Popen(
+        [str(CLI), *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    stderr = watcher.stderr
+    assert stderr is not None
+    said: list[str] = []
+
+    def dry_run_done() -> bool:
+        if select.select([stderr], [], [], 0.1)[0]:
+            said.append(stderr.readline())
+        assert watcher.poll() is None, "".join(said) + stderr.read()  # it must not stop
+        return any("dry run:" in line for line in said)
+
+    try:
+        wait_for(dry_run_done, 60, what="the watcher's dry run")
+    finally:
+        watcher.terminate()
+        watcher.wait(timeout=60)
+        stderr.close()
+    assert DEFAULT_DOMAIN in said
+    assert list((tmp_path / "out").iterdir()) == []  # a dry run writes nothing
+
+
+# --------------------------------------------------------------------------------------------
+# the registry: no default file; watch and snapshot say which flag and variable to set
+
+
+@pytest.mark.parametrize(
+    "argv", [["snapshot"], ["watch", "--domain", "dev.test"], ["watch", "--dry-run"]]
+)
+def test_no_registry_names_the_flag_and_the_variable(argv: list[str]) -> None:
+    line = one_error_line(process(*argv), USAGE, "no registry set", "--registry", "REGISTRY_URL")
+    assert "etcd://HOST:PORT" in line and "file:PATH" in line
+
+
+def test_help_says_there_is_no_default_registry() -> None:
+    for command in ("watch", "snapshot"):
+        helped = cli(command, "--help")
+        assert helped.code == 0
+        text = helped.out
+        assert "registry.json" not in text, command
+        assert "$REGISTRY_URL" in " ".join(text.split()), command
 
 
 # --------------------------------------------------------------------------------------------

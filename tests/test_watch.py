@@ -290,9 +290,10 @@ def test_the_original_curl_registration_routes_like_register(
         (["snapshot", "--registry", "bogus://x"], 2, "unknown scheme"),
         # no default registry (a file that is not there, retried forever): refused at once
         (["snapshot"], 2, "no registry set: give --registry or REGISTRY_URL"),
-        (["watch"], 2, "no registry set: give --registry or REGISTRY_URL"),
+        (["watch", "--domain", "dev.test"], 2, "no registry set: give --registry or REGISTRY_URL"),
+        (["watch", "--dry-run"], 2, "no registry set: give --registry or REGISTRY_URL"),
         (["snapshot", "--registry", "file:{missing}"], 4, "no such file"),
-        (["watch", "--registry", "etcd://nohostport"], 2, "HOST:PORT"),
+        (["watch", "--domain", "dev.test", "--registry", "etcd://nohostport"], 2, "HOST:PORT"),
     ],
 )
 def test_registry_misconfiguration_is_one_line(

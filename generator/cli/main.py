@@ -40,27 +40,37 @@ from generator.watch.watcher import Timing, Watcher, stop_on_signals
 Command = Callable[[argparse.Namespace, Streams, Mapping[str, str]], int]
 
 
-def _settings(args: argparse.Namespace, environ: Mapping[str, str], streams: Streams) -> Config:
-    config_name = args.config or environ.get(ENV_PREFIX + "CONFIG")
+def _settings(
+    args: argparse.Namespace, environ: Mapping[str, str], streams: Streams, live: bool = False
+) -> Config:
+    """The settings of render, check, apply and watch (`live`: apply and watch, which refuse to
+    guess the domain unless they only dry-run)."""
+    config_name = file_name = args.config or environ.get(ENV_PREFIX + "CONFIG")
     file_data = None
     if config_name:
         try:
             file_data = yaml.load(Path(config_name).read_text(encoding="utf-8"), _ConfigLoader)
         except OSError as error:
-            raise UsageError(f"config file {config_name}: {error.strerror}") from None
+            raise UsageError(f"config file {file_name}: {error.strerror}") from None
         except UnicodeDecodeError as error:
             raise UsageError(
-                f"config file {config_name}: not UTF-8 text (byte {error.start + 1} is not); "
+                f"config file {file_name}: not UTF-8 text (byte {error.start + 1} is not); "
                 "save it as UTF-8"
             ) from None
         except yaml.YAMLError as error:
             raise UsageError(
-                f"config file {config_name}: not valid YAML ({yaml_problem(error)})"
+                f"config file {file_name}: not valid YAML ({yaml_problem(error)})"
             ) from None
     properties = schema("config")["properties"]
     flags = {key: value for key, value in vars(args).items() if key in properties}
-    config = resolve(schema("config"), flags, environ, file_data, config_name, cwd=_cwd())
+    config = resolve(schema("config"), flags, environ, file_data, file_name, cwd=_cwd())
     streams.log_format = config.log_format  # the config file may set it too
+    if live and not config.dry_run and "domain" in config.defaulted:
+        raise UsageError(
+            f"no domain set: give --domain or {ENV_PREFIX}DOMAIN (or domain: in the config "
+            f"file); apply and watch do not guess one (render, check and --dry-run use "
+            f"{config.domain})"
+        )
     return config
 
 
@@ -71,6 +81,18 @@ def _cwd() -> str | None:
         return os.getcwd()
     except OSError:
         return None
+
+
+def _say_default_domain(config: Config, streams: Streams) -> None:
+    """render, check and dry runs use the default domain, but say so (after their output, so
+    that a failure before it stays one line): a frontend built from it would answer only under
+    that domain."""
+    if "domain" in config.defaulted:
+        streams.say(
+            f"domain {config.domain}: the default (no --domain, {ENV_PREFIX}DOMAIN or domain: in "
+            "the config file)",
+            domain=str(config.domain),
+        )
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -151,6 +173,7 @@ def _render(args: argparse.Namespace, streams: Streams, environ: Mapping[str, st
     rendered = _build(args, config, streams)
     _report_problems(rendered, streams)
     streams.stdout.write(checked_text(rendered, config))
+    _say_default_domain(config, streams)
     return OK
 
 
@@ -168,6 +191,7 @@ def _check(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
         streams.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
         streams.stdout.write(format_table(table))
+    _say_default_domain(config, streams)
     if args.strict and table.problems:
         streams.say(f"{len(table.problems)} problems (--strict)", "error")
         return REFUSED
@@ -190,7 +214,7 @@ def format_table(table: RoutingTable) -> str:
 
 
 def _apply(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
-    config = _settings(args, environ, streams)
+    config = _settings(args, environ, streams, live=True)
     rendered = _build(args, config, streams)
     _report_problems(rendered, streams)
     result, pages = _apply_or_plan(rendered, config, site_writer(config), streams)
@@ -202,13 +226,14 @@ def _apply(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
                 f"{len(rendered.table.problems)} problems; {_site_summary(pages, True)}",
                 **_facts(rendered, "changed"),
             )
-            return CHANGES
-        streams.say(
-            f"{config.output} is up to date ({len(rendered.table.routes)} routes); "
-            f"{_site_summary(pages, True)}",
-            **_facts(rendered, "unchanged"),
-        )
-        return OK
+        else:
+            streams.say(
+                f"{config.output} is up to date ({len(rendered.table.routes)} routes); "
+                f"{_site_summary(pages, True)}",
+                **_facts(rendered, "unchanged"),
+            )
+        _say_default_domain(config, streams)
+        return CHANGES if result.changes else OK
     streams.say(
         _describe(result, rendered, config, pages),
         **_facts(rendered, "changed" if result.changes else "unchanged"),
@@ -278,9 +303,10 @@ def _describe(result: Plan, rendered: Rendered, config: Config, pages: SitePlan)
 
 
 def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
-    config = _settings(args, environ, streams)
+    config = _settings(args, environ, streams, live=True)
     keep_large_blocks_apart()  # a long-running process: see memory.keep_large_blocks_apart
     registry = registry_from_args(args, environ)
+    _say_default_domain(config, streams)  # a dry run's: a real watch refused it
     engine = Engine(config, schema("snapshot"), templates(config))
     writer = site_writer(config)  # kept: it remembers the pages it wrote
 

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--domain",
-        help="routes are <branch>-<service>.DOMAIN and <branch>.DOMAIN (default: localhost)",
+        help="routes are <branch>-<service>.DOMAIN and <branch>.DOMAIN (apply and watch need "
+        "it; render, check and --dry-run default to localhost)",
     )
     group.add_argument(
         "--default-service",

@@ -61,6 +61,8 @@ class Config:
     log_format: str  # plain or json: how log lines on stderr look
     metrics_listen: tuple[str, int] | None  # (IP address, port) of /healthz and /metrics
     max_value_bytes: int  # a registry value longer than this is a problem (validate.Oversized)
+    # the settings no flag, variable or config file set: apply and watch refuse a default domain
+    defaulted: frozenset[str] = frozenset()
 
     @property
     def tls(self) -> bool:
@@ -219,8 +221,9 @@ def resolve(
     _check_domain(layers)
     _check_tls(values, source)
     networks = _networks(properties, layers)
+    defaulted = frozenset(key for key, where in source.items() if where == _DEFAULT)
     try:
-        return _config(values, networks)
+        return _config(values, networks, defaulted)
     except ValueError as error:  # a Token refused a value the schema's pattern let through
         raise UsageError(f"a setting is not valid: {error}") from None
 
@@ -402,7 +405,9 @@ def _networks(properties: Mapping[str, Any], layers: _Layers) -> tuple[Network, 
     return tuple(networks)
 
 
-def _config(values: dict[str, Any], networks: tuple[Network, ...]) -> Config:
+def _config(
+    values: dict[str, Any], networks: tuple[Network, ...], defaulted: frozenset[str]
+) -> Config:
     return Config(
         domain=Token(values["domain"]),
         default_service=values["default_service"],
@@ -438,6 +443,7 @@ def _config(values: dict[str, Any], networks: tuple[Network, ...]) -> Config:
         log_format=values["log_format"],
         metrics_listen=listen_address(values["metrics_listen"]),
         max_value_bytes=values["max_value_bytes"],
+        defaulted=defaulted,
     )
 
 
