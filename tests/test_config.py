@@ -1,5 +1,5 @@
 """Issue 12, a new user's first hour with the settings: safe defaults (apply and watch never
-guess the domain or the registry), a terminal on standard input, and
+guess the domain or the registry; the default config file), a terminal on standard input, and
 validation messages that echo the value they refused with the rule it breaks, one rule for
 relative paths.
 
@@ -25,7 +25,7 @@ from harness import wait_for
 from test_cli import CLEAN, CLI, DEFAULT_DOMAIN, Result, clean_env, cli, one_error_line, write
 
 from generator.cli.exit_codes import USAGE
-from generator.core.config import resolve
+from generator.core.config import DEFAULT_CONFIG_FILE, DEFAULT_CONFIG_VARIABLE, resolve
 from generator.core.errors import UsageError
 from generator.resources import schema
 
@@ -45,7 +45,7 @@ def process(*argv: str) -> Result:
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        env={**clean_env(), "REGISTRY_URL": ""},
+        env={**clean_env(), DEFAULT_CONFIG_VARIABLE: "", "REGISTRY_URL": ""},
         timeout=60,
     )
     return Result(done.returncode, done.stdout, done.stderr)
@@ -125,7 +125,7 @@ def test_watch_dry_run_says_it_uses_the_default_domain(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env=clean_env(),
+        env={**clean_env(), DEFAULT_CONFIG_VARIABLE: ""},
     )
     stderr = watcher.stderr
     assert stderr is not None
@@ -169,6 +169,87 @@ def test_help_says_there_is_no_default_registry() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# the default config file
+
+
+def test_the_default_config_file_location_is_conventional() -> None:
+    assert DEFAULT_CONFIG_FILE == "/etc/devtest-router/config.yaml"
+    assert DEFAULT_CONFIG_VARIABLE == "DEVTEST_ROUTER_CONFIG_DEFAULT"
+
+
+@pytest.mark.parametrize("command", ["render", "check", "apply", "watch"])
+def test_help_names_the_default_config_file(command: str) -> None:
+    helped = cli(command, "--help")
+    assert helped.code == 0
+    assert DEFAULT_CONFIG_FILE in helped.out
+
+
+def domain_of(result: Any) -> str:
+    assert result.code == 0, result.err
+    domain: str = json.loads(result.out)["domain"]
+    return domain
+
+
+def test_the_default_config_file_is_read_when_present(tmp_path: Path) -> None:
+    default = tmp_path / "etc" / "config.yaml"
+    at_default = {DEFAULT_CONFIG_VARIABLE: str(default)}
+    # missing: fine, the defaults
+    assert domain_of(cli("check", "--json", stdin=CLEAN, environ=at_default)) == "localhost"
+    default.parent.mkdir()
+    write(default, "domain: from-default.test\n")
+    assert domain_of(cli("check", "--json", stdin=CLEAN, environ=at_default)) == (
+        "from-default.test"
+    )
+    # a domain from the default file is a domain set: apply goes on (to its failing test)
+    applied = cli(*applying(tmp_path), stdin=CLEAN, environ=at_default)
+    assert applied.code == 123 and "no domain set" not in applied.err, applied
+    # --config and DEVTEST_ROUTER_CONFIG name the file instead: the default one is not read
+    other = write(tmp_path / "other.yaml", "domain: other.test\n")
+    by_flag = cli("check", "--json", "--config", str(other), stdin=CLEAN, environ=at_default)
+    assert domain_of(by_flag) == "other.test"
+    by_variable = {**at_default, "DEVTEST_ROUTER_CONFIG": str(other)}
+    assert domain_of(cli("check", "--json", stdin=CLEAN, environ=by_variable)) == "other.test"
+    # an empty DEVTEST_ROUTER_CONFIG_DEFAULT reads no default file
+    none = {DEFAULT_CONFIG_VARIABLE: ""}
+    assert domain_of(cli("check", "--json", stdin=CLEAN, environ=none)) == "localhost"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("domain: [unclosed\n", "not valid YAML"),
+        ("domain: Not_A_Domain\n", "setting domain = Not_A_Domain from config file"),
+        ("colour: blue\n", "unknown setting colour"),
+        ("- a list\n", "must be a mapping of settings"),
+        (b"domain: \xff\n", "not UTF-8 text"),
+    ],
+    ids=["yaml", "value", "unknown-key", "not-a-mapping", "not-utf8"],
+)
+def test_a_broken_default_config_file_is_an_error_naming_it(
+    tmp_path: Path, text: str | bytes, says: str
+) -> None:
+    default = tmp_path / "config.yaml"
+    if isinstance(text, bytes):
+        default.write_bytes(text)
+    else:
+        write(default, text)
+    result = cli("check", stdin=CLEAN, environ={DEFAULT_CONFIG_VARIABLE: str(default)})
+    line = one_error_line(result, USAGE, says)
+    assert f"{default} (the default config file)" in line
+
+
+def test_a_default_config_file_that_cannot_be_read_is_an_error(tmp_path: Path) -> None:
+    """Present but not a readable file (a folder, a dangling symlink): an error, not absent."""
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    dangling = tmp_path / "dangling.yaml"
+    dangling.symlink_to(tmp_path / "nowhere.yaml")
+    for default, says in ((folder, "Is a directory"), (dangling, "No such file")):
+        result = cli("check", stdin=CLEAN, environ={DEFAULT_CONFIG_VARIABLE: str(default)})
+        one_error_line(result, USAGE, f"config file {default} (the default config file)", says)
+
+
+# --------------------------------------------------------------------------------------------
 # a terminal on standard input: one line, exit 2, instead of waiting silently
 
 
@@ -185,7 +266,7 @@ def test_a_terminal_on_standard_input_is_refused_at_once(command: str, tmp_path:
             stdin=follower,
             capture_output=True,
             text=True,
-            env=clean_env(),
+            env={**clean_env(), DEFAULT_CONFIG_VARIABLE: ""},
             timeout=60,
         )
     finally:
@@ -211,7 +292,7 @@ def test_a_snapshot_file_is_read_whatever_standard_input_is(tmp_path: Path) -> N
             stdin=follower,
             capture_output=True,
             text=True,
-            env=clean_env(),
+            env={**clean_env(), DEFAULT_CONFIG_VARIABLE: ""},
             timeout=60,
         )
     finally:

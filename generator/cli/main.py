@@ -18,7 +18,13 @@ import yaml
 from generator.cli.exit_codes import CHANGES, OK, REFUSED, code_of
 from generator.cli.parser import build_parser
 from generator.cli.probe import wait_until_routed
-from generator.core.config import ENV_PREFIX, Config, resolve
+from generator.core.config import (
+    DEFAULT_CONFIG_FILE,
+    DEFAULT_CONFIG_VARIABLE,
+    ENV_PREFIX,
+    Config,
+    resolve,
+)
 from generator.core.errors import Error, UsageError
 from generator.core.model import RoutingTable
 from generator.core.names import hostname, label
@@ -45,7 +51,7 @@ def _settings(
 ) -> Config:
     """The settings of render, check, apply and watch (`live`: apply and watch, which refuse to
     guess the domain unless they only dry-run)."""
-    config_name = file_name = args.config or environ.get(ENV_PREFIX + "CONFIG")
+    config_name, file_name = _config_file(args, environ)
     file_data = None
     if config_name:
         try:
@@ -72,6 +78,20 @@ def _settings(
             f"{config.domain})"
         )
     return config
+
+
+def _config_file(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str | None, str]:
+    """(path, name for messages) of the config file to read: --config, else
+    DEVTEST_ROUTER_CONFIG (either must exist), else the default location when something is
+    there (DEVTEST_ROUTER_CONFIG_DEFAULT moves it; empty: none). A broken file there is an
+    error, as any other config file's."""
+    given = args.config or environ.get(ENV_PREFIX + "CONFIG")
+    if given:
+        return given, given
+    default = environ.get(DEFAULT_CONFIG_VARIABLE, DEFAULT_CONFIG_FILE)
+    if default and os.path.lexists(default):  # a dangling symlink there is broken, not absent
+        return default, f"{default} (the default config file)"
+    return None, ""
 
 
 def _cwd() -> str | None:

@@ -6,6 +6,7 @@ import argparse
 
 from generator import __version__
 from generator.cli.exit_codes import REFUSED, epilog
+from generator.core.config import DEFAULT_CONFIG_FILE
 from generator.register import command as register
 from generator.registry.open import add_registry_arguments
 from generator.streams import LOG_FORMATS
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--config",
         metavar="FILE",
-        help="YAML settings file (schema/config.schema.json lists every setting)",
+        help="YAML settings file (schema/config.schema.json lists every setting; default: "
+        f"$DEVTEST_ROUTER_CONFIG, else {DEFAULT_CONFIG_FILE} when it exists)",
     )
     group.add_argument(
         "--domain",

@@ -20,7 +20,13 @@ from typing import Any
 
 import yaml
 
-from generator.core.config import _FALSE, _TRUE, ENV_PREFIX
+from generator.core.config import (
+    _FALSE,
+    _TRUE,
+    DEFAULT_CONFIG_FILE,
+    DEFAULT_CONFIG_VARIABLE,
+    ENV_PREFIX,
+)
 
 CONFIG_FLAG = "config"  # the dest of --config: a command that has it reads the settings
 REGISTRY_GROUP = "registry"  # the argument group registry.add_registry_arguments adds
@@ -278,7 +284,10 @@ def reference(schema: Mapping[str, Any], parser: argparse.ArgumentParser) -> str
         "",
         "1. the command-line flag, where the setting has one;",
         f"2. the environment variable `{ENV_PREFIX}<KEY>` (the key in upper case);",
-        f"3. the YAML config file given by `--config FILE` or `{ENV_PREFIX}CONFIG`;",
+        f"3. the YAML config file given by `--config FILE` or `{ENV_PREFIX}CONFIG`; without "
+        f"either, `{DEFAULT_CONFIG_FILE}` when it exists (`{DEFAULT_CONFIG_VARIABLE}` names "
+        "another such file; empty, none is read), and a broken one there is an error as any "
+        "config file's;",
         "4. the default below.",
         "",
         "A bad value stops the command with one line naming the setting, the value, the rule it "

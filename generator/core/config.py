@@ -22,6 +22,10 @@ from generator.core.model import Token
 from generator.core.names import show
 
 ENV_PREFIX = "DEVTEST_ROUTER_"
+# The config file read when neither --config nor DEVTEST_ROUTER_CONFIG names one, if it exists.
+# DEVTEST_ROUTER_CONFIG_DEFAULT moves it (tests, a packager's own prefix); empty, none is read.
+DEFAULT_CONFIG_FILE = "/etc/devtest-router/config.yaml"
+DEFAULT_CONFIG_VARIABLE = ENV_PREFIX + "CONFIG_DEFAULT"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
