@@ -92,6 +92,13 @@ def cli(
     return Result(code, out.getvalue(), err.getvalue())
 
 
+# what render, check and dry runs say when no flag, variable or file set the domain
+DEFAULT_DOMAIN = (
+    "devtest-router: domain localhost: the default (no --domain, DEVTEST_ROUTER_DOMAIN or "
+    "domain: in the config file)\n"
+)
+
+
 def one_error_line(result: Result, code: int, *fragments: str) -> str:
     """The result failed with `code` and said so in exactly one line; return that line."""
     assert result.code == code, result
@@ -143,7 +150,8 @@ def clean_env() -> dict[str, str]:
 def test_unusable_snapshot_is_one_line_and_exit_123(
     command: str, text: str, fragment: str, tmp_path: Path
 ) -> None:
-    argv = [command] if command != "apply" else [command, "--output", str(tmp_path / "out.conf")]
+    output = ["--domain", "dev.test", "--output", str(tmp_path / "out.conf")]
+    argv = [command] if command != "apply" else [command, *output]
     result = cli(*argv, stdin=text)
     line = one_error_line(result, 123, fragment)
     assert line.startswith("devtest-router: standard input: ")
@@ -262,18 +270,22 @@ def test_bad_domain_in_the_config_file_names_the_file(tmp_path: Path) -> None:
     ("argv", "environ", "fragments"),
     [
         (["--listen", "80x"], {}, ["setting listen", "from --listen"]),
-        (["--listen", "80", "--listen", "80"], {}, ["setting listen", "non-unique"]),
+        (["--listen", "80", "--listen", "80"], {}, ["setting listen", "given twice (80)"]),
         ([], {"DEVTEST_ROUTER_LISTEN": ""}, ["DEVTEST_ROUTER_LISTEN"]),
-        ([], {"DEVTEST_ROUTER_ALLOW_LOOPBACK": "maybe"}, ["allow_loopback", "must be boolean"]),
+        (
+            [],
+            {"DEVTEST_ROUTER_ALLOW_LOOPBACK": "maybe"},
+            ["allow_loopback = maybe", "must be true or false"],
+        ),
         ([], {"DEVTEST_ROUTER_MAX_REMOVED_FRACTION": "2"}, ["max_removed_fraction"]),
-        ([], {"DEVTEST_ROUTER_REMOVAL_GUARD_MIN_ROUTES": "-1"}, ["must be integer"]),
+        ([], {"DEVTEST_ROUTER_REMOVAL_GUARD_MIN_ROUTES": "-1"}, ["= -1", "a whole number"]),
         ([], {"DEVTEST_ROUTER_ALLOWED_NETWORKS": "10.0.0.0/33"}, ["allowed_networks"]),
         (
             [],
             {"DEVTEST_ROUTER_ALLOWED_DIRECTIVES": "add_header,load_module"},
             ["allowed_directives", "can never be allowed"],
         ),
-        ([], {"DEVTEST_ROUTER_ACCESS_LOG": "relative.log"}, ["access_log"]),
+        ([], {"DEVTEST_ROUTER_ACCESS_LOG": "/var/log/my log"}, ["access_log", "my log"]),
         (["--template-dir", "/nonexistent/templates"], {}, ["template_dir", "no such folder"]),
     ],
 )
@@ -286,7 +298,7 @@ def test_bad_settings_are_one_line_and_exit_2(
 def test_apply_into_a_missing_folder_is_a_usage_error(tmp_path: Path) -> None:
     output = tmp_path / "conf.d" / "devtest-router.conf"
     one_error_line(
-        cli("apply", "--output", str(output), stdin=CLEAN),
+        cli("apply", "--domain", "dev.test", "--output", str(output), stdin=CLEAN),
         2,
         f"the folder {output.parent} does not exist",
     )
@@ -458,11 +470,11 @@ def test_listen_is_repeatable() -> None:
 
 
 def test_check_strict_exits_123_only_when_there_are_problems() -> None:
-    clean = cli("check", "--strict", stdin=CLEAN)
+    clean = cli("check", "--strict", "--domain", "localhost", stdin=CLEAN)
     assert (clean.code, clean.err) == (0, "")
     assert "0 problems" in clean.out
 
-    half = cli("check", "--strict", stdin=HALF)
+    half = cli("check", "--strict", "--domain", "localhost", stdin=HALF)
     assert one_error_line(half, 123) == "devtest-router: 2 problems (--strict)"
     assert (
         "/deployment/feature-x/service/web: has no port yet" in half.out
@@ -481,7 +493,7 @@ def test_check_strict_exits_123_only_when_there_are_problems() -> None:
 
 def test_check_prints_a_readable_table() -> None:
     result = cli("check", stdin=HALF)
-    assert result.code == 0 and result.err == ""
+    assert result.code == 0 and result.err == DEFAULT_DOMAIN
     lines = result.out.splitlines()
     assert lines[0] == "3 routes under localhost"
     assert lines[1:4] == [

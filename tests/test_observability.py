@@ -319,7 +319,10 @@ def test_a_failing_reload_counts_as_a_failed_apply_and_fails_healthz_until_it_wo
 def test_metrics_listen_refuses_host_names_and_a_port_in_use(tmp_path: Path) -> None:
     registry = tmp_path / "registry.json"
     registry.write_text('{"deployment": {}}')
-    base = [str(BIN), "watch", "--registry", f"file:{registry}", "--output", str(tmp_path / "o")]
+    base = [
+        *(str(BIN), "watch", "--domain", DOMAIN, "--registry", f"file:{registry}"),
+        *("--output", str(tmp_path / "o")),
+    ]
     named = subprocess.run(
         [*base, "--metrics-listen", "localhost:9180"],
         env=clean_env(),

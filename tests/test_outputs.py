@@ -41,6 +41,8 @@ def run(
         [
             str(CLI),
             "apply",
+            "--domain",
+            "dev.test",
             "--allow-loopback",
             "--output",
             output,

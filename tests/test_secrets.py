@@ -137,7 +137,7 @@ URL_WITH_SECRET = f"etcd://root:{SECRET}@127.0.0.1:2379"
     "argv",
     [
         ("snapshot", "--registry", URL_WITH_SECRET),
-        ("watch", "--registry", URL_WITH_SECRET),
+        ("watch", "--domain", "dev.test", "--registry", URL_WITH_SECRET),
         ("register", "--registry", URL_WITH_SECRET, "--name", "b", "--service", "web",
          "--port", "80", "--ip", "127.0.0.1", "--once"),
         ("deregister", "--registry", URL_WITH_SECRET, "--name", "b", "--service", "web", "--force"),

@@ -19,7 +19,13 @@ from generator.cli.exit_codes import CHANGES, OK, REFUSED, code_of
 from generator.cli.parser import build_parser, parse
 from generator.cli.probe import wait_until_routed
 from generator.cli.sources import setting_lines, sources
-from generator.core.config import ENV_PREFIX, Config, resolve
+from generator.core.config import (
+    DEFAULT_CONFIG_FILE,
+    DEFAULT_CONFIG_VARIABLE,
+    ENV_PREFIX,
+    Config,
+    resolve,
+)
 from generator.core.errors import Error, UsageError
 from generator.core.model import RoutingTable
 from generator.core.names import hostname, label
@@ -42,33 +48,78 @@ from generator.watch.watcher import Timing, Watcher, stop_on_signals
 Command = Callable[[argparse.Namespace, Streams, Mapping[str, str]], int]
 
 
-def _settings(args: argparse.Namespace, environ: Mapping[str, str], streams: Streams) -> Config:
-    config_name = args.config or environ.get(ENV_PREFIX + "CONFIG")
+def _settings(
+    args: argparse.Namespace, environ: Mapping[str, str], streams: Streams, live: bool = False
+) -> Config:
+    """The settings of render, check, apply and watch (`live`: apply and watch, which refuse to
+    guess the domain unless they only dry-run)."""
+    config_name, file_name = _config_file(args, environ)
     file_data = None
     if config_name:
         try:
             file_data = yaml.load(Path(config_name).read_text(encoding="utf-8"), _ConfigLoader)
         except OSError as error:
-            raise UsageError(f"config file {config_name}: {error.strerror}") from None
+            raise UsageError(f"config file {file_name}: {error.strerror}") from None
         except UnicodeDecodeError as error:
             raise UsageError(
-                f"config file {config_name}: not UTF-8 text (byte {error.start + 1} is not); "
+                f"config file {file_name}: not UTF-8 text (byte {error.start + 1} is not); "
                 "save it as UTF-8"
             ) from None
         except yaml.YAMLError as error:
             raise UsageError(
-                f"config file {config_name}: not valid YAML ({yaml_problem(error)})"
+                f"config file {file_name}: not valid YAML ({yaml_problem(error)})"
             ) from None
     properties = schema("config")["properties"]
     flags = {key: value for key, value in vars(args).items() if key in properties}
-    config = resolve(schema("config"), flags, environ, file_data, config_name)
+    config = resolve(schema("config"), flags, environ, file_data, file_name, cwd=_cwd())
     streams.log_format = config.log_format  # the config file may set it too
     streams.log_level = config.log_level
     if streams.verbose:
-        origin = sources(properties, flags, environ, file_data, config_name)
+        origin = sources(properties, flags, environ, file_data, file_name)
         for line, key, source in setting_lines(config, origin):
             streams.say(line, "debug", setting=key, source=source)
+    if live and not config.dry_run and "domain" in config.defaulted:
+        raise UsageError(
+            f"no domain set: give --domain or {ENV_PREFIX}DOMAIN (or domain: in the config "
+            f"file); apply and watch do not guess one (render, check and --dry-run use "
+            f"{config.domain})"
+        )
     return config
+
+
+def _config_file(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str | None, str]:
+    """(path, name for messages) of the config file to read: --config, else
+    DEVTEST_ROUTER_CONFIG (either must exist), else the default location when something is
+    there (DEVTEST_ROUTER_CONFIG_DEFAULT moves it; empty: none). A broken file there is an
+    error, as any other config file's."""
+    given = args.config or environ.get(ENV_PREFIX + "CONFIG")
+    if given:
+        return given, given
+    default = environ.get(DEFAULT_CONFIG_VARIABLE, DEFAULT_CONFIG_FILE)
+    if default and os.path.lexists(default):  # a dangling symlink there is broken, not absent
+        return default, f"{default} (the default config file)"
+    return None, ""
+
+
+def _cwd() -> str | None:
+    """The current directory, which relative path settings are taken from; None when it was
+    deleted (the settings then refuse a relative path, and take absolute ones)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
+def _say_default_domain(config: Config, streams: Streams) -> None:
+    """render, check and dry runs use the default domain, but say so (after their output, so
+    that a failure before it stays one line): a frontend built from it would answer only under
+    that domain."""
+    if "domain" in config.defaulted:
+        streams.say(
+            f"domain {config.domain}: the default (no --domain, {ENV_PREFIX}DOMAIN or domain: in "
+            "the config file)",
+            domain=str(config.domain),
+        )
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -91,7 +142,10 @@ def _template_overrides(config: Config) -> list[Path]:
     if not config.template_dir:
         return []
     if not Path(config.template_dir).is_dir():
-        raise UsageError(f"template_dir {config.template_dir}: no such folder")
+        raise UsageError(
+            f"setting template_dir = {config.template_dir} is not valid: no such folder; it "
+            "must be a folder of templates (a relative path is taken from the current directory)"
+        )
     return [Path(config.template_dir)]
 
 
@@ -107,6 +161,12 @@ def site_writer(config: Config) -> SiteWriter:
 
 def _build(args: argparse.Namespace, config: Config, streams: Streams) -> Rendered:
     if args.snapshot == "-":
+        if _is_terminal(streams.stdin):
+            command = f"devtest-router {args.subcommand}"
+            raise UsageError(
+                f"standard input is a terminal, not a snapshot: give a snapshot file ({command} "
+                f"SNAPSHOT), or pipe one in (devtest-router snapshot --registry URL | {command})"
+            )
         text, source = streams.stdin.read(), "standard input"
     else:
         try:
@@ -116,6 +176,13 @@ def _build(args: argparse.Namespace, config: Config, streams: Streams) -> Render
             raise UsageError(f"snapshot {args.snapshot}: {reason}") from None
         source = args.snapshot
     return build(loads(text, source), config, schema("snapshot"), templates(config))
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):  # no such method, or a closed stream
+        return False
 
 
 def _report_problems(rendered: Rendered, streams: Streams) -> None:
@@ -133,6 +200,7 @@ def _render(args: argparse.Namespace, streams: Streams, environ: Mapping[str, st
     rendered = _build(args, config, streams)
     _report_problems(rendered, streams)
     streams.stdout.write(checked_text(rendered, config))
+    _say_default_domain(config, streams)
     return OK
 
 
@@ -150,6 +218,7 @@ def _check(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
         streams.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
         streams.stdout.write(format_table(table))
+    _say_default_domain(config, streams)
     if args.strict and table.problems:
         streams.say(f"{counted(len(table.problems), 'problem')} (--strict)", "error")
         return REFUSED
@@ -172,7 +241,7 @@ def format_table(table: RoutingTable) -> str:
 
 
 def _apply(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
-    config = _settings(args, environ, streams)
+    config = _settings(args, environ, streams, live=True)
     rendered = _build(args, config, streams)
     _report_problems(rendered, streams)
     result, pages = _apply_or_plan(rendered, config, site_writer(config), streams)
@@ -185,13 +254,15 @@ def _apply(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str
                 f"{_site_summary(pages, True)}",
                 **_facts(rendered, "changed"),
             )
-            return CHANGES
-        streams.say(
-            f"{config.output} is up to date ({counted(len(rendered.table.routes), 'route')}); "
-            f"{_site_summary(pages, True)}",
-            **_facts(rendered, "unchanged"),
-        )
-        return OK
+        else:
+            streams.say(
+                f"{config.output} is up to date "
+                f"({counted(len(rendered.table.routes), 'route')}); "
+                f"{_site_summary(pages, True)}",
+                **_facts(rendered, "unchanged"),
+            )
+        _say_default_domain(config, streams)
+        return CHANGES if result.changes else OK
     streams.say(
         _describe(result, rendered, config, pages),
         **_facts(rendered, "changed" if result.changes else "unchanged"),
@@ -261,9 +332,10 @@ def _describe(result: Plan, rendered: Rendered, config: Config, pages: SitePlan)
 
 
 def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
-    config = _settings(args, environ, streams)
+    config = _settings(args, environ, streams, live=True)
     keep_large_blocks_apart()  # a long-running process: see memory.keep_large_blocks_apart
     registry = registry_from_args(args, environ)
+    _say_default_domain(config, streams)  # a dry run's: a real watch refused it
     engine = Engine(config, schema("snapshot"), templates(config))
     writer = site_writer(config)  # kept: it remembers the pages it wrote
 

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 
 from generator import __version__
 from generator.cli.exit_codes import CHANGES, OK, REFUSED, REGISTRY, SITE, USAGE, epilog, summary
+from generator.core.config import DEFAULT_CONFIG_FILE
 from generator.register import command as register
-from generator.registry.open import DEFAULT_REGISTRY, add_registry_arguments
+from generator.registry.open import add_registry_arguments
 from generator.streams import LOG_FORMATS
 
 PROG = "devtest-router"
@@ -56,11 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--config",
         metavar="FILE",
-        help="YAML settings file (schema/config.schema.json lists every setting)",
+        help="YAML settings file (schema/config.schema.json lists every setting; default: "
+        f"$DEVTEST_ROUTER_CONFIG, else {DEFAULT_CONFIG_FILE} when it exists)",
     )
     group.add_argument(
         "--domain",
-        help="routes are <branch>-<service>.DOMAIN and <branch>.DOMAIN (default: localhost)",
+        help="routes are <branch>-<service>.DOMAIN and <branch>.DOMAIN (apply and watch need "
+        "it; render, check and --dry-run default to localhost)",
     )
     group.add_argument(
         "--default-service",
@@ -208,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
             "registry and apply failures are logged and retried, not an exit",
         ),
     )
-    add_registry_arguments(watch, default=DEFAULT_REGISTRY)
+    add_registry_arguments(watch)
     group = watch.add_argument_group("watching")
     group.add_argument(
         "--quiet-period",
@@ -256,9 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
         [],
         "print the registry as etcdwatch-shaped JSON",
         summary((OK, USAGE, REGISTRY)),
-        "The registry comes from --registry, else REGISTRY_URL, else the default file.",
+        "The registry comes from --registry, else REGISTRY_URL; there is no default.",
     )
-    add_registry_arguments(dump, default=DEFAULT_REGISTRY)
+    add_registry_arguments(dump)
     dump.add_argument(
         "--allow-empty",
         action="store_true",

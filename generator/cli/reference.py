@@ -20,7 +20,13 @@ from typing import Any
 
 import yaml
 
-from generator.core.config import _FALSE, _TRUE, ENV_PREFIX
+from generator.core.config import (
+    _FALSE,
+    _TRUE,
+    DEFAULT_CONFIG_FILE,
+    DEFAULT_CONFIG_VARIABLE,
+    ENV_PREFIX,
+)
 
 CONFIG_FLAG = "config"  # the dest of --config: a command that has it reads the settings
 REGISTRY_GROUP = "registry"  # the argument group registry.add_registry_arguments adds
@@ -214,12 +220,15 @@ def allowed(spec: Mapping[str, Any]) -> list[str]:
     if spec.get("uniqueItems"):
         rules.append("no item twice")
     if "pattern" in spec:
-        rules.append("matches the regular expression " + code(spec["pattern"]))
+        pattern = "matches the regular expression " + code(spec["pattern"])
+        rules.append(f"{spec['x-rule']} ({pattern})" if "x-rule" in spec else pattern)
     if "format" in spec:
         rules.append(f"format {spec['format']}")
     if isinstance(spec.get("not"), Mapping):
         refused = allowed(spec["not"])
-        if refused:
+        if "x-rule" in spec["not"]:
+            rules.append(spec["not"]["x-rule"])
+        elif refused:
             rules.append("never " + "; ".join(refused).replace("matches", "one that matches"))
     if isinstance(spec.get("items"), Mapping):
         each = allowed(spec["items"])
@@ -266,6 +275,7 @@ def reference(schema: Mapping[str, Any], parser: argparse.ArgumentParser) -> str
     properties: Mapping[str, Mapping[str, Any]] = schema["properties"]
     flags = setting_flags(parser, properties)
     readers = settings_commands(parser)
+    paths = [key for key, spec in properties.items() if "x-path" in spec]
     out: list[str] = [HEADER, "", "# Configuration reference", ""]
     out += [
         f"Every setting of the commands that route and apply ({', '.join(readers)}), as "
@@ -274,11 +284,19 @@ def reference(schema: Mapping[str, Any], parser: argparse.ArgumentParser) -> str
         "",
         "1. the command-line flag, where the setting has one;",
         f"2. the environment variable `{ENV_PREFIX}<KEY>` (the key in upper case);",
-        f"3. the YAML config file given by `--config FILE` or `{ENV_PREFIX}CONFIG`;",
+        f"3. the YAML config file given by `--config FILE` or `{ENV_PREFIX}CONFIG`; without "
+        f"either, `{DEFAULT_CONFIG_FILE}` when it exists (`{DEFAULT_CONFIG_VARIABLE}` names "
+        "another such file; empty, none is read), and a broken one there is an error as any "
+        "config file's;",
         "4. the default below.",
         "",
-        "A bad value stops the command with one line naming the setting, the value and where it "
-        "came from (exit 2); a key the schema does not know is refused the same way.",
+        "A bad value stops the command with one line naming the setting, the value, the rule it "
+        "breaks and where it came from (exit 2); a key the schema does not know is refused the "
+        "same way.",
+        "",
+        f"Paths ({', '.join(code(key) for key in paths)}) follow one rule: a relative path is "
+        "taken from the current directory at startup, whichever of the four places gives it "
+        "(never from the config file's folder), and a leading `~` is refused, not expanded.",
         "",
         "## Summary",
         "",

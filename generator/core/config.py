@@ -1,14 +1,16 @@
 """Settings: a flag beats the environment, which beats the config file, which beats the default.
 
-schema/config.schema.json is the single list of settings, their types and defaults; this module
-only merges the layers, converts environment strings by the schema's types and validates the
-result, naming the layer a bad value came from.
+schema/config.schema.json is the single list of settings, their types, defaults and rules (in
+words, `x-rule`, for the messages); this module only merges the layers, converts environment
+strings by the schema's types, makes the path settings (`x-path`) absolute and validates the
+result. A refused value is echoed with the rule it breaks and the layer it came from.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +22,10 @@ from generator.core.model import Token
 from generator.core.names import show
 
 ENV_PREFIX = "DEVTEST_ROUTER_"
+# The config file read when neither --config nor DEVTEST_ROUTER_CONFIG names one, if it exists.
+# DEVTEST_ROUTER_CONFIG_DEFAULT moves it (tests, a packager's own prefix); empty, none is read.
+DEFAULT_CONFIG_FILE = "/etc/devtest-router/config.yaml"
+DEFAULT_CONFIG_VARIABLE = ENV_PREFIX + "CONFIG_DEFAULT"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -60,6 +66,8 @@ class Config:
     log_level: str  # debug, info, warning or error: the least serious log line written
     metrics_listen: tuple[str, int] | None  # (IP address, port) of /healthz and /metrics
     max_value_bytes: int  # a registry value longer than this is a problem (validate.Oversized)
+    # the settings no flag, variable or config file set: apply and watch refuse a default domain
+    defaulted: frozenset[str] = frozenset()
 
     @property
     def tls(self) -> bool:
@@ -105,14 +113,61 @@ def _integer(text: str) -> int | str:
     return int(text) if len(text) <= _MAX_DIGITS else text
 
 
+_DEFAULT = "the default"
+_ECHOED = 256  # characters of a refused value a message shows (a path is seldom longer)
+
+
+@dataclass(frozen=True, slots=True)
+class _Layers:
+    """The merged values, the layer each came from, and the path settings as written where
+    they were made absolute: what a message needs to echo a refused value."""
+
+    values: dict[str, Any]
+    source: dict[str, str]
+    texts: dict[str, str]  # a setting's environment variable as written, before conversion
+    written: dict[str, str]  # a relative path setting as given, before it was made absolute
+    cwd: str | None  # None: the current directory could not be read (deleted?)
+
+    def echo(self, key: str, value: Any = None) -> str:
+        """`value` (default: the setting's) as a message shows it: as written in the environment
+        (9999, not 9999.0), with the relative path it was made from."""
+        value = self.values[key] if value is None else value
+        if key in self.texts and value is self.values[key]:
+            text = show(self.texts[key], _ECHOED)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            text = str(value)  # nan, not json's NaN
+        elif isinstance(value, list):
+            items = [show(item, _ECHOED) for item in value[:4]]
+            text = "[" + ", ".join(items + ["..."] * (len(value) > 4)) + "]"
+        else:
+            text = show(value, _ECHOED)
+        if key in self.written and value == self.values[key]:
+            written, cwd = show(self.written[key], _ECHOED), show(self.cwd, _ECHOED)
+            text += f" ({written} in the current directory {cwd})"
+        return text
+
+    def refuse(self, key: str, why: str, value: Any = None) -> UsageError:
+        return UsageError(
+            f"setting {key} = {self.echo(key, value)} from {self.source[key]} is not valid: {why}"
+        )
+
+
 def resolve(
     schema: Mapping[str, Any],
     flags: Mapping[str, Any],
     environ: Mapping[str, str],
     file_data: Any = None,
     file_name: str | None = None,
+    *,
+    cwd: str | None = "/",
 ) -> Config:
-    """Merge the layers into a Config, or raise UsageError naming the setting and its source."""
+    """Merge the layers into a Config, or raise UsageError naming the setting, the value it
+    refused, the rule and where the value came from.
+
+    A relative path setting (`x-path` in the schema) is taken from `cwd`, whatever layer it came
+    from: the shell passes the current directory at startup (None when it cannot be read: a
+    relative path is then refused).
+    """
     properties: Mapping[str, Any] = schema["properties"]
     if file_data is None:
         file_data = {}
@@ -121,7 +176,8 @@ def resolve(
             f"config file {file_name}: must be a mapping of settings, not {show(file_data)}"
         )
     values: dict[str, Any] = {key: spec["default"] for key, spec in properties.items()}
-    source: dict[str, str] = {key: "the default" for key in properties}
+    source: dict[str, str] = {key: _DEFAULT for key in properties}
+    texts: dict[str, str] = {}
     for key, value in file_data.items():
         values[key] = value
         source[key] = f"config file {file_name}"
@@ -130,25 +186,26 @@ def resolve(
         if env_name in environ:
             values[key] = _from_env(key, environ[env_name], spec)
             source[key] = f"environment variable {env_name}"
+            texts[key] = environ[env_name]
     for key, value in flags.items():
         if value is not None:
             values[key] = value
             source[key] = "--" + key.replace("_", "-")
+            texts.pop(key, None)
+    layers = _Layers(values, source, texts, {}, cwd)
+    _absolute_paths(properties, layers)
 
     for key, value in values.items():
         # jsonschema's patterns use Python's re, whose $ also matches before a final newline
-        texts = value if isinstance(value, list) else [value]
-        if any(isinstance(text, str) and not text.isprintable() for text in texts):
-            raise UsageError(
-                f"setting {key} = {show(value)} from {source[key]} holds a control character "
-                "(a newline?)"
-            )
+        items = value if isinstance(value, list) else [value]
+        for text in items:
+            if isinstance(text, str) and not text.isprintable():
+                raise layers.refuse(
+                    key, "it holds a control character (a newline?); no setting takes one", text
+                )
         if isinstance(value, float) and not math.isfinite(value):
             # nan passes every minimum and maximum (a comparison with nan is false)
-            raise UsageError(
-                f"setting {key} = {value} from {source[key]} is not valid: it must be a "
-                "finite number"
-            )
+            raise layers.refuse(key, "it must be a finite number")
     validator_class = jsonschema.validators.validator_for(schema)
     errors = sorted(validator_class(schema).iter_errors(values), key=lambda e: list(e.path))
     if errors:
@@ -162,28 +219,100 @@ def resolve(
             )
         key = str(error.absolute_path[0])
         description = properties[key].get("description", "").split(". ")[0].rstrip(".")
-        raise UsageError(
-            f"setting {key} = {show(values[key])} from {source[key]} is not valid: "
-            f"{_short(error)}. {description}"
-        )
-    _check_listen(values, source)
-    _check_domain(values["domain"], source["domain"])
+        # an item of a list is echoed alone: the one that broke the rule
+        value = error.instance if len(error.absolute_path) > 1 else values[key]
+        raise layers.refuse(key, f"{_rule(error)}. {description}", value)
+    _check_listen(properties, layers)
+    _check_domain(layers)
     _check_tls(values, source)
+    networks = _networks(properties, layers)
+    defaulted = frozenset(key for key, where in source.items() if where == _DEFAULT)
     try:
-        networks = tuple(
-            ipaddress.ip_network(network, strict=False) for network in values["allowed_networks"]
-        )
-    except ValueError as error:
-        raise UsageError(
-            f"setting allowed_networks from {source['allowed_networks']}: {error}"
-        ) from None
-    try:
-        return _config(values, networks)
+        return _config(values, networks, defaulted)
     except ValueError as error:  # a Token refused a value the schema's pattern let through
         raise UsageError(f"a setting is not valid: {error}") from None
 
 
-_LISTEN_RULE = "a listen address is PORT, IPV4:PORT or [IPV6]:PORT with a port 1-65535"
+def _absolute_paths(properties: Mapping[str, Any], layers: _Layers) -> None:
+    """The one rule of every path setting: a relative path is taken from the current directory
+    at startup (as a shell, and not nginx, would take it: nginx reads some of them, from its own
+    prefix); a leading ~ is refused, since no shell expands it here."""
+    for key, spec in properties.items():
+        rule = spec.get("x-path")
+        value = layers.values[key]
+        if rule is None or not isinstance(value, str) or value in rule.get("except", ()):
+            continue
+        if value.startswith("~"):
+            raise layers.refuse(
+                key, "a leading ~ is not expanded (no shell reads this setting); write the path out"
+            )
+        if value and not value.startswith("/"):
+            layers.texts.pop(key, None)  # echoed as made absolute, with the path as written
+            if layers.cwd is None:
+                raise layers.refuse(
+                    key,
+                    "it is a relative path, and the current directory cannot be read (was it "
+                    "deleted?); give an absolute path, or start from a folder that exists",
+                )
+            layers.written[key] = value
+            layers.values[key] = posixpath.normpath(posixpath.join(layers.cwd, value))
+
+
+# How a refused value breaks a JSON Schema keyword, in words (the value itself is echoed by
+# the caller). A pattern's rule is the schema's own `x-rule` beside it.
+_TYPE_WORDS = {
+    "string": "a string",
+    "integer": "a whole number",
+    "number": "a number",
+    "boolean": "true or false",
+    "array": "a list",
+    "null": "null",
+    "object": "a mapping",
+}
+
+
+def _rule(error: jsonschema.ValidationError) -> str:
+    """The rule `error` found broken, in words, without echoing the (possibly huge or hostile)
+    value."""
+    limit: Any = error.validator_value
+    schema: Mapping[str, Any] = error.schema if isinstance(error.schema, Mapping) else {}
+    match error.validator:
+        case "pattern":
+            return f"it must be {schema.get('x-rule', f'matched by {limit}')}"
+        case "not":
+            refused = limit.get("x-rule") if isinstance(limit, Mapping) else None
+            return refused or "the schema refuses it"
+        case "type":
+            kinds = [str(kind) for kind in (limit if isinstance(limit, list) else [limit])]
+            return "it must be " + " or ".join(_TYPE_WORDS.get(kind, kind) for kind in kinds)
+        case "enum":
+            return "it must be one of " + ", ".join(str(choice) for choice in limit)
+        case "minimum":
+            return f"it must be at least {limit}"
+        case "maximum":
+            return f"it must be at most {limit}"
+        case "exclusiveMinimum":
+            return f"it must be more than {limit}"
+        case "exclusiveMaximum":
+            return f"it must be less than {limit}"
+        case "minLength":
+            return "it must not be empty" if limit == 1 else f"it needs {limit} characters or more"
+        case "maxLength":
+            return f"it must be {limit} characters or fewer"
+        case "minItems":
+            return "it needs at least one item" if limit == 1 else f"it needs {limit} items"
+        case "uniqueItems":
+            return f"an item is given twice ({_repeated(error.instance)}); give each once"
+    return str(error.message).split("\n")[0][:120]
+
+
+def _repeated(items: Any) -> str:
+    seen: list[Any] = []
+    for item in items if isinstance(items, list) else []:
+        if item in seen:
+            return show(item)
+        seen.append(item)
+    return "?"
 
 
 def listen_problem(text: str) -> str | None:
@@ -207,16 +336,18 @@ def listen_problem(text: str) -> str | None:
     return None
 
 
-def _check_listen(values: Mapping[str, Any], source: Mapping[str, str]) -> None:
-    """listen and tls_listen: what the schema's pattern lets through, checked for real."""
-    for key in ("listen", "tls_listen"):
-        for item in values[key]:
+def _check_listen(properties: Mapping[str, Any], layers: _Layers) -> None:
+    """listen, tls_listen and metrics_listen: what the schema's pattern lets through (the
+    port's range, the address), checked for real, with the schema's rule."""
+    for key in ("listen", "tls_listen", "metrics_listen"):
+        spec = properties[key]
+        value = layers.values[key]
+        items = value if isinstance(value, list) else [] if value is None else [value]
+        rule = spec.get("items", spec)["x-rule"]
+        for item in items:
             why = listen_problem(item)
             if why is not None:
-                raise UsageError(
-                    f"setting {key} = {show(item)} from {source[key]} is not valid: {why}; "
-                    f"{_LISTEN_RULE}"
-                )
+                raise layers.refuse(key, f"{why}; it must be {rule}", item)
 
 
 def domain_problem(domain: str) -> str | None:
@@ -237,13 +368,13 @@ def domain_problem(domain: str) -> str | None:
     return None
 
 
-def _check_domain(domain: str, source: str) -> None:
-    why = domain_problem(domain)
+def _check_domain(layers: _Layers) -> None:
+    why = domain_problem(layers.values["domain"])
     if why is not None:
-        raise UsageError(
-            f"setting domain = {show(domain)} from {source} is not valid: {why}; the domain is a "
-            "DNS name with at least one dot, like dev.example.com (or localhost on a developer "
-            "machine), never an IP address"
+        raise layers.refuse(
+            "domain",
+            f"{why}; the domain is a DNS name with at least one dot, like dev.example.com (or "
+            "localhost on a developer machine), never an IP address",
         )
 
 
@@ -268,7 +399,20 @@ def _check_tls(values: Mapping[str, Any], source: Mapping[str, str]) -> None:
         )
 
 
-def _config(values: dict[str, Any], networks: tuple[Network, ...]) -> Config:
+def _networks(properties: Mapping[str, Any], layers: _Layers) -> tuple[Network, ...]:
+    networks = []
+    for item in layers.values["allowed_networks"]:
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as error:
+            rule = properties["allowed_networks"]["items"]["x-rule"]
+            raise layers.refuse("allowed_networks", f"{error}; it must be {rule}", item) from None
+    return tuple(networks)
+
+
+def _config(
+    values: dict[str, Any], networks: tuple[Network, ...], defaulted: frozenset[str]
+) -> Config:
     return Config(
         domain=Token(values["domain"]),
         default_service=values["default_service"],
@@ -305,6 +449,7 @@ def _config(values: dict[str, Any], networks: tuple[Network, ...]) -> Config:
         log_level=values["log_level"],
         metrics_listen=listen_address(values["metrics_listen"]),
         max_value_bytes=values["max_value_bytes"],
+        defaulted=defaulted,
     )
 
 
@@ -331,14 +476,3 @@ def listen_address(text: str | None) -> tuple[str, int] | None:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"metrics_listen {text!r}: the port must be 1-65535")
     return str(address), int(port)
-
-
-def _short(error: jsonschema.ValidationError) -> str:
-    """jsonschema's message without echoing the (possibly huge or hostile) value."""
-    if error.validator == "pattern":
-        return "it has characters or a shape this setting does not take"
-    if error.validator == "type":
-        return f"it must be {error.validator_value}"
-    if error.validator == "not":
-        return "this directive can never be allowed (it loads code or files)"
-    return str(error.message).split("\n")[0][:120]

@@ -280,7 +280,7 @@ def add_commands(commands: Any) -> None:
     register.add_argument(
         "command", nargs="*", metavar="-- CMD ARGS", help="run CMD and register while it runs"
     )
-    add_registry_arguments(register, default=None)
+    add_registry_arguments(register)
     register.set_defaults(run=_run_register)
 
     deregister = commands.add_parser(
@@ -295,5 +295,5 @@ def add_commands(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _identity(deregister, address=False)
-    add_registry_arguments(deregister, default=None)
+    add_registry_arguments(deregister)
     deregister.set_defaults(run=_run_deregister)

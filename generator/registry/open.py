@@ -1,7 +1,8 @@
 """Which registry a URL names, and the command-line options that name one.
 
 etcd://, etcds:// and http(s):// are etcd's v2 API (etcd2.py), etcd3:// and etcd3s:// its v3 API
-(etcd3.py), file:PATH a YAML or JSON file (file.py): the default when no etcd is given.
+(etcd3.py), file:PATH a YAML or JSON file (file.py). There is no default: a command that reads
+the registry is told where it is (--registry or REGISTRY_URL), or refuses to start.
 """
 
 from __future__ import annotations
@@ -17,9 +18,6 @@ from generator.core.keys import PREFIX
 from generator.registry.base import Endpoint, Registry, Tls
 from generator.registry.file import FileRegistry
 from generator.secret import redact
-
-# Where watch and snapshot look when neither --registry nor REGISTRY_URL names an etcd.
-DEFAULT_REGISTRY = "file:/var/lib/devtest-router/registry.json"
 
 _HOST_PORT = re.compile(
     r"(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})", re.ASCII
@@ -100,7 +98,7 @@ def open_registry(url: str, tls: Tls = _NO_TLS, timeout: float = 5.0) -> Registr
     return EtcdV3Registry(endpoints, secure, tls, timeout)
 
 
-def add_registry_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:
+def add_registry_arguments(parser: argparse.ArgumentParser) -> None:
     """--registry and etcd's TLS and authentication options, shared by every registry command."""
     group = parser.add_argument_group("registry")
     group.add_argument(
@@ -108,7 +106,7 @@ def add_registry_arguments(parser: argparse.ArgumentParser, default: str | None)
         metavar="URL",
         help="etcd://HOST:PORT[,HOST:PORT...] (v2 API), etcd3://... (v3 API), etcds:// and "
         "etcd3s:// (TLS), http://HOST:PORT (v2, as the original REGISTRY_URL) or file:PATH "
-        f"(default: $REGISTRY_URL{', else ' + default if default else ''})",
+        "(default: $REGISTRY_URL; one of the two is needed)",
     )
     group.add_argument(
         "--etcd-ca", metavar="FILE", help="CA bundle for etcd's TLS (env DEVTEST_ROUTER_ETCD_CA)"
@@ -125,15 +123,19 @@ def add_registry_arguments(parser: argparse.ArgumentParser, default: str | None)
         help="etcd user (env DEVTEST_ROUTER_ETCD_USER); the password only from the environment: "
         "DEVTEST_ROUTER_ETCD_PASSWORD",
     )
-    group.set_defaults(registry_default=default)
 
 
 def registry_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Registry:
     """The registry named by --registry or REGISTRY_URL (the password only from the environment:
     DEVTEST_ROUTER_ETCD_PASSWORD, never on a command line where `ps` shows it)."""
-    url = args.registry or environ.get("REGISTRY_URL") or args.registry_default
+    url = args.registry or environ.get("REGISTRY_URL")
     if not url:
-        raise UsageError("no registry: set REGISTRY_URL or --registry (e.g. etcd://127.0.0.1:2379)")
+        # no default: a watcher started without its registry would otherwise look like one
+        # waiting for changes (a default file that is not there, retried forever)
+        raise UsageError(
+            "no registry set: give --registry or REGISTRY_URL (etcd://HOST:PORT for etcd's v2 "
+            "API, etcd3://HOST:PORT for v3, file:PATH for a snapshot file); there is no default"
+        )
 
     def option(name: str) -> str | None:
         value: str | None = getattr(args, f"etcd_{name}", None)
