@@ -25,7 +25,6 @@ from generator.cli.exit_codes import EXIT_CODES, TABLE
 from generator.cli.main import main
 from generator.cli.parser import build_parser
 from generator.cli.reference import commands
-from generator.cli.sources import sources
 from generator.core.config import resolve
 from generator.core.errors import UsageError
 from generator.resources import schema
@@ -304,8 +303,8 @@ def test_register_verbose_names_its_settings_and_the_endpoint_it_asks(tmp_path: 
     ],
 )
 def test_sources_name_the_layer_resolve_takes(layer: str, source: str) -> None:
-    """-v's sources and config.resolve agree: a bad value in the winning layer makes resolve
-    name its source, which must be the one sources names."""
+    """The source resolve records for -v is the layer it takes: a good value there is recorded
+    with that source, and a bad one makes resolve name the same source in its error."""
     bad = "no spaces allowed"
     layers: dict[str, Any] = {"flag": "flag.test", "environment": "env.test", "file": "file.test"}
     layers[layer] = bad
@@ -317,10 +316,17 @@ def test_sources_name_the_layer_resolve_takes(layer: str, source: str) -> None:
         {} if layers["environment"] is None else {"DEVTEST_ROUTER_DOMAIN": layers["environment"]}
     )
     file_data = {"domain": layers["file"]}
-    properties = schema("config")["properties"]
-    assert sources(properties, flags, environ, file_data, "router.yaml")["domain"] == source
     with pytest.raises(UsageError, match=f"from {re.escape(source)} "):
         resolve(schema("config"), flags, environ, file_data, "router.yaml")
+    good = {key: "ok.test" if value == bad else value for key, value in layers.items()}
+    config = resolve(
+        schema("config"),
+        {"domain": good["flag"]},
+        {} if good["environment"] is None else {"DEVTEST_ROUTER_DOMAIN": good["environment"]},
+        {"domain": good["file"]},
+        "router.yaml",
+    )
+    assert (config.domain, dict(config.sources)["domain"]) == ("ok.test", source)
 
 
 # --------------------------------------------------------------------------

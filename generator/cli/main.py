@@ -18,7 +18,7 @@ import yaml
 from generator.cli.exit_codes import CHANGES, OK, REFUSED, code_of
 from generator.cli.parser import build_parser, parse
 from generator.cli.probe import wait_until_routed
-from generator.cli.sources import setting_lines, sources
+from generator.cli.sources import setting_lines
 from generator.core.config import (
     DEFAULT_CONFIG_FILE,
     DEFAULT_CONFIG_VARIABLE,
@@ -75,8 +75,7 @@ def _settings(
     streams.log_format = config.log_format  # the config file may set it too
     streams.log_level = config.log_level
     if streams.verbose:
-        origin = sources(properties, flags, environ, file_data, file_name)
-        for line, key, source in setting_lines(config, origin):
+        for line, key, source in setting_lines(config):
             streams.say(line, "debug", setting=key, source=source)
     if live and not config.dry_run and "domain" in config.defaulted:
         raise UsageError(

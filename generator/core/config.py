@@ -12,7 +12,7 @@ import ipaddress
 import math
 import posixpath
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
@@ -66,8 +66,15 @@ class Config:
     log_level: str  # debug, info, warning or error: the least serious log line written
     metrics_listen: tuple[str, int] | None  # (IP address, port) of /healthz and /metrics
     max_value_bytes: int  # a registry value longer than this is a problem (validate.Oversized)
-    # the settings no flag, variable or config file set: apply and watch refuse a default domain
-    defaulted: frozenset[str] = frozenset()
+    # (setting, where its value came from: "--domain", "environment variable ...", "config file
+    # ...", "the default"), in the schema's order: for -v, and apply and watch refuse a domain
+    # that no layer set. Not compared: the same settings are the same config.
+    sources: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    @property
+    def defaulted(self) -> frozenset[str]:
+        """The settings no flag, variable or config file set."""
+        return frozenset(key for key, where in self.sources if where == DEFAULT_SOURCE)
 
     @property
     def tls(self) -> bool:
@@ -113,7 +120,7 @@ def _integer(text: str) -> int | str:
     return int(text) if len(text) <= _MAX_DIGITS else text
 
 
-_DEFAULT = "the default"
+DEFAULT_SOURCE = "the default"
 _ECHOED = 256  # characters of a refused value a message shows (a path is seldom longer)
 
 
@@ -176,7 +183,7 @@ def resolve(
             f"config file {file_name}: must be a mapping of settings, not {show(file_data)}"
         )
     values: dict[str, Any] = {key: spec["default"] for key, spec in properties.items()}
-    source: dict[str, str] = {key: _DEFAULT for key in properties}
+    source: dict[str, str] = {key: DEFAULT_SOURCE for key in properties}
     texts: dict[str, str] = {}
     for key, value in file_data.items():
         values[key] = value
@@ -226,9 +233,9 @@ def resolve(
     _check_domain(layers)
     _check_tls(values, source)
     networks = _networks(properties, layers)
-    defaulted = frozenset(key for key, where in source.items() if where == _DEFAULT)
+    sources = tuple((key, source[key]) for key in properties)
     try:
-        return _config(values, networks, defaulted)
+        return _config(values, networks, sources)
     except ValueError as error:  # a Token refused a value the schema's pattern let through
         raise UsageError(f"a setting is not valid: {error}") from None
 
@@ -411,7 +418,7 @@ def _networks(properties: Mapping[str, Any], layers: _Layers) -> tuple[Network, 
 
 
 def _config(
-    values: dict[str, Any], networks: tuple[Network, ...], defaulted: frozenset[str]
+    values: dict[str, Any], networks: tuple[Network, ...], sources: tuple[tuple[str, str], ...]
 ) -> Config:
     return Config(
         domain=Token(values["domain"]),
@@ -449,7 +456,7 @@ def _config(
         log_level=values["log_level"],
         metrics_listen=listen_address(values["metrics_listen"]),
         max_value_bytes=values["max_value_bytes"],
-        defaulted=defaulted,
+        sources=sources,
     )
 
 
