@@ -17,6 +17,7 @@ from harness import (
     Etcd,
     Nginx,
     free_ports,
+    pause,
     pid_alive,
     start_cluster,
     wait_for,
@@ -202,7 +203,7 @@ def test_more_than_1000_writes_while_the_watcher_is_paused(
         registry.register(entry("before", "web", web), ttl=120)
         router.wait_route(f"before-web.{DOMAIN}", "web")
         assert router.process is not None
-        router.process.send_signal(signal.SIGSTOP)
+        pause(router.process)  # stopped before the churn starts, every thread of it
         churn = entry("churn", "web", web)
         for _ in range(550):  # 1,100 events: v2 keeps only the last 1,000
             registry.register(churn, ttl=120)
