@@ -285,7 +285,7 @@ def test_a_failing_reload_counts_as_a_failed_apply_and_fails_healthz_until_it_wo
         registry.register(entry("second", "web", web), ttl=120)
         wait_for(
             lambda: applies(metrics(port), "failed") >= 1,
-            20,
+            60,
             what=f"a failed apply; log:\n{router.log_tail()}",
         )
         code, body = health(port)

@@ -141,7 +141,7 @@ def test_ttl_refreshes_cause_no_reload(
     try:
         wait_for(
             lambda: router.log.read_text().count("nothing to do") > quiet_applies,
-            10,
+            60,
             what="the watcher to see the sidecar's first write",
         )
         time.sleep(3)  # about nine refreshes
@@ -177,7 +177,7 @@ def test_watcher_survives_etcd_down_at_start_and_a_restart(
         member.stop()
         wait_for(
             lambda: router.log.read_text().count("retrying") == 2,
-            15,
+            60,
             what="the watcher to notice etcd went away",
         )
         assert router.answers(f"first-web.{DOMAIN}") == "web", router.log_tail()
@@ -331,7 +331,7 @@ def test_watch_stops_cleanly_on_sigterm_and_sigint(
         seen = router.log.read_text().count("registry index") if router.log.exists() else 0
         wait_for(
             lambda r=router, n=seen: r.log.read_text().count("registry index") > n,
-            10,
+            60,
             what="running",
         )
         assert router.process is not None
@@ -429,7 +429,7 @@ def test_a_v3_watcher_over_v2_data_keeps_the_routes_and_says_the_prefix_is_absen
     try:
         wait_for(
             lambda: "/deployment is absent" in wrong.log.read_text(),
-            20,
+            60,
             what="the absent prefix said",
         )
         time.sleep(1.5)  # a few retries: still one line, and nothing applied
