@@ -445,6 +445,25 @@ def _etcd_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
 
 
+def pause(proc: subprocess.Popen[bytes]) -> None:
+    """SIGSTOP to `proc`, and return once every thread of it has stopped: kill() only starts a
+    stop, and each thread stops when it is next scheduled."""
+    proc.send_signal(signal.SIGSTOP)
+    wait_for(lambda: _stopped(proc.pid), 30, what=f"pid {proc.pid} to stop")
+
+
+def _stopped(pid: int) -> bool:
+    """Every thread of `pid` is stopped by a signal (state T in /proc)."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:  # a thread that just ended
+            continue
+        states.append(stat.rpartition(")")[2].split()[0])
+    return bool(states) and all(state in "Tt" for state in states)
+
+
 class Etcd:
     """A real etcd member on loopback with v2 enabled and its own data dir under `base_dir`.
 
@@ -571,8 +590,15 @@ class Etcd:
             _stop(self._proc, signal.SIGKILL, 5)
 
     def pause(self) -> None:
-        """SIGSTOP: the member stops answering but keeps its sockets (simulates a hang)."""
-        self._signal(signal.SIGSTOP)
+        """SIGSTOP: the member stops answering but keeps its sockets (simulates a hang).
+
+        Returns once every thread has stopped: kill() only starts a stop, and each thread
+        stops when it is next scheduled, so on a busy machine a member went on answering a
+        request sent right after it (a test's read succeeded 2 times in 15)."""
+        if not self.running():
+            raise RuntimeError(f"etcd {self.name} is not running")
+        assert self._proc is not None
+        pause(self._proc)
 
     def resume(self) -> None:
         self._signal(signal.SIGCONT)

@@ -195,7 +195,7 @@ def test_service_entrypoint_registers_is_routed_and_deregisters_on_sigterm(
         assert v2_keys(etcd, "/deployment/feature-deploy") == {}, service.tail()
         wait_for(
             lambda: frontend.route("feature-deploy-api.dev.test")[0] == 404,
-            20,
+            60,
             what="the route to go once the service deregistered",
         )
     finally:

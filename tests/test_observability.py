@@ -288,7 +288,7 @@ def test_a_failing_reload_counts_as_a_failed_apply_and_fails_healthz_until_it_wo
         registry.register(entry("second", "web", web), ttl=120)
         wait_for(
             lambda: applies(metrics(port), "failed") >= 1,
-            20,
+            60,
             what=f"a failed apply; log:\n{router.log_tail()}",
         )
         code, body = health(port)
@@ -399,9 +399,16 @@ def test_watch_log_lines_are_json_with_their_fields(
     assert any("readable again" in r["message"] for r in records)
     problems = [r for r in records if r["message"].startswith("problem: ")]
     assert problems and all(r["level"] == "warning" for r in problems)
-    assert {r["deployment"] for r in problems} == {"broken"}
+    deployments = {r["deployment"] for r in problems}
+    # `good` may be there too: v2 has no transactions, and a snapshot read between register's
+    # writes of ip and port holds it half-written, a problem until the next read (seen under
+    # load). `broken` stays broken.
+    assert "broken" in deployments and deployments <= {"broken", "good"}, problems
     for record in problems:
-        assert record["key"].startswith("/deployment/broken") and record["code"], record
+        key = record["key"]
+        deployment = f"/deployment/{record['deployment']}"
+        assert key == deployment or key.startswith(deployment + "/"), record
+        assert record["code"], record
         assert isinstance(record["registry_index"], int), record
         assert record["snapshot"].startswith("sha256:"), record
     outcomes = [r for r in records if "result" in r]

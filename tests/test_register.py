@@ -1062,7 +1062,7 @@ def test_sidecar_keepalive_puts_back_an_entry_removed_behind_its_back(
     assert cli("deregister", "--registry", f"file:{registry}", "--name", "feature/x",
                "--service", "web", "--force").code == 0  # fmt: skip
     assert registered(registry) is None
-    wait_for(lambda: registered(registry), timeout=3, what="the keepalive to rewrite the entry")
+    wait_for(lambda: registered(registry), timeout=60, what="the keepalive to rewrite the entry")
     sidecar.proc.send_signal(signal.SIGTERM)
     assert sidecar.wait() == 0
     assert registered(registry) is None
@@ -1184,8 +1184,8 @@ def test_sidecar_keeps_keys_alive_without_waking_watchers_and_a_killed_ones_expi
 
     sidecar.proc.kill()  # no deregistration: the TTL has to do it
     sidecar.wait()
-    wait_for(lambda: not service_keys(etcd), timeout=ttl + 3, what="the keys to expire")
-    wait_for(lambda: not etcd_node(etcd, created), timeout=3, what="created to expire")
+    wait_for(lambda: not service_keys(etcd), timeout=60, what="the keys to expire")
+    wait_for(lambda: not etcd_node(etcd, created), timeout=60, what="created to expire")
 
 
 @pytest.mark.integration

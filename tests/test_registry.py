@@ -183,8 +183,10 @@ def test_entry_expires_without_keepalive(backend: str, etcd: Etcd, opened: Opene
     registered = time.monotonic()
     assert "feat-x" in deployments(registry)
 
-    wait_for(lambda: deployments(registry) == {}, timeout=4, interval=0.1, what="expiry")
-    assert time.monotonic() - registered < 3.5
+    wait_for(lambda: deployments(registry) == {}, timeout=60, interval=0.1, what="expiry")
+    # within the TTL asked for, not the 30 s of a TTL left at the default (etcd expires keys
+    # in passes, and a loaded machine is late: a wide margin)
+    assert time.monotonic() - registered < 20
 
 
 def test_keepalive_keeps_the_entry_and_wakes_no_watcher(
@@ -215,7 +217,7 @@ def test_keepalive_keeps_the_entry_and_wakes_no_watcher(
 def test_keepalive_writes_back_what_expired(backend: str, etcd: Etcd, opened: Opener) -> None:
     registry = opened(backend, etcd)
     registry.register(entry(), ttl=1)
-    wait_for(lambda: deployments(registry) == {}, timeout=4, interval=0.1, what="expiry")
+    wait_for(lambda: deployments(registry) == {}, timeout=60, interval=0.1, what="expiry")
     registry.keepalive(entry(), ttl=30)
     assert deployments(registry) == {
         "feat-x": {"created": CREATED, "service": {"web": {"ip": "10.0.3.7", "port": "32768"}}}
@@ -255,7 +257,7 @@ def test_created_outlives_its_writer_while_a_sibling_keeps_alive(
     second.register(entry(service="api", created="2026-12-01T00:00:00Z"), ttl=30)
     wait_for(
         lambda: "web" not in deployments(second)["feat-x"].get("service", {}),
-        timeout=4,
+        timeout=60,
         interval=0.1,
         what="web to expire",
     )

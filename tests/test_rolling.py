@@ -241,7 +241,7 @@ def test_two_replicas_both_serve_and_one_killed_fails_no_request(
         )
         wait_for(
             lambda: all(router.answers(host) == "replica-b" for _ in range(5)),
-            20,
+            60,
             what=_report(client, router, first, second),
         )
     assert client.failures == [], _report(client, router, first, second)
