@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_harness import Result, run_main
 from harness import Backend, Nginx, Response, find_binary, http_request, wait_for
 
 from generator.cli.main import main
@@ -63,17 +64,6 @@ def snapshot(deployments: Mapping[str, Mapping[str, int]]) -> Snapshot:
 
 def ports(found: Mapping[str, Backend], branch: str, *services: str) -> dict[str, int]:
     return {service: found[f"{branch}-{service}"].port for service in services}
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def err_lines(self) -> list[str]:
-        return self.err.strip().splitlines()
 
 
 @dataclass(frozen=True)
@@ -160,16 +150,7 @@ class Router:
     def apply(
         self, data: Snapshot | str, *extra: str, environ: Mapping[str, str] | None = None
     ) -> Result:
-        text = data if isinstance(data, str) else json.dumps(data)
-        out, err = io.StringIO(), io.StringIO()
-        code = main(
-            self.argv(*extra),
-            stdin=io.StringIO(text),
-            stdout=out,
-            stderr=err,
-            environ={} if environ is None else environ,
-        )
-        return Result(code, out.getvalue(), err.getvalue())
+        return run_main(self.argv(*extra), data, environ)
 
     def render(self, data: Snapshot) -> str:
         out, err = io.StringIO(), io.StringIO()
@@ -194,9 +175,9 @@ class Router:
         old_workers = self.nginx.worker_pids()
         result = self.apply(data, *extra)
         assert result.code == 0, result.err
-        assert len(result.err_lines) == 1 and result.err_lines[0].startswith(
-            "devtest-router: applied "
-        ), result.err
+        assert len(result.lines) == 1 and result.lines[0].startswith("devtest-router: applied "), (
+            result.err
+        )
         leftovers = [
             entry.name
             for entry in self.nginx.conf_dir.iterdir()
@@ -291,7 +272,7 @@ def test_routes_reach_the_right_backend_with_forwarding_headers(
     found, data = two_branches
     result = router.applied(data)
     assert result.out == ""
-    assert result.err_lines == [
+    assert result.lines == [
         f"devtest-router: applied {router.output}: 6 routes added, 0 removed, 0 changed; "
         f"6 routes, snapshot {snapshot_id(data)}; nginx reloaded; 5 site files written, 0 removed"
     ]
@@ -403,14 +384,14 @@ def test_same_snapshot_again_changes_and_reloads_nothing(
     again = router.apply(data)
     assert again.code == 0
     assert again.out == ""
-    assert again.err_lines == [
+    assert again.lines == [
         f"devtest-router: nothing to do: {router.output} is up to date "
         f"(6 routes, snapshot {snapshot_id(data)}); site up to date"
     ]
     # The same registry in another key order is the same snapshot: still nothing to do.
     reordered = {"deployment": dict(reversed(list(data["deployment"].items())))}
     assert json.dumps(reordered) != json.dumps(data)
-    assert router.apply(reordered).err_lines == again.err_lines
+    assert router.apply(reordered).lines == again.lines
 
     assert listing(router.nginx.conf_dir) == before  # bytes, mode, inode and mtime
     assert router.reloads() == 1
@@ -427,7 +408,7 @@ def test_removed_deployment_loses_its_routes_and_the_other_keeps_routing(
 
     del data["deployment"]["feature/login"]
     result = router.applied(data)
-    assert result.err_lines == [
+    assert result.lines == [
         f"devtest-router: applied {router.output}: 0 routes added, 3 removed, 0 changed; "
         f"3 routes, snapshot {snapshot_id(data)}; nginx reloaded; 2 site files written, 1 removed"
     ]
@@ -508,8 +489,8 @@ def test_directive_outside_the_allowlist_is_refused_before_nginx_runs(
         data, "--template-dir", str(templates), "--nginx", nginx_probe(nginx_runs)
     )
     assert refused.code == 123, refused.err
-    assert len(refused.err_lines) == 1
-    assert refused.err_lines[0].startswith("devtest-router: the rendered config fails the check: ")
+    assert len(refused.lines) == 1
+    assert refused.lines[0].startswith("devtest-router: the rendered config fails the check: ")
     assert "directive 'expires' is not allowed (in " in refused.err
     assert "add it to allowed_directives" in refused.err
     assert str(templates) in refused.err
@@ -538,7 +519,7 @@ def test_failed_test_after_the_swap_puts_the_previous_file_back_and_reloads_noth
 
     result = router.apply(data, "--test-command", "false")
     assert result.code == 123
-    assert result.err_lines[0] == (
+    assert result.lines[0] == (
         f"devtest-router: 'false' failed after installing {router.output}; the previous file is "
         "back in place and nginx was not reloaded"
     )
@@ -565,7 +546,7 @@ def test_whole_config_rejecting_the_new_file_puts_the_previous_file_back(
 
     result = router.apply(data, "--listen", f"127.0.0.1:{other_port}")
     assert result.code == 123
-    assert result.err_lines[0].startswith(
+    assert result.lines[0].startswith(
         f"devtest-router: '{router.nginx.test_command}' failed after installing"
     )
     assert f"a duplicate default server for 127.0.0.1:{other_port}" in result.err
@@ -587,7 +568,7 @@ def test_failed_reload_puts_the_previous_file_back(
 
     result = router.apply(data, "--reload-command", "false")
     assert result.code == 123
-    assert result.err_lines[0] == (
+    assert result.lines[0] == (
         f"devtest-router: 'false' failed; the new {router.output} was taken back: the previous "
         "file is back in place"
     )
@@ -648,7 +629,7 @@ def test_safety_threshold_refuses_to_drop_most_routes_unless_forced(router: Rout
     shrunk = snapshot({"b0": {"web": 9100, "api": 9101}, "b1": {"web": 9102}})
     refused = router.apply(shrunk)
     assert refused.code == 123
-    assert refused.err_lines == [
+    assert refused.lines == [
         "devtest-router: refusing to remove 7 of 12 routes at once (more than 50%): an emptied "
         "or misread registry? Check it with `devtest-router check`; --force applies anyway; "
         "nothing was changed"
@@ -696,7 +677,7 @@ def test_dry_run_shows_the_diff_and_changes_nothing(
     first = router.apply(master_only, "--dry-run")
     assert first.code == 1
     assert first.out.startswith(f"--- /dev/null\n+++ {router.output} (rendered)\n")
-    assert first.err_lines == [
+    assert first.lines == [
         f"devtest-router: would change {router.output}: 3 routes added, 0 removed, 0 changed; "
         "3 routes, 0 problems; would write 4 site files and remove 0 (nothing written: dry run)"
     ]
@@ -716,14 +697,14 @@ def test_dry_run_shows_the_diff_and_changes_nothing(
     added, removed = diff_lines(ahead.out, "+"), diff_lines(ahead.out, "-")
     assert collections.Counter(old) - removed + added == collections.Counter(new)
     assert any(line.lstrip().startswith(f"feature-login-web.{DOMAIN} ") for line in added)
-    assert ahead.err_lines == [
+    assert ahead.lines == [
         f"devtest-router: would change {router.output}: 3 routes added, 0 removed, 0 changed; "
         "6 routes, 0 problems; would write 3 site files and remove 0 (nothing written: dry run)"
     ]
 
     current = router.apply(master_only, "--dry-run")
     assert (current.code, current.out) == (0, "")
-    assert current.err_lines == [
+    assert current.lines == [
         f"devtest-router: {router.output} is up to date (3 routes); site up to date"
     ]
 
@@ -864,7 +845,7 @@ def test_a_service_s_instances_share_its_requests_and_their_changes_are_changed_
     assert "0 routes added, 0 removed, 2 changed" in third.err
     router.routes_to(f"main-web.{DOMAIN}", "three")
     again = router.apply(registered("three", "two", "one"))  # another order: the same file
-    assert again.err_lines[0].startswith("devtest-router: nothing to do: ")
+    assert again.lines[0].startswith("devtest-router: nothing to do: ")
     # back to one instance: one map line each again, no group
     last = router.applied(registered("two"))
     assert "0 routes added, 0 removed, 2 changed" in last.err

@@ -8,17 +8,16 @@ No nginx here: `render` and `check` need none, and every apply below stops befor
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_harness import Result, run_main
 
 from generator import __version__
 from generator.cli import exit_codes
@@ -70,26 +69,10 @@ HALF = {
 }
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
 def cli(
     *argv: str, stdin: str | Mapping[str, Any] = "", environ: Mapping[str, str] | None = None
 ) -> Result:
-    text = stdin if isinstance(stdin, str) else json.dumps(stdin)
-    out, err = io.StringIO(), io.StringIO()
-    code = main(
-        list(argv),
-        stdin=io.StringIO(text),
-        stdout=out,
-        stderr=err,
-        environ={} if environ is None else environ,
-    )
-    return Result(code, out.getvalue(), err.getvalue())
+    return run_main(list(argv), stdin, environ)
 
 
 # what render, check and dry runs say when no flag, variable or file set the domain

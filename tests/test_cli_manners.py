@@ -8,21 +8,19 @@ binary or a shell is the point. No server is started.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_harness import Result, run_main
 
 from generator.cli.exit_codes import EXIT_CODES, TABLE
-from generator.cli.main import main
 from generator.cli.parser import build_parser
 from generator.cli.reference import commands
 from generator.core.config import resolve
@@ -44,22 +42,8 @@ SNAPSHOT = {
 }
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def lines(self) -> list[str]:
-        return self.err.splitlines()
-
-
 def cli(*argv: str, environ: Mapping[str, str] | None = None, stdin: Any = SNAPSHOT) -> Result:
-    out, err = io.StringIO(), io.StringIO()
-    text = stdin if isinstance(stdin, str) else json.dumps(stdin)
-    code = main(list(argv), io.StringIO(text), out, err, dict(environ or {}))
-    return Result(code, out.getvalue(), err.getvalue())
+    return run_main(list(argv), stdin, environ)
 
 
 def usage_error(result: Result, command: str) -> str:

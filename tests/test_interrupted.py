@@ -113,14 +113,14 @@ def test_an_apply_killed_in_the_test_or_reload_is_finished_by_the_next_one(
         router.unknown(f"feature-login-web.{DOMAIN}")  # nginx still serves the old file
 
     again = router.applied(both)  # the same snapshot: not "nothing to do"
-    assert again.err_lines[0].startswith(applied_line(router)), again.err
+    assert again.lines[0].startswith(applied_line(router)), again.err
     assert "nginx reloaded" in again.err
     assert "had not been tested and reloaded" in again.err
     assert router.reloads() == reloads + 1
     router.routes_to(f"feature-login-web.{DOMAIN}", "feature-login-web")
 
     settled = router.apply(both)
-    assert settled.err_lines[0].startswith("devtest-router: nothing to do: "), settled.err
+    assert settled.lines[0].startswith("devtest-router: nothing to do: "), settled.err
     assert router.reloads() == reloads + 1
     assert {entry.name for entry in router.nginx.conf_dir.iterdir()} == {OUTPUT, LOCK, TESTED}
 
@@ -142,9 +142,9 @@ def test_a_failed_test_after_an_interrupted_apply_puts_back_the_last_tested_file
 
     # whether nginx had taken the untested file is unknown: the next apply tests and reloads
     back = router.applied(master)
-    assert back.err_lines[0].startswith(applied_line(router)), back.err
+    assert back.lines[0].startswith(applied_line(router)), back.err
     assert router.reloads() == 2
-    assert router.apply(master).err_lines[0].startswith("devtest-router: nothing to do: ")
+    assert router.apply(master).lines[0].startswith("devtest-router: nothing to do: ")
     router.routes_to(f"master-web.{DOMAIN}", "master-web")
     router.unknown(f"feature-login-web.{DOMAIN}")
 

@@ -142,7 +142,7 @@ def test_a_symlinked_output_is_written_through_and_stays_a_symlink(
     router.output.symlink_to(real)  # dangling: the first apply makes the file it points to
 
     first = router.applied(one)
-    assert first.err_lines[0].startswith(f"devtest-router: applied {router.output}: ")
+    assert first.lines[0].startswith(f"devtest-router: applied {router.output}: ")
     assert router.output.is_symlink() and router.output.resolve() == real
     assert real.read_text() == router.render(one)
     router.routes_to(f"main-api.{DOMAIN}", "main-api")
@@ -160,7 +160,7 @@ def test_a_symlinked_output_is_written_through_and_stays_a_symlink(
         "routes.conf",
     ]
     assert sorted(entry.name for entry in nginx.conf_dir.iterdir()) == [OUTPUT]
-    assert router.apply(two).err_lines[0].startswith("devtest-router: nothing to do: ")
+    assert router.apply(two).lines[0].startswith("devtest-router: nothing to do: ")
 
 
 @pytest.mark.integration
@@ -176,8 +176,8 @@ def test_a_site_that_cannot_be_written_after_the_config_was_applied_is_exit_5(
 
     result = router.apply(two)
     assert result.code == 5, result.err
-    assert len(result.err_lines) == 1, result.err
-    line = result.err_lines[0]
+    assert len(result.lines) == 1, result.err
+    line = result.lines[0]
     assert "cannot write the site" in line and "nginx config is applied" in line, line
     router.routes_to(f"other-web.{DOMAIN}", "other-web")  # the config was installed and reloaded
     assert router.reloads() == 2
@@ -185,6 +185,6 @@ def test_a_site_that_cannot_be_written_after_the_config_was_applied_is_exit_5(
     shutil.rmtree(blocker)
     again = router.apply(two)
     assert again.code == 0, again.err
-    assert again.err_lines[0].startswith("devtest-router: nothing to do: ")
-    assert "site files written" in again.err_lines[0]
+    assert again.lines[0].startswith("devtest-router: nothing to do: ")
+    assert "site files written" in again.lines[0]
     assert (tmp_path / "site" / "index.html").is_file()

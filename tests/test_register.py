@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import http.server
-import io
 import json
 import os
 import re
@@ -27,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_harness import Result, run_main
 from harness import LOOPBACK, Etcd, free_port, free_ports, http_request, port_open, wait_for
 
 from generator.cli.exit_codes import ADDRESS, REGISTRY
-from generator.cli.main import main
 from generator.core.errors import UsageError
 from generator.core.names import label
 from generator.register.discovery import MetadataUnavailable, ecs_address, instance_id, task_id
@@ -67,22 +66,8 @@ def usage_error(flags: Mapping[str, Any], environ: Mapping[str, str]) -> str:
     return str(caught.value)
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def lines(self) -> list[str]:
-        return self.err.splitlines()
-
-
 def cli(*argv: str, environ: Mapping[str, str] | None = None) -> Result:
-    out, err = io.StringIO(), io.StringIO()
-    env = {"DEVTEST_ROUTER_IMDS_URL": NOWHERE, **(environ or {})}
-    code = main(list(argv), io.StringIO(), out, err, env)
-    return Result(code, out.getvalue(), err.getvalue())
+    return run_main(list(argv), "", {"DEVTEST_ROUTER_IMDS_URL": NOWHERE, **(environ or {})})
 
 
 def read_registry(path: Path) -> dict[str, Any]:

@@ -6,15 +6,14 @@ by openssl, real HTTP and websocket backends, loopback only.
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import ssl
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_harness import Result, run_main
 from harness import (
     Backend,
     Nginx,
@@ -34,8 +33,6 @@ from tls_harness import (
     wildcard_certificate,
 )
 from websockets.exceptions import ConnectionClosed
-
-from generator.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_TEMPLATE = REPO / "templates" / "routes.conf.j2"
@@ -66,21 +63,8 @@ def snapshot(deployments: Mapping[str, Mapping[str, int]]) -> Snapshot:
     }
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def err_lines(self) -> list[str]:
-        return self.err.strip().splitlines()
-
-
 def cli(argv: list[str], stdin: str = "", environ: Mapping[str, str] | None = None) -> Result:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(argv, stdin=io.StringIO(stdin), stdout=out, stderr=err, environ=environ or {})
-    return Result(code, out.getvalue(), err.getvalue())
+    return run_main(argv, stdin, environ)
 
 
 CLEAN = json.dumps({"deployment": {"feat": {"service": {"web": {"ip": "10.0.0.5", "port": "80"}}}}})
@@ -135,7 +119,7 @@ class Frontend:
         """Apply `data` and assert that it was installed and nginx told to reload."""
         result = cli(self.argv(), json.dumps(data), self.environ)
         assert result.code == 0, result.err
-        assert result.err_lines[-1].startswith("devtest-router: applied "), result.err
+        assert result.lines[-1].startswith("devtest-router: applied "), result.err
         return result
 
     def settled(self, old_workers: set[int]) -> None:
@@ -203,7 +187,7 @@ def test_one_of_the_pair_alone_is_one_line_and_writes_nothing(
     output.parent.mkdir()
     result = cli(["apply", *flags, "--output", str(output), "--nginx", "false"], CLEAN)
     assert result.code == 2
-    assert result.err_lines == [
+    assert result.lines == [
         f"devtest-router: setting {given} is set (from --{given.replace('_', '-')}) but "
         f"{missing} is not: TLS needs both the certificate and its key; set both, or neither "
         "for plain HTTP"
@@ -213,8 +197,8 @@ def test_one_of_the_pair_alone_is_one_line_and_writes_nothing(
     environ = {"DEVTEST_ROUTER_" + given.upper(): flags[1]}
     rendered = cli(["render"], CLEAN, environ)
     assert rendered.code == 2 and rendered.out == ""
-    assert rendered.err_lines == [
-        result.err_lines[0].replace(
+    assert rendered.lines == [
+        result.lines[0].replace(
             f"--{given.replace('_', '-')}", f"environment variable DEVTEST_ROUTER_{given.upper()}"
         )
     ]
@@ -228,8 +212,8 @@ def test_a_certificate_path_with_other_characters_is_one_line(path: str) -> None
     test_config.py.)"""
     result = cli(["render", "--tls-certificate", path, *PAIR[2:]], CLEAN)
     assert result.code == 2 and result.out == ""
-    assert len(result.err_lines) == 1
-    line = result.err_lines[0]
+    assert len(result.lines) == 1
+    line = result.lines[0]
     assert line.startswith(f"devtest-router: setting tls_certificate = {json.dumps(path)} from ")
     assert "a path of letters, digits, '.', '_', '/' and '-' only" in line
 
@@ -237,7 +221,7 @@ def test_a_certificate_path_with_other_characters_is_one_line(path: str) -> None
 def test_tls_listen_may_not_share_an_address_with_listen() -> None:
     result = cli(["render", *PAIR, "--listen", "8080", "--tls-listen", "8080"], CLEAN)
     assert result.code == 2
-    assert result.err_lines == [
+    assert result.lines == [
         "devtest-router: setting tls_listen (from --tls-listen) shares 8080 with listen "
         "(from --listen): plain HTTP and HTTPS need addresses of their own"
     ]
@@ -276,7 +260,7 @@ def test_a_certificate_or_key_file_nginx_cannot_read_is_one_line_and_writes_noth
     result = cli(argv, CLEAN, {"DEVTEST_ROUTER_ACCESS_LOG": "off"})
     setting = "tls_certificate" if missing == "certificate" else "tls_certificate_key"
     assert result.code == 2
-    assert result.err_lines == [
+    assert result.lines == [
         f"devtest-router: setting {setting}: cannot read {files[missing]} (No such file or "
         "directory); nginx must read it: fix the path or the file's permissions; nothing was "
         "changed"
@@ -284,7 +268,7 @@ def test_a_certificate_or_key_file_nginx_cannot_read_is_one_line_and_writes_noth
     assert [entry.name for entry in output.parent.iterdir()] == [LOCK]
     # the dry run runs the same checks
     dry = cli([*argv, "--dry-run"], CLEAN, {"DEVTEST_ROUTER_ACCESS_LOG": "off"})
-    assert (dry.code, dry.err_lines) == (2, result.err_lines)
+    assert (dry.code, dry.lines) == (2, result.lines)
 
 
 # --------------------------------------------------------------------------
@@ -364,8 +348,8 @@ def test_the_check_refuses_other_certificates_protocols_and_listen_forms(
     assert cli(["render", *settings], CLEAN).code == 0  # the bundled template passes
     result = cli(["render", "--template-dir", str(folder), *settings], CLEAN)
     assert result.code == 123 and result.out == ""
-    assert len(result.err_lines) == 1
-    assert refusal in result.err_lines[0], result.err
+    assert len(result.lines) == 1
+    assert refusal in result.lines[0], result.err
 
 
 def test_the_listen_macro_prints_only_checked_values(tmp_path: Path) -> None:
