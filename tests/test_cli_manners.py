@@ -21,8 +21,7 @@ import pytest
 from cli_harness import Result, run_main
 
 from generator.cli.exit_codes import EXIT_CODES, TABLE
-from generator.cli.parser import build_parser
-from generator.cli.reference import commands
+from generator.cli.parser import build_parser, commands
 from generator.core.config import resolve
 from generator.core.errors import UsageError
 from generator.resources import schema

@@ -351,8 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
 _EXITING = ("-h", "--help", "--version")  # the program's own options: argparse answers them
 
 
-def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    """The parser's commands by name."""
+def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser's commands by name, in the order `--help` lists them."""
     found: dict[str, argparse.ArgumentParser] = {}
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -383,23 +383,23 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Name
     """`parser.parse_args(argv)`, except that a mistyped command or flag is one line that names
     it and the closest valid one, after the usage of the command it was given to (the program's
     for a command); exit 2 through argparse's own `error`, as every usage error."""
-    commands = _commands(parser)
+    by_name = commands(parser)
     for word in argv:  # the program takes no option but _EXITING: the first word is the command
         if word in _EXITING or word == "--":
             break
         if word.startswith("-"):
             option = word.split("=", 1)[0]
-            owners = [name for name, sub in commands.items() if option in _flags(sub)]
+            owners = [name for name, sub in by_name.items() if option in _flags(sub)]
             after = f" (e.g. {PROG} {owners[0]} {option})" if owners else ""
             parser.error(f"unknown flag {option}: flags go after the command{after}")
-        if word not in commands:
-            parser.error(f"unknown command {word!r}{_closest(word, list(commands))}")
+        if word not in by_name:
+            parser.error(f"unknown command {word!r}{_closest(word, list(by_name))}")
         break
     args, extras = parser.parse_known_args(argv)
     if extras:
-        sub = commands[args.subcommand]
+        sub = by_name[args.subcommand]
         flags = [word.split("=", 1)[0] for word in extras if word.startswith("-") and word != "-"]
         if flags:
-            sub.error(_unknown_flag(flags[0], args.subcommand, commands))
+            sub.error(_unknown_flag(flags[0], args.subcommand, by_name))
         sub.error(f"unrecognized arguments: {' '.join(extras)}")
     return args

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from generator.cli.parser import commands
 from generator.core.config import (
     _FALSE,
     _TRUE,
@@ -47,15 +48,6 @@ class Flag:
     commands: tuple[str, ...]  # "" is the program itself: an option before the command
     help: str
     elsewhere: tuple[str, ...] = ()  # commands with the same flag that read no config file
-
-
-def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    """The parser's subcommands by name, in the order `--help` lists them."""
-    found: dict[str, argparse.ArgumentParser] = {}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            found.update(action.choices)
-    return found
 
 
 def _usage(action: argparse.Action) -> str:
