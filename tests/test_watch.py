@@ -297,7 +297,7 @@ def test_the_original_curl_registration_routes_like_register(
         (["snapshot"], 2, "no registry set: give --registry or REGISTRY_URL"),
         (["watch", "--domain", "dev.test"], 2, "no registry set: give --registry or REGISTRY_URL"),
         (["watch", "--dry-run"], 2, "no registry set: give --registry or REGISTRY_URL"),
-        (["snapshot", "--registry", "file:{missing}"], 4, "no such file"),
+        (["snapshot", "--registry", "file:{missing}"], 4, "no such file (check --registry"),
         (["watch", "--domain", "dev.test", "--registry", "etcd://nohostport"], 2, "HOST:PORT"),
     ],
 )

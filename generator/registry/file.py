@@ -39,7 +39,9 @@ class FileRegistry:
     def read(self) -> Read:
         stamp = self._stamp()
         if stamp == 0:
-            raise RegistryUnavailable(f"registry {self.path}: no such file")
+            raise RegistryUnavailable(
+                f"registry {self.path}: no such file (check --registry / REGISTRY_URL)"
+            )
         try:
             text = self.path.read_text(encoding="utf-8")
         except OSError as error:
