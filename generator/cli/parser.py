@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch = command(
         "watch",
         [settings, applying],
-        "read the registry, apply, and apply again after every settled change (replaces etcdwatch)",
+        "read the registry, apply, and apply again after each burst of changes",
         summary(
             (OK, USAGE),
             {OK: "stopped by SIGTERM/SIGINT", USAGE: "a bad setting at start"},
