@@ -680,6 +680,20 @@ def test_the_gauge_of_an_apply_counts_the_instances_routed() -> None:
     assert "# TYPE devtest_router_instances gauge" in text
 
 
+def test_the_start_time_is_the_clock_at_start_and_stays() -> None:
+    # the alert "no successful apply for 15 minutes" counts from it before the first success
+    now = [1000.0]
+    status = Status(clock=lambda: now[0])
+    now[0] = 2000.0
+    data = instances_table(deployment("one", {"web": [(None, "127.0.0.1", 9100)]}))
+    rendered = Rendered("sha256:0", data, "", "", (), by_deployment(data))
+    status.applied(Outcome(rendered, "applied", changed=True, reloaded=True), 0.1)
+    lines = prometheus_client.generate_latest(status.metrics).decode().splitlines()
+    assert "devtest_router_start_time_seconds 1000.0" in lines
+    assert "devtest_router_last_successful_apply_timestamp_seconds 2000.0" in lines
+    assert "# TYPE devtest_router_start_time_seconds gauge" in lines
+
+
 def test_a_dry_run_counts_as_a_dry_run_never_as_an_apply() -> None:
     data = instances_table(deployment("one", {"web": [(None, "127.0.0.1", 9100)]}))
     rendered = Rendered("sha256:0", data, "", "", (), by_deployment(data))

@@ -116,6 +116,14 @@ class Status:
             "Unix time of the last successful apply (0: none yet)",
             registry=registry,
         )
+        # With the last success, the alert "no successful apply for 15 minutes" counts from
+        # the start when there was none yet (deploy/observability/alerts.yml).
+        self.start_time = Gauge(
+            PREFIX + "start_time_seconds",
+            "Unix time the watcher started",
+            registry=registry,
+        )
+        self.start_time.set(clock())
         self.reconnects = Counter(
             PREFIX + "registry_reconnects",
             "Times the registry answered again after it could not be reached or read",
