@@ -84,6 +84,28 @@ def find_binary(name: str) -> str:
     return found
 
 
+def tools_dir() -> Path:
+    """Where scripts/install-deps unpacks the tools Debian ships only inside a server's package
+    (promtool, from prometheus): TOOLS, as for install-deps, else ~/.cache/devtest-router/tools."""
+    if os.environ.get("TOOLS"):
+        return Path(os.environ["TOOLS"])
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "devtest-router" / "tools"
+
+
+def find_promtool() -> str:
+    """promtool from the PATH, else the one `make deps` unpacked; fails the test if absent."""
+    dirs = [*os.environ.get("PATH", "").split(os.pathsep), str(tools_dir())]
+    found = shutil.which("promtool", path=os.pathsep.join(d for d in dirs if d))
+    if found is None:
+        pytest.fail(
+            f"promtool not found on the PATH or in {tools_dir()}: run `make deps` (it unpacks "
+            "the promtool of Debian's prometheus package there)",
+            pytrace=False,
+        )
+    return found
+
+
 def wait_for(
     predicate: Callable[[], object],
     timeout: float = 60.0,

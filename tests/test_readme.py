@@ -21,8 +21,9 @@ changes in the working tree that are not.
 Loopback only. Every pip the commands run (pipx's, the venv's, make's .venv, python -m build's
 isolated environments) gets PIP_NO_INDEX=1, PIP_FIND_LINKS=<the wheelhouse `make deps` fills:
 scripts/install-deps> and no pip configuration file; HOME is in tmp_path, so `~`, pipx's folders
-and pip's cache are too. A missing wheelhouse or pipx fails the test, as a missing nginx does:
-run `make deps`.
+and pip's cache are too; TOOLS names the folder where `make deps` unpacked promtool, so the
+clone's install-deps downloads nothing. A missing wheelhouse, promtool or pipx fails the test,
+as a missing nginx does: run `make deps`.
 
 What differs from a user's shell, each as the README allows:
 - `make test` would run this test again, and the whole suite: it runs with PYTEST_ADDOPTS naming
@@ -59,7 +60,16 @@ from demo_harness import (
     stop_all,
     wait_for_line,
 )
-from harness import find_binary, free_port, http_request, pid_alive, port_open, wait_for
+from harness import (
+    find_binary,
+    find_promtool,
+    free_port,
+    http_request,
+    pid_alive,
+    port_open,
+    tools_dir,
+    wait_for,
+)
 
 README = REPO / "README.md"
 WHEELHOUSE = Path(
@@ -212,6 +222,7 @@ def user_env(home: Path, bin_dir: Path) -> dict[str, str]:
         PIP_FIND_LINKS=str(WHEELHOUSE),
         PIP_DISABLE_PIP_VERSION_CHECK="1",
         WHEELHOUSE=str(WHEELHOUSE),  # the clone's install-deps finds it filled
+        TOOLS=str(tools_dir()),  # and its promtool unpacked: no download from Debian
     )
     return env
 
@@ -476,6 +487,7 @@ def test_the_readmes_commands_run_in_order_on_a_fresh_clone(
     find_binary("etcd")
     find_binary("nginx")
     find_binary("pipx")
+    find_promtool()
     if not (WHEELHOUSE / "requirements.txt").is_file():
         pytest.fail(
             f"no wheelhouse at {WHEELHOUSE}: run `make deps` (scripts/install-deps fills it)",
