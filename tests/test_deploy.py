@@ -23,7 +23,14 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_harness import Frontend, Service, router_bin, v2_keys
+from deploy_harness import (
+    Frontend,
+    Service,
+    dockerfile_instructions,
+    image_env,
+    router_bin,
+    v2_keys,
+)
 from harness import Backend, Etcd, Nginx, find_binary, http_request, pid_alive, wait_for
 
 from generator.cli.parser import build_parser
@@ -418,38 +425,36 @@ def test_compose_file_matches_the_images_and_the_code() -> None:
     assert services["frontend"]["build"]["dockerfile"] == "deploy/frontend/Dockerfile"
 
 
-def dockerfile(path: str) -> tuple[dict[str, str], dict[str, str], list[list[str]]]:
-    """(COPY destination: source, ENV name: value, exec-form commands) of a Dockerfile."""
-    text = (REPO / path).read_text(encoding="utf-8").replace("\\\n", " ")
+def dockerfile(path: str) -> tuple[dict[str, str], dict[str, str], list[list[str]], str]:
+    """(COPY destination: source, ENV name: value, exec-form commands, every RUN joined) of a
+    Dockerfile."""
     copies: dict[str, str] = {}
-    env: dict[str, str] = {}
     execs: list[list[str]] = []
-    for line in text.splitlines():
-        word, _, rest = line.strip().partition(" ")
+    runs: list[str] = []
+    for word, rest in dockerfile_instructions(REPO / path):
         if word == "COPY":
             *sources, dest = rest.split()
             for source in sources:
                 copies[
                     dest.rstrip("/") + "/" + Path(source).name if dest.endswith("/") else dest
                 ] = source
-        elif word == "ENV":
-            env.update(item.split("=", 1) for item in rest.split())  # type: ignore[misc]
+        elif word == "RUN":
+            runs.append(rest)
         elif word in ("ENTRYPOINT", "CMD", "HEALTHCHECK"):
             execs.append(json.loads(rest[rest.index("[") :]))
-    return copies, env, execs
+    return copies, image_env(REPO / path), execs, "\n".join(runs)
 
 
 @pytest.mark.parametrize("path", DOCKERFILES)
 def test_dockerfiles_copy_and_run_files_that_exist(path: str) -> None:
-    copies, env, execs = dockerfile(path)
+    copies, env, execs, runs = dockerfile(path)
     for source in copies.values():
         assert (REPO / source).exists(), f"{path} copies {source}, which does not exist"
     assert set(env) - {"PATH"} <= variables_the_code_reads(), path
-    text = (REPO / path).read_text(encoding="utf-8")
     for argv in execs:
         for word in (w for w in argv if not w.startswith("-")):
             copied = any(dest.endswith("/" + word) or dest == word for dest in copies)
-            installed = re.search(rf"apt-get install[^\n]*\b{re.escape(word)}\b", text)
+            installed = re.search(rf"apt-get install[^\n&]*\b{re.escape(word)}\b", runs)
             assert copied or installed or word == "python3", f"{path} runs {word}: not in the image"
     for dest, source in copies.items():
         if source.startswith("deploy/") and dest.startswith("/usr/local/bin/"):
