@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import signal
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,36 @@ def router_bin() -> str:
     """The devtest-router command of the Python running the tests (the project's venv)."""
     beside = Path(sys.executable).parent / "devtest-router"
     return str(beside) if beside.exists() else find_binary("devtest-router")
+
+
+def reachable_by_others(path: Path) -> bool:
+    """Whether any user can run `path`: every folder above it searchable by others."""
+    real = path.resolve()
+    return all(os.stat(folder).st_mode & 0o001 for folder in real.parents) and bool(
+        os.stat(real).st_mode & 0o001
+    )
+
+
+def router_bin_for_others(folder: Path) -> str:
+    """A devtest-router command another user can run: router_bin() if it can, else a launcher
+    in `folder` that runs this project's code (and the test environment's packages) on the
+    system's Python 3 (e.g. when the test venv's Python lives under root's 0700 home)."""
+    if reachable_by_others(Path(sys.executable)):
+        return router_bin()
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None or not reachable_by_others(Path(python)):
+        raise AssertionError("no python3 in /usr/bin or /bin that another user can run")
+    launcher = folder / "devtest-router"
+    launcher.write_text(
+        f"#!{python} -IS\n"
+        "import site, sys\n"
+        + "".join(f"site.addsitedir({p!r})\n" for p in site.getsitepackages())
+        + "from generator.cli.main import run\n"
+        "sys.exit(run())\n",
+        encoding="utf-8",
+    )
+    launcher.chmod(0o755)
+    return str(launcher)
 
 
 def localized_nginx_conf(prefix: Path, as_root: bool) -> Path:
@@ -161,6 +192,7 @@ class Frontend:
         }
         if run_as is not None:
             self.env["HOME"] = str(self.base)
+            self.env["ROUTER_BIN"] = router_bin_for_others(self.base)
             for path in [self.base, *self.base.rglob("*")]:
                 shutil.chown(path, *run_as)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -173,6 +205,12 @@ class Frontend:
         return [setpriv, f"--reuid={user}", f"--regid={group}", "--clear-groups", *argv]
 
     def start(self) -> None:
+        for path in (self.log, self.out):
+            path.touch()
+            if self.run_as is not None:
+                # runc gives a container's stdio to its user (nginx opens /dev/stdout anew for
+                # the access log, which takes write permission on what stdout is)
+                shutil.chown(path, *self.run_as)
         with self.log.open("ab") as err, self.out.open("ab") as out:
             self.proc = subprocess.Popen(
                 self._as_user([str(FRONTEND / "entrypoint.sh")]),
