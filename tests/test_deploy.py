@@ -32,7 +32,6 @@ from deploy_harness import (
     Service,
     dockerfile_instructions,
     image_env,
-    router_bin,
     v2_keys,
 )
 from harness import Backend, Etcd, Nginx, find_binary, http_request, pid_alive, wait_for
@@ -256,7 +255,9 @@ def test_frontend_runs_unprivileged_on_a_privileged_port_and_reloads_nginx(
     try:
         frontend.start()
         pids = frontend.pids()
-        assert len(pids) >= 4, frontend.tail()  # the entrypoint, nginx's master and a worker, the watcher
+        assert len(pids) >= 4, (
+            frontend.tail()
+        )  # the entrypoint, nginx's master and a worker, the watcher
         nobody = pwd.getpwnam(UNPRIVILEGED[0]).pw_uid
         assert {pid: uids(pid) for pid in pids} == {pid: [nobody] * 4 for pid in pids}
 
@@ -663,36 +664,24 @@ def test_frontend_nginx_conf_bounds_old_workers() -> None:
     assert not re.search(r"^\s*map_hash", text, re.M)  # the generated file sizes them
 
 
-def test_systemd_units_name_what_exists(tmp_path: Path) -> None:
+def test_systemd_units_name_what_exists() -> None:
+    """Every devtest-router command and option a unit runs exists, and every variable it or an
+    env file sets is read (verify and the hardening: test_deploy_files.py)."""
     read = variables_the_code_reads()
     units = sorted((DEPLOY_DIR / "systemd").glob("*.service"))
-    assert len(units) == 2
+    assert len(units) == 3
     for env_file in sorted((DEPLOY_DIR / "systemd").glob("*.env")):
         names = re.findall(r"^([A-Z][A-Z0-9_]*)=", env_file.read_text(), re.M)
         assert names and set(names) <= read, env_file.name
+    running = 0
     for unit in units:
         text = unit.read_text(encoding="utf-8")
         execs = "\n".join(re.findall(r"^Exec\w+=(.*)$", text, re.M))
-        assert invocations(execs), unit.name
+        running += bool(invocations(execs))
         for name, options in invocations(execs):
             assert name in commands() and set(options) <= commands()[name], unit.name
         assert set(re.findall(r"^Environment=([A-Z_]+)=", text, re.M)) <= read
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:  # checked where systemd is installed; under CI=true it must be
-        assert os.environ.get("CI") != "true", "systemd-analyze is missing (Debian: systemd)"
-        return
-    router = router_bin()
-    for unit in units:
-        name = unit.name.replace("@.", "@web.")
-        text = unit.read_text(encoding="utf-8").replace("/usr/local/bin/devtest-router", router)
-        (tmp_path / name).write_text(text, encoding="utf-8")
-    done = subprocess.run(
-        [analyze, "verify", *(str(p) for p in sorted(tmp_path.glob("*.service")))],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "devtest-router" not in done.stdout + done.stderr
+    assert running == 2  # the watcher and the registration; the third runs nginx
 
 
 def test_deploy_docs_use_real_commands_and_list_every_file() -> None:
