@@ -145,7 +145,8 @@ class Frontend:
     ENV but for its paths and ports (MOVED_ENV).
 
     `run_as` (user, group): the entrypoint, and so nginx and the watcher, start as that user
-    through setpriv, as the image's USER starts them; `base` must then be reachable by it.
+    through setpriv (with `setpriv`'s extra options), as the image's USER starts them; `base`
+    must then be reachable by it.
     `nginx_bin` and `port` replace the system's nginx and a free unprivileged port.
     stdout and stderr go to two files, as `docker logs` keeps them apart."""
 
@@ -158,6 +159,7 @@ class Frontend:
         port: int | None = None,
         nginx_bin: str | None = None,
         run_as: tuple[str, str] | None = None,
+        setpriv: tuple[str, ...] = (),
     ) -> None:
         self.base = base.resolve()
         self.prefix = self.base / "nginx"
@@ -167,6 +169,7 @@ class Frontend:
         self.port = port if port is not None else free_port()
         self.domain = domain
         self.run_as = run_as
+        self.setpriv = setpriv
         self.nginx_conf = localized_nginx_conf(
             self.prefix, as_root=os.geteuid() == 0 and run_as is None
         )
@@ -202,7 +205,14 @@ class Frontend:
             return argv
         user, group = self.run_as
         setpriv = find_binary("setpriv")
-        return [setpriv, f"--reuid={user}", f"--regid={group}", "--clear-groups", *argv]
+        return [
+            setpriv,
+            f"--reuid={user}",
+            f"--regid={group}",
+            "--clear-groups",
+            *self.setpriv,
+            *argv,
+        ]
 
     def start(self) -> None:
         for path in (self.log, self.out):

@@ -237,20 +237,29 @@ def uids(pid: int) -> list[int]:
     return [int(x) for x in line.split()[1:]]
 
 
+AMBIENT = ("--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service", "--no-new-privs")
+
+
 @pytest.mark.integration
+@pytest.mark.parametrize(
+    "capability", ["file", "ambient"], ids=["image-file-capability", "units-ambient-capability"]
+)
 def test_frontend_runs_unprivileged_on_a_privileged_port_and_reloads_nginx(
-    scratch: Path, etcd: Etcd, backends: Callable[..., dict[str, Backend]]
+    capability: str, scratch: Path, etcd: Etcd, backends: Callable[..., dict[str, Backend]]
 ) -> None:
-    """The image's arrangement, outside Docker: the entrypoint starts as `nobody` (the image's
-    USER), nginx's master binds a port below 1024 through the file capability alone, and the
-    watcher, as the same user, applies a route change with `nginx -s reload`."""
-    nginx = nginx_copy(scratch / "bin", capability=True)
+    """nginx and the watcher as `nobody`, nginx's master on a port below 1024, and the watcher
+    applying a route change with `nginx -s reload` (and its `nginx -t` binding that port too).
+    `file`: the image's arrangement, the entrypoint started as its USER and nginx holding the
+    capability on its file. `ambient`: the systemd units' (AmbientCapabilities=
+    CAP_NET_BIND_SERVICE, NoNewPrivileges=true) on the system's nginx."""
+    nginx = nginx_copy(scratch / "bin", capability=True) if capability == "file" else None
     frontend = Frontend(
         scratch / "frontend",
         etcd,
         port=privileged_loopback_port(),
-        nginx_bin=str(nginx),
+        nginx_bin=str(nginx) if nginx else None,
         run_as=UNPRIVILEGED,
+        setpriv=AMBIENT if capability == "ambient" else (),
     )
     try:
         frontend.start()
@@ -350,8 +359,7 @@ def test_what_lets_unprivileged_nginx_bind_below_1024(scratch: Path) -> None:
     refused = nginx_test_as_nobody(work, capped, "--bounding-set=-net_bind_service")
     assert "Operation not permitted" in refused and refused.endswith("exit 126"), refused
     # the systemd units: an ambient capability, which no-new-privileges keeps
-    ambient = ("--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service", "--no-new-privs")
-    assert nginx_test_as_nobody(work, plain, *ambient).endswith("exit 0")
+    assert nginx_test_as_nobody(work, plain, *AMBIENT).endswith("exit 0")
 
 
 # --------------------------------------------------------------------------
