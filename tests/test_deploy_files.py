@@ -49,7 +49,9 @@ def run_commands(path: Path) -> list[list[str]]:
 
 def image_user(path: Path) -> tuple[int, int]:
     """(uid, gid) of the Dockerfile's last USER, which must be numeric (runAsNonRoot checks it)."""
-    *_, user = instructions(path, "USER")
+    users = instructions(path, "USER")
+    assert users, f"{path.relative_to(REPO)} has no USER: its container runs as root"
+    user = users[-1]
     uid, _, gid = user.partition(":")
     assert uid.isdigit() and gid.isdigit(), f"{path.name}: USER {user} is not numeric uid:gid"
     return int(uid), int(gid)
@@ -121,8 +123,8 @@ def test_frontend_image_is_the_debian_release_and_nginx_package_the_suite_runs()
 
 
 def test_frontend_image_binds_low_ports_through_a_capability_set_at_build() -> None:
-    (step,) = [argv for argv in run_commands(FRONTEND_DOCKERFILE) if argv[:1] == ["setcap"]]
-    assert step == ["setcap", "cap_net_bind_service=+ep", "/usr/sbin/nginx"]
+    steps = [argv for argv in run_commands(FRONTEND_DOCKERFILE) if argv[:1] == ["setcap"]]
+    assert steps == [["setcap", "cap_net_bind_service=+ep", "/usr/sbin/nginx"]]
     # setcap comes and goes in the RUN that uses it: no layer keeps it
     (run,) = [rest for rest in instructions(FRONTEND_DOCKERFILE, "RUN") if "setcap " in rest]
     assert "apt-get purge -y --auto-remove libcap2-bin" in run

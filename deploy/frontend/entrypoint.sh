@@ -5,8 +5,10 @@
 #
 # The watcher takes its settings from the environment as always: REGISTRY_URL,
 # DEVTEST_ROUTER_DOMAIN, DEVTEST_ROUTER_LISTEN, DEVTEST_ROUTER_OUTPUT, ... (devtest-router watch --help).
+# In the image it runs as the image's USER (uid 10001), and so do nginx (which binds 80 and 443
+# through its file capability) and the watcher, which reloads nginx with a signal of its own user.
 # Every path and binary below can be overridden, so the script also runs outside Docker (the
-# tests run it with a non-root nginx on a loopback port).
+# tests run it on a loopback port, as root and as `nobody`).
 set -euo pipefail
 
 NGINX_BIN=${NGINX_BIN:-nginx}
