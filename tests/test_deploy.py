@@ -38,6 +38,7 @@ from harness import Backend, Etcd, Nginx, find_binary, http_request, pid_alive, 
 
 from generator.cli.parser import build_parser
 from generator.core.config import ENV_PREFIX
+from generator.nginx.wrapper import TEMP_PATHS
 from generator.resources import schema
 
 
@@ -332,9 +333,6 @@ def nginx_test_as_nobody(folder: Path, nginx: Path | str, *setpriv: str) -> str:
         timeout=30,
     )
     return f"{done.stdout}{done.stderr}exit {done.returncode}"
-
-
-TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
 @pytest.mark.integration
