@@ -12,9 +12,9 @@ $(BIN)/devtest-router: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-# What is missing of Debian's nginx-light, etcd-server, curl, openssl, chromium and pipx,
-# promtool (unpacked from Debian's prometheus package, not installed) and the wheelhouse the
-# README's test installs from (WHEELHOUSE; scripts/install-deps says more).
+# What is missing of Debian's nginx-light, etcd-server, curl, openssl, chromium, pipx, libcap2-bin
+# and systemd, promtool (unpacked from Debian's prometheus package, not installed) and the
+# wheelhouse the README's test installs from (WHEELHOUSE; scripts/install-deps says more).
 deps:
 	scripts/install-deps
 

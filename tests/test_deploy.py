@@ -12,22 +12,33 @@ import argparse
 import ipaddress
 import json
 import os
+import pwd
+import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from deploy_harness import Frontend, Service, router_bin, v2_keys
+from deploy_harness import (
+    Frontend,
+    Service,
+    dockerfile_instructions,
+    image_env,
+    v2_keys,
+)
 from harness import Backend, Etcd, Nginx, find_binary, http_request, pid_alive, wait_for
 
 from generator.cli.parser import build_parser
 from generator.core.config import ENV_PREFIX
+from generator.nginx.wrapper import TEMP_PATHS
 from generator.resources import schema
 
 
@@ -148,6 +159,205 @@ def test_sigterm_stops_nginx_and_the_watcher(frontend: Frontend) -> None:
     wait_for(lambda: not any(pid_alive(pid) for pid in pids), 60, what="every pid to be gone")
     assert "SIGTERM received: stopping the watcher and nginx" in frontend.log.read_text()
     assert not (frontend.run_dir / "watcher.pid").exists()
+
+
+@pytest.mark.integration
+def test_frontend_logs_requests_to_stdout_and_nginx_to_stderr(frontend: Frontend) -> None:
+    """What `docker logs` shows: the access log line of every request on the entrypoint's stdout
+    (the image's DEVTEST_ROUTER_ACCESS_LOG=/dev/stdout), nginx's own messages on its stderr
+    (nginx.conf's `error_log stderr`), and no log file anywhere."""
+    assert frontend.route("nobody-here.dev.test", "/logged-path")[0] == 404
+
+    def logged() -> bool:
+        return "/logged-path" in frontend.out.read_text(encoding="utf-8")
+
+    wait_for(logged, 30, what=f"the access log line on stdout\n{frontend.tail()}")
+    (line,) = [x for x in frontend.out.read_text().splitlines() if "/logged-path" in x]
+    assert '"GET /logged-path HTTP/1.1" 404' in line and "host=nobody-here.dev.test" in line
+    errors = frontend.log.read_text(encoding="utf-8")
+    assert re.search(r"^\S+ \S+ \[notice\] \d+#\d+: start worker process", errors, re.M), errors
+    assert "/logged-path" not in errors
+    assert "[notice]" not in frontend.out.read_text(encoding="utf-8")
+    assert sorted(frontend.base.rglob("*.log")) == [frontend.log, frontend.out]
+
+
+# --------------------------------------------------------------------------
+# least privilege: nginx and the watcher as one unprivileged user, 80/443 through a capability
+
+UNPRIVILEGED = ("nobody", "nogroup")
+
+
+def require_root(what: str) -> None:
+    """Skipped without root, except under CI=true, where it fails: CI runs as root."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{what} needs root (CI runs as root)", pytrace=False)
+        pytest.skip(f"{what} needs root")
+
+
+def privileged_loopback_port() -> int:
+    """A port below 1024 that is free on 127.0.0.1 (binding it takes root, which the caller has)."""
+    for port in random.sample(range(600, 1024), 424):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below 1024 on 127.0.0.1")
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A folder the unprivileged user can reach (pytest's tmp_path is root's alone)."""
+    require_root("running nginx and the watcher as another user")
+    folder = Path(tempfile.mkdtemp(prefix="devtest-router-unprivileged-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def nginx_copy(folder: Path, capability: bool) -> Path:
+    """The system's nginx copied to `folder` (root's, 0755), with the image's file capability
+    (`setcap cap_net_bind_service=+ep`, as deploy/frontend/Dockerfile sets it) if asked."""
+    folder.mkdir(mode=0o755)
+    copy = folder / "nginx"
+    shutil.copy2(find_binary("nginx"), copy)
+    copy.chmod(0o755)
+    if capability:
+        subprocess.run([find_binary("setcap"), "cap_net_bind_service=+ep", str(copy)], check=True)
+    return copy
+
+
+def uids(pid: int) -> list[int]:
+    """The real, effective, saved and filesystem uid of a process."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    (line,) = [x for x in status.splitlines() if x.startswith("Uid:")]
+    return [int(x) for x in line.split()[1:]]
+
+
+AMBIENT = ("--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service", "--no-new-privs")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "capability", ["file", "ambient"], ids=["image-file-capability", "units-ambient-capability"]
+)
+def test_frontend_runs_unprivileged_on_a_privileged_port_and_reloads_nginx(
+    capability: str, scratch: Path, etcd: Etcd, backends: Callable[..., dict[str, Backend]]
+) -> None:
+    """nginx and the watcher as `nobody`, nginx's master on a port below 1024, and the watcher
+    applying a route change with `nginx -s reload` (and its `nginx -t` binding that port too).
+    `file`: the image's arrangement, the entrypoint started as its USER and nginx holding the
+    capability on its file. `ambient`: the systemd units' (AmbientCapabilities=
+    CAP_NET_BIND_SERVICE, NoNewPrivileges=true) on the system's nginx."""
+    nginx = nginx_copy(scratch / "bin", capability=True) if capability == "file" else None
+    frontend = Frontend(
+        scratch / "frontend",
+        etcd,
+        port=privileged_loopback_port(),
+        nginx_bin=str(nginx) if nginx else None,
+        run_as=UNPRIVILEGED,
+        setpriv=AMBIENT if capability == "ambient" else (),
+    )
+    try:
+        frontend.start()
+        pids = frontend.pids()
+        assert len(pids) >= 4, (
+            frontend.tail()
+        )  # the entrypoint, nginx's master and a worker, the watcher
+        nobody = pwd.getpwnam(UNPRIVILEGED[0]).pw_uid
+        assert {pid: uids(pid) for pid in pids} == {pid: [nobody] * 4 for pid in pids}
+
+        web = backends("feature-web")["feature-web"]
+        put_v2(etcd, "/deployment/feature/service/web/ip", "127.0.0.1")
+        put_v2(etcd, "/deployment/feature/service/web/port", str(web.port))
+        put_v2(etcd, "/deployment/feature/created", "2026-01-01T00:00:00Z")
+
+        def routed() -> bool:
+            status, body = frontend.route("feature-web.dev.test", "/after-reload")
+            return status == 200 and b'"feature-web"' in body
+
+        wait_for(routed, 60, what=f"the route change to be applied\n{frontend.tail()}")
+        # only a reload loads a new route: the watcher's `nginx -s reload`, as nobody
+        assert "signal 1 (SIGHUP) received from" in frontend.log.read_text(), frontend.tail()
+        health = frontend.health()  # the HEALTHCHECK runs as the image's USER too
+        assert health.returncode == 0, health.stdout + health.stderr
+        wait_for(
+            lambda: "/after-reload" in frontend.out.read_text(), 30, what="the access log line"
+        )
+        assert frontend.proc is not None
+        frontend.proc.send_signal(signal.SIGTERM)
+        assert frontend.proc.wait(20) == 0, frontend.tail()
+    finally:
+        frontend.stop()
+
+
+def nginx_test_as_nobody(folder: Path, nginx: Path | str, *setpriv: str) -> str:
+    """`nginx -t` of a server on a port below 1024, started by an unprivileged shell as the
+    entrypoint starts nginx (so only file or ambient capabilities can help), with setpriv's
+    extra options; what it printed, and `exit N`."""
+    port = privileged_loopback_port()
+    conf = folder / f"test-{port}.conf"
+    temp = "\n".join(f"{name}_temp_path {folder / name};" for name in TEMP_PATHS)
+    conf.write_text(
+        f"pid {folder / 'nginx.pid'};\nerror_log stderr;\nevents {{}}\n"
+        f"http {{ access_log off; {temp}\n"
+        f"server {{ listen 127.0.0.1:{port}; return 204; }} }}\n"
+    )
+    shutil.chown(folder, *UNPRIVILEGED)
+    done = subprocess.run(
+        [
+            find_binary("setpriv"),
+            f"--reuid={UNPRIVILEGED[0]}",
+            f"--regid={UNPRIVILEGED[1]}",
+            "--clear-groups",
+            *setpriv,
+            "bash",
+            "-c",
+            '"$@"',
+            "-",
+            str(nginx),
+            "-e",
+            "stderr",
+            "-p",
+            f"{folder}/",
+            "-c",
+            str(conf),
+            "-t",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return f"{done.stdout}{done.stderr}exit {done.returncode}"
+
+
+@pytest.mark.integration
+def test_what_lets_unprivileged_nginx_bind_below_1024(scratch: Path) -> None:
+    """The claims of docs/security.md about the capability, each run for real (`nginx -t`
+    binds every listen address):"""
+    capped = nginx_copy(scratch / "capped", capability=True)
+    plain = nginx_copy(scratch / "plain", capability=False)
+    work = scratch / "work"
+    work.mkdir()
+    denied = "failed (13: Permission denied)"
+    # the image: the file capability alone lets the unprivileged user bind
+    assert nginx_test_as_nobody(work, capped).endswith("test is successful\nexit 0")
+    # without it, the same user cannot
+    assert denied in nginx_test_as_nobody(work, plain)
+    # no-new-privileges keeps the file capability from applying (compose relies on Docker's
+    # net.ipv4.ip_unprivileged_port_start=0 instead, which this machine does not set)
+    if Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text().strip() != "0":
+        assert denied in nginx_test_as_nobody(work, capped, "--no-new-privs")
+    # a bounding set without the capability (cap_drop: ALL without cap_add: NET_BIND_SERVICE)
+    # refuses to run the binary at all
+    refused = nginx_test_as_nobody(work, capped, "--bounding-set=-net_bind_service")
+    assert "Operation not permitted" in refused and refused.endswith("exit 126"), refused
+    # the systemd units: an ambient capability, which no-new-privileges keeps
+    assert nginx_test_as_nobody(work, plain, *AMBIENT).endswith("exit 0")
 
 
 # --------------------------------------------------------------------------
@@ -418,38 +628,36 @@ def test_compose_file_matches_the_images_and_the_code() -> None:
     assert services["frontend"]["build"]["dockerfile"] == "deploy/frontend/Dockerfile"
 
 
-def dockerfile(path: str) -> tuple[dict[str, str], dict[str, str], list[list[str]]]:
-    """(COPY destination: source, ENV name: value, exec-form commands) of a Dockerfile."""
-    text = (REPO / path).read_text(encoding="utf-8").replace("\\\n", " ")
+def dockerfile(path: str) -> tuple[dict[str, str], dict[str, str], list[list[str]], str]:
+    """(COPY destination: source, ENV name: value, exec-form commands, every RUN joined) of a
+    Dockerfile."""
     copies: dict[str, str] = {}
-    env: dict[str, str] = {}
     execs: list[list[str]] = []
-    for line in text.splitlines():
-        word, _, rest = line.strip().partition(" ")
+    runs: list[str] = []
+    for word, rest in dockerfile_instructions(REPO / path):
         if word == "COPY":
             *sources, dest = rest.split()
             for source in sources:
                 copies[
                     dest.rstrip("/") + "/" + Path(source).name if dest.endswith("/") else dest
                 ] = source
-        elif word == "ENV":
-            env.update(item.split("=", 1) for item in rest.split())  # type: ignore[misc]
+        elif word == "RUN":
+            runs.append(rest)
         elif word in ("ENTRYPOINT", "CMD", "HEALTHCHECK"):
             execs.append(json.loads(rest[rest.index("[") :]))
-    return copies, env, execs
+    return copies, image_env(REPO / path), execs, "\n".join(runs)
 
 
 @pytest.mark.parametrize("path", DOCKERFILES)
 def test_dockerfiles_copy_and_run_files_that_exist(path: str) -> None:
-    copies, env, execs = dockerfile(path)
+    copies, env, execs, runs = dockerfile(path)
     for source in copies.values():
         assert (REPO / source).exists(), f"{path} copies {source}, which does not exist"
     assert set(env) - {"PATH"} <= variables_the_code_reads(), path
-    text = (REPO / path).read_text(encoding="utf-8")
     for argv in execs:
         for word in (w for w in argv if not w.startswith("-")):
             copied = any(dest.endswith("/" + word) or dest == word for dest in copies)
-            installed = re.search(rf"apt-get install[^\n]*\b{re.escape(word)}\b", text)
+            installed = re.search(rf"apt-get install[^\n&]*\b{re.escape(word)}\b", runs)
             assert copied or installed or word == "python3", f"{path} runs {word}: not in the image"
     for dest, source in copies.items():
         if source.startswith("deploy/") and dest.startswith("/usr/local/bin/"):
@@ -462,36 +670,24 @@ def test_frontend_nginx_conf_bounds_old_workers() -> None:
     assert not re.search(r"^\s*map_hash", text, re.M)  # the generated file sizes them
 
 
-def test_systemd_units_name_what_exists(tmp_path: Path) -> None:
+def test_systemd_units_name_what_exists() -> None:
+    """Every devtest-router command and option a unit runs exists, and every variable it or an
+    env file sets is read (verify and the hardening: test_deploy_files.py)."""
     read = variables_the_code_reads()
     units = sorted((DEPLOY_DIR / "systemd").glob("*.service"))
-    assert len(units) == 2
+    assert len(units) == 3
     for env_file in sorted((DEPLOY_DIR / "systemd").glob("*.env")):
         names = re.findall(r"^([A-Z][A-Z0-9_]*)=", env_file.read_text(), re.M)
         assert names and set(names) <= read, env_file.name
+    running = 0
     for unit in units:
         text = unit.read_text(encoding="utf-8")
         execs = "\n".join(re.findall(r"^Exec\w+=(.*)$", text, re.M))
-        assert invocations(execs), unit.name
+        running += bool(invocations(execs))
         for name, options in invocations(execs):
             assert name in commands() and set(options) <= commands()[name], unit.name
         assert set(re.findall(r"^Environment=([A-Z_]+)=", text, re.M)) <= read
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:  # checked where systemd is installed; under CI=true it must be
-        assert os.environ.get("CI") != "true", "systemd-analyze is missing (Debian: systemd)"
-        return
-    router = router_bin()
-    for unit in units:
-        name = unit.name.replace("@.", "@web.")
-        text = unit.read_text(encoding="utf-8").replace("/usr/local/bin/devtest-router", router)
-        (tmp_path / name).write_text(text, encoding="utf-8")
-    done = subprocess.run(
-        [analyze, "verify", *(str(p) for p in sorted(tmp_path.glob("*.service")))],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "devtest-router" not in done.stdout + done.stderr
+    assert running == 2  # the watcher and the registration; the third runs nginx
 
 
 def test_deploy_docs_use_real_commands_and_list_every_file() -> None:

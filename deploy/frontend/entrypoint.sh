@@ -5,15 +5,19 @@
 #
 # The watcher takes its settings from the environment as always: REGISTRY_URL,
 # DEVTEST_ROUTER_DOMAIN, DEVTEST_ROUTER_LISTEN, DEVTEST_ROUTER_OUTPUT, ... (devtest-router watch --help).
+# In the image it runs as the image's USER (uid 10001), and so do nginx (which binds 80 and 443
+# through its file capability) and the watcher, which reloads nginx with a signal of its own user.
 # Every path and binary below can be overridden, so the script also runs outside Docker (the
-# tests run it with a non-root nginx on a loopback port).
+# tests run it on a loopback port, as root and as `nobody`).
 set -euo pipefail
 
 NGINX_BIN=${NGINX_BIN:-nginx}
 NGINX_CONF=${NGINX_CONF:-/etc/nginx/nginx.conf}
 NGINX_PREFIX=${NGINX_PREFIX:-}          # nginx -p; empty: nginx's compiled-in prefix
-NGINX_ERROR_LOG=${NGINX_ERROR_LOG:-}    # nginx -e; empty: nginx's compiled-in path
-NGINX_PID_FILE=${NGINX_PID_FILE:-/run/nginx.pid}  # must be the `pid` of NGINX_CONF
+# nginx -e: where nginx logs before it has read NGINX_CONF (whose error_log is stderr too);
+# empty: nginx's compiled-in path, which an unprivileged user cannot open.
+NGINX_ERROR_LOG=${NGINX_ERROR_LOG-stderr}
+NGINX_PID_FILE=${NGINX_PID_FILE:-/run/devtest-router/nginx.pid}  # must be the `pid` of NGINX_CONF
 ROUTER_BIN=${ROUTER_BIN:-devtest-router}
 FRONTEND_RUN_DIR=${FRONTEND_RUN_DIR:-/run/devtest-router}  # watcher.pid, for the health check
 NGINX_START_TIMEOUT=${NGINX_START_TIMEOUT:-30}            # seconds
