@@ -388,6 +388,7 @@ KEYS = {
     "/": ("Slash", 191, "/"),
     "Escape": ("Escape", 27, ""),
     "-": ("Minus", 189, "-"),
+    ".": ("Period", 190, "."),
     " ": ("Space", 32, " "),
     **{str(digit): (f"Digit{digit}", 48 + digit, str(digit)) for digit in range(10)},
 }
