@@ -17,8 +17,8 @@ it from a fresh profile:
 - DOMContentLoaded (the end of its handlers: every row parsed and the page's script run) and
   the load event's end, from the navigation timing entry;
 - the search box: once the page is idle (the page reads each row's text then; a person takes
-  longer than that to reach the box), `/` focuses it, then a ticket number is typed key by key (each key narrows
-  the rows from all to one), and Escape clears it (all rows back). For each key, the time from
+  longer than that to reach the box), `/` focuses it, then a ticket number is typed key by
+  key (each key narrows the rows from all to one), and Escape clears it (all rows back). For each key, the time from
   its keydown to the end of the first frame drawn after it (a requestAnimationFrame callback
   queued at keydown, then a task queued from it, which runs once that frame is drawn): the
   slowest key, the median key, and the Escape. The rows shown after each step are counted.
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import shlex
 import statistics
 import sys
 import tempfile

@@ -246,7 +246,7 @@ class Browser:
                 env=env,
                 start_new_session=True,
                 pass_fds=(3, 4),
-                preexec_fn=onto_3_and_4,  # noqa: PLW1509 (no threads of ours run yet)
+                preexec_fn=onto_3_and_4,  # before our reader thread starts
             )
         for end in ends:
             os.close(end)
@@ -379,7 +379,11 @@ class Tab:
 
     def exceptions(self) -> list[str]:
         """The page's uncaught JavaScript errors so far."""
-        thrown = [event for event in self.browser.events if event.get("method") == "Runtime.exceptionThrown"]
+        thrown = [
+            event
+            for event in self.browser.events
+            if event.get("method") == "Runtime.exceptionThrown"
+        ]
         return [str(event["params"]["exceptionDetails"]) for event in thrown]
 
 

@@ -84,14 +84,20 @@ def test_the_search_box_filters_rows_slash_focuses_it_and_escape_clears_it(
 
         tab.type("T0123")  # the name, case-insensitive
         shown(tab, 1)
-        assert tab.evaluate(
-            "document.querySelector('#deployments tbody tr:not([hidden])').dataset.deployment"
-        ) == "feature-t0123-search"
+        assert (
+            tab.evaluate(
+                "document.querySelector('#deployments tbody tr:not([hidden])').dataset.deployment"
+            )
+            == "feature-t0123-search"
+        )
         assert tab.evaluate("document.getElementById('shown').textContent") == (
             f"1 of {count} deployments"
         )
         # the tables with no row shown take no room
-        assert tab.evaluate("document.querySelectorAll('#deployments > div:not([hidden])').length") == 1
+        assert (
+            tab.evaluate("document.querySelectorAll('#deployments > div:not([hidden])').length")
+            == 1
+        )
 
         tab.press("Escape")  # clears: every row again
         shown(tab, count)
