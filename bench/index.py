@@ -18,10 +18,11 @@ it from a fresh profile:
   the load event's end, from the navigation timing entry;
 - the search box: once the page is idle (the page reads each row's text then; a person takes
   longer than that to reach the box), `/` focuses it, then a ticket number is typed key by
-  key (each key narrows the rows from all to one), and Escape clears it (all rows back). For each key, the time from
-  its keydown to the end of the first frame drawn after it (a requestAnimationFrame callback
-  queued at keydown, then a task queued from it, which runs once that frame is drawn): the
-  slowest key, the median key, and the Escape. The rows shown after each step are counted.
+  key (each key narrows the rows from all to one), and Escape clears it (all rows back).
+  For each key, the time from its keydown to the end of the first frame drawn after it (a
+  requestAnimationFrame callback queued at keydown, then a task queued from it, which runs
+  once that frame is drawn): the slowest key, the median key, and the Escape. The rows shown
+  after each step are counted.
 
 Every figure is the median of `--loads` page loads (default 3), each in a new tab of the same
 browser with its cache off (every load transfers the whole page).
