@@ -574,7 +574,7 @@ def test_the_index_in_chromium_links_every_route_shows_how_long_ago_and_the_inst
         assert urlsplit(href).port == port
         router.routes_to(host, ROUTED[host])
     # master and feature/login have a created time (multi has none): how long ago, filled in
-    agos = re.findall(r'<span class="ago" data-since="[^"]+"> \(([^)]+)\)</span>', dom)
+    agos = re.findall(r'</time><span class="ago"> \(([^)]+)\)</span>', dom)
     assert len(agos) == 2 and all(agos), agos  # e.g. "14 hours ago", "last week"
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -121,6 +121,10 @@ class PageKind(Enum):
 
 
 INDEX_ROW = "site/index-row.html.j2"  # one deployment's row of the index, kept by Renderer
+# The index's rows go in tables of this many, each skipped by the browser's layout while it is
+# off screen (content-visibility): 10,000 rows in one table take seconds to lay out again
+# whenever the search box shows them all (docs/performance.md, "The index at 10,000").
+ROWS_PER_TABLE = 250
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,11 +283,16 @@ class Renderer:
         problems: Sequence[Problem],
         routes: int,
     ) -> bytes:
-        """index.html from each listing's row (see row)."""
+        """index.html from each listing's row (see row), ROWS_PER_TABLE rows a table."""
+        rows = list(rows)
         return self.page(
             Page(PageKind.INDEX, (), tuple(problems), routes),
             listings=listings,
-            rows=Markup("".join(rows)),  # each row is Markup: no escaping (nor copy) again
+            # each row is Markup: no escaping (nor copy) again
+            tables=[
+                Markup("".join(rows[start : start + ROWS_PER_TABLE]))
+                for start in range(0, len(rows), ROWS_PER_TABLE)
+            ],
         )
 
     def page(self, page: Page, **values: Any) -> bytes:
