@@ -215,9 +215,12 @@ def http_request(
     headers: dict[str, str] | None = None,
     body: bytes | None = None,
     timeout: float = 5,
+    source: str | None = None,
 ) -> Response:
-    """One request to 127.0.0.1:port with the given Host header (no redirects, no proxy)."""
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    """One request to 127.0.0.1:port with the given Host header (no redirects, no proxy);
+    `source`: the loopback address the client sends from (127.0.0.2: another client)."""
+    bind = None if source is None else (source, 0)
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout, source_address=bind)
     try:
         conn.request(method, path, body=body, headers={"Host": host, **(headers or {})})
         resp = conn.getresponse()

@@ -374,6 +374,7 @@ def test_the_path_settings_are_the_expected_ones() -> None:
     assert PATHS == [
         "tls_certificate",
         "tls_certificate_key",
+        "basic_auth_file",
         "output",
         "site_dir",
         "template_dir",

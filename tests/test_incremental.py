@@ -82,9 +82,41 @@ broken_edits = st.tuples(
 )
 
 
+# /deployment/<branch>/public set to true, false or a value it refuses, or removed (None); the
+# branch is one of the snapshot's when it has one (else the edit would mostly miss).
+public_edits = st.tuples(
+    st.just("set-public"),
+    st.one_of(strategies.branch_names, st.none()),
+    strategies.service_names,
+    st.sampled_from(["true", "false", "yes", None]),
+)
+# Access control on (basic auth and a client network): the public map is in the file.
+ACCESS_CONFIG = resolve(
+    resources.schema("config"),
+    {
+        "domain": "dev.test",
+        "allow_loopback": True,
+        "basic_auth_file": "/etc/devtest-router/htpasswd",
+        "client_networks": ["10.0.0.0/8"],
+    },
+    {},
+)
+
+
 def edited(snapshot: dict[str, Any], edit: tuple[str, str, str, Any]) -> dict[str, Any]:
     what, branch, service, value = edit
     result = copy.deepcopy(snapshot)
+    if what == "set-public":
+        found = result["deployment"]
+        if branch is None or branch not in found:
+            branch = next(iter(sorted(found, key=str)), branch)
+        entry = found.get(branch)
+        if isinstance(entry, dict):
+            if value is None:
+                entry.pop("public", None)
+            else:
+                entry["public"] = value
+        return result
     if what.endswith("-instance"):
         instances.edited_instance(result, edit)
         return result
@@ -170,6 +202,20 @@ def test_the_kept_build_is_the_composed_stages_over_broken_values(
     assert_warm_is_cold(start, steps, dataclasses.replace(CONFIG, max_value_bytes=limit))
 
 
+@settings(WARM_EXAMPLES, max_examples=80)
+@given(
+    st.one_of(strategies.realistic_snapshots, strategies.colliding_snapshots()),
+    st.lists(st.one_of(public_edits, public_edits, edits), min_size=1, max_size=8),
+)
+def test_warm_builds_are_the_cold_build_as_deployments_turn_public_and_back(
+    start: dict[str, Any], steps: list[tuple[str, str, str, Any]]
+) -> None:
+    """The same property with access control on, through /deployment/<branch>/public edits:
+    the public map (kept per label by the warm build) follows every flip, including labels
+    two branches share."""
+    assert_warm_is_cold(start, steps, ACCESS_CONFIG)
+
+
 def assert_warm_is_cold(
     start: dict[str, Any], steps: list[tuple[str, str, str, Any]], settings: Any = CONFIG
 ) -> None:
@@ -190,6 +236,7 @@ def assert_warm_is_cold(
             assert warm.table.problems == cold.table.problems
             assert warm.snapshot_id == cold.snapshot_id
             assert warm.skeleton == cold.skeleton and warm.fragments == cold.fragments
+            assert warm.public == cold.public
             assert dict(warm.deployments or {}) == dict(cold.deployments or {})
             engine.check(warm)  # the warm check, parsing only what changed, passes like the cold
             assert checked_text(cold, settings) == cold.text

@@ -110,6 +110,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept loopback upstreams (local use and tests)",
     )
 
+    group = settings.add_argument_group("access control (docs/access-control.md)")
+    group.add_argument(
+        "--basic-auth-file",
+        metavar="FILE",
+        help="htpasswd file: every route, the index and the 404 pages ask for a user and "
+        "password from it (deployments with /deployment/<branch>/public = true excepted)",
+    )
+    group.add_argument(
+        "--basic-auth-realm",
+        metavar="TEXT",
+        help="the realm the password prompt names (default: devtest-router)",
+    )
+    group.add_argument(
+        "--client-networks",
+        action="append",
+        metavar="CIDR",
+        help="only clients in this network reach the routes, the index and the 404 pages "
+        "(public deployments excepted); repeatable (default: every client)",
+    )
+    group.add_argument(
+        "--access-satisfy",
+        choices=("all", "any"),
+        help="with both of the above: all (default) asks a client in --client-networks for a "
+        "password too; any lets it in without one and asks every other client for one",
+    )
+
     applying = argparse.ArgumentParser(add_help=False)
     group = applying.add_argument_group("applying")
     group.add_argument(

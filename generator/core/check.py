@@ -59,7 +59,28 @@ DIRECTIVES: Mapping[str, frozenset[str]] = {
     "charset": frozenset({"server", "location"}),
     "ssi": frozenset({"location"}),
     "try_files": frozenset({"location"}),
+    # access control (basic_auth_file, client_networks): _check_access says where and with what
+    "satisfy": frozenset({"server"}),
+    "auth_basic": frozenset({"server", "location"}),
+    "auth_basic_user_file": frozenset({"server"}),
+    "allow": frozenset({"server", "location"}),
+    "deny": frozenset({"server"}),
+    "recursive_error_pages": frozenset({"location"}),
 }
+
+# The access directives, which only access control (config.access_control) renders.
+ACCESS = frozenset(
+    {"satisfy", "auth_basic", "auth_basic_user_file", "allow", "deny", "recursive_error_pages"}
+)
+# The locations that serve without the access rules, and exactly how each says so: the public
+# deployments' (@devtest_public) and the 502 and 504 pages that its requests may end in (the
+# other requests that reach those passed the rules already).
+OPEN_LOCATIONS = frozenset(
+    {"@devtest_public", "@devtest_no_instance_502", "@devtest_no_instance_504"}
+)
+OPEN_LINES = [["allow", "all"], ["auth_basic", "off"]]
+# The public deployments' map: `<label>/` -> 1 for each (render.public_keys).
+PUBLIC_MAP = ("$devtest_deployment/", "$devtest_public")
 
 # The certificate directives may name only the configured files (None: TLS is off, none at all).
 TLS_FILES = {"ssl_certificate": "tls_certificate", "ssl_certificate_key": "tls_certificate_key"}
@@ -94,11 +115,13 @@ def check(
     config: Config,
     path: str,
     pools: Mapping[str, Sequence[str]],
+    public: Sequence[str] = (),
 ) -> list[str]:
     """What is wrong with the parsed file at `path` (crossplane's payload), as lines; [] if ok.
 
     `expected` is what the hostname map must hold exactly: hostname -> target; `pools` the
-    upstream groups the file must hold exactly, at http level: name -> servers.
+    upstream groups the file must hold exactly, at http level: name -> servers; `public` the
+    labels the public map must hold exactly (when access control is on).
     """
     parsed = _parsed(payload, path)
     if isinstance(parsed, str):
@@ -151,12 +174,97 @@ def check(
             failures.append(f"a types block must be empty (in {where})")
 
     failures.extend(_check_listens(parsed, config, path))
+    failures.extend(_check_access(parsed, config, path))
+    failures.extend(_check_public_map(parsed, config, path, public))
     if len(route_maps) != 1:
         failures.append(f"expected one 'map $host $devtest_route' block, found {len(route_maps)}")
     else:
         failures.extend(_compare_routes(route_maps[0], expected))
     failures.extend(_compare_pools(groups, pools, path))
     return failures
+
+
+def access_lines(config: Config) -> list[list[str]]:
+    """The access directives (name and arguments) every serving server must hold, in order, at
+    its own level; [] when access control is off."""
+    if not config.access_control:
+        return []
+    lines = [["satisfy", str(config.access_satisfy)]]
+    if config.basic_auth_file is not None:
+        lines.append(["auth_basic", config.basic_auth_realm[1:-1]])  # crossplane unquotes it
+        lines.append(["auth_basic_user_file", str(config.basic_auth_file)])
+    lines.extend(["allow", str(network)] for network in config.client_networks)
+    if config.client_networks:
+        lines.append(["deny", "all"])
+    return lines
+
+
+def _check_access(parsed: list[dict[str, Any]], config: Config, path: str) -> list[str]:
+    """The access directives stand only where the template puts them, saying only what the
+    settings say: at the level of every server that serves something (has a location), exactly
+    access_lines(config); in OPEN_LOCATIONS exactly OPEN_LINES; recursive_error_pages on in
+    `location /`. None at all when access control is off."""
+    wanted = access_lines(config)
+    failures: list[str] = []
+    for server in parsed:
+        if server["directive"] != "server":
+            continue
+        block = server.get("block", ())
+        found = [
+            [entry["directive"], *entry["args"]] for entry in block if entry["directive"] in ACCESS
+        ]
+        serving = any(entry["directive"] == "location" for entry in block)
+        if found != (wanted if serving else []):
+            failures.append(
+                f"the access lines of a server (in {path}:{server['line']}) are {found}, not "
+                f"the {wanted if serving else []} the settings make"
+                + ("" if config.access_control else " (access control is off)")
+            )
+        for location in block:
+            if location["directive"] != "location":
+                continue
+            where = f"{path}:{location['line']}"
+            inside = location.get("block", ())
+            lines = [[e["directive"], *e["args"]] for e in inside if e["directive"] in ACCESS]
+            name = " ".join(location["args"])
+            if config.access_control and name in OPEN_LOCATIONS:
+                expected_lines = OPEN_LINES
+            elif config.access_control and name == "/":
+                expected_lines = [["recursive_error_pages", "on"]]
+            else:
+                expected_lines = []
+            if lines != expected_lines:
+                failures.append(
+                    f"location {name} (in {where}) holds the access lines {lines}, not "
+                    f"{expected_lines}"
+                )
+    return failures
+
+
+def _check_public_map(
+    parsed: list[dict[str, Any]], config: Config, path: str, public: Sequence[str]
+) -> list[str]:
+    """With access control on, one public map at http level holding exactly `default 0` and
+    `<label>/ 1` for each public label; none with it off."""
+    found = [
+        statement
+        for statement, _ in _walk(parsed)
+        if statement["directive"] == "map" and "$devtest_public" in statement["args"]
+    ]
+    if not config.access_control:
+        return [
+            f"a public map (in {path}:{entry['line']}) with access control off" for entry in found
+        ]
+    if len(found) != 1 or tuple(found[0]["args"]) != PUBLIC_MAP:
+        return [f"expected one 'map {' '.join(PUBLIC_MAP)}' block, found {len(found)}"]
+    entries = sorted([entry["directive"], *entry["args"]] for entry in found[0]["block"])
+    wanted = sorted([["default", "0"], *([f"{name}/", "1"] for name in public)])
+    if entries != wanted:
+        return [
+            f"the public map (in {path}:{found[0]['line']}) holds {entries}, not the public "
+            f"deployments' {wanted}"
+        ]
+    return []
 
 
 def _check_listens(parsed: list[dict[str, Any]], config: Config, path: str) -> list[str]:

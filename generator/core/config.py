@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 
 from generator.core.errors import UsageError
-from generator.core.model import Token
+from generator.core.model import Quoted, Token
 from generator.core.names import show
 
 ENV_PREFIX = "DEVTEST_ROUTER_"
@@ -37,6 +37,11 @@ class Config:
     tls_certificate: Token | None  # TLS is on when both are set (resolve() allows no other mix)
     tls_certificate_key: Token | None
     tls_listen: tuple[Token, ...]
+    # Access control is on when either of these is set (see access_control)
+    basic_auth_file: Token | None
+    basic_auth_realm: Quoted  # in its double quotes, as nginx's config gets it
+    client_networks: tuple[Network, ...]  # normalized (no host bits), as given
+    access_satisfy: Token  # all or any
     output: str
     site_dir: Token
     nginx: str
@@ -79,6 +84,12 @@ class Config:
     @property
     def tls(self) -> bool:
         return self.tls_certificate is not None and self.tls_certificate_key is not None
+
+    @property
+    def access_control(self) -> bool:
+        """Whether the routes, the index and the 404 pages are behind basic auth, client
+        networks or both (public deployments excepted)."""
+        return self.basic_auth_file is not None or bool(self.client_networks)
 
     @property
     def tls_port(self) -> int:
@@ -233,9 +244,10 @@ def resolve(
     _check_domain(layers)
     _check_tls(values, source)
     networks = _networks(properties, layers)
+    clients = _client_networks(properties, layers)
     sources = tuple((key, source[key]) for key in properties)
     try:
-        return _config(values, networks, sources)
+        return _config(values, networks, clients, sources)
     except ValueError as error:  # a Token refused a value the schema's pattern let through
         raise UsageError(f"a setting is not valid: {error}") from None
 
@@ -417,8 +429,33 @@ def _networks(properties: Mapping[str, Any], layers: _Layers) -> tuple[Network, 
     return tuple(networks)
 
 
+def _client_networks(properties: Mapping[str, Any], layers: _Layers) -> tuple[Network, ...]:
+    """client_networks, strictly: a network written with host bits set (10.0.0.1/8) is refused
+    with the network it is probably meant to be, rather than silently widened or narrowed."""
+    rule = properties["client_networks"]["items"]["x-rule"]
+    networks: list[Network] = []
+    for item in layers.values["client_networks"]:
+        try:
+            loose = ipaddress.ip_network(item, strict=False)
+        except ValueError as error:
+            raise layers.refuse("client_networks", f"{error}; it must be {rule}", item) from None
+        address = item.partition("/")[0]
+        if loose.network_address != ipaddress.ip_address(address):
+            raise layers.refuse(
+                "client_networks",
+                f"it has host bits set; write the network {loose}, or {address}/"
+                f"{loose.max_prefixlen} for that one address",
+                item,
+            )
+        networks.append(loose)
+    return tuple(networks)
+
+
 def _config(
-    values: dict[str, Any], networks: tuple[Network, ...], sources: tuple[tuple[str, str], ...]
+    values: dict[str, Any],
+    networks: tuple[Network, ...],
+    clients: tuple[Network, ...],
+    sources: tuple[tuple[str, str], ...],
 ) -> Config:
     return Config(
         domain=Token(values["domain"]),
@@ -427,6 +464,10 @@ def _config(
         tls_certificate=_token_or_none(values["tls_certificate"]),
         tls_certificate_key=_token_or_none(values["tls_certificate_key"]),
         tls_listen=tuple(Token(item) for item in values["tls_listen"]),
+        basic_auth_file=_token_or_none(values["basic_auth_file"]),
+        basic_auth_realm=Quoted(values["basic_auth_realm"]),
+        client_networks=clients,
+        access_satisfy=Token(values["access_satisfy"]),
         output=values["output"],
         site_dir=Token(values["site_dir"]),
         nginx=values["nginx"],

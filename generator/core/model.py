@@ -32,6 +32,22 @@ class Token(str):
         return super().__new__(cls, text)
 
 
+_PHRASE = re.compile(r"[A-Za-z0-9 ._-]+", re.ASCII)
+
+
+class Quoted(str):
+    """A phrase of letters, digits, spaces and . _ - in double quotes (basic_auth_realm): the
+    Token gate lets it through like a Token, since nothing inside the quotes is special to
+    nginx (no quote, backslash, $, ; or newline)."""
+
+    __slots__ = ()
+
+    def __new__(cls, text: str) -> Quoted:
+        if not _PHRASE.fullmatch(text):
+            raise ValueError(f"{text!r} holds characters other than letters, digits, ' ._-'")
+        return super().__new__(cls, f'"{text}"')
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class Problem:
     """Something in the snapshot that was skipped or settled, with where it is and what to do."""
@@ -118,6 +134,9 @@ class Deployment:
     created: datetime | None  # aware, UTC; None when missing or unreadable
     services: tuple[Service, ...]  # the complete ones
     registered: tuple[str, ...]  # every service name under /service, complete or not
+    # /deployment/<branch>/public = true: served without the access control (basic auth,
+    # client_networks) every other deployment is behind, when that is configured
+    public: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +154,7 @@ class Route:
     # Where nginx sends the requests: the address of the one upstream, or the name of the
     # upstream group that balances over several (render.py prints the group's block).
     pool: Token
+    public: bool = False  # of the deployment (Deployment.public)
     # The map value nginx sees: deployment label, service label and pool, '/'-separated.
     target: Token = field(init=False, compare=False)
 
@@ -160,6 +180,8 @@ class Route:
                 for member in self.members
             ],
             "created": None if self.created is None else f"{self.created:{RFC3339}}",
+            # only when true: a table without public deployments reads as it always did
+            **({"public": True} if self.public else {}),
         }
 
 

@@ -17,7 +17,7 @@ import jinja2
 
 from generator.core.check import destination
 from generator.core.config import Config
-from generator.core.model import DeploymentKey, Route, RoutingTable
+from generator.core.model import DeploymentKey, Route, RoutingTable, Token
 from generator.core.render import Part, render
 from generator.core.routing import build_table
 from generator.core.snapshot import deployment_texts, snapshot_id
@@ -38,6 +38,9 @@ class Rendered:
     # (label, name) -> the deployment's routes by hostname, the same tuple while they stay the
     # same (site_apply.SiteWriter compares them by identity); None: not kept
     deployments: Mapping[DeploymentKey, tuple[Route, ...]] | None = None
+    # the labels of the public deployments (render.public_labels), which the skeleton's public
+    # map holds when access control is on
+    public: tuple[Token, ...] = ()
 
 
 def build(
@@ -55,7 +58,7 @@ def build(
     table = build_table(deployments, config, problems)
     del deployments, problems
     made = render(table, config, templates)
-    return Rendered(identity, table, made.text, made.skeleton, made.parts, made.routes)
+    return Rendered(identity, table, made.text, made.skeleton, made.parts, made.routes, made.public)
 
 
 @dataclass(frozen=True, slots=True)

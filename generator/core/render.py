@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -13,7 +13,7 @@ import jinja2
 
 from generator.core.config import Config
 from generator.core.errors import TemplateProblem
-from generator.core.model import RFC3339, DeploymentKey, Route, RoutingTable, Token
+from generator.core.model import RFC3339, DeploymentKey, Quoted, Route, RoutingTable, Token
 from generator.core.site_layout import ASKED_LEVELS, domain_pattern
 
 TEMPLATE = "routes.conf.j2"
@@ -29,7 +29,7 @@ class UncheckedValueError(jinja2.TemplateError):
 
 def _only_checked(value: Any) -> Any:
     """Jinja's finalize hook, the Token gate: the one way from data into nginx syntax."""
-    if isinstance(value, Token | Fragment) or (
+    if isinstance(value, Token | Fragment | Quoted) or (
         isinstance(value, int) and not isinstance(value, bool)
     ):
         return value
@@ -203,11 +203,39 @@ def pools_of(routes: Sequence[Route]) -> tuple[Pool, ...]:
     return tuple(sorted(found.items()))
 
 
+def public_labels(routes: Mapping[DeploymentKey, Sequence[Route]]) -> tuple[Token, ...]:
+    """The labels of the deployments served without access control, sorted: a label is public
+    when every deployment that routes under it is (two branch names can share a label, and
+    one behind access control keeps the label behind it)."""
+    public: dict[Token, bool] = {}
+    for (shared, _), found in routes.items():
+        public[shared] = public.get(shared, True) and found[0].public
+    return tuple(name for name, yes in sorted(public.items()) if yes)
+
+
+def public_keys(labels: Sequence[Token]) -> tuple[Token, ...]:
+    """The public map's keys: `<label>/` (a bare label could be `default` or `include`)."""
+    return tuple(Token(f"{name}/") for name in labels)
+
+
+def access(config: Config) -> dict[str, Any] | None:
+    """What the template's access lines print (None: access control is off)."""
+    if not config.access_control:
+        return None
+    return {
+        "satisfy": config.access_satisfy,
+        "realm": config.basic_auth_realm,
+        "user_file": config.basic_auth_file,
+        "networks": tuple(Token(str(network)) for network in config.client_networks),
+    }
+
+
 def render_skeleton(
     table: RoutingTable,
     config: Config,
     templates: jinja2.Environment,
     parts: Sequence[Part],
+    public: Sequence[Token] = (),
 ) -> str:
     """The whole file with ROUTES_MARKER where the deployments' lines go, and UPSTREAMS_MARKER
     where their upstream blocks go."""
@@ -222,6 +250,7 @@ def render_skeleton(
         deployments_count=len(parts),
         longest=longest,
         pools=any(part.blocks for part in parts),
+        public=public,
     )
 
 
@@ -235,9 +264,11 @@ def skeleton_text(
     deployments_count: int,
     longest: int,
     pools: bool,
+    public: Sequence[Token] = (),
 ) -> str:
     """render_skeleton from the figures it prints (a long-running caller keeps them); `pools`:
-    some deployment has upstream blocks to place."""
+    some deployment has upstream blocks to place; `public`: the public labels (public_labels),
+    printed only when access control is on."""
     skeleton = _render(
         templates,
         TEMPLATE,
@@ -262,6 +293,8 @@ def skeleton_text(
         client_max_body_size=config.client_max_body_size,
         proxy_connect_timeout=config.proxy_connect_timeout,
         proxy_read_timeout=config.proxy_read_timeout,
+        access=access(config),
+        public=public_keys(public),
     )
     if skeleton.count(ROUTES_MARKER) != 1:
         raise TemplateProblem(f"template {TEMPLATE} must print {{{{ routes }}}} exactly once")
@@ -292,6 +325,7 @@ class Rendering(NamedTuple):
     skeleton: str  # the file with the markers in place of the deployments' lines and blocks
     parts: tuple[Part, ...]  # each deployment's lines and upstream blocks, in file order
     routes: dict[DeploymentKey, tuple[Route, ...]]  # each deployment's routes (by_deployment)
+    public: tuple[Token, ...]  # the public labels (public_labels)
 
 
 def render(table: RoutingTable, config: Config, templates: jinja2.Environment) -> Rendering:
@@ -299,11 +333,12 @@ def render(table: RoutingTable, config: Config, templates: jinja2.Environment) -
     config, always (each deployment's part, then the skeleton, spliced)."""
     routes = by_deployment(table)
     parts = tuple([render_group(group_of(found), templates) for found in routes.values()])
-    skeleton = render_skeleton(table, config, templates, parts)
+    public = public_labels(routes)
+    skeleton = render_skeleton(table, config, templates, parts, public)
     text = splice(
         skeleton, "".join([part.lines for part in parts]), "".join([part.blocks for part in parts])
     )
-    return Rendering(text, skeleton, parts, routes)
+    return Rendering(text, skeleton, parts, routes, public)
 
 
 def _render(templates: jinja2.Environment, name: str, **values: Any) -> str:

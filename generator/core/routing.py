@@ -262,6 +262,7 @@ def _route(
         kind,
         deployment.created,
         pool(deployment.name, service.name, passed),
+        deployment.public,
     )
 
 

@@ -107,7 +107,7 @@ RULES: tuple[tuple[tuple[str, ...], str, Rule], ...] = (
         Rule(
             "stray-key",
             Cost.IGNORE_KEY,
-            "is not a deployment key (only 'created' and 'service' are)",
+            "is not a deployment key (only 'created', 'service' and 'public' are)",
             "remove it; if it is the rest of a branch name with '/' (feature/foo), register "
             "that branch under its slug (/deployment/feature-foo)",
         ),
@@ -121,6 +121,16 @@ RULES: tuple[tuple[tuple[str, ...], str, Rule], ...] = (
         ("created",),
         "*",
         Rule("bad-created", Cost.IGNORE_KEY, "is {value}, not a time string", _CREATED_FIX),
+    ),
+    (
+        ("public",),
+        "*",
+        Rule(
+            "bad-public",
+            Cost.IGNORE_KEY,
+            "is {value}, not true or false",
+            "use true or false (the deployment stays behind the access control until then)",
+        ),
     ),
     (
         ("service",),
@@ -337,7 +347,8 @@ class SnapshotValidator:
                 )
             )
         registered = tuple(sorted(value.get("service") or {}))
-        return Deployment(name, created, services, registered), problems
+        public = value.get("public") == "true" and ("public",) not in ignored
+        return Deployment(name, created, services, registered, public), problems
 
     def _passes(self, value: Any) -> bool:
         """Whether fastjsonschema passes the deployment: then it has no problem to report."""

@@ -84,6 +84,7 @@ class Checker:
             config,
             str(scratch / "skeleton" / "included.conf"),
             {UPSTREAMS_MARKER_POOL: ()} if placed else {},
+            rendered.public,
         )
         parts = rendered.fragments
         unchecked = [part for part in parts if part not in self._passed]
@@ -244,6 +245,41 @@ def _require_tls_files(config: Config) -> None:
             ) from None
 
 
+def require_basic_auth_file(config: Config) -> None:
+    """basic_auth_file must be readable and hold users (user:hash lines): nginx's test never
+    reads it, and its workers read it at every request, so a missing or broken file would
+    turn every protected request into a 500. Its lines are never shown: they hold hashes."""
+    path = config.basic_auth_file
+    if path is None:
+        return
+    fix = (
+        "make it with `htpasswd -c FILE USER` (apache2-utils) or user:$(openssl passwd -apr1) "
+        "lines, or fix basic_auth_file; nothing was changed"
+    )
+    try:
+        with open(path, "rb") as file:
+            text = file.read()
+    except OSError as error:
+        raise UsageError(
+            f"setting basic_auth_file: cannot read {path} ({error.strerror}); nginx's workers "
+            "must read it too: fix the path or the file's permissions; nothing was changed"
+        ) from None
+    users = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        user, colon, hashed = line.partition(b":")
+        if not colon or not user or not hashed or any(c in user for c in b" \t"):
+            raise UsageError(
+                f"setting basic_auth_file: line {number} of {path} is not user:hash (not "
+                f"shown: it may hold a password); {fix}"
+            )
+        users += 1
+    if not users:
+        raise UsageError(f"setting basic_auth_file: {path} holds no user:hash line; {fix}")
+
+
 def current_routes(target: Path, current: str | None, scratch: Path) -> dict[str, str]:
     """The routes of the file in place, read back by crossplane ({} if it is not one of ours)."""
     if current is None:
@@ -278,6 +314,7 @@ def plan(
     """Dry run: the gate (the check and nginx's test) and the safety threshold, as a real apply
     runs them, on a copy in a temporary folder; changes nothing.
     `recent`: the safety threshold's window, as for apply()."""
+    require_basic_auth_file(config)
     target = output_file(config)
     current = _read(target)
     confirmed = current is not None and _recorded(target) == _digest(current)
@@ -326,6 +363,7 @@ def apply_then(
     reloaded, or there already): the site is written from the same routing table, and two
     applies never interleave their pages. If it raises, the config stays applied.
     """
+    require_basic_auth_file(config)  # even when the file in place is the rendered one
     target = output_file(config)
     folder = target.parent
     if not folder.is_dir():

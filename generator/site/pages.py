@@ -72,6 +72,9 @@ class Listing:
     default: Link | None  # the default entry point <label>.<domain>
     services: tuple[Link, ...]  # by hostname
     problems: tuple[Problem, ...]
+    # served without access control (/deployment/<branch>/public = true); None: access
+    # control is off, and the site says nothing about it
+    public: bool | None = None
 
     @property
     def default_alone(self) -> bool:
@@ -89,6 +92,7 @@ class Listing:
             "default": None if self.default is None else _link_json(self.default),
             "services": [_link_json(link) for link in self.services],
             "problems": [problem.as_json() for problem in self.problems],
+            **({} if self.public is None else {"public": self.public}),
         }
 
 
@@ -137,16 +141,19 @@ class Page:
     routes: int = 0
 
 
-def listings(table: RoutingTable) -> tuple[Listing, ...]:
+def listings(table: RoutingTable, access: bool = False) -> tuple[Listing, ...]:
     """Every deployment with a route, by label then name (the config file's order).
 
     Two branches can share a label (Feature/Foo and feature-foo) and both keep some routes: each
     is listed on its own. A problem belongs to the deployment whose key starts its key; those of
-    deployments that route nothing are in the table's problems only.
+    deployments that route nothing are in the table's problems only. `access`: access control
+    is on, and each listing says whether its deployment is public.
     """
     grouped = by_deployment(table)  # sorted by key
     owned = owners(table.problems, key_paths(grouped))
-    return tuple(listing(key, routes, owned.get(key, ())) for key, routes in grouped.items())
+    return tuple(
+        listing(key, routes, owned.get(key, ()), access) for key, routes in grouped.items()
+    )
 
 
 def key_paths(keys: Iterable[DeploymentKey]) -> dict[str, DeploymentKey]:
@@ -166,8 +173,11 @@ def owners(
     return {key: tuple(owned) for key, owned in found.items()}
 
 
-def listing(key: DeploymentKey, routes: Sequence[Route], problems: tuple[Problem, ...]) -> Listing:
-    """One deployment as listed, from its routes (by hostname) and its problems."""
+def listing(
+    key: DeploymentKey, routes: Sequence[Route], problems: tuple[Problem, ...], access: bool = False
+) -> Listing:
+    """One deployment as listed, from its routes (by hostname) and its problems (`access`:
+    access control is on, and the listing says whether the deployment is public)."""
     label, name = key
     created = routes[0].created
     default = None
@@ -184,6 +194,7 @@ def listing(key: DeploymentKey, routes: Sequence[Route], problems: tuple[Problem
         default=default,
         services=tuple(services),
         problems=problems,
+        public=routes[0].public if access else None,
     )
 
 
@@ -198,9 +209,10 @@ def _owner(key: str, keys: Mapping[str, DeploymentKey]) -> DeploymentKey | None:
     return None
 
 
-def pages(table: RoutingTable) -> dict[str, Page]:
-    """Relative path -> what the file is made of, for every file of the site, sorted by path."""
-    listed = listings(table)
+def pages(table: RoutingTable, access: bool = False) -> dict[str, Page]:
+    """Relative path -> what the file is made of, for every file of the site, sorted by path
+    (`access`: access control is on; see listings)."""
+    listed = listings(table, access)
     by_label: dict[str, list[Listing]] = {}
     for listing in listed:
         by_label.setdefault(listing.label, []).append(listing)
@@ -226,7 +238,8 @@ def document(page: Page, config: Config) -> dict[str, Any]:
                       "services": [{"service": "api", "host": "feature-login-api.dev...",
                                     "instances": [{"instance": "a1b2c3" or null,
                                                    "address": "10.0.3.7:8080"}, ...]}, ...],
-                      "problems": [{"key": ..., "code": ..., "message": ...}, ...]}, ...],
+                      "problems": [{"key": ..., "code": ..., "message": ...}, ...],
+                      "public": true or false, only when access control is on}, ...],
      "problems": [every problem in the registry, as above]}
     """
     return {
@@ -348,4 +361,4 @@ def render_site(
 ) -> dict[str, bytes]:
     """Every file of the site: relative path -> bytes."""
     render = Renderer(config, templates)
-    return {path: render(page) for path, page in pages(table).items()}
+    return {path: render(page) for path, page in pages(table, config.access_control).items()}

@@ -102,7 +102,7 @@ class SiteWriter:
         """What apply would write and remove (a dry run: nothing is written)."""
         try:
             with no_gc():
-                wanted = pages(table)
+                wanted = pages(table, self.config.access_control)
                 changed = []
                 for path, page in wanted.items():
                     data = self._render(page)
@@ -190,7 +190,7 @@ class SiteWriter:
                     del self._rows[key], self._lines[key]
                     labels.add(key[0])
                 continue
-            listed = listing(key, value, self._owned.get(key, ()))
+            listed = listing(key, value, self._owned.get(key, ()), self.config.access_control)
             if self._listed.get(key) != listed:
                 self._listed[key] = listed
                 self._rows[key] = self._render.row(listed)

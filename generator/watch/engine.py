@@ -19,7 +19,7 @@ import jinja2
 
 from generator.core import pipeline
 from generator.core.config import Config
-from generator.core.model import DeploymentKey, Problem, Route, RoutingTable
+from generator.core.model import DeploymentKey, Problem, Route, RoutingTable, Token
 from generator.core.names import label
 from generator.core.pipeline import Applied, Plan, Rendered, in_window, record
 from generator.core.render import (
@@ -117,6 +117,11 @@ class Build:
         self._group_routes: dict[DeploymentKey, tuple[Route, ...]] = {}
         self._lengths: dict[int, int] = {}  # hostname length -> routes
         self._created: dict[datetime, int] = {}  # created -> routes
+        # render.public_labels, kept: whether each deployment that routes is public, how many
+        # public and other deployments route under each label, and the labels all public
+        self._public_of: dict[DeploymentKey, bool] = {}
+        self._label_counts: dict[Token, list[int]] = {}  # label -> [public, not public]
+        self._public: set[Token] = set()
 
     def __call__(self, snapshot: Mapping[str, Any]) -> Rendered:
         with no_gc():
@@ -195,6 +200,7 @@ class Build:
                 self._pooled.add(key)
             else:
                 self._pooled.discard(key)
+            self._count_public(key, made is not None)
         update_sorted(self._group_keys, keys.keys(), self._groups)
 
         if self._problems_changed:
@@ -206,6 +212,7 @@ class Build:
         # few deployments have upstream blocks: join theirs only, in file order
         pooled = sorted(self._pooled)
         blocks = "".join([self._groups[key].blocks for key in pooled])
+        public = tuple(sorted(self._public))
         skeleton = skeleton_text(
             self.config,
             self._templates,
@@ -215,10 +222,29 @@ class Build:
             deployments_count=len(parts),
             longest=max(self._lengths, default=1),
             pools=bool(pooled),
+            public=public,
         )
         identity = snapshot_id_of(snapshot, [work[name].part for name in self._names])
         text = splice(skeleton, joined, blocks)
-        return Rendered(identity, table, text, skeleton, parts, dict(self._group_routes))
+        return Rendered(identity, table, text, skeleton, parts, dict(self._group_routes), public)
+
+    def _count_public(self, key: DeploymentKey, routes: bool) -> None:
+        """Keep the public labels as deployment `key` now routes (`routes`: it routes at all)."""
+        shared = key[0]
+        counts = self._label_counts.setdefault(shared, [0, 0])
+        before = self._public_of.pop(key, None)
+        if before is not None:
+            counts[0 if before else 1] -= 1
+        if routes:
+            now = self._group_routes[key][0].public
+            self._public_of[key] = now
+            counts[0 if now else 1] += 1
+        if counts[0] and not counts[1]:
+            self._public.add(shared)
+        else:
+            self._public.discard(shared)
+        if not any(counts):
+            del self._label_counts[shared]
 
     def _deployment(
         self, name: str, value: Any, text: str
