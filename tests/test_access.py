@@ -571,7 +571,13 @@ def test_basic_auth_and_client_networks_guard_every_route_the_index_and_the_404_
     assert {d["name"]: d["public"] for d in document["deployments"]} == {
         "demo": True, "gone": True, "main": False,
     }  # fmt: skip
-    assert 'class="public"' in frontend.get(DOMAIN, user="alice").text
+    rows = {
+        row.split('"', 1)[0]: row
+        for row in frontend.get(DOMAIN, user="alice").text.split('<tr data-deployment="')[1:]
+    }
+    assert {name: ">public</em>" in row for name, row in rows.items()} == {
+        "demo": True, "gone": True, "main": False,
+    }  # fmt: skip
 
     # public back to false: demo is behind the rules again
     frontend.apply(snapshot(main=(echo.port, None), demo=(echo.port, "false"), gone=(down, "true")))
