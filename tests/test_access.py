@@ -19,13 +19,12 @@ from typing import Any
 import pytest
 from cli_harness import Result, run_main
 from harness import Backend, Nginx, Response, find_binary, free_port, http_request, wait_for
+from template_harness import override
 
 from generator import resources
 from generator.core.config import resolve
 from generator.core.model import Quoted
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLED_TEMPLATE = REPO / "templates" / "routes.conf.j2"
 DOMAIN = "dev.test"
 OUTPUT = "devtest-router.conf"
 LOCK = f".{OUTPUT}.lock"
@@ -67,16 +66,6 @@ def htpasswd(path: Path, user: str = "alice", password: str = PASSWORD) -> str:
     line = f"{user}:{hashed}"
     path.write_text(f"# made by a test\n\n{line}\n", encoding="utf-8")
     return line
-
-
-def override(tmp: Path, old: str, new: str) -> Path:
-    """A template folder whose routes.conf.j2 is the bundled one with `old` replaced by `new`."""
-    text = BUNDLED_TEMPLATE.read_text(encoding="utf-8")
-    assert text.count(old) == 1, f"{old!r} is not in the bundled template exactly once"
-    folder = tmp / "templates"
-    folder.mkdir()
-    (folder / "routes.conf.j2").write_text(text.replace(old, new), encoding="utf-8")
-    return folder
 
 
 # --------------------------------------------------------------------------

@@ -25,14 +25,13 @@ from typing import Any
 import pytest
 from cli_harness import Result, run_main
 from harness import Backend, Nginx, Response, find_binary, http_request, wait_for
+from template_harness import override
 
 from generator.cli.main import main
 from generator.core.snapshot import snapshot_id
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLED_TEMPLATE = REPO / "templates" / "routes.conf.j2"
 CLI = Path(sys.executable).with_name("devtest-router")
 DOMAIN = "dev.test"
 OUTPUT = "devtest-router.conf"
@@ -229,16 +228,6 @@ class Router:
 @pytest.fixture
 def router(nginx: Nginx, tmp_path: Path) -> Router:
     return Router(nginx, tmp_path)
-
-
-def override(tmp: Path, old: str, new: str) -> Path:
-    """A template folder whose routes.conf.j2 is the bundled one with `old` replaced by `new`."""
-    text = BUNDLED_TEMPLATE.read_text(encoding="utf-8")
-    assert text.count(old) == 1, f"{old!r} is not in the bundled template exactly once"
-    folder = tmp / "templates"
-    folder.mkdir()
-    (folder / "routes.conf.j2").write_text(text.replace(old, new), encoding="utf-8")
-    return folder
 
 
 def nginx_probe(counter: Path) -> str:

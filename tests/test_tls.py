@@ -23,6 +23,7 @@ from harness import (
     pid_alive,
     wait_for,
 )
+from template_harness import override
 from tls_harness import (
     Certificate,
     WebsocketEcho,
@@ -34,8 +35,6 @@ from tls_harness import (
 )
 from websockets.exceptions import ConnectionClosed
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLED_TEMPLATE = REPO / "templates" / "routes.conf.j2"
 DOMAIN = "dev.test"
 OUTPUT = "devtest-router.conf"
 LOCK = f".{OUTPUT}.lock"  # apply's lock file, left beside the output by design
@@ -69,16 +68,6 @@ def cli(argv: list[str], stdin: str = "", environ: Mapping[str, str] | None = No
 
 CLEAN = json.dumps({"deployment": {"feat": {"service": {"web": {"ip": "10.0.0.5", "port": "80"}}}}})
 PAIR = ["--tls-certificate", "/etc/ssl/dev.pem", "--tls-certificate-key", "/etc/ssl/dev.key"]
-
-
-def override(tmp: Path, old: str, new: str) -> Path:
-    """A template folder whose routes.conf.j2 is the bundled one with `old` replaced by `new`."""
-    text = BUNDLED_TEMPLATE.read_text(encoding="utf-8")
-    assert text.count(old) == 1, f"{old!r} is not in the bundled template exactly once"
-    folder = tmp / "templates"
-    folder.mkdir()
-    (folder / "routes.conf.j2").write_text(text.replace(old, new), encoding="utf-8")
-    return folder
 
 
 class Frontend:
