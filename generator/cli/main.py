@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import stat
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import redirect_stderr, redirect_stdout
@@ -158,13 +159,30 @@ def site_writer(config: Config) -> SiteWriter:
     return SiteWriter(config, site.environment(template_loader(_template_overrides(config))))
 
 
-def _build(args: argparse.Namespace, config: Config, streams: Streams) -> Rendered:
-    if args.snapshot == "-":
+def _build(
+    args: argparse.Namespace,
+    config: Config,
+    streams: Streams,
+    environ: Mapping[str, str] | None = None,
+) -> Rendered:
+    """The snapshot built and rendered: from SNAPSHOT or standard input, or (apply, given
+    `environ`) from the registry itself when _reads_registry says so."""
+    if environ is not None and _reads_registry(args, streams, environ):
+        snapshot = _read_registry(args, environ, config.allow_empty)
+        return build(snapshot, config, schema("snapshot"), templates(config))
+    if args.snapshot in (None, "-"):
         if _is_terminal(streams.stdin):
             command = f"devtest-router {args.subcommand}"
+            ways = [
+                f"give a snapshot file ({command} SNAPSHOT)",
+                f"pipe one in (devtest-router snapshot --registry URL | {command})",
+            ]
+            if environ is not None:  # apply
+                ways.append(f"read the registry ({command} --registry URL)")
             raise UsageError(
-                f"standard input is a terminal, not a snapshot: give a snapshot file ({command} "
-                f"SNAPSHOT), or pipe one in (devtest-router snapshot --registry URL | {command})"
+                "standard input is a terminal, not a snapshot: "
+                + ", ".join(ways[:-1])
+                + f", or {ways[-1]}"
             )
         text, source = streams.stdin.read(), "standard input"
     else:
@@ -175,6 +193,44 @@ def _build(args: argparse.Namespace, config: Config, streams: Streams) -> Render
             raise UsageError(f"snapshot {args.snapshot}: {reason}") from None
         source = args.snapshot
     return build(loads(text, source), config, schema("snapshot"), templates(config))
+
+
+def _reads_registry(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> bool:
+    """apply: read the registry itself (as `snapshot` and `watch` do) rather than a snapshot?
+    With --registry, yes (a SNAPSHOT beside it is a usage error). With neither, when
+    REGISTRY_URL is set and no snapshot is piped or redirected into standard input: an
+    existing `snapshot | apply` keeps reading its pipe."""
+    if args.registry:
+        if args.snapshot is not None:
+            raise UsageError(
+                f"apply: give a SNAPSHOT ({args.snapshot}) or --registry, not both; nothing was "
+                "changed"
+            )
+        return True
+    if args.snapshot is not None or not environ.get("REGISTRY_URL"):
+        return False
+    return not _is_piped(streams.stdin)
+
+
+def _is_piped(stream: TextIO) -> bool:
+    """Is `stream` a pipe, a socket or a regular file (something that holds a snapshot), rather
+    than a terminal, /dev/null or nothing?"""
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (AttributeError, ValueError, OSError):  # no descriptor: a stream handed in (tests)
+        return True
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)
+
+
+def _read_registry(
+    args: argparse.Namespace, environ: Mapping[str, str], allow_empty: bool
+) -> dict[str, Any]:
+    """The registry's snapshot, read as `snapshot` reads it (RegistryUnavailable: exit 4)."""
+    registry = registry_from_args(args, environ)
+    try:
+        return present(registry.read(), registry.description, allow_empty).snapshot
+    finally:
+        registry.close()
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -241,7 +297,7 @@ def format_table(table: RoutingTable) -> str:
 
 def _apply(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
     config = _settings(args, environ, streams, live=True)
-    rendered = _build(args, config, streams)
+    rendered = _build(args, config, streams, environ)
     _report_problems(rendered, streams)
     result, pages = _apply_or_plan(rendered, config, site_writer(config), streams)
     if config.dry_run:

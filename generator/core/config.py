@@ -66,7 +66,7 @@ class Config:
     max_wait: float
     resync_interval: float
     removal_grace: float  # watch: seconds removals are held back after a reconnect (0: off)
-    allow_empty: bool  # watch: an absent /deployment prefix is no services, not a registry error
+    allow_empty: bool  # watch, apply --registry: an absent /deployment prefix is no services, not a registry error
     log_format: str  # plain or json: how log lines on stderr look
     log_level: str  # debug, info, warning or error: the least serious log line written
     metrics_listen: tuple[str, int] | None  # (IP address, port) of /healthz and /metrics
