@@ -231,9 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         "apply",
         [snapshot, settings, applying],
         "check, test, install and reload the config (or show the diff with --dry-run)",
-        summary(
-            (OK, CHANGES, USAGE, REGISTRY, SITE, REFUSED), {CHANGES: "changes found (--dry-run)"}
-        ),
+        summary((OK, CHANGES, USAGE, REGISTRY, SITE, REFUSED), {CHANGES: "changes (--dry-run)"}),
         _SETTINGS + "\n\n" + _APPLY_SOURCE,
         usage="%(prog)s [options] [SNAPSHOT | --registry URL]",
     )
