@@ -6,9 +6,10 @@ import json
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
+if TYPE_CHECKING:
+    import jinja2
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -32,4 +33,6 @@ def schema(name: str) -> dict[str, Any]:
 def template_loader(overrides: Sequence[Path] = ()) -> jinja2.FileSystemLoader:
     """Loads the bundled templates/, each file overridden by one of the same name in the
     folders of `overrides` (the user's template_dir), earlier first."""
+    import jinja2  # on use: `snapshot` and `register` render nothing
+
     return jinja2.FileSystemLoader([*map(str, overrides), str(data_dir("templates"))])

@@ -118,7 +118,7 @@ def test_a_typo_through_the_installed_binary() -> None:
     )
     assert done.returncode == 2
     assert done.stderr == (
-        "usage: devtest-router apply [options] [SNAPSHOT]\n"
+        "usage: devtest-router apply [options] [SNAPSHOT | --registry URL]\n"
         "devtest-router apply: error: unknown flag --domian; did you mean --domain?\n"
     )
 
@@ -130,7 +130,7 @@ def test_a_typo_through_the_installed_binary() -> None:
 CODES = {
     "render": {0, 2, 123},
     "check": {0, 2, 123},
-    "apply": {0, 1, 2, 5, 123},
+    "apply": {0, 1, 2, 4, 5, 123},  # 4: --registry unreachable,
     "watch": {0, 2},
     "snapshot": {0, 2, 4},
     "wait": {0, 1, 2},

@@ -278,10 +278,13 @@ def test_a_terminal_on_standard_input_is_refused_at_once(command: str, tmp_path:
     assert done.returncode == USAGE, done.stderr
     assert done.stdout == ""
     [line] = done.stderr.splitlines()
+    registry = f", or read the registry (devtest-router {command} --registry URL)"
     assert line == (
         f"devtest-router: standard input is a terminal, not a snapshot: give a snapshot file "
-        f"(devtest-router {command} SNAPSHOT), or pipe one in (devtest-router snapshot "
-        f"--registry URL | devtest-router {command})"
+        f"(devtest-router {command} SNAPSHOT), "
+        + ("" if command == "apply" else "or ")
+        + f"pipe one in (devtest-router snapshot --registry URL | devtest-router {command})"
+        + (registry if command == "apply" else "")
     )
 
 

@@ -10,8 +10,14 @@ import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from generator.core.errors import Error, InternalError, SiteError, TemplateProblem, UsageError
-from generator.register.discovery import MetadataUnavailable
+from generator.core.errors import (
+    Error,
+    InternalError,
+    MetadataUnavailable,
+    SiteError,
+    TemplateProblem,
+    UsageError,
+)
 from generator.registry.base import RegistryUnavailable
 
 OK = 0

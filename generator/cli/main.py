@@ -6,18 +6,16 @@ import argparse
 import json
 import math
 import os
+import stat
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import redirect_stderr, redirect_stdout
+from functools import cache
 from pathlib import Path
-from typing import Any, TextIO
-
-import jinja2
-import yaml
+from typing import TYPE_CHECKING, Any, TextIO
 
 from generator.cli.exit_codes import CHANGES, OK, REFUSED, code_of
 from generator.cli.parser import build_parser, parse
-from generator.cli.probe import wait_until_routed
 from generator.cli.sources import setting_lines
 from generator.core.config import (
     DEFAULT_CONFIG_FILE,
@@ -29,21 +27,21 @@ from generator.core.config import (
 from generator.core.errors import Error, UsageError
 from generator.core.model import RoutingTable
 from generator.core.names import hostname, label
-from generator.core.pipeline import Plan, Rendered
-from generator.core.render import environment
 from generator.core.snapshot import loads, yaml_problem
 from generator.core.words import counted
-from generator.memory import keep_large_blocks_apart, release_free_memory
-from generator.nginx.apply import apply_then, checked_text, plan
 from generator.registry.base import present
 from generator.registry.open import registry_from_args
 from generator.resources import schema, template_loader
-from generator.site import pages as site
-from generator.site.writer import SitePlan, SiteWriter
 from generator.streams import LEVELS, Streams
-from generator.watch.engine import Engine, build
-from generator.watch.observe import Outcome, problem_fields
-from generator.watch.watcher import Timing, Watcher, stop_on_signals
+
+if TYPE_CHECKING:  # Each imported where it is used, so a command pays only for its own imports.
+    import jinja2
+    import yaml
+
+    from generator.core.pipeline import Plan, Rendered
+    from generator.site.writer import SitePlan, SiteWriter
+    from generator.watch.engine import Engine
+    from generator.watch.observe import Outcome
 
 Command = Callable[[argparse.Namespace, Streams, Mapping[str, str]], int]
 
@@ -56,8 +54,10 @@ def _settings(
     config_name, file_name = _config_file(args, environ)
     file_data = None
     if config_name:
+        import yaml
+
         try:
-            file_data = yaml.load(Path(config_name).read_text(encoding="utf-8"), _ConfigLoader)
+            file_data = yaml.load(Path(config_name).read_text(encoding="utf-8"), _config_loader())
         except OSError as error:
             raise UsageError(f"config file {file_name}: {error.strerror}") from None
         except UnicodeDecodeError as error:
@@ -121,9 +121,17 @@ def _say_default_domain(config: Config, streams: Streams) -> None:
         )
 
 
-class _ConfigLoader(yaml.SafeLoader):
+@cache
+def _config_loader() -> type[yaml.SafeLoader]:
     """YAML's safe loader, but an integer of more digits than Python converts (4,300) stays the
     text it was, which the settings then refuse as not an integer, naming the setting."""
+    import yaml
+
+    class ConfigLoader(yaml.SafeLoader):
+        pass
+
+    ConfigLoader.add_constructor("tag:yaml.org,2002:int", _config_int)
+    return ConfigLoader
 
 
 def _config_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
@@ -131,9 +139,6 @@ def _config_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
     if isinstance(text, str) and len(text) > 4300:
         return text
     return loader.construct_yaml_int(node)
-
-
-_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _config_int)
 
 
 def _template_overrides(config: Config) -> list[Path]:
@@ -150,21 +155,45 @@ def _template_overrides(config: Config) -> list[Path]:
 
 def templates(config: Config) -> jinja2.Environment:
     """The nginx templates (only Tokens and ints printed)."""
+    from generator.core.render import environment
+
     return environment(template_loader(_template_overrides(config)))
 
 
 def site_writer(config: Config) -> SiteWriter:
     """Writes the site's pages (templates/site/, HTML-escaped) into config.site_dir."""
+    from generator.site import pages as site
+    from generator.site.writer import SiteWriter
+
     return SiteWriter(config, site.environment(template_loader(_template_overrides(config))))
 
 
-def _build(args: argparse.Namespace, config: Config, streams: Streams) -> Rendered:
-    if args.snapshot == "-":
+def _build(
+    args: argparse.Namespace,
+    config: Config,
+    streams: Streams,
+    environ: Mapping[str, str] | None = None,
+) -> Rendered:
+    """The snapshot built and rendered: from SNAPSHOT or standard input, or (apply, given
+    `environ`) from the registry itself when _reads_registry says so."""
+    from generator.watch.engine import build
+
+    if environ is not None and _reads_registry(args, streams, environ):
+        snapshot = _read_registry(args, environ, config.allow_empty)
+        return build(snapshot, config, schema("snapshot"), templates(config))
+    if args.snapshot in (None, "-"):
         if _is_terminal(streams.stdin):
             command = f"devtest-router {args.subcommand}"
+            ways = [
+                f"give a snapshot file ({command} SNAPSHOT)",
+                f"pipe one in (devtest-router snapshot --registry URL | {command})",
+            ]
+            if environ is not None:  # apply
+                ways.append(f"read the registry ({command} --registry URL)")
             raise UsageError(
-                f"standard input is a terminal, not a snapshot: give a snapshot file ({command} "
-                f"SNAPSHOT), or pipe one in (devtest-router snapshot --registry URL | {command})"
+                "standard input is a terminal, not a snapshot: "
+                + ", ".join(ways[:-1])
+                + f", or {ways[-1]}"
             )
         text, source = streams.stdin.read(), "standard input"
     else:
@@ -177,6 +206,44 @@ def _build(args: argparse.Namespace, config: Config, streams: Streams) -> Render
     return build(loads(text, source), config, schema("snapshot"), templates(config))
 
 
+def _reads_registry(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> bool:
+    """apply: read the registry itself (as `snapshot` and `watch` do) rather than a snapshot?
+    With --registry, yes (a SNAPSHOT beside it is a usage error). With neither, when
+    REGISTRY_URL is set and no snapshot is piped or redirected into standard input: an
+    existing `snapshot | apply` keeps reading its pipe."""
+    if args.registry:
+        if args.snapshot is not None:
+            raise UsageError(
+                f"apply: give a SNAPSHOT ({args.snapshot}) or --registry, not both; nothing was "
+                "changed"
+            )
+        return True
+    if args.snapshot is not None or not environ.get("REGISTRY_URL"):
+        return False
+    return not _is_piped(streams.stdin)
+
+
+def _is_piped(stream: TextIO) -> bool:
+    """Is `stream` a pipe, a socket or a regular file (something that holds a snapshot), rather
+    than a terminal, /dev/null or nothing?"""
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (AttributeError, ValueError, OSError):  # no descriptor: a stream handed in (tests)
+        return True
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)
+
+
+def _read_registry(
+    args: argparse.Namespace, environ: Mapping[str, str], allow_empty: bool
+) -> dict[str, Any]:
+    """The registry's snapshot, read as `snapshot` reads it (RegistryUnavailable: exit 4)."""
+    registry = registry_from_args(args, environ)
+    try:
+        return present(registry.read(), registry.description, allow_empty).snapshot
+    finally:
+        registry.close()
+
+
 def _is_terminal(stream: TextIO) -> bool:
     try:
         return stream.isatty()
@@ -185,6 +252,8 @@ def _is_terminal(stream: TextIO) -> bool:
 
 
 def _report_problems(rendered: Rendered, streams: Streams) -> None:
+    from generator.watch.observe import problem_fields
+
     for problem in rendered.table.problems:
         streams.say(
             f"problem: {problem}",
@@ -196,6 +265,8 @@ def _report_problems(rendered: Rendered, streams: Streams) -> None:
 
 def _render(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
     config = _settings(args, environ, streams)
+    from generator.nginx.apply import checked_text
+
     rendered = _build(args, config, streams)
     _report_problems(rendered, streams)
     streams.stdout.write(checked_text(rendered, config))
@@ -241,7 +312,7 @@ def format_table(table: RoutingTable) -> str:
 
 def _apply(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
     config = _settings(args, environ, streams, live=True)
-    rendered = _build(args, config, streams)
+    rendered = _build(args, config, streams, environ)
     _report_problems(rendered, streams)
     result, pages = _apply_or_plan(rendered, config, site_writer(config), streams)
     if config.dry_run:
@@ -284,6 +355,8 @@ def _apply_or_plan(
     lock; a site that cannot be written raises SiteError with the config applied. `engine`: the
     watcher's, which keeps its work between applies; without one, a cold apply.
     """
+    from generator.nginx.apply import apply_then, plan
+
     if config.dry_run:
         result = engine.plan(rendered) if engine is not None else plan(rendered, config)
         pages = writer.plan(rendered.table)
@@ -331,6 +404,11 @@ def _describe(result: Plan, rendered: Rendered, config: Config, pages: SitePlan)
 
 
 def _watch(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
+    from generator.memory import keep_large_blocks_apart, release_free_memory
+    from generator.watch.engine import Engine
+    from generator.watch.observe import Outcome
+    from generator.watch.watcher import Timing, Watcher, stop_on_signals
+
     config = _settings(args, environ, streams, live=True)
     keep_large_blocks_apart()  # a long-running process: see memory.keep_large_blocks_apart
     registry = registry_from_args(args, environ)
@@ -414,6 +492,8 @@ def _wait(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]
             f"--timeout {args.timeout}: not a number of seconds; give a finite number, 0 (one "
             "try) or more"
         )
+    from generator.cli.probe import wait_until_routed
+
     if wait_until_routed(frontend, host, args.timeout, streams.say):
         return OK
     streams.say(f"gave up on {host} after {args.timeout:g} s")

@@ -39,6 +39,15 @@ _EPILOG = (
 )
 
 
+_APPLY_SOURCE = textwrap.fill(
+    "apply reads the snapshot from SNAPSHOT, or from the registry itself with --registry URL "
+    "(one process instead of `snapshot | apply`, the same result). Without either, it reads "
+    "standard input when a pipe or a file is there, else the registry in REGISTRY_URL when it "
+    "is set (a cron job or a unit with no input).",
+    79,
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """devtest-router's parser: every command with its flags (register's from
     generator/register); args.subcommand names the command to run."""
@@ -46,7 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     snapshot.add_argument(
         "snapshot",
         nargs="?",
-        default="-",
         metavar="SNAPSHOT",
         help="registry snapshot, JSON or YAML, as etcdwatch writes it "
         "(default: - for standard input)",
@@ -219,12 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help=f"exit {REFUSED} when the snapshot has any problem"
     )
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    command(
+    apply = command(
         "apply",
         [snapshot, settings, applying],
         "check, test, install and reload the config (or show the diff with --dry-run)",
-        summary((OK, CHANGES, USAGE, SITE, REFUSED), {CHANGES: "changes found (--dry-run)"}),
-        usage=with_snapshot,
+        summary((OK, CHANGES, USAGE, REGISTRY, SITE, REFUSED), {CHANGES: "changes (--dry-run)"}),
+        _SETTINGS + "\n\n" + _APPLY_SOURCE,
+        usage="%(prog)s [options] [SNAPSHOT | --registry URL]",
+    )
+    add_registry_arguments(apply)
+    apply.add_argument(
+        "--allow-empty",
+        action="store_const",
+        const=True,
+        help="with --registry: take an absent /deployment prefix for no services (a fresh "
+        "registry before the first register); without it, a registry error",
     )
 
     watch = command(

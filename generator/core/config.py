@@ -13,9 +13,10 @@ import math
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
+if TYPE_CHECKING:
+    import jsonschema
 
 from generator.core.errors import UsageError
 from generator.core.model import Quoted, Token
@@ -66,7 +67,7 @@ class Config:
     max_wait: float
     resync_interval: float
     removal_grace: float  # watch: seconds removals are held back after a reconnect (0: off)
-    allow_empty: bool  # watch: an absent /deployment prefix is no services, not a registry error
+    allow_empty: bool  # watch, apply --registry: an absent /deployment prefix is no services
     log_format: str  # plain or json: how log lines on stderr look
     log_level: str  # debug, info, warning or error: the least serious log line written
     metrics_listen: tuple[str, int] | None  # (IP address, port) of /healthz and /metrics
@@ -224,6 +225,8 @@ def resolve(
         if isinstance(value, float) and not math.isfinite(value):
             # nan passes every minimum and maximum (a comparison with nan is false)
             raise layers.refuse(key, "it must be a finite number")
+    import jsonschema  # on use: commands that read no settings (snapshot) never pay for it
+
     validator_class = jsonschema.validators.validator_for(schema)
     errors = sorted(validator_class(schema).iter_errors(values), key=lambda e: list(e.path))
     if errors:

@@ -36,3 +36,8 @@ class SiteError(Error):
 
 class InternalError(Error):
     """What we rendered is not what we meant: a bug in devtest-router, not in the input."""
+
+
+class MetadataUnavailable(Error):
+    """`register`: the ECS task metadata or EC2 instance metadata endpoint cannot be reached or
+    read (here, not in register/discovery.py, so that the exit-code table imports no HTTP)."""

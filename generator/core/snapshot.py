@@ -6,25 +6,37 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
-
-import yaml
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from generator.core.errors import SnapshotError
 from generator.core.names import key_path, show
 
+if TYPE_CHECKING:  # imported on use: a JSON snapshot (etcdwatch's, the registry's) needs no YAML
+    import yaml
 
-class _StringKeyLoader(yaml.SafeLoader):
-    """YAML as etcd would hold it: keys are strings and timestamps stay the strings they were."""
 
+@cache
+def _yaml_loader() -> type[yaml.SafeLoader]:
+    """YAML as etcd would hold it: keys are strings and timestamps stay the strings they were
+    (PyYAML's safe loader, made on the first YAML snapshot)."""
+    import yaml
 
-_StringKeyLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
+    class StringKeyLoader(yaml.SafeLoader):
+        pass
+
+    StringKeyLoader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    StringKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _string_keys)
+    StringKeyLoader.add_constructor("tag:yaml.org,2002:int", _integer)
+    return StringKeyLoader
 
 
 def _key_text(loader: yaml.SafeLoader, key: yaml.Node) -> str:
+    import yaml
+
     return key.value if isinstance(key, yaml.ScalarNode) else str(loader.construct_object(key))
 
 
@@ -115,10 +127,6 @@ class DuplicateKeys(list[list[str]]):
     could hide a refused address behind a good one. So the deployment is skipped, with a
     problem naming the key and both values, and every other deployment routes. It is a list,
     which no deployment is, so it never compares equal to a deployment's content."""
-
-
-_StringKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _string_keys)
-_StringKeyLoader.add_constructor("tag:yaml.org,2002:int", _integer)
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:
@@ -259,8 +267,10 @@ def _parse(text: str, source: str) -> Any:
                 f"{source}: not valid JSON ({json_error.msg} at line {json_error.lineno}, "
                 f"column {json_error.colno}); nothing was changed"
             ) from None
+    import yaml
+
     try:
-        return yaml.load(text, Loader=_StringKeyLoader)
+        return yaml.load(text, Loader=_yaml_loader())
     except yaml.YAMLError as yaml_error:
         raise SnapshotError(
             f"{source}: neither JSON nor YAML ({yaml_problem(yaml_error)}); nothing was changed"

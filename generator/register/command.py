@@ -28,8 +28,6 @@ from typing import Any
 from generator.cli.exit_codes import ADDRESS, CHANGES, OK, REGISTRY, USAGE, summary
 from generator.core.errors import UsageError
 from generator.core.keys import created_key, instance_key, service_key
-from generator.register.discovery import discover, discover_instance
-from generator.register.session import Session, now, sidecar, wrap
 from generator.register.settings import (
     DEFAULT_DRAIN,
     DEFAULT_TTL,
@@ -46,6 +44,10 @@ from generator.streams import Streams
 
 
 def _run_register(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
+    # imported on use: the parser (every command) imports this module
+    from generator.register.discovery import discover, discover_instance
+    from generator.register.session import Session, now, sidecar, wrap
+
     settings = resolve(args, environ)
     for line in origins(settings, args, environ):
         streams.say(line, "debug")
@@ -74,6 +76,9 @@ def _run_register(args: argparse.Namespace, streams: Streams, environ: Mapping[s
 
 
 def _run_deregister(args: argparse.Namespace, streams: Streams, environ: Mapping[str, str]) -> int:
+    from generator.register.discovery import discover_instance
+    from generator.register.session import now
+
     settings = resolve(args, environ, need_address=False)
     for line in origins(settings, args, environ, need_address=False):
         streams.say(line, "debug")

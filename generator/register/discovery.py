@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from generator.core.errors import Error, UsageError
+from generator.core.errors import Error, MetadataUnavailable, UsageError
 from generator.register.settings import INSTANCE_ID, Settings
 from generator.secret import redact
 from generator.streams import Log, Streams
@@ -22,10 +22,6 @@ from generator.streams import Log, Streams
 IMDS_URL = "http://169.254.169.254"
 METADATA_TIMEOUT = 2.0  # seconds per metadata request: the endpoints are local or absent
 IMDS_TOKEN_TTL = 60  # seconds an IMDSv2 token lives; we use it at once
-
-
-class MetadataUnavailable(Error):
-    """The ECS task metadata or EC2 instance metadata endpoint cannot be reached or read."""
 
 
 # --------------------------------------------------------------------------
