@@ -67,6 +67,11 @@ BackendFactory = Callable[..., dict[str, Backend]]
 Snapshot = dict[str, Any]
 
 
+def shard_of(label: str) -> str:
+    """The file of the 404 page's data that holds `label`'s deployments."""
+    return site_layout.shard_path(site_layout.shard(label))
+
+
 # --------------------------------------------------------------------------
 # data
 
@@ -599,26 +604,30 @@ def test_only_files_whose_bytes_changed_are_written_and_stale_pages_removed(
     data = registry(_ports())
     first = table_of(data, config).table
     cold = SiteWriter(config, site_templates())
-    assert cold.apply(first).written == (
-        "deployments.json",
-        "index.html",
-        "not-found.html",
-        "not-found/feature-login.html",
-        "not-found/master.html",
-        "not-found/multi.html",
+    assert cold.apply(first).written == tuple(
+        sorted(
+            [
+                *("deployments.json", "index.html", "not-found.html"),
+                *map(shard_of, ("feature-login", "master", "multi")),
+            ]
+        )
     )
     (tmp_path / "site" / "robots.txt").write_text("not ours\n")
     (tmp_path / "site" / "not-found" / "notes.txt").write_text("not ours either\n")
+    # a 404 page of a version before the shards: ours, and stale
+    (tmp_path / "site" / "not-found" / "multi.html").write_text("<p>multi</p>\n")
     before = {path: path.stat() for path in (tmp_path / "site").rglob("*") if path.is_file()}
 
     again = SiteWriter(config, site_templates())  # a new process: compares with the folder
+    upgrade = again.apply(first)
+    assert upgrade.written == () and upgrade.removed == ("not-found/multi.html",)
     assert again.apply(first).changes is False
     data["deployment"].pop("multi")
     plan = again.apply(table_of(data, config).table)
     assert plan.written == ("deployments.json", "index.html")
-    assert plan.removed == ("not-found/multi.html",)
+    assert plan.removed == (shard_of("multi"),)
     for path, stat in before.items():
-        if path.name in ("index.html", "deployments.json", "multi.html"):
+        if path.name in ("index.html", "deployments.json", "multi.html", "b2.json"):
             continue
         assert path.stat().st_ino == stat.st_ino and path.stat().st_mtime_ns == stat.st_mtime_ns
     leftovers = [p.name for p in (tmp_path / "site").rglob(".*")]
@@ -659,8 +668,8 @@ def test_a_kept_writer_renders_only_what_changed(tmp_path: Path) -> None:
     assert rendered == []
     data["deployment"]["master"]["created"] = "2026-11-21T09:00:00Z"
     plan = writer.apply(table_of(data, config).table)
-    assert plan.written == ("deployments.json", "index.html", "not-found/master.html")
-    assert sorted(kind.name for kind in rendered) == ["DOCUMENT", "INDEX", "NOT_FOUND"]
+    assert plan.written == ("deployments.json", "index.html", shard_of("master"))
+    assert sorted(kind.name for kind in rendered) == ["DOCUMENT", "INDEX"]  # and the shard
     cold = site.render_site(table_of(data, config).table, config, site_templates())
     on_disk = {
         str(path.relative_to(tmp_path / "site")): path.read_bytes()
@@ -731,8 +740,22 @@ def test_the_site_lists_every_route_once_and_a_kept_renderer_matches_a_fresh_one
         assert listed["problems"] == [problem.as_json() for problem in table.problems]
         labels = {entry["label"] for entry in listed["deployments"]}
         assert {path for path in files if path.startswith("not-found/")} == {
-            f"not-found/{label}.html" for label in labels
+            shard_of(label) for label in labels
         }
+        # the shards hold every listed deployment once, each in its label's shard, in order
+        sharded = []
+        for path, data in files.items():
+            if path.startswith("not-found/"):
+                entries = [
+                    (entry["label"], entry["name"]) for entry in json.loads(data)["deployments"]
+                ]
+                assert entries == sorted(entries) and {shard_of(label) for label, _ in entries} == {
+                    path
+                }
+                sharded.extend(entries)
+        assert sorted(sharded) == sorted(
+            (entry["label"], entry["name"]) for entry in listed["deployments"]
+        )
         index = read_page(files[site.INDEX].decode())
         assert sorted(host_of(href) for href, _ in index.links if href.startswith("//")) == sorted(
             hosts
@@ -802,7 +825,13 @@ def test_registry_strings_reach_the_pages_escaped_never_as_markup() -> None:
             leaked = [text for text in markup if text in html]
             assert not leaked, (path, leaked)
             # the only SSI command is the template's own echo of the host
-            assert html.count("<!--#") == (1 if path.startswith("not-found") else 0), path
+            assert html.count("<!--#") == (1 if path == site.NOT_FOUND else 0), path
+        else:  # JSON; a shard holds no markup character at all (nor so an SSI comment)
+            text = data.decode("ascii")
+            if path.startswith("not-found/"):
+                assert not set(text) & set("<>&"), path
+                for entry in json.loads(text)["deployments"]:
+                    assert entry["name"] in snapshot["deployment"]
     names = {entry["name"] for entry in json.loads(files[site.DOCUMENT])["deployments"]}
     assert names <= set(snapshot["deployment"])
 
@@ -871,9 +900,17 @@ def test_the_index_lists_each_services_instances_with_address_and_id() -> None:
     ]
 
     # the branch's 404 page says how many instances each service has, not where they are
-    missing = flat(files["not-found/feature-login.html"])
-    assert "feature-login-api.dev.test (api, 1 instance)" in missing
-    assert "feature-login-web.dev.test (web, 3 instances)" in missing
+    missing = files[shard_of("feature-login")].decode()
+    [entry] = json.loads(missing)["deployments"]
+    assert entry["services"] == [
+        {"service": "api", "host": "feature-login-api.dev.test", "instance_count": 1},
+        {"service": "web", "host": "feature-login-web.dev.test", "instance_count": 3},
+    ]
+    assert entry["default"] == {
+        "service": "web",
+        "host": "feature-login.dev.test",
+        "instance_count": 3,
+    }
     assert "127.0.0.1:" not in missing
 
 
@@ -963,15 +1000,15 @@ def test_an_instance_that_comes_goes_or_moves_rewrites_the_index_and_json_only(
         "deployments.json",
         "index.html",
         "not-found.html",
-        "not-found/feature-login.html",
-        "not-found/solo.html",
+        shard_of("feature-login"),
+        shard_of("solo"),
     )
     steps = [
         # (web's instances, the files written): the branch's 404 page shows the count
-        (two, ("deployments.json", "index.html", "not-found/feature-login.html")),
+        (two, ("deployments.json", "index.html", shard_of("feature-login"))),
         (moved, ("deployments.json", "index.html")),
         (moved, ()),
-        (one, ("deployments.json", "index.html", "not-found/feature-login.html")),
+        (one, ("deployments.json", "index.html", shard_of("feature-login"))),
     ]
     for web, written in steps:
         rows.clear()
@@ -1057,9 +1094,15 @@ def rendered_demo(site_dir: str = "/srv/site") -> tuple[Rendered, Config]:
         ("    root /srv/site;\n    types {}", "    root /;\n    types {}", "root must be"),
         ("text/html;\n    charset", "text/html;\n    root /etc;\n    charset", "root must be"),
         ("/not-found.html =404;", "/../../etc/passwd =404;", "try_files must be"),
+        ("default /not-found.html;", "default /../../etc/passwd;", "must hold exactly"),
+        ("/not-found/$1.json;", "/../$1.json;", "must hold exactly"),
+        ("map $uri $devtest_not_found {", "map $request_uri $devtest_not_found {",
+         "must be 'map [$]uri [$]devtest_not_found'"),
+        ("    types { application/json json; }", "    types { text/plain json; }",
+         "types block must be empty or hold only application/json json"),
         ("    types {}\n    default_type text/html;\n    charset utf-8;\n    add_header",
          "    types { text/plain conf; }\n    default_type text/html;\n    charset utf-8;\n"
-         "    add_header", "types block must be empty"),
+         "    add_header", "types block must be empty or hold only application/json json"),
         ("server_name \"~^localhost$\";", "server_name \"~^localhost$\";\n    ssi on;",
          "'ssi' is not allowed inside 'server'"),
         ("    listen 127.0.0.1:8080;\n", "    listen 127.0.0.1:8081;\n", "listen addresses"),
@@ -1084,6 +1127,12 @@ def test_the_check_refuses_a_site_directive_the_template_does_not_write(
 
 def test_the_domain_is_a_regex_of_itself_only() -> None:
     assert site_layout.domain_pattern("dev.example.com") == "dev[.]example[.]com"
-    assert site_layout.try_files()[0] == "/not-found/$devtest_asked_0.html"
-    assert site_layout.try_files()[-2:] == ["/not-found.html", "=404"]
-    assert len(site_layout.try_files()) == site_layout.ASKED_LEVELS + 2
+    assert site_layout.try_files() == ["$devtest_not_found", "/not-found.html", "=404"]
+
+
+def test_a_labels_shard_is_fnv1a_of_it_as_the_404_pages_script_computes_it() -> None:
+    # FNV-1a 32 of "a" is 0xe40c292c (the published test vector): shard 2c
+    assert site_layout.shard("a") == "2c"
+    assert site_layout.shard("feature-login") == "3d"
+    assert re.fullmatch(site_layout.data_map_pattern()[1:], "/.devtest-router/not-found/3d.json")
+    assert not re.fullmatch(site_layout.data_map_pattern()[1:], "/.devtest-router/not-found/x.json")

@@ -465,11 +465,14 @@ def _check_data_map(found: list[dict[str, Any]], path: str) -> list[str]:
     """One data map (DATA_MAP; `found`: the maps that set its variable), holding exactly
     DATA_MAP_LINES: try_files serves the file it names, so it may name a shard or the 404
     page, nothing else."""
-    if len(found) != 1 or tuple(found[0]["args"]) != DATA_MAP:
+    if len(found) != 1:
         return [f"expected one 'map {' '.join(DATA_MAP)}' block, found {len(found)}"]
+    where = f"{path}:{found[0]['line']}"
+    if tuple(found[0]["args"]) != DATA_MAP:
+        return [f"the map of {DATA_FILE} must be 'map {' '.join(DATA_MAP)}' (in {where})"]
     if _lines(found[0]["block"]) != DATA_MAP_LINES:
         wanted = "; ".join(" ".join(line) for line in DATA_MAP_LINES)
-        return [f"the map {DATA_MAP[1]} must hold exactly: {wanted} (in {path}:{found[0]['line']})"]
+        return [f"the map {DATA_FILE} must hold exactly: {wanted} (in {where})"]
     return []
 
 

@@ -11,9 +11,9 @@ hostnames it does not route (templates/routes.conf.j2):
     not-found.html          the 404 page for every hostname no route answers: nginx prints the
                             hostname asked (SSI), and its script lists the deployment whose
                             label begins it, from that label's shard
-    not-found/<shard>.json  the deployments.json lines of the deployments whose label is in
-                            that shard (site_layout.shard: at most 256 files, and a change
-                            rewrites one)
+    not-found/<shard>.json  what the 404 page shows of each deployment whose label is in that
+                            shard (site_layout.shard; shape: shard_entry): at most 256 files,
+                            and a change to what a 404 page shows rewrites one
 
 The pages go through their own Jinja environment, which escapes every value for HTML; the
 nginx environment (render.py) prints only Tokens and ints, and the two never mix.
@@ -286,7 +286,7 @@ class Renderer:
         if page.kind is PageKind.DOCUMENT:
             return document_text(document(page, self.config)).encode("ascii")
         if page.kind is PageKind.SHARD:
-            return shard_text([document_line(listing) for listing in page.listings])
+            return shard_text([shard_line(listing) for listing in page.listings])
         if page.kind is PageKind.NOT_FOUND:
             return self.not_found()
         if page.kind is PageKind.INDEX:
@@ -383,12 +383,34 @@ def document_text(value: dict[str, Any], dumped: Mapping[str, Sequence[str]] | N
 _INERT_IN_HTML = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
 
 
+def shard_entry(listing: Listing) -> dict[str, Any]:
+    """What the 404 page shows of a deployment: its deployments.json entry with each link's
+    instances as a count (the page says how many, not where: an instance that moves changes
+    no shard), and without "public"."""
+    return {
+        "name": listing.name,
+        "label": str(listing.label),
+        "created": listing.created,
+        "default": None if listing.default is None else _shard_link(listing.default),
+        "services": [_shard_link(link) for link in listing.services],
+        "problems": [problem.as_json() for problem in listing.problems],
+    }
+
+
+def _shard_link(link: Link) -> dict[str, Any]:
+    return {"service": link.service, "host": str(link.host), "instance_count": len(link.members)}
+
+
+def shard_line(listing: Listing) -> str:
+    """One deployment's line in its shard (shard_entry; < > & as JSON escapes)."""
+    return json.dumps(shard_entry(listing)).translate(_INERT_IN_HTML)
+
+
 def shard_text(lines: Sequence[str]) -> bytes:
-    """A shard, not-found/<shard>.json, from its deployments' document_line (by label, then
-    name): {"version": 1, "deployments": [...]}, one deployment a line, as deployments.json."""
-    inert = [line.translate(_INERT_IN_HTML) for line in lines]
+    """A shard, not-found/<shard>.json, from its deployments' shard_line (by label, then name):
+    {"version": 1, "deployments": [...]}, one deployment a line, as deployments.json."""
     value = {"version": DOCUMENT_VERSION, "deployments": []}
-    return document_text(value, {"deployments": inert}).encode("ascii")
+    return document_text(value, {"deployments": lines}).encode("ascii")
 
 
 def render_site(

@@ -41,6 +41,7 @@ from generator.site.pages import (
     listing,
     owners,
     pages,
+    shard_line,
     shard_text,
 )
 from generator.sorted_keys import update_sorted
@@ -94,6 +95,7 @@ class SiteWriter:
         self._listed: dict[DeploymentKey, Listing] = {}
         self._rows: dict[DeploymentKey, Markup] = {}
         self._lines: dict[DeploymentKey, str] = {}
+        self._shard_lines: dict[DeploymentKey, str] = {}
         self._keys: list[DeploymentKey] = []  # sorted
         self._shards: dict[str, set[DeploymentKey]] = {}  # shard -> the listed deployments in it
         self._count: int | None = None  # routes
@@ -182,14 +184,16 @@ class SiteWriter:
         problems_changed = self._problems != table.problems
         self._problems = table.problems
 
+        changed = False  # a row (and so a line of deployments.json) changed
         shards: set[str] = set()  # the shards whose deployments' lines changed
         for key in dirty:
             value = routes.get(key)
             name = shard(key[0])
             if value is None:
                 if self._listed.pop(key, None) is not None:
-                    del self._rows[key], self._lines[key]
+                    del self._rows[key], self._lines[key], self._shard_lines[key]
                     self._shards[name].discard(key)
+                    changed = True
                     shards.add(name)
                 continue
             listed = listing(key, value, self._owned.get(key, ()), self.config.access_control)
@@ -197,14 +201,18 @@ class SiteWriter:
                 self._listed[key] = listed
                 self._rows[key] = self._render.row(listed)
                 self._lines[key] = document_line(listed)
-                self._shards.setdefault(name, set()).add(key)
-                shards.add(name)
+                changed = True
+                line = shard_line(listed)
+                if self._shard_lines.get(key) != line:
+                    self._shard_lines[key] = line
+                    self._shards.setdefault(name, set()).add(key)
+                    shards.add(name)
         update_sorted(self._keys, dirty, self._listed)
 
         count = len(table.routes)
         everything = self._known is None
         wanted: dict[str, bytes] = {}
-        if everything or shards or problems_changed or count != self._count:
+        if everything or changed or problems_changed or count != self._count:
             ordered = [self._listed[key] for key in self._keys]
             wanted[INDEX] = self._render.index(
                 ordered, [self._rows[key] for key in self._keys], table.problems, count
@@ -220,7 +228,7 @@ class SiteWriter:
         for name in shards:
             held = sorted(self._shards[name])
             if held:
-                wanted[shard_path(name)] = shard_text([self._lines[key] for key in held])
+                wanted[shard_path(name)] = shard_text([self._shard_lines[key] for key in held])
             else:
                 del self._shards[name]
                 gone.add(shard_path(name))
