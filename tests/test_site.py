@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as settings_
 from hypothesis import strategies as st
 from hypothesis_profiles import examples
-from site_harness import ARTIFACTS, chromium, deployment, read_page, with_members
+from site_harness import ARTIFACTS, Browser, Tab, chromium, deployment, read_page, with_members
 from site_harness import table as routed_table
 
 from generator.cli.main import main
@@ -329,55 +329,126 @@ def test_index_and_json_list_exactly_the_registered_deployments_and_problems(
             assert f"{item['address']} ip/port keys" in page.text
 
 
+SHOWN_404 = """new Promise(function (done) {
+  var deadline = Date.now() + 60000;  // then what is shown, for the assertions to say
+  (function settled() {  // the script has listed a deployment, or said there is none
+    var none = document.getElementById("hostnames");
+    if (!none || none.textContent.indexOf("No deployment answers") === 0 || Date.now() > deadline) {
+      done({
+        links: Array.from(document.querySelectorAll("a")).map(function (a) { return a.href; }),
+        text: document.body.innerText.split(/\\s+/).join(" "),
+        asked: document.getElementById("asked").textContent,
+      });
+    } else {
+      setTimeout(settled, 50);
+    }
+  })();
+})"""
+
+
+def shown_404(tab: Tab, port: int, host: str) -> dict[str, Any]:
+    """The 404 page of `host` as Chromium shows it once its script has run."""
+    tab.navigate(f"http://{host}:{port}/")
+    shown: dict[str, Any] = tab.evaluate(SHOWN_404, wait=True)
+    assert shown["asked"] == host
+    return shown
+
+
 @pytest.mark.integration
 def test_404_for_an_unknown_service_names_the_branchs_services(
-    routed: tuple[Router, Snapshot],
+    routed: tuple[Router, Snapshot], tmp_path: Path
 ) -> None:
     router, _ = routed
-    for asked in (
+    port = router.nginx.port
+    asked_for = (
         "feature-login-nope.localhost",
         "feature-login-my-new-api.localhost",  # a service part with hyphens: cut until found
         "feature-login-worker.localhost",  # registered, but half-written
-    ):
-        response = router.get(asked)
-        not_found(response, asked)
-        page = read_page(response.text)
-        hosts = [host_of(href) for href, _ in page.links]
-        assert hosts == [
-            "feature-login.localhost",
-            "feature-login-api.localhost",
-            "feature-login-web.localhost",
-            DOMAIN,
-        ], asked
-        assert "has no port yet" in page.text  # the worker's problem says why it has no URL
-        for host in hosts[:-1]:
-            router.routes_to(host, ROUTED[host])  # each link reaches its backend through nginx
+    )
+    for asked in asked_for:
+        not_found(router.get(asked), asked)  # one page for every unknown hostname
+    with Browser(tmp_path / "chromium") as browser:
+        tab = browser.tab()
+        for asked in asked_for:
+            shown = shown_404(tab, port, asked)
+            hosts = [host_of(href) for href in shown["links"]]
+            assert hosts == [
+                "feature-login.localhost",
+                "feature-login-api.localhost",
+                "feature-login-web.localhost",
+                DOMAIN,
+            ], asked
+            assert all(urlsplit(href).port == port for href in shown["links"])  # the page's port
+            text = shown["text"]
+            assert "Deployment feature/login (created 2026-11-27 14:30 UTC (" in text, text
+            assert "Its default entry point is feature-login.localhost (web)." in text, text
+            assert "feature-login-api.localhost (api, 1 instance)" in text, text
+            assert "has no port yet" in text  # the worker's problem says why it has no URL
+            assert "Hostnames are" not in text
+            for host in hosts[:-1]:
+                router.routes_to(host, ROUTED[host])  # each link reaches its backend
 
-    # a branch without a default entry point: its own hostname lists its services
-    response = router.get("multi.localhost")
-    not_found(response, "multi.localhost")
-    page = read_page(response.text)
-    assert [host_of(href) for href, _ in page.links] == [
-        "multi-docs.localhost",
-        "multi-my-api.localhost",
-        DOMAIN,
-    ]
-    assert "no default entry point" in page.text and "no-default-service" in page.text
+        # a branch without a default entry point: its own hostname lists its services
+        shown = shown_404(tab, port, "multi.localhost")
+        assert [host_of(href) for href in shown["links"]] == [
+            "multi-docs.localhost",
+            "multi-my-api.localhost",
+            DOMAIN,
+        ]
+        assert "no default entry point multi.localhost: no service named web." in shown["text"]
+        assert "no-default-service" in shown["text"]
+        assert tab.exceptions() == []
 
 
 @pytest.mark.integration
-def test_404_for_an_unknown_branch_links_to_the_index(routed: tuple[Router, Snapshot]) -> None:
+def test_404_for_an_unknown_branch_links_to_the_index(
+    routed: tuple[Router, Snapshot], tmp_path: Path
+) -> None:
     router, _ = routed
-    for asked in ("nobody-web.localhost", "nobody.localhost", "other.test", "demo-api.localhost"):
+    asked_for = ("nobody-web.localhost", "nobody.localhost", "demo-api.localhost")
+    for asked in (*asked_for, "other.test"):
         response = router.get(asked)
         not_found(response, asked)
         page = read_page(response.text)
         assert [href for href, _ in page.links] == ["//localhost/"], asked
-        assert "Hostnames are <branch>-<service>.localhost" in page.text
+        assert "Hostnames are <branch>-<service>.localhost" in page.text  # without JavaScript
+    with Browser(tmp_path / "chromium") as browser:
+        tab = browser.tab()
+        for asked in asked_for:
+            shown = shown_404(tab, router.nginx.port, asked)
+            assert [host_of(href) for href in shown["links"]] == [DOMAIN], asked
+            assert "No deployment answers to this hostname. Hostnames are" in shown["text"]
+        assert tab.exceptions() == []
     # the host asked for is printed escaped: nginx's SSI echo escapes it
     hostile = router.get('a<b>"c.localhost')
     assert hostile.status == 404
     assert "a&lt;b&gt;&quot;c.localhost" in hostile.text and "a<b>" not in hostile.text
+
+
+@pytest.mark.integration
+def test_the_404_pages_data_is_served_on_unknown_hostnames_only(
+    routed: tuple[Router, Snapshot],
+) -> None:
+    router, _ = routed
+    path = f"{site_layout.DATA_PATH}/{site_layout.shard('feature-login')}.json"
+    response = router.get("feature-login-nope.localhost", path)
+    assert response.status == 404  # the 404 page's own data, under its status
+    assert response.headers.get(UNKNOWN) == "unknown-host"
+    assert response.headers["content-type"] == "application/json"
+    [entry] = response.json()["deployments"]
+    assert entry["name"] == "feature/login"
+    assert "<!--#" not in response.text  # served as it is: no SSI on JSON
+    # a shard no deployment is in: the page, which the script reads as "none"
+    empty = next(
+        f"{n:02x}" for n in range(256) if not (router.site_dir / f"not-found/{n:02x}.json").exists()
+    )
+    not_found(
+        router.get("nobody.localhost", f"{site_layout.DATA_PATH}/{empty}.json"), "nobody.localhost"
+    )
+    # a routed hostname: every path reaches its service, this one too
+    reached = router.get("master-web.localhost", path)
+    assert reached.status == 200 and reached.json()["name"] == "master-web"
+    assert reached.headers.get(UNKNOWN) is None
 
 
 @pytest.mark.integration
@@ -388,7 +459,7 @@ def test_a_change_only_to_the_problems_writes_the_site_and_reloads_nothing(
     reloads = router.reloads()
     config = router.nginx.conf_dir / "devtest-router.conf"
     before = config.stat()
-    pages = {path: (router.site_dir / path).stat() for path in ("not-found/master.html",)}
+    pages = {path: (router.site_dir / path).stat() for path in (shard_of("master"),)}
 
     data["deployment"]["stray"] = "not a deployment"
     code, said = router.apply(data)
@@ -415,7 +486,7 @@ def test_a_removed_deployment_loses_its_404_page_and_its_row(
     del data["deployment"]["multi"]
     said = router.applied(data)
     assert said.splitlines()[-1].endswith("nginx reloaded; 2 site files written, 1 removed"), said
-    assert not (router.site_dir / "not-found" / "multi.html").exists()
+    assert not (router.site_dir / shard_of("multi")).exists()
     response = router.get("multi-docs.localhost")
     not_found(response, "multi-docs.localhost")
     assert [href for href, _ in read_page(response.text).links] == ["//localhost/"]
@@ -436,7 +507,7 @@ def test_dry_run_writes_no_site_files(router: Router, backends: BackendFactory) 
     assert written == sorted(
         [
             *("index.html", "deployments.json", "not-found.html", "not-found"),
-            *("feature-login.html", "master.html", "multi.html"),
+            *(Path(shard_of(label)).name for label in ("feature-login", "master", "multi")),
         ]
     )
     del data["deployment"]["multi"]
@@ -444,7 +515,7 @@ def test_dry_run_writes_no_site_files(router: Router, backends: BackendFactory) 
     assert code == 1 and said.splitlines()[-1].endswith(
         "would write 2 site files and remove 1 (nothing written: dry run)"
     ), said
-    assert (router.site_dir / "not-found" / "multi.html").exists()
+    assert (router.site_dir / shard_of("multi")).exists()
 
 
 @pytest.mark.integration
@@ -543,7 +614,7 @@ def test_the_index_in_chromium_links_every_route_shows_how_long_ago_and_the_inst
     assert SiteWriter(config, site_templates()).apply(two).written == (
         "deployments.json",
         "index.html",
-        "not-found/feature-login.html",
+        shard_of("feature-login"),
     )
     assert router.get(DOMAIN, "/deployments.json").json()["deployments"][0]["services"][1] == {
         "service": "web",
