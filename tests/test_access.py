@@ -22,6 +22,7 @@ from harness import Backend, Nginx, Response, find_binary, free_port, http_reque
 from template_harness import override
 
 from generator import resources
+from generator.core import site_layout
 from generator.core.config import resolve
 from generator.core.model import Quoted
 
@@ -544,6 +545,11 @@ def test_basic_auth_and_client_networks_guard_every_route_the_index_and_the_404_
     unknown = frontend.get(f"nobody-web.{DOMAIN}", user="alice")
     assert unknown.headers["x-devtest-router"] == "unknown-host"
     assert "x-devtest-router" not in frontend.get(f"nobody-web.{DOMAIN}").headers
+    # the 404 page's data (its shard, read by its script on the same hostname): the same rules
+    shard = f"{site_layout.DATA_PATH}/{site_layout.shard('main')}.json"
+    assert _statuses(frontend, f"main-nope.{DOMAIN}", shard) == (401, 404, 403, 403)
+    [main] = frontend.get(f"main-nope.{DOMAIN}", shard, user="alice").json()["deployments"]
+    assert main["name"] == "main"
 
     # the opted-out deployment: open to every client, a POST's method and body intact
     assert _statuses(frontend, f"demo-web.{DOMAIN}", "/x?q=1") == (200, 200, 200, 200)

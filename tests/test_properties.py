@@ -252,6 +252,9 @@ def assert_only_template_directives(statements: list[dict[str, Any]], parent: st
             for entry in statement["block"]:
                 assert "block" not in entry, f"a block inside a map: {entry['directive']!r}"
                 assert entry["directive"] != "include", "include inside a map"
+        elif name == "types":  # a MIME type a line, which check.TYPES_BLOCKS allows exactly
+            lines = [[entry["directive"], *entry["args"]] for entry in statement["block"]]
+            assert lines in check.TYPES_BLOCKS, f"types block {lines} (line {statement['line']})"
         elif "block" in statement:
             assert_only_template_directives(statement["block"], name)
 

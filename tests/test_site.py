@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as settings_
 from hypothesis import strategies as st
 from hypothesis_profiles import examples
-from site_harness import ARTIFACTS, chromium, deployment, read_page, with_members
+from site_harness import ARTIFACTS, Browser, Tab, chromium, deployment, read_page, with_members
 from site_harness import table as routed_table
 
 from generator.cli.main import main
@@ -65,6 +65,11 @@ UNKNOWN = "x-devtest-router"
 
 BackendFactory = Callable[..., dict[str, Backend]]
 Snapshot = dict[str, Any]
+
+
+def shard_of(label: str) -> str:
+    """The file of the 404 page's data that holds `label`'s deployments."""
+    return site_layout.shard_path(site_layout.shard(label))
 
 
 # --------------------------------------------------------------------------
@@ -324,55 +329,126 @@ def test_index_and_json_list_exactly_the_registered_deployments_and_problems(
             assert f"{item['address']} ip/port keys" in page.text
 
 
+SHOWN_404 = """new Promise(function (done) {
+  var deadline = Date.now() + 60000;  // then what is shown, for the assertions to say
+  (function settled() {  // the script has listed a deployment, or said there is none
+    var none = document.getElementById("hostnames");
+    if (!none || none.textContent.indexOf("No deployment answers") === 0 || Date.now() > deadline) {
+      done({
+        links: Array.from(document.querySelectorAll("a")).map(function (a) { return a.href; }),
+        text: document.body.innerText.split(/\\s+/).join(" "),
+        asked: document.getElementById("asked").textContent,
+      });
+    } else {
+      setTimeout(settled, 50);
+    }
+  })();
+})"""
+
+
+def shown_404(tab: Tab, port: int, host: str) -> dict[str, Any]:
+    """The 404 page of `host` as Chromium shows it once its script has run."""
+    tab.navigate(f"http://{host}:{port}/")
+    shown: dict[str, Any] = tab.evaluate(SHOWN_404, wait=True)
+    assert shown["asked"] == host
+    return shown
+
+
 @pytest.mark.integration
 def test_404_for_an_unknown_service_names_the_branchs_services(
-    routed: tuple[Router, Snapshot],
+    routed: tuple[Router, Snapshot], tmp_path: Path
 ) -> None:
     router, _ = routed
-    for asked in (
+    port = router.nginx.port
+    asked_for = (
         "feature-login-nope.localhost",
         "feature-login-my-new-api.localhost",  # a service part with hyphens: cut until found
         "feature-login-worker.localhost",  # registered, but half-written
-    ):
-        response = router.get(asked)
-        not_found(response, asked)
-        page = read_page(response.text)
-        hosts = [host_of(href) for href, _ in page.links]
-        assert hosts == [
-            "feature-login.localhost",
-            "feature-login-api.localhost",
-            "feature-login-web.localhost",
-            DOMAIN,
-        ], asked
-        assert "has no port yet" in page.text  # the worker's problem says why it has no URL
-        for host in hosts[:-1]:
-            router.routes_to(host, ROUTED[host])  # each link reaches its backend through nginx
+    )
+    for asked in asked_for:
+        not_found(router.get(asked), asked)  # one page for every unknown hostname
+    with Browser(tmp_path / "chromium") as browser:
+        tab = browser.tab()
+        for asked in asked_for:
+            shown = shown_404(tab, port, asked)
+            hosts = [host_of(href) for href in shown["links"]]
+            assert hosts == [
+                "feature-login.localhost",
+                "feature-login-api.localhost",
+                "feature-login-web.localhost",
+                DOMAIN,
+            ], asked
+            assert all(urlsplit(href).port == port for href in shown["links"])  # the page's port
+            text = shown["text"]
+            assert "Deployment feature/login (created 2026-11-27 14:30 UTC (" in text, text
+            assert "Its default entry point is feature-login.localhost (web)." in text, text
+            assert "feature-login-api.localhost (api, 1 instance)" in text, text
+            assert "has no port yet" in text  # the worker's problem says why it has no URL
+            assert "Hostnames are" not in text
+            for host in hosts[:-1]:
+                router.routes_to(host, ROUTED[host])  # each link reaches its backend
 
-    # a branch without a default entry point: its own hostname lists its services
-    response = router.get("multi.localhost")
-    not_found(response, "multi.localhost")
-    page = read_page(response.text)
-    assert [host_of(href) for href, _ in page.links] == [
-        "multi-docs.localhost",
-        "multi-my-api.localhost",
-        DOMAIN,
-    ]
-    assert "no default entry point" in page.text and "no-default-service" in page.text
+        # a branch without a default entry point: its own hostname lists its services
+        shown = shown_404(tab, port, "multi.localhost")
+        assert [host_of(href) for href in shown["links"]] == [
+            "multi-docs.localhost",
+            "multi-my-api.localhost",
+            DOMAIN,
+        ]
+        assert "no default entry point multi.localhost: no service named web." in shown["text"]
+        assert "no-default-service" in shown["text"]
+        assert tab.exceptions() == []
 
 
 @pytest.mark.integration
-def test_404_for_an_unknown_branch_links_to_the_index(routed: tuple[Router, Snapshot]) -> None:
+def test_404_for_an_unknown_branch_links_to_the_index(
+    routed: tuple[Router, Snapshot], tmp_path: Path
+) -> None:
     router, _ = routed
-    for asked in ("nobody-web.localhost", "nobody.localhost", "other.test", "demo-api.localhost"):
+    asked_for = ("nobody-web.localhost", "nobody.localhost", "demo-api.localhost")
+    for asked in (*asked_for, "other.test"):
         response = router.get(asked)
         not_found(response, asked)
         page = read_page(response.text)
         assert [href for href, _ in page.links] == ["//localhost/"], asked
-        assert "Hostnames are <branch>-<service>.localhost" in page.text
+        assert "Hostnames are <branch>-<service>.localhost" in page.text  # without JavaScript
+    with Browser(tmp_path / "chromium") as browser:
+        tab = browser.tab()
+        for asked in asked_for:
+            shown = shown_404(tab, router.nginx.port, asked)
+            assert [host_of(href) for href in shown["links"]] == [DOMAIN], asked
+            assert "No deployment answers to this hostname. Hostnames are" in shown["text"]
+        assert tab.exceptions() == []
     # the host asked for is printed escaped: nginx's SSI echo escapes it
     hostile = router.get('a<b>"c.localhost')
     assert hostile.status == 404
     assert "a&lt;b&gt;&quot;c.localhost" in hostile.text and "a<b>" not in hostile.text
+
+
+@pytest.mark.integration
+def test_the_404_pages_data_is_served_on_unknown_hostnames_only(
+    routed: tuple[Router, Snapshot],
+) -> None:
+    router, _ = routed
+    path = f"{site_layout.DATA_PATH}/{site_layout.shard('feature-login')}.json"
+    response = router.get("feature-login-nope.localhost", path)
+    assert response.status == 404  # the 404 page's own data, under its status
+    assert response.headers.get(UNKNOWN) == "unknown-host"
+    assert response.headers["content-type"] == "application/json"
+    [entry] = response.json()["deployments"]
+    assert entry["name"] == "feature/login"
+    assert "<!--#" not in response.text  # served as it is: no SSI on JSON
+    # a shard no deployment is in: the page, which the script reads as "none"
+    empty = next(
+        f"{n:02x}" for n in range(256) if not (router.site_dir / f"not-found/{n:02x}.json").exists()
+    )
+    not_found(
+        router.get("nobody.localhost", f"{site_layout.DATA_PATH}/{empty}.json"), "nobody.localhost"
+    )
+    # a routed hostname: every path reaches its service, this one too
+    reached = router.get("master-web.localhost", path)
+    assert reached.status == 200 and reached.json()["name"] == "master-web"
+    assert reached.headers.get(UNKNOWN) is None
 
 
 @pytest.mark.integration
@@ -383,7 +459,7 @@ def test_a_change_only_to_the_problems_writes_the_site_and_reloads_nothing(
     reloads = router.reloads()
     config = router.nginx.conf_dir / "devtest-router.conf"
     before = config.stat()
-    pages = {path: (router.site_dir / path).stat() for path in ("not-found/master.html",)}
+    pages = {path: (router.site_dir / path).stat() for path in (shard_of("master"),)}
 
     data["deployment"]["stray"] = "not a deployment"
     code, said = router.apply(data)
@@ -410,7 +486,7 @@ def test_a_removed_deployment_loses_its_404_page_and_its_row(
     del data["deployment"]["multi"]
     said = router.applied(data)
     assert said.splitlines()[-1].endswith("nginx reloaded; 2 site files written, 1 removed"), said
-    assert not (router.site_dir / "not-found" / "multi.html").exists()
+    assert not (router.site_dir / shard_of("multi")).exists()
     response = router.get("multi-docs.localhost")
     not_found(response, "multi-docs.localhost")
     assert [href for href, _ in read_page(response.text).links] == ["//localhost/"]
@@ -431,7 +507,7 @@ def test_dry_run_writes_no_site_files(router: Router, backends: BackendFactory) 
     assert written == sorted(
         [
             *("index.html", "deployments.json", "not-found.html", "not-found"),
-            *("feature-login.html", "master.html", "multi.html"),
+            *(Path(shard_of(label)).name for label in ("feature-login", "master", "multi")),
         ]
     )
     del data["deployment"]["multi"]
@@ -439,7 +515,7 @@ def test_dry_run_writes_no_site_files(router: Router, backends: BackendFactory) 
     assert code == 1 and said.splitlines()[-1].endswith(
         "would write 2 site files and remove 1 (nothing written: dry run)"
     ), said
-    assert (router.site_dir / "not-found" / "multi.html").exists()
+    assert (router.site_dir / shard_of("multi")).exists()
 
 
 @pytest.mark.integration
@@ -538,7 +614,7 @@ def test_the_index_in_chromium_links_every_route_shows_how_long_ago_and_the_inst
     assert SiteWriter(config, site_templates()).apply(two).written == (
         "deployments.json",
         "index.html",
-        "not-found/feature-login.html",
+        shard_of("feature-login"),
     )
     assert router.get(DOMAIN, "/deployments.json").json()["deployments"][0]["services"][1] == {
         "service": "web",
@@ -599,26 +675,30 @@ def test_only_files_whose_bytes_changed_are_written_and_stale_pages_removed(
     data = registry(_ports())
     first = table_of(data, config).table
     cold = SiteWriter(config, site_templates())
-    assert cold.apply(first).written == (
-        "deployments.json",
-        "index.html",
-        "not-found.html",
-        "not-found/feature-login.html",
-        "not-found/master.html",
-        "not-found/multi.html",
+    assert cold.apply(first).written == tuple(
+        sorted(
+            [
+                *("deployments.json", "index.html", "not-found.html"),
+                *map(shard_of, ("feature-login", "master", "multi")),
+            ]
+        )
     )
     (tmp_path / "site" / "robots.txt").write_text("not ours\n")
     (tmp_path / "site" / "not-found" / "notes.txt").write_text("not ours either\n")
+    # a 404 page of a version before the shards: ours, and stale
+    (tmp_path / "site" / "not-found" / "multi.html").write_text("<p>multi</p>\n")
     before = {path: path.stat() for path in (tmp_path / "site").rglob("*") if path.is_file()}
 
     again = SiteWriter(config, site_templates())  # a new process: compares with the folder
+    upgrade = again.apply(first)
+    assert upgrade.written == () and upgrade.removed == ("not-found/multi.html",)
     assert again.apply(first).changes is False
     data["deployment"].pop("multi")
     plan = again.apply(table_of(data, config).table)
     assert plan.written == ("deployments.json", "index.html")
-    assert plan.removed == ("not-found/multi.html",)
+    assert plan.removed == (shard_of("multi"),)
     for path, stat in before.items():
-        if path.name in ("index.html", "deployments.json", "multi.html"):
+        if path.name in ("index.html", "deployments.json", "multi.html", "b2.json"):
             continue
         assert path.stat().st_ino == stat.st_ino and path.stat().st_mtime_ns == stat.st_mtime_ns
     leftovers = [p.name for p in (tmp_path / "site").rglob(".*")]
@@ -659,8 +739,8 @@ def test_a_kept_writer_renders_only_what_changed(tmp_path: Path) -> None:
     assert rendered == []
     data["deployment"]["master"]["created"] = "2026-11-21T09:00:00Z"
     plan = writer.apply(table_of(data, config).table)
-    assert plan.written == ("deployments.json", "index.html", "not-found/master.html")
-    assert sorted(kind.name for kind in rendered) == ["DOCUMENT", "INDEX", "NOT_FOUND"]
+    assert plan.written == ("deployments.json", "index.html", shard_of("master"))
+    assert sorted(kind.name for kind in rendered) == ["DOCUMENT", "INDEX"]  # and the shard
     cold = site.render_site(table_of(data, config).table, config, site_templates())
     on_disk = {
         str(path.relative_to(tmp_path / "site")): path.read_bytes()
@@ -731,8 +811,22 @@ def test_the_site_lists_every_route_once_and_a_kept_renderer_matches_a_fresh_one
         assert listed["problems"] == [problem.as_json() for problem in table.problems]
         labels = {entry["label"] for entry in listed["deployments"]}
         assert {path for path in files if path.startswith("not-found/")} == {
-            f"not-found/{label}.html" for label in labels
+            shard_of(label) for label in labels
         }
+        # the shards hold every listed deployment once, each in its label's shard, in order
+        sharded = []
+        for path, data in files.items():
+            if path.startswith("not-found/"):
+                entries = [
+                    (entry["label"], entry["name"]) for entry in json.loads(data)["deployments"]
+                ]
+                assert entries == sorted(entries) and {shard_of(label) for label, _ in entries} == {
+                    path
+                }
+                sharded.extend(entries)
+        assert sorted(sharded) == sorted(
+            (entry["label"], entry["name"]) for entry in listed["deployments"]
+        )
         index = read_page(files[site.INDEX].decode())
         assert sorted(host_of(href) for href, _ in index.links if href.startswith("//")) == sorted(
             hosts
@@ -802,7 +896,13 @@ def test_registry_strings_reach_the_pages_escaped_never_as_markup() -> None:
             leaked = [text for text in markup if text in html]
             assert not leaked, (path, leaked)
             # the only SSI command is the template's own echo of the host
-            assert html.count("<!--#") == (1 if path.startswith("not-found") else 0), path
+            assert html.count("<!--#") == (1 if path == site.NOT_FOUND else 0), path
+        else:  # JSON; a shard holds no markup character at all (nor so an SSI comment)
+            text = data.decode("ascii")
+            if path.startswith("not-found/"):
+                assert not set(text) & set("<>&"), path
+                for entry in json.loads(text)["deployments"]:
+                    assert entry["name"] in snapshot["deployment"]
     names = {entry["name"] for entry in json.loads(files[site.DOCUMENT])["deployments"]}
     assert names <= set(snapshot["deployment"])
 
@@ -871,9 +971,17 @@ def test_the_index_lists_each_services_instances_with_address_and_id() -> None:
     ]
 
     # the branch's 404 page says how many instances each service has, not where they are
-    missing = flat(files["not-found/feature-login.html"])
-    assert "feature-login-api.dev.test (api, 1 instance)" in missing
-    assert "feature-login-web.dev.test (web, 3 instances)" in missing
+    missing = files[shard_of("feature-login")].decode()
+    [entry] = json.loads(missing)["deployments"]
+    assert entry["services"] == [
+        {"service": "api", "host": "feature-login-api.dev.test", "instance_count": 1},
+        {"service": "web", "host": "feature-login-web.dev.test", "instance_count": 3},
+    ]
+    assert entry["default"] == {
+        "service": "web",
+        "host": "feature-login.dev.test",
+        "instance_count": 3,
+    }
     assert "127.0.0.1:" not in missing
 
 
@@ -963,15 +1071,15 @@ def test_an_instance_that_comes_goes_or_moves_rewrites_the_index_and_json_only(
         "deployments.json",
         "index.html",
         "not-found.html",
-        "not-found/feature-login.html",
-        "not-found/solo.html",
+        shard_of("feature-login"),
+        shard_of("solo"),
     )
     steps = [
         # (web's instances, the files written): the branch's 404 page shows the count
-        (two, ("deployments.json", "index.html", "not-found/feature-login.html")),
+        (two, ("deployments.json", "index.html", shard_of("feature-login"))),
         (moved, ("deployments.json", "index.html")),
         (moved, ()),
-        (one, ("deployments.json", "index.html", "not-found/feature-login.html")),
+        (one, ("deployments.json", "index.html", shard_of("feature-login"))),
     ]
     for web, written in steps:
         rows.clear()
@@ -1057,9 +1165,15 @@ def rendered_demo(site_dir: str = "/srv/site") -> tuple[Rendered, Config]:
         ("    root /srv/site;\n    types {}", "    root /;\n    types {}", "root must be"),
         ("text/html;\n    charset", "text/html;\n    root /etc;\n    charset", "root must be"),
         ("/not-found.html =404;", "/../../etc/passwd =404;", "try_files must be"),
+        ("default /not-found.html;", "default /../../etc/passwd;", "must hold exactly"),
+        ("/not-found/$1.json;", "/../$1.json;", "must hold exactly"),
+        ("map $uri $devtest_not_found {", "map $request_uri $devtest_not_found {",
+         "must be 'map [$]uri [$]devtest_not_found'"),
+        ("    types { application/json json; }", "    types { text/plain json; }",
+         "types block must be empty or hold only application/json json"),
         ("    types {}\n    default_type text/html;\n    charset utf-8;\n    add_header",
          "    types { text/plain conf; }\n    default_type text/html;\n    charset utf-8;\n"
-         "    add_header", "types block must be empty"),
+         "    add_header", "types block must be empty or hold only application/json json"),
         ("server_name \"~^localhost$\";", "server_name \"~^localhost$\";\n    ssi on;",
          "'ssi' is not allowed inside 'server'"),
         ("    listen 127.0.0.1:8080;\n", "    listen 127.0.0.1:8081;\n", "listen addresses"),
@@ -1084,6 +1198,12 @@ def test_the_check_refuses_a_site_directive_the_template_does_not_write(
 
 def test_the_domain_is_a_regex_of_itself_only() -> None:
     assert site_layout.domain_pattern("dev.example.com") == "dev[.]example[.]com"
-    assert site_layout.try_files()[0] == "/not-found/$devtest_asked_0.html"
-    assert site_layout.try_files()[-2:] == ["/not-found.html", "=404"]
-    assert len(site_layout.try_files()) == site_layout.ASKED_LEVELS + 2
+    assert site_layout.try_files() == ["$devtest_not_found", "/not-found.html", "=404"]
+
+
+def test_a_labels_shard_is_fnv1a_of_it_as_the_404_pages_script_computes_it() -> None:
+    # FNV-1a 32 of "a" is 0xe40c292c (the published test vector): shard 2c
+    assert site_layout.shard("a") == "2c"
+    assert site_layout.shard("feature-login") == "3d"
+    assert re.fullmatch(site_layout.data_map_pattern()[1:], "/.devtest-router/not-found/3d.json")
+    assert not re.fullmatch(site_layout.data_map_pattern()[1:], "/.devtest-router/not-found/x.json")

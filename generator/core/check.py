@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from generator.core.config import Config
-from generator.core.site_layout import try_files
+from generator.core.site_layout import DATA_FILE, NOT_FOUND, data_map_pattern, shard_path, try_files
 
 ROUTE_MAP = ("$host", "$devtest_route")
 PROXY_PASS = ["http://$devtest_upstream"]
@@ -86,6 +86,16 @@ PUBLIC_MAP = ("$devtest_deployment/", "$devtest_public")
 TLS_FILES = {"ssl_certificate": "tls_certificate", "ssl_certificate_key": "tls_certificate_key"}
 TLS_PROTOCOLS = frozenset({"TLSv1.2", "TLSv1.3"})
 
+# The map that names the file an unknown hostname's request is served (try_files' first entry):
+# a shard of the 404 page's data for its path, else the page. Exactly these lines.
+DATA_MAP = ("$uri", DATA_FILE)
+DATA_MAP_LINES = [
+    [data_map_pattern(), "/" + shard_path("$1")],
+    ["default", f"/{NOT_FOUND}"],
+]
+# A types block is empty (every file is default_type's), or names JSON only (the shards).
+TYPES_BLOCKS: tuple[list[list[str]], ...] = ([], [["application/json", "json"]])
+
 # Inside a map block every line is data (source value), except these, which nginx treats as
 # directives; `include` would read a file, so it never passes.
 MAP_KEYWORDS = frozenset({"hostnames", "default", "volatile"})
@@ -96,7 +106,7 @@ def _walk(
 ) -> Iterator[tuple[dict[str, Any], str]]:
     for statement in statements:
         yield statement, parent
-        if "block" in statement and statement["directive"] != "map":
+        if "block" in statement and statement["directive"] not in ("map", "types"):
             yield from _walk(statement["block"], statement["directive"])
 
 
@@ -129,6 +139,7 @@ def check(
 
     failures: list[str] = []
     route_maps: list[list[dict[str, Any]]] = []
+    data_maps: list[dict[str, Any]] = []
     groups: list[dict[str, Any]] = []
     for statement, parent in _walk(parsed):
         name = statement["directive"]
@@ -149,6 +160,8 @@ def check(
             failures.extend(_check_map_block(statement, where))
             if tuple(statement["args"]) == ROUTE_MAP:
                 route_maps.append(statement["block"])
+            elif DATA_FILE in statement["args"]:
+                data_maps.append(statement)
         elif name == "upstream" and not parent:
             groups.append(statement)
         elif name == "proxy_pass" and statement["args"] != PROXY_PASS:
@@ -170,12 +183,15 @@ def check(
             failures.append(f"root must be the site_dir {config.site_dir} (in {where})")
         elif name == "try_files" and statement["args"] != try_files():
             failures.append(f"try_files must be {' '.join(try_files())} (in {where})")
-        elif name == "types" and statement["block"]:
-            failures.append(f"a types block must be empty (in {where})")
+        elif name == "types" and _lines(statement["block"]) not in TYPES_BLOCKS:
+            failures.append(
+                f"a types block must be empty or hold only application/json json (in {where})"
+            )
 
     failures.extend(_check_listens(parsed, config, path))
     failures.extend(_check_access(parsed, config, path))
     failures.extend(_check_public_map(parsed, config, path, public))
+    failures.extend(_check_data_map(data_maps, path))
     if len(route_maps) != 1:
         failures.append(f"expected one 'map $host $devtest_route' block, found {len(route_maps)}")
     else:
@@ -435,6 +451,29 @@ def _named_pools(routes: Mapping[str, str], pools: Mapping[str, Sequence[str]]) 
         f"upstream {pool}, the pool of a route, has no upstream block"
         for pool in sorted(groups - pools.keys())
     ] + [f"upstream {pool} is the pool of no route" for pool in sorted(pools.keys() - groups)]
+
+
+def _lines(block: list[dict[str, Any]]) -> list[list[str]]:
+    """A block's statements as [directive, *args] (a nested block makes it differ from any)."""
+    return [
+        [entry["directive"], *entry["args"], *(["{"] if "block" in entry else [])]
+        for entry in block
+    ]
+
+
+def _check_data_map(found: list[dict[str, Any]], path: str) -> list[str]:
+    """One data map (DATA_MAP; `found`: the maps that set its variable), holding exactly
+    DATA_MAP_LINES: try_files serves the file it names, so it may name a shard or the 404
+    page, nothing else."""
+    if len(found) != 1:
+        return [f"expected one 'map {' '.join(DATA_MAP)}' block, found {len(found)}"]
+    where = f"{path}:{found[0]['line']}"
+    if tuple(found[0]["args"]) != DATA_MAP:
+        return [f"the map of {DATA_FILE} must be 'map {' '.join(DATA_MAP)}' (in {where})"]
+    if _lines(found[0]["block"]) != DATA_MAP_LINES:
+        wanted = "; ".join(" ".join(line) for line in DATA_MAP_LINES)
+        return [f"the map {DATA_FILE} must hold exactly: {wanted} (in {where})"]
+    return []
 
 
 def _check_map_block(statement: dict[str, Any], where: str) -> list[str]:

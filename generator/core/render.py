@@ -14,7 +14,7 @@ import jinja2
 from generator.core.config import Config
 from generator.core.errors import TemplateProblem
 from generator.core.model import RFC3339, DeploymentKey, Quoted, Route, RoutingTable, Token
-from generator.core.site_layout import ASKED_LEVELS, domain_pattern
+from generator.core.site_layout import domain_pattern
 
 TEMPLATE = "routes.conf.j2"
 GROUP_TEMPLATE = "deployment.conf.j2"
@@ -281,7 +281,6 @@ def skeleton_text(
         hash=HashSize.for_names(routes_count, longest),
         domain=config.domain,
         domain_pattern=domain_pattern(config.domain),
-        asked_levels=ASKED_LEVELS,
         site_dir=config.site_dir,
         listen=config.listen,
         tls=config.tls,

@@ -2,15 +2,18 @@
 
 Pure: (routing table, config, templates) -> {relative path: bytes}, the same bytes for the same
 table and config (no clock: pages print absolute times, and a small script in the browser says
-how long ago). nginx serves the folder (site_dir) at the bare domain, and its 404 pages to
+how long ago). nginx serves the folder (site_dir) at the bare domain, and its 404 page to
 hostnames it does not route (templates/routes.conf.j2):
 
     index.html              every deployment with its links, each service's instances (address
                             and instance id), and every problem in the registry
     deployments.json        the same for scripts (shape: see document())
-    not-found.html          the 404 page for a hostname of no deployment
-    not-found/<label>.html  the 404 page for <label>.<domain> and <label>-<anything>.<domain>
-                            that no route answers: that deployment's services and problems
+    not-found.html          the 404 page for every hostname no route answers: nginx prints the
+                            hostname asked (SSI), and its script lists the deployment whose
+                            label begins it, from that label's shard
+    not-found/<shard>.json  what the 404 page shows of each deployment whose label is in that
+                            shard (site_layout.shard; shape: shard_entry): at most 256 files,
+                            and a change to what a 404 page shows rewrites one
 
 The pages go through their own Jinja environment, which escapes every value for HTML; the
 nginx environment (render.py) prints only Tokens and ints, and the two never mix.
@@ -44,10 +47,14 @@ from generator.core.model import (
 from generator.core.names import key_path
 from generator.core.render import by_deployment
 from generator.core.site_layout import (
+    ASKED_LEVELS,
+    DATA_PATH,
     DOCUMENT,
     INDEX,
     NOT_FOUND,
-    NOT_FOUND_DIR,
+    SHARDS,
+    shard,
+    shard_path,
 )
 
 DOCUMENT_VERSION = 1
@@ -122,6 +129,7 @@ class PageKind(Enum):
     INDEX = "site/index.html.j2"
     DOCUMENT = "deployments.json"  # json.dumps, no template
     NOT_FOUND = "site/not-found.html.j2"
+    SHARD = "not-found/<shard>.json"  # shard_text, no template
 
 
 INDEX_ROW = "site/index-row.html.j2"  # one deployment's row of the index, kept by Renderer
@@ -213,16 +221,16 @@ def pages(table: RoutingTable, access: bool = False) -> dict[str, Page]:
     """Relative path -> what the file is made of, for every file of the site, sorted by path
     (`access`: access control is on; see listings)."""
     listed = listings(table, access)
-    by_label: dict[str, list[Listing]] = {}
-    for listing in listed:
-        by_label.setdefault(listing.label, []).append(listing)
     site = {
         INDEX: Page(PageKind.INDEX, listed, table.problems, len(table.routes)),
         DOCUMENT: Page(PageKind.DOCUMENT, listed, table.problems, len(table.routes)),
         NOT_FOUND: Page(PageKind.NOT_FOUND, ()),
     }
-    for label, group in by_label.items():
-        site[f"{NOT_FOUND_DIR}/{label}.html"] = Page(PageKind.NOT_FOUND, tuple(group))
+    sharded: dict[str, list[Listing]] = {}
+    for listing in listed:  # by label then name: so is each shard
+        sharded.setdefault(shard(listing.label), []).append(listing)
+    for name, group in sharded.items():
+        site[shard_path(name)] = Page(PageKind.SHARD, tuple(group))
     return dict(sorted(site.items()))
 
 
@@ -277,6 +285,10 @@ class Renderer:
     def __call__(self, page: Page) -> bytes:
         if page.kind is PageKind.DOCUMENT:
             return document_text(document(page, self.config)).encode("ascii")
+        if page.kind is PageKind.SHARD:
+            return shard_text([shard_line(listing) for listing in page.listings])
+        if page.kind is PageKind.NOT_FOUND:
+            return self.not_found()
         if page.kind is PageKind.INDEX:
             kept, self._rows = self._rows, {}
             for listing in page.listings:
@@ -306,6 +318,16 @@ class Renderer:
                 Markup("".join(rows[start : start + ROWS_PER_TABLE]))
                 for start in range(0, len(rows), ROWS_PER_TABLE)
             ],
+        )
+
+    def not_found(self) -> bytes:
+        """not-found.html: the same page for every hostname (the site layout tells its script
+        where the shards are and how to find a hostname's label)."""
+        return self.page(
+            Page(PageKind.NOT_FOUND, ()),
+            data_path=DATA_PATH,
+            shards=SHARDS,
+            asked_levels=ASKED_LEVELS,
         )
 
     def page(self, page: Page, **values: Any) -> bytes:
@@ -354,6 +376,41 @@ def document_text(value: dict[str, Any], dumped: Mapping[str, Sequence[str]] | N
         else:
             lines.append(f"  {json.dumps(key)}: {json.dumps([] if entries is not None else item)}")
     return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+# In a shard, < > & are JSON escapes: the file holds no markup, nor an SSI comment (`<!--#`),
+# whatever type it is served as.
+_INERT_IN_HTML = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+
+
+def shard_entry(listing: Listing) -> dict[str, Any]:
+    """What the 404 page shows of a deployment: its deployments.json entry with each link's
+    instances as a count (the page says how many, not where: an instance that moves changes
+    no shard), and without "public"."""
+    return {
+        "name": listing.name,
+        "label": str(listing.label),
+        "created": listing.created,
+        "default": None if listing.default is None else _shard_link(listing.default),
+        "services": [_shard_link(link) for link in listing.services],
+        "problems": [problem.as_json() for problem in listing.problems],
+    }
+
+
+def _shard_link(link: Link) -> dict[str, Any]:
+    return {"service": link.service, "host": str(link.host), "instance_count": len(link.members)}
+
+
+def shard_line(listing: Listing) -> str:
+    """One deployment's line in its shard (shard_entry; < > & as JSON escapes)."""
+    return json.dumps(shard_entry(listing)).translate(_INERT_IN_HTML)
+
+
+def shard_text(lines: Sequence[str]) -> bytes:
+    """A shard, not-found/<shard>.json, from its deployments' shard_line (by label, then name):
+    {"version": 1, "deployments": [...]}, one deployment a line, as deployments.json."""
+    value = {"version": DOCUMENT_VERSION, "deployments": []}
+    return document_text(value, {"deployments": lines}).encode("ascii")
 
 
 def render_site(

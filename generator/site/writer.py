@@ -1,10 +1,11 @@
 """Apply for the site folder: write the pages (site/pages.py) that changed, remove stale ones.
 
 Each file is written to a temporary file beside it and renamed over it, so nginx serves the old
-page or the new one, never half of one. Only files whose bytes changed are written; a page of a
-deployment that no longer routes is removed. A writer kept by a long-running process (the
-watcher) remembers what each file was made of and compares that instead of reading the folder
-again, so an apply renders and writes only the pages of what changed.
+page or the new one, never half of one. Only files whose bytes changed are written; a shard no
+deployment is in any more is removed, and so are the per-deployment 404 pages
+(not-found/<label>.html) of versions before the shards. A writer kept by a long-running process
+(the watcher) remembers what each file was made of and compares that instead of reading the
+folder again, so an apply renders and writes only the pages of what changed.
 
 No fsync: the pages are made again from the registry at every apply, and a file a crash left
 short differs from its page, so the next apply rewrites it.
@@ -12,7 +13,6 @@ short differs from its page, so the next apply rewrites it.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import os
 import stat
@@ -29,20 +29,20 @@ from generator.core.errors import ApplyError, SiteError, UsageError
 from generator.core.model import DeploymentKey, Problem, Route, RoutingTable
 from generator.core.names import key_path
 from generator.core.render import by_deployment
-from generator.core.site_layout import DOCUMENT, INDEX, NOT_FOUND, NOT_FOUND_DIR
+from generator.core.site_layout import DOCUMENT, INDEX, NOT_FOUND, NOT_FOUND_DIR, shard, shard_path
 from generator.core.words import counted
 from generator.memory import no_gc
 from generator.nginx.apply import file_kind
 from generator.site.pages import (
     Listing,
-    Page,
-    PageKind,
     Renderer,
     document_line,
     key_paths,
     listing,
     owners,
     pages,
+    shard_line,
+    shard_text,
 )
 from generator.sorted_keys import update_sorted
 
@@ -70,11 +70,11 @@ class SiteWriter:
     It keeps, per deployment, its routes as last written (compared by identity: the pipeline
     keeps a deployment's routes while they stay the same), its listing, its row of the index
     and its line of deployments.json, and a digest of each file written; an apply renders the
-    pages of the deployments that changed, and the index and deployments.json from the kept
-    rows and lines. A fresh writer is the cold run: the same code with every deployment new.
-    An instance that comes, goes or moves changes its routes' members, so the pipeline hands
-    over a new tuple, and the listing, which holds the members, differs: the row is rendered
-    again.
+    rows of the deployments that changed, and the index, deployments.json and the shards of
+    the 404 page's data that hold them from the kept rows and lines. A fresh writer is the cold
+    run: the same code with every deployment new. An instance that comes, goes or moves
+    changes its routes' members, so the pipeline hands over a new tuple, and the listing, which
+    holds the members, differs: the row is rendered again.
     """
 
     def __init__(self, config: Config, templates: jinja2.Environment) -> None:
@@ -95,7 +95,9 @@ class SiteWriter:
         self._listed: dict[DeploymentKey, Listing] = {}
         self._rows: dict[DeploymentKey, Markup] = {}
         self._lines: dict[DeploymentKey, str] = {}
+        self._shard_lines: dict[DeploymentKey, str] = {}
         self._keys: list[DeploymentKey] = []  # sorted
+        self._shards: dict[str, set[DeploymentKey]] = {}  # shard -> the listed deployments in it
         self._count: int | None = None  # routes
 
     def plan(self, table: RoutingTable) -> SitePlan:
@@ -182,26 +184,35 @@ class SiteWriter:
         problems_changed = self._problems != table.problems
         self._problems = table.problems
 
-        labels: set[str] = set()
+        changed = False  # a row (and so a line of deployments.json) changed
+        shards: set[str] = set()  # the shards whose deployments' lines changed
         for key in dirty:
             value = routes.get(key)
+            name = shard(key[0])
             if value is None:
                 if self._listed.pop(key, None) is not None:
-                    del self._rows[key], self._lines[key]
-                    labels.add(key[0])
+                    del self._rows[key], self._lines[key], self._shard_lines[key]
+                    self._shards[name].discard(key)
+                    changed = True
+                    shards.add(name)
                 continue
             listed = listing(key, value, self._owned.get(key, ()), self.config.access_control)
             if self._listed.get(key) != listed:
                 self._listed[key] = listed
                 self._rows[key] = self._render.row(listed)
                 self._lines[key] = document_line(listed)
-                labels.add(key[0])
+                changed = True
+                line = shard_line(listed)
+                if self._shard_lines.get(key) != line:
+                    self._shard_lines[key] = line
+                    self._shards.setdefault(name, set()).add(key)
+                    shards.add(name)
         update_sorted(self._keys, dirty, self._listed)
 
         count = len(table.routes)
         everything = self._known is None
         wanted: dict[str, bytes] = {}
-        if everything or labels or problems_changed or count != self._count:
+        if everything or changed or problems_changed or count != self._count:
             ordered = [self._listed[key] for key in self._keys]
             wanted[INDEX] = self._render.index(
                 ordered, [self._rows[key] for key in self._keys], table.problems, count
@@ -211,20 +222,16 @@ class SiteWriter:
             )
         self._count = count
         if everything:
-            wanted[NOT_FOUND] = self._render(Page(PageKind.NOT_FOUND, ()))
-            labels = {key[0] for key in self._keys}
+            wanted[NOT_FOUND] = self._render.not_found()
+            shards = set(self._shards)
         gone = set()
-        for name in labels:
-            at = bisect.bisect_left(self._keys, (name, ""))
-            group = []
-            while at < len(self._keys) and self._keys[at][0] == name:
-                group.append(self._listed[self._keys[at]])
-                at += 1
-            path = f"{NOT_FOUND_DIR}/{name}.html"
-            if group:
-                wanted[path] = self._render(Page(PageKind.NOT_FOUND, tuple(group)))
+        for name in shards:
+            held = sorted(self._shards[name])
+            if held:
+                wanted[shard_path(name)] = shard_text([self._shard_lines[key] for key in held])
             else:
-                gone.add(path)
+                del self._shards[name]
+                gone.add(shard_path(name))
         return wanted, gone
 
     def _compare(
@@ -250,7 +257,7 @@ class SiteWriter:
         anything else someone keeps in the folder."""
         if self._known is not None:
             return sorted(path for path in gone if path in self._known)
-        return self._in_folder({f"{NOT_FOUND_DIR}/{key[0]}.html" for key in self._keys})
+        return self._in_folder({shard_path(name) for name in self._shards})
 
     def _in_folder(self, wanted: Container[str]) -> list[str]:
         """The pages in the folder that `wanted` does not hold."""
@@ -281,7 +288,8 @@ def _require_folder(folder: Path) -> None:
 
 
 def _is_page(name: str) -> bool:
-    return name.endswith(".html") and not name.startswith(".")
+    """A file of our layout in not-found/: a shard, or a 404 page of a version before them."""
+    return name.endswith((".json", ".html")) and not name.startswith(".")
 
 
 def _digest(data: bytes) -> bytes:
