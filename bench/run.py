@@ -153,7 +153,11 @@ def pipeline_figures(routes: int, found: dict[str, Any]) -> list[Figure]:
     if "error" in found:
         return [
             figure(
-                f"cold_{routes}", f"profile: cold pipeline in one process, {size} routes", None, "s", note=found["error"]
+                f"cold_{routes}",
+                f"profile: cold pipeline in one process, {size} routes",
+                None,
+                "s",
+                note=found["error"],
             )
         ]
     cold = found["cold"]
