@@ -7,6 +7,7 @@ bench/results.json and bench/results.md.
     python bench/run.py --quick         # 1,000 and 10,000, 20 events a size
     python bench/run.py --only oneshot  # the one-shot job alone (bench/oneshot.py)
     python bench/run.py --report        # the table again, from bench/results.json
+    python bench/run.py --docs          # that table into docs/performance.md ("Round two")
     python bench/run.py --registry etcd2    # the live figures through etcd's v2 API
 
 The stages are planned to fit --time-limit: the 100,000-service event series gets the time that
@@ -690,6 +691,48 @@ def tables(figures: list[Figure], markdown: bool = False) -> str:
     return "\n".join(parts).strip("\n")
 
 
+DOCS = common.ROOT / "docs" / "performance.md"
+DOCS_BEGIN = "<!-- round two: written by `bench/run.py --docs` from bench/results.json -->"
+DOCS_END = "<!-- round two: end -->"
+
+
+def docs_table(results: dict[str, Any], figures: list[Figure]) -> str:
+    """Issue 14's table for docs/performance.md, with the run it comes from."""
+    machine = results["machine"]
+    source = results["source"]
+    dirty = (
+        f" with {len(source['uncommitted'])} uncommitted changes" if source["uncommitted"] else ""
+    )
+    load = machine.get("load_average_at_start")
+    busy = f", load average {load[0]:.1f} at its start" if load else ""
+    first = [item for item in figures if item.headline]
+    notes = [f"- {item.figure}: {item.note}" for item in first if item.note and item.value]
+    return "\n".join(
+        [
+            f"Measured by `make bench` ({'--quick, ' if results['raw'].get('quick') else ''}"
+            f"{results['started']}, {results['seconds']:.0f} s) at commit "
+            f"`{source['commit']}`{dirty}, on {machine['cores']} cores ({machine['cpu']}"
+            f"{busy}); Python {machine['python']}, {machine['nginx']}, {machine['etcd']}.",
+            "",
+            common.table(first, markdown=True, headline=True),
+            "",
+            *notes,
+        ]
+    )
+
+
+def write_docs(results: dict[str, Any], figures: list[Figure], docs: Path = DOCS) -> None:
+    """Replace the table between DOCS_BEGIN and DOCS_END in docs/performance.md."""
+    text = docs.read_text(encoding="utf-8")
+    head, found, rest = text.partition(DOCS_BEGIN)
+    _, ended, tail = rest.partition(DOCS_END)
+    if not (found and ended):
+        raise SystemExit(f"{docs}: no {DOCS_BEGIN} ... {DOCS_END} to replace")
+    table = docs_table(results, figures)
+    docs.write_text(f"{head}{DOCS_BEGIN}\n{table}\n{DOCS_END}{tail}", encoding="utf-8")
+    print(f"wrote issue 14's table into {docs}")
+
+
 def report(results: dict[str, Any], figures: list[Figure], out: Path) -> None:
     """Print the table and notes; write results.json (given) and results.md beside it."""
     results["figures"] = [item.as_json() for item in figures]
@@ -747,12 +790,21 @@ def main() -> int:
         action="store_true",
         help="measure nothing: print the table again from the raw results in --out",
     )
+    parser.add_argument(
+        "--docs",
+        action="store_true",
+        help="measure nothing: write issue 14's table from --out into docs/performance.md",
+    )
     args = parser.parse_args()
     only_out = args.out  # --only writes results only where it is told to
     args.out = args.out or common.BENCH / "results.json"
-    if args.report:
+    if args.report or args.docs:
         results = json.loads(args.out.read_text(encoding="utf-8"))
-        report(results, figures_of(results["raw"]), args.out)
+        figures = figures_of(results["raw"])
+        if args.docs:
+            write_docs(results, figures)
+        else:
+            report(results, figures, args.out)
         return 0
 
     started = time.time()
