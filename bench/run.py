@@ -879,7 +879,7 @@ def main() -> int:
                 events_deadline = min(now + EVENTS_CAP, deadline - LAST_RESERVE)
             first = number == 0
             common.say(
-                f"bench: live, {routes:,} routes (events for up to "
+                f"bench: live, {routes:,} services (events for up to "
                 f"{max(0.0, events_deadline - now):.0f} s)"
             )
             raw["live"][routes] = live.run(
