@@ -443,7 +443,7 @@ def oneshot_figures(found: dict[str, Any]) -> list[Figure]:
 
 def live_figures(routes: int, found: dict[str, Any]) -> list[Figure]:
     shape = found.get("stage", {}).get("shape", "routes")
-    size = routes_text(routes) + (" services" if shape == "wide" else "")
+    size = routes_text(routes) + (" services" if shape == "wide" else " routes")
     out = []
     naive = found.get("naive_event", {})
     naive_seconds = naive.get("seconds")
@@ -459,7 +459,7 @@ def live_figures(routes: int, found: dict[str, Any]) -> list[Figure]:
         out.append(
             figure(
                 f"live_p50_{routes}",
-                f"event to live p50, {size} routes",
+                f"watch p50, event to live, {size}",
                 events["p50"],
                 "s",
                 baseline="naive event" if naive_seconds else "",
@@ -469,7 +469,7 @@ def live_figures(routes: int, found: dict[str, Any]) -> list[Figure]:
         out.append(
             figure(
                 f"live_p95_{routes}",
-                f"event to live p95, {size} routes",
+                f"watch p95, event to live, {size}",
                 events["p95"],
                 "s",
                 baseline="naive event" if naive_seconds else "",
@@ -481,7 +481,7 @@ def live_figures(routes: int, found: dict[str, Any]) -> list[Figure]:
     else:
         error = found.get("error") or events.get("error") or "no event measured"
         out.append(
-            figure(f"live_p95_{routes}", f"event to live p95, {size} routes", None, "s", note=error)
+            figure(f"live_p95_{routes}", f"watch p95, event to live, {size}", None, "s", note=error)
         )
     if events.get("file_count"):
         out.append(figure(f"file_p50_{routes}", f"watch p50, event to file, {size}",
@@ -534,7 +534,7 @@ def live_figures(routes: int, found: dict[str, Any]) -> list[Figure]:
             out.append(
                 figure(
                     "burst_reloads",
-                    f"burst of 1,000 registrations in 10 s: reloads ({size} routes before)",
+                    f"burst of 1,000 registrations in 10 s: reloads ({size} before)",
                     burst["reloads"],
                     "count",
                 )
@@ -582,7 +582,7 @@ def live_figures(routes: int, found: dict[str, Any]) -> list[Figure]:
             out.append(
                 figure(
                     "reload_failed",
-                    f"requests failed during {load['reloads']} reloads under load ({size} routes)",
+                    f"requests failed during {load['reloads']} reloads under load ({size})",
                     total,
                     "count",
                     note=f"of {requests} requests ({detail}); control without reloads: "
@@ -672,6 +672,14 @@ def headline(figures: list[Figure], raw: dict[str, Any]) -> list[Figure]:
     more = [item for item in figures if item.key in found and HEADLINE.match(item.key)]
     for item in more:
         item.headline = True
+    kinds = ["oneshot_", "oneshot_peak_", "oneshot_single_", "oneshot_single_peak_", "live_p50_",
+             "file_p50_", "watcher_rss_", "watcher_hwm_"]  # fmt: skip
+    more.sort(
+        key=lambda item: (
+            kinds.index(item.key.rsplit("_", 1)[0] + "_"),
+            int(item.key.rsplit("_", 1)[1]),
+        )
+    )
     rest = [item for item in figures if item.key in found and not item.headline]
     return first + more + rest
 
