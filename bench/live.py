@@ -3,12 +3,15 @@
 
     python bench/live.py --routes 1000 [--events 50] [--burst] [--under-load]   # JSON on stdout
 
-For one registry size: etcd is preloaded with N routes (v3 transactions of 128 puts; v2 one PUT
-a key), the watcher is started and applies them, then:
+For one registry size: etcd is preloaded with N services, 10 a branch (issue 14's shape;
+--shape routes: N routes as deployments of 3 services, the earlier one) through v3 transactions
+of 128 puts (v2: one PUT a key), the watcher is started and applies them, then:
 - event to live, at most --events times (and at most --budget seconds): one new service's keys
   are written (`register`, one transaction) and its hostname is asked through nginx every 5 ms
-  until the backend answers 200; the time from the write to that answer.
-- the watcher's memory (VmRSS, VmHWM from /proc) after its first apply and after the events.
+  until the backend answers 200; the time from the write to that answer. Event to file, from
+  the same start: when the output file first holds the new hostname (FileWatch).
+- the watcher's memory (VmRSS, VmHWM from /proc) after its first apply, after MEMORY_AFTER (40)
+  events, and after the last.
 - the naive baseline of one event, in this process: read the registry, pipeline.build and
   apply.checked_text from scratch, nginx -t on the staged file, crossplane reading back the
   file in place (to learn what is removed), and the test command on the whole config; no
@@ -20,7 +23,8 @@ a key), the watcher is started and applies them, then:
 - --under-load: the watcher is stopped; wrk (2 threads, 20 connections, bounded; half of them
   kept alive, half a new connection per request) asks one routed hostname while 50 applies
   alternate two snapshots (each a real reload); wrk's socket errors and non-2xx answers, and
-  the same for a 5 s control run without reloads.
+  the same for a 5 s control run without reloads. Then 50 more applies while RetryingClient
+  asks (keep-alive, retrying a GET once as browsers do): the requests that still fail.
 
 Every request goes to 127.0.0.1. Every upstream in the registry is the backend on 127.0.0.1,
 so even a stray request reaches nothing else. Every process is started here, stopped by pid,
