@@ -213,12 +213,19 @@ def measure_size(services: int, runs: int, api: str, variants: list[str]) -> dic
     result: dict[str, Any] = {"runs": runs, "variants": {name: [] for name in variants}}
     try:
         stage.start()
+        failed: dict[str, list[str]] = {name: [] for name in variants}
         for number in range(runs):
             order = variants if number % 2 == 0 else variants[::-1]
             for variant in order:
-                result["variants"][variant].append(stage.run(variant, number))
+                # A failed run (e.g. the registry read timing out on a busy machine) is what a
+                # user would meet too: it is counted and said, and the next run goes on.
+                try:
+                    result["variants"][variant].append(stage.run(variant, number))
+                except RuntimeError as error:
+                    failed[variant].append(str(error))
+                    common.say(f"oneshot {services}: run {number + 1}: {error}")
         for variant, found in result["variants"].items():
-            result[variant] = summary(found)
+            result[variant] = summary(found) | {"failed": failed[variant]}
     except Exception as error:  # reported in the results; the other sizes still run
         result["error"] = f"{type(error).__name__}: {error}"
         common.say(f"oneshot {services}: {result['error']}")

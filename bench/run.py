@@ -415,9 +415,12 @@ def oneshot_figures(found: dict[str, Any]) -> list[Figure]:
             prefix = "oneshot" if variant == "pipe" else "oneshot_single"
             what = f"one-shot etcd -> checked file ({names[variant]}), {text}"
             summary = size.get(variant)
+            failed = (summary or {}).get("failed", [])
             if not summary or not summary.get("count"):
-                out.append(figure(f"{prefix}_{services}", what, None, "s",
-                                  note=size.get("error", "not measured")))  # fmt: skip
+                why = size.get("error") or (
+                    f"every run failed ({len(failed)}): {failed[0]}" if failed else "not measured"
+                )
+                out.append(figure(f"{prefix}_{services}", what, None, "s", note=why))
                 continue
             runs = size["variants"][variant]
             stage = size.get("stage", {})
@@ -427,6 +430,8 @@ def oneshot_figures(found: dict[str, Any]) -> list[Figure]:
                 f"emptied before each; {stage.get('routes', 0):,} routes, "
                 f"{runs[0]['bytes'] / common.MB:.1f} MiB, {runs[0]['site_files']:,} site files"
             )
+            if failed:
+                note += f"; {len(failed)} more runs FAILED, the first: {failed[0]}"
             out.append(figure(f"{prefix}_{services}", what, summary["median_seconds"], "s",
                               note=note, extra={"oneshot": size}))  # fmt: skip
             peaks = ", ".join(
