@@ -371,6 +371,8 @@ def table(figures: list[Figure], markdown: bool = False, headline: bool = False)
     rows = [("figure", "value", "target", "confd", last)]
     for item in figures:
         value = show(item.value, item.unit) if item.value is not None else (item.note or "-")
+        if item.value is None and (len(value) > 40 or "\n" in value):
+            value = "not measured (see its note)"
         if item.met is not None:
             value += "" if item.met else " (missed)"
         target = f"<= {show(item.target, item.unit)}" if item.target is not None else ""
