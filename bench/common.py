@@ -388,7 +388,7 @@ def table(figures: list[Figure], markdown: bool = False, headline: bool = False)
     if markdown:
         lines = ["| " + " | ".join(rows[0]) + " |", "|" + " --- |" * len(rows[0])]
         lines += [
-            "| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows[1:]
+            "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows[1:]
         ]
         return "\n".join(lines)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -192,7 +192,7 @@ class Stage:
             seconds = time.perf_counter() - start
         said = log.read_text(errors="replace").strip()
         if any(codes):
-            raise RuntimeError(f"{variant} exited {codes}: {said[-2000:]}")
+            raise RuntimeError(f"{variant} exited {codes}: {' / '.join(said[-2000:].splitlines())}")
         text = self.output.read_text(encoding="utf-8")
         missing = [host for host in self.expected if host not in text]
         if missing:

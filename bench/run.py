@@ -719,7 +719,7 @@ def docs_table(results: dict[str, Any], figures: list[Figure]) -> str:
     load = machine.get("load_average_at_start")
     busy = f", load average {load[0]:.1f} at its start" if load else ""
     first = [item for item in figures if item.headline]
-    notes = [f"- {item.figure}: {item.note}" for item in first if item.note and item.value]
+    notes = [f"- {item.figure}: {' '.join(item.note.split())}" for item in first if item.note]
     return "\n".join(
         [
             f"Measured by `make bench` ({'--quick, ' if results['raw'].get('quick') else ''}"
