@@ -334,6 +334,8 @@ class Figure:
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     target_text: str = ""  # the target column when there is no target value yet
+    before: str = ""  # what the issue measured for us before (issue 14's "ours" column)
+    headline: bool = False  # one of issue 14's figures: what the user waits for
 
     @property
     def ratio(self) -> float | None:
@@ -356,17 +358,21 @@ def show(value: float | None, unit: str) -> str:
         return "-"
     if unit == "s":
         return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
-    if unit == "MB":
-        return f"{value:.0f} MB"
+    if unit in ("MB", "MiB"):
+        return f"{value:.0f} {unit}"
     if unit == "count":
         return f"{value:.0f}"
     return f"{value:g} {unit}"
 
 
-def table(figures: list[Figure], markdown: bool = False) -> str:
-    rows = [("figure", "value", "target", "confd", "ratio to naive baseline (baseline)")]
+def table(figures: list[Figure], markdown: bool = False, headline: bool = False) -> str:
+    """The figures as a table; headline=True: issue 14's columns (confd, and ours before)."""
+    last = "ours before (issue 14)" if headline else "ratio to naive baseline (baseline)"
+    rows = [("figure", "value", "target", "confd", last)]
     for item in figures:
         value = show(item.value, item.unit) if item.value is not None else (item.note or "-")
+        if item.value is None and (len(value) > 40 or "\n" in value):
+            value = "not measured (see its note)"
         if item.met is not None:
             value += "" if item.met else " (missed)"
         target = f"<= {show(item.target, item.unit)}" if item.target is not None else ""
@@ -378,11 +384,11 @@ def table(figures: list[Figure], markdown: bool = False) -> str:
             ratio = f"{item.ratio:.2f}x ({item.baseline}: {show(item.baseline_value, item.unit)})"
         elif item.baseline:
             ratio = f"({item.baseline})"
-        rows.append((item.figure, value, target, item.confd, ratio))
+        rows.append((item.figure, value, target, item.confd, item.before if headline else ratio))
     if markdown:
         lines = ["| " + " | ".join(rows[0]) + " |", "|" + " --- |" * len(rows[0])]
         lines += [
-            "| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows[1:]
+            "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows[1:]
         ]
         return "\n".join(lines)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

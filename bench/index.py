@@ -63,6 +63,19 @@ window.__key = new Promise(function (done) {
 });
 """
 SHOWN = "document.querySelectorAll('#deployments tbody tr:not([hidden])').length"
+# The load event can come before the first paint is recorded (seen on a busy machine): wait
+# for the first contentful paint's entry (at most 10 s; the timings then say None if it is not).
+PAINTED = """
+new Promise(function (done) {
+  function has() {
+    return performance.getEntriesByName("first-contentful-paint").length > 0;
+  }
+  if (has()) { done(true); return; }
+  new PerformanceObserver(function () { if (has()) { done(true); } })
+    .observe({ type: "paint", buffered: true });
+  setTimeout(function () { done(false); }, 10000);
+})
+"""
 TIMINGS = """
 (function () {
   var paint = {};
@@ -118,9 +131,10 @@ IDLE = "new Promise(function (done) { requestIdleCallback(done, { timeout: 2000 
 def one_load(tab: Tab, url: str, query: str) -> dict[str, Any]:
     tab.send("Network.setCacheDisabled", {"cacheDisabled": True})
     tab.navigate(url)
+    tab.evaluate(PAINTED, wait=True)
     found: dict[str, Any] = tab.evaluate(TIMINGS)
     for name in ("first_paint", "first_contentful_paint", "dom_content_loaded", "load"):
-        found[name] = None if found[name] is None else found[name] / 1000
+        found[name] = None if found.get(name) is None else found[name] / 1000
     has_box = tab.evaluate("!!document.getElementById('search')")
     found["search"] = has_box
     if not has_box:

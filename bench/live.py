@@ -3,12 +3,15 @@
 
     python bench/live.py --routes 1000 [--events 50] [--burst] [--under-load]   # JSON on stdout
 
-For one registry size: etcd is preloaded with N routes (v3 transactions of 128 puts; v2 one PUT
-a key), the watcher is started and applies them, then:
+For one registry size: etcd is preloaded with N services, 10 a branch (issue 14's shape;
+--shape routes: N routes as deployments of 3 services, the earlier one) through v3 transactions
+of 128 puts (v2: one PUT a key), the watcher is started and applies them, then:
 - event to live, at most --events times (and at most --budget seconds): one new service's keys
   are written (`register`, one transaction) and its hostname is asked through nginx every 5 ms
-  until the backend answers 200; the time from the write to that answer.
-- the watcher's memory (VmRSS, VmHWM from /proc) after its first apply and after the events.
+  until the backend answers 200; the time from the write to that answer. Event to file, from
+  the same start: when the output file first holds the new hostname (FileWatch).
+- the watcher's memory (VmRSS, VmHWM from /proc) after its first apply, after MEMORY_AFTER (40)
+  events, and after the last.
 - the naive baseline of one event, in this process: read the registry, pipeline.build and
   apply.checked_text from scratch, nginx -t on the staged file, crossplane reading back the
   file in place (to learn what is removed), and the test command on the whole config; no
@@ -20,7 +23,8 @@ a key), the watcher is started and applies them, then:
 - --under-load: the watcher is stopped; wrk (2 threads, 20 connections, bounded; half of them
   kept alive, half a new connection per request) asks one routed hostname while 50 applies
   alternate two snapshots (each a real reload); wrk's socket errors and non-2xx answers, and
-  the same for a 5 s control run without reloads.
+  the same for a 5 s control run without reloads. Then 50 more applies while RetryingClient
+  asks (keep-alive, retrying a GET once as browsers do): the requests that still fail.
 
 Every request goes to 127.0.0.1. Every upstream in the registry is the backend on 127.0.0.1,
 so even a stray request reaches nothing else. Every process is started here, stopped by pid,
@@ -59,6 +63,11 @@ BIN = Path(sys.executable).parent / "devtest-router"
 POLL = 0.005  # seconds between two requests for a hostname that does not answer yet
 EVENT_TIMEOUT = 180.0  # an event not live by then counts as failed (and ends the series)
 MAX_WAIT = 2.0  # the watcher's default --max-wait
+FILE_POLL = 0.001  # seconds between two looks at the output file (a stat; read when changed)
+MEMORY_AFTER = 40  # the watcher's memory is also read after this many events (issue 14's)
+# The registry's shape: "wide" is issue 14's comparison with confd, N services 10 a branch
+# (synthetic.wide_registry); "routes" the earlier one, N routes as deployments of 3 services.
+SHAPES = ("wide", "routes")
 _STARTED: dict[int, subprocess.Popen[bytes]] = {}
 
 
@@ -162,14 +171,58 @@ def wait_live(port: int, host: str, timeout: float) -> float | None:
         time.sleep(POLL)
 
 
+class FileWatch:
+    """When the output file first holds `host`: a thread that stats the file every
+    FILE_POLL seconds (the apply replaces it: a new inode) and reads it only when it changed.
+    Started before the event's write, so its time is against the same start."""
+
+    def __init__(self, path: Path, host: str) -> None:
+        self.path = path
+        self.needle = host.encode()
+        self.found: float | None = None
+        self._stop = threading.Event()
+        self._seen = self._signature()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            info = self.path.stat()
+        except OSError:
+            return None
+        return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            seen = self._signature()
+            if seen is not None and seen != self._seen:
+                at = time.perf_counter()
+                self._seen = seen
+                try:
+                    if self.needle in self.path.read_bytes():
+                        self.found = at
+                        return
+                except OSError:
+                    pass
+            time.sleep(FILE_POLL)
+
+    def wait(self, timeout: float) -> float | None:
+        """The perf_counter time the file was seen holding the host, or None."""
+        self._thread.join(timeout)
+        self._stop.set()
+        self._thread.join()
+        return self.found
+
+
 class Stage:
     """etcd preloaded with `routes` routes, nginx, a backend and the watcher feeding nginx."""
 
-    def __init__(self, routes: int, api: str, folder: Path) -> None:
+    def __init__(self, routes: int, api: str, folder: Path, shape: str = "wide") -> None:
         self.routes = routes
         self.api = api  # "v3" or "v2"
         self.folder = folder
-        self.facts: dict[str, Any] = {"routes": routes, "registry": f"etcd {api}"}
+        self.shape = shape  # SHAPES
+        self.facts: dict[str, Any] = {"routes": routes, "registry": f"etcd {api}", "shape": shape}
         self.etcd: Etcd | None = None
         self.nginx: Nginx | None = None
         self.backend: Backend | None = None
@@ -213,7 +266,13 @@ class Stage:
         self.nginx = Nginx(self.folder / "nginx", nports=1)
         self.nginx.start()
         upstream = synthetic.Upstream(LOOPBACK, self.backend.port)
-        snapshot = synthetic.registry(self.routes, upstream=upstream)
+        if self.shape == "wide":
+            snapshot = synthetic.wide_registry(self.routes, upstream=upstream)
+            last = synthetic.wide_deployment(len(snapshot["deployment"]) - 1, 0, upstream)
+            self.facts["routes_in_file"] = self.routes + len(snapshot["deployment"])
+        else:
+            snapshot = synthetic.registry(self.routes, upstream=upstream)
+            last = synthetic.deployment(len(snapshot["deployment"]) - 1, 0, upstream)
         writer = synthetic.EtcdWriter(self.etcd.client_port, self.api)
         try:
             keys, self.facts["preload_seconds"] = common.measure(lambda: writer.load(snapshot))
@@ -221,7 +280,7 @@ class Stage:
             writer.close()
         self.facts["preload_keys"] = keys
         self.facts["deployments"] = len(snapshot["deployment"])
-        self.last_preloaded = synthetic.deployment(len(snapshot["deployment"]) - 1, 0, upstream)[0]
+        self.last_preloaded = last[0]
         self.start_watcher(deadline)
 
     def start_watcher(self, deadline: float) -> None:
@@ -310,39 +369,56 @@ class Stage:
         return entry, hostname(name, service, common.DOMAIN)
 
     def events(self, count: int, budget: float) -> dict[str, Any]:
-        """Event to live, one event at a time, until `count` or `budget` seconds are used."""
+        """Event to live and event to file, one event at a time, until `count` or `budget`
+        seconds are used; the watcher's memory after MEMORY_AFTER events and after the last."""
         assert self.nginx is not None
         latencies: list[float] = []
+        to_file: list[float] = []
         started = time.perf_counter()
         reloads = self.reloads()
         failed = None
+        memory_after: dict[str, Any] | None = None
         while len(latencies) < count:
             spent = time.perf_counter() - started
             if latencies and (spent >= budget or spent + max(latencies) > budget):
                 break  # the next event would likely end after the deadline
             self._events += 1
             entry, host = self._entry(10_000_000 + self._events, "web")
+            watch = FileWatch(self.output, host)
             start = time.perf_counter()
             self.registry().register(entry, ttl=0)
             timeout = min(EVENT_TIMEOUT, max(30.0, budget - spent))
             live = wait_live(self.nginx.port, host, timeout)
+            written = watch.wait(30.0 if live is not None else 0.0)
             if live is None:
                 failed = f"{host} not live after {timeout:g} s:\n{self.log_tail()}"
                 break
             latencies.append(live - start)
+            if written is not None:
+                to_file.append(written - start)
+            if len(latencies) == MEMORY_AFTER:
+                memory_after = {"events": MEMORY_AFTER, **self.idle_memory()}
         assert self.watcher is not None
         result: dict[str, Any] = {
             "latencies": latencies,
+            "to_file": to_file,
             "count": len(latencies),
             "asked": count,
             "seconds": time.perf_counter() - started,
             "reloads": self.reloads() - reloads,
             "watcher_after_events": self.idle_memory(),
         }
+        result["watcher_after_events"]["events"] = len(latencies)
+        if memory_after is not None:
+            result["watcher_after_n_events"] = memory_after
         if latencies:
             result["p50"] = common.percentile(latencies, 0.50)
             result["p95"] = common.percentile(latencies, 0.95)
             result["max"] = max(latencies)
+        if to_file:
+            result["file_p50"] = common.percentile(to_file, 0.50)
+            result["file_p95"] = common.percentile(to_file, 0.95)
+            result["file_count"] = len(to_file)
         if failed:
             result["error"] = failed
         return result
@@ -479,6 +555,20 @@ class Stage:
                 "applies_seconds": seconds,
             }
         )
+        # The same reloads again, asked by a client that retries as browsers and urllib3 do.
+        before = self.reloads()
+        client = RetryingClient(self.nginx.port, host)
+        time.sleep(1.0)
+        try:
+            for number in range(applies):
+                try:
+                    applying.apply(second if number % 2 == 0 else first, cfg)
+                except Exception as error:
+                    failures.append(f"{type(error).__name__}: {error}")
+            time.sleep(1.0)
+        finally:
+            result["retrying"] = client.stop()
+        result["retrying"]["reloads"] = self.reloads() - before
         return result
 
     # Two wrk processes share the load (2 threads, 20 connections in all): one keeps its
@@ -517,6 +607,85 @@ class Stage:
         return self._stop_wrk(started)
 
 
+class RetryingClient:
+    """Keep-alive GETs from THREADS threads, each on its own connection, retried as browsers
+    and urllib3 retry an idempotent request: once, on a new connection, when a kept-alive
+    connection was closed before any byte of the answer arrived (the server closed it as idle
+    while the request was on its way: RemoteDisconnected, a reset or a broken pipe on a
+    connection that had already served a request). Anything else, and a retry that fails too,
+    counts as failed; so does an answer other than 200."""
+
+    THREADS = 4
+    RETRIED = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)  # RemoteDisconnected
+
+    def __init__(self, port: int, host: str) -> None:
+        self.port = port
+        self.host = host
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.counts = {"requests": 0, "failed": 0, "retried": 0, "failed_without_retry": 0}
+        self.errors: dict[str, int] = {}
+        self.retried_errors: dict[str, int] = {}  # what the first attempt of a retry met
+        self._threads = [threading.Thread(target=self._loop, daemon=True)
+                         for _ in range(self.THREADS)]  # fmt: skip
+        for thread in self._threads:
+            thread.start()
+
+    def _get(self, connection: http.client.HTTPConnection) -> tuple[int | None, str, bool]:
+        """(status or None, the error's name, whether to retry): a retry only when the
+        connection had served a request and nothing of the answer arrived."""
+        reused = connection.sock is not None
+        try:
+            connection.request("GET", "/", headers={"Host": self.host})
+            response = connection.getresponse()  # the status line: the first bytes
+        except self.RETRIED as error:  # http.client.RemoteDisconnected is a reset too
+            connection.close()
+            return None, type(error).__name__, reused
+        except (OSError, http.client.HTTPException) as error:
+            connection.close()
+            return None, type(error).__name__, False
+        try:
+            response.read()
+        except (OSError, http.client.HTTPException) as error:
+            connection.close()
+            return None, type(error).__name__ + " (in the answer)", False
+        if response.will_close:
+            connection.close()
+        return response.status, "", False
+
+    def _loop(self) -> None:
+        connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=10)
+        while not self._stop.is_set():
+            status, error, retry = self._get(connection)
+            first_failed = status != 200
+            if retry:  # once, on a new connection (the closed one reconnects on its own)
+                with self._lock:
+                    self.retried_errors[error] = self.retried_errors.get(error, 0) + 1
+                status, again, _ = self._get(connection)
+                if again:
+                    error = f"{error}, then {again}"
+            with self._lock:
+                self.counts["requests"] += 1
+                self.counts["retried"] += retry
+                self.counts["failed_without_retry"] += first_failed
+                if status != 200:
+                    self.counts["failed"] += 1
+                    name = error or f"HTTP {status}"
+                    self.errors[name] = self.errors.get(name, 0) + 1
+        connection.close()
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+        return {
+            **self.counts,
+            "errors": self.errors,
+            "retried_errors": self.retried_errors,
+            "threads": self.THREADS,
+        }
+
+
 def parse_wrk(text: str) -> dict[str, Any]:
     """Requests, socket errors and non-2xx/3xx answers from wrk's summary."""
     found: dict[str, Any] = {"output": text.strip().splitlines()[-8:]}
@@ -549,11 +718,12 @@ def run(
     under_load: bool = False,
     start_deadline: float | None = None,
     keep: bool = False,
+    shape: str = "wide",
 ) -> dict[str, Any]:
     """One size: setup, the naive event, the events (until `events_deadline`, a time.monotonic()
     value), and the burst and the load if asked. Errors are reported in the result."""
     folder = Path(tempfile.mkdtemp(prefix=f"devtest-bench-live-{routes}-"))
-    stage = Stage(routes, api, folder)
+    stage = Stage(routes, api, folder, shape)
     result: dict[str, Any] = {}
     try:
         stage.start(start_deadline or time.monotonic() + 900)
@@ -579,7 +749,14 @@ def run(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--routes", type=int, required=True)
+    parser.add_argument(
+        "--routes",
+        type=int,
+        required=True,
+        help="the registry's size: services, 10 a branch (--shape wide, issue 14's), or routes "
+        "as deployments of 3 services (--shape routes)",
+    )
+    parser.add_argument("--shape", choices=SHAPES, default="wide")
     parser.add_argument("--registry", choices=("etcd3", "etcd2"), default="etcd3")
     parser.add_argument("--events", type=int, default=50)
     parser.add_argument("--budget", type=float, default=600.0, help="seconds for the events")
@@ -596,6 +773,7 @@ def main() -> int:
         args.burst,
         args.under_load,
         keep=args.keep,
+        shape=args.shape,
     )
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")

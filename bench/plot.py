@@ -91,10 +91,13 @@ def main() -> int:
     naive = [(count, item["baseline_value"]) for count, item in cold]
     lines.plot(*zip(*naive, strict=True), "o:", color="grey", label="naive regenerate (floor)")
     for prefix, label, style in (
-        ("cold_", "cold pipeline", "o-"),
+        ("oneshot_", "one-shot etcd -> checked file", "v-"),
+        ("oneshot_single_", "one-shot, apply --registry", "<-"),
+        ("cold_", "cold pipeline (profile)", "o-"),
         ("warm_", "warm re-apply, one change", "s-"),
         ("nginx_t_", "nginx -t on the output", "^-"),
         ("live_p95_", "event to live, p95", "D-"),
+        ("file_p95_", "event to file, p95", "x-"),
     ):
         found = series(prefix)
         if not found:
@@ -108,7 +111,7 @@ def main() -> int:
             )  # fmt: skip
     lines.set_xscale("log")
     lines.set_yscale("log")
-    lines.set_xlabel("routes (log scale)")
+    lines.set_xlabel("routes (services, 10 a branch, for the one-shot and the watch; log scale)")
     lines.set_ylabel("seconds (log scale)")
     lines.set_title("time against route count (bars: targets)")
     lines.grid(True, which="both", alpha=0.3)

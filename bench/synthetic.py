@@ -102,6 +102,39 @@ def registry(
     return {"deployment": dict(deployment(i, seed, upstream) for i in range(start, start + count))}
 
 
+# Issue 14's comparison with confd: 10 services a branch (1,000 services = 100 branches).
+# "grpc" is no word of WORDS, so `<branch>-grpc` never collides with another branch either.
+WIDE_SERVICES = (DEFAULT_SERVICE, *OTHER_SERVICES, "grpc")
+SERVICES_PER_BRANCH = len(WIDE_SERVICES)
+
+
+def wide_deployment(
+    index: int, seed: int = 0, upstream: Upstream = PRIVATE
+) -> tuple[str, dict[str, Any]]:
+    """(key, value) of deployment number `index` with all 10 services of WIDE_SERVICES."""
+    rng = random.Random(f"{seed}/wide/{index}")
+    created = EPOCH + timedelta(seconds=37 * index + rng.randrange(30))
+    value = {
+        "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "service": {
+            name: {
+                "ip": upstream.ip or private_ipv4(rng),
+                "port": str(upstream.port or rng.randrange(32768, 61000)),
+            }
+            for name in WIDE_SERVICES
+        },
+    }
+    return slug(branch_name(index, seed)), value
+
+
+def wide_registry(services: int, seed: int = 0, upstream: Upstream = PRIVATE) -> dict[str, Any]:
+    """A snapshot of `services` services, 10 a branch (rounded up to whole branches): the
+    shape of issue 14's comparison with confd. Each branch also has its default entry point,
+    so the routes are services + branches (1,000 services: 1,100 routes)."""
+    count = -(-services // SERVICES_PER_BRANCH)
+    return {"deployment": dict(wide_deployment(i, seed, upstream) for i in range(count))}
+
+
 def instance_id(rng: random.Random) -> str:
     """An ECS task id, as `register` takes it from the task metadata: 32 hex digits."""
     return f"{rng.getrandbits(128):032x}"
