@@ -555,3 +555,19 @@ def test_tls_with_client_certificate(
                 registry.close()
     finally:
         member.stop()
+
+
+@pytest.mark.integration
+def test_v3_reads_a_large_registry_in_pages_at_one_revision(etcd: Etcd, opened: Opener) -> None:
+    """A full v3 read asks for the keys in ranges of page_size, each at the first range's
+    revision: the same snapshot and revision as one range, whatever the page size."""
+    registry = opened("etcd3", etcd)
+    for number in range(12):
+        registry.register(entry(deployment=f"feat-{number:02}", port=30000 + number), ttl=60)
+    whole = registry.read()
+    assert isinstance(registry, EtcdV3Registry)
+    for size in (1, 2, 5, 7, 36, 37):  # 36 keys: 12 x (created, ip, port)
+        registry.page_size = size
+        paged = registry.read()
+        assert (paged.snapshot, paged.index) == (whole.snapshot, whole.index), size
+    assert len(whole.snapshot["deployment"]) == 12

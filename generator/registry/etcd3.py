@@ -61,6 +61,10 @@ from generator.registry.keytree import Change, KeyTree
 
 T = TypeVar("T")
 
+# Keys per range request of a full read: at 100,000 routes (210,000 keys) 11 ranges, each
+# answered in a fraction of the timeout even on a busy member.
+PAGE_SIZE = 20_000
+
 _GRPC_NOT_FOUND = 5
 _GRPC_UNAUTHENTICATED = 16
 
@@ -94,6 +98,7 @@ class EtcdV3Registry:
         self.endpoints = endpoints
         self.tls = tls
         self.timeout = timeout
+        self.page_size = PAGE_SIZE  # keys per range of a full read
         # One client (and so one requests session, with its own auth token) per endpoint:
         # etcd3gw talks to a single host. api_path is fixed at /v3/ (etcd >= 3.4) instead of
         # etcd3gw's discovery, which costs a GET /version per endpoint.
@@ -208,12 +213,8 @@ class EtcdV3Registry:
             # Not etcd3gw's get_prefix(): it drops the response header, and with it the
             # revision this snapshot is at, which wait() needs.
             with no_gc():
-                reply = client.post(client.get_url("/kv/range"), json=_range(UNDER))
                 try:
-                    revision = _revision(reply)
-                    kvs = reply.get("kvs", [])
-                    if not isinstance(kvs, list):
-                        raise _Malformed(f"kvs is {type(kvs).__name__}, not a list")
+                    revision, kvs = self._read_pages(client)
                     keys = KeyTree(_pairs(kvs))
                 except ValueError as error:  # _Malformed and binascii.Error are ValueErrors
                     raise RegistryUnavailable(
@@ -224,6 +225,31 @@ class EtcdV3Registry:
             return Read(keys.snapshot(), revision, keys, absent=not kvs)
 
         return self._call(action)
+
+    def _read_pages(self, client: Etcd3Client) -> tuple[int, list[Any]]:
+        """Every key under the prefix, in ranges of at most `page_size` keys, all at the first
+        range's revision (one consistent snapshot): the revision and the key-values. etcd
+        answers a range only once it has built all of it, so one range of a large registry
+        (210,000 keys at 100,000 routes) could outlast the timeout on a busy member, which
+        then never reads; each page comes well within it."""
+        url = client.get_url("/kv/range")
+        request: dict[str, Any] = {**_range(UNDER), "limit": self.page_size}
+        reply = client.post(url, json=request)
+        revision = _revision(reply)
+        kvs = _kvs(reply)
+        after = b""
+        while reply.get("more") is True:
+            last = kvs[-1].get("key") if kvs and isinstance(kvs[-1], dict) else None
+            if not isinstance(last, str):
+                raise _Malformed("a range has more keys but its last key is missing")
+            following = binascii.a2b_base64(last) + b"\0"  # the first key after the last one
+            if following <= after:  # a page that does not move on would be asked forever
+                raise _Malformed("a range's keys do not follow the range before it")
+            after = following
+            request = {**request, "key": base64.b64encode(after).decode(), "revision": revision}
+            reply = client.post(url, json=request)
+            kvs.extend(_kvs(reply))
+        return revision, kvs
 
     def wait(self, after: int, timeout: float) -> int | None:
         changes = self.watch(after, timeout)
@@ -577,6 +603,14 @@ def _revision(reply: Any) -> int:
     if isinstance(revision, bool) or not (text.isascii() and text.isdigit() and len(text) <= 20):
         raise _Malformed(f"a revision of {_shown(revision)} is not a number")
     return int(text)
+
+
+def _kvs(reply: Any) -> list[Any]:
+    """A range's key-values (none: the gateway leaves the field out)."""
+    kvs = reply.get("kvs", []) if isinstance(reply, dict) else None
+    if not isinstance(kvs, list):
+        raise _Malformed(f"kvs is {type(kvs).__name__}, not a list")
+    return kvs
 
 
 def _pairs(kvs: list[Any]) -> Iterator[tuple[str, str]]:
