@@ -68,8 +68,8 @@ def reference(keys: dict[str, str], change: Change) -> None:
 def test_kept_keys_make_the_snapshot_of_the_same_keys_read_at_once(
     initial: list[tuple[str, str]], bursts: list[list[Change]]
 ) -> None:
-    keys = dict(initial)
-    tree = KeyTree(initial)
+    keys = dict(initial)  # a read holds each key once
+    tree = KeyTree(keys.items())
     assert tree.snapshot() == build_snapshot(keys.items())
     for burst in bursts:
         before = tree.snapshot()
