@@ -217,12 +217,22 @@ class FileWatch:
 class Stage:
     """etcd preloaded with `routes` routes, nginx, a backend and the watcher feeding nginx."""
 
-    def __init__(self, routes: int, api: str, folder: Path, shape: str = "wide") -> None:
+    def __init__(
+        self,
+        routes: int,
+        api: str,
+        folder: Path,
+        shape: str = "wide",
+        watch_args: tuple[str, ...] = (),
+    ) -> None:
         self.routes = routes
+        self.watch_args = watch_args  # more arguments for the watcher (--quiet-period 0.01)
         self.api = api  # "v3" or "v2"
         self.folder = folder
         self.shape = shape  # SHAPES
         self.facts: dict[str, Any] = {"routes": routes, "registry": f"etcd {api}", "shape": shape}
+        if watch_args:
+            self.facts["watch_args"] = list(watch_args)
         self.etcd: Etcd | None = None
         self.nginx: Nginx | None = None
         self.backend: Backend | None = None
@@ -291,6 +301,7 @@ class Stage:
             "--output", str(self.output), "--site-dir", str(self.folder / "site"),
             "--nginx", common.NGINX,
             "--test-command", self.nginx.test_command, "--reload-command", self.reload_command,
+            *self.watch_args,
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("DEVTEST_ROUTER_")}
         env.pop("REGISTRY_URL", None)
@@ -719,11 +730,12 @@ def run(
     start_deadline: float | None = None,
     keep: bool = False,
     shape: str = "wide",
+    watch_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """One size: setup, the naive event, the events (until `events_deadline`, a time.monotonic()
     value), and the burst and the load if asked. Errors are reported in the result."""
     folder = Path(tempfile.mkdtemp(prefix=f"devtest-bench-live-{routes}-"))
-    stage = Stage(routes, api, folder, shape)
+    stage = Stage(routes, api, folder, shape, watch_args)
     result: dict[str, Any] = {}
     try:
         stage.start(start_deadline or time.monotonic() + 900)
@@ -763,6 +775,12 @@ def main() -> int:
     parser.add_argument("--burst", action="store_true")
     parser.add_argument("--under-load", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
+    parser.add_argument(
+        "--watch-args",
+        default="",
+        help="more arguments for the watcher, split like a shell (--watch-args '--quiet-period "
+        "0.01'): what a setting adds or saves",
+    )
     args = parser.parse_args()
     api = "v3" if args.registry == "etcd3" else "v2"
     result = run(
@@ -774,6 +792,7 @@ def main() -> int:
         args.under_load,
         keep=args.keep,
         shape=args.shape,
+        watch_args=tuple(shlex.split(args.watch_args)),
     )
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
