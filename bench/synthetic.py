@@ -80,8 +80,15 @@ def deployment(
     """(key under /deployment, its value in the snapshot) for deployment number `index`."""
     rng = random.Random(f"{seed}/deployment/{index}")
     services = (DEFAULT_SERVICE, *rng.sample(OTHER_SERVICES, 2))
+    return slug(branch_name(index, seed)), _deployment_value(rng, index, services, upstream)
+
+
+def _deployment_value(
+    rng: random.Random, index: int, services: Iterable[str], upstream: Upstream
+) -> dict[str, Any]:
+    """A deployment's created time and its services' addresses, drawn from `rng`."""
     created = EPOCH + timedelta(seconds=37 * index + rng.randrange(30))
-    value = {
+    return {
         "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "service": {
             name: {
@@ -91,7 +98,6 @@ def deployment(
             for name in services
         },
     }
-    return slug(branch_name(index, seed)), value
 
 
 def registry(
@@ -113,18 +119,7 @@ def wide_deployment(
 ) -> tuple[str, dict[str, Any]]:
     """(key, value) of deployment number `index` with all 10 services of WIDE_SERVICES."""
     rng = random.Random(f"{seed}/wide/{index}")
-    created = EPOCH + timedelta(seconds=37 * index + rng.randrange(30))
-    value = {
-        "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "service": {
-            name: {
-                "ip": upstream.ip or private_ipv4(rng),
-                "port": str(upstream.port or rng.randrange(32768, 61000)),
-            }
-            for name in WIDE_SERVICES
-        },
-    }
-    return slug(branch_name(index, seed)), value
+    return slug(branch_name(index, seed)), _deployment_value(rng, index, WIDE_SERVICES, upstream)
 
 
 def wide_registry(services: int, seed: int = 0, upstream: Upstream = PRIVATE) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -588,6 +589,28 @@ class Etcd:
 
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    def put(self, api: str, key: str, value: str, timeout: float = 30) -> None:
+        """A plain write (no TTL, no lease), as any client makes it through etcd's HTTP API:
+        api "etcd2" (v2 keys) or "etcd3" (the v3 JSON gateway)."""
+        if api == "etcd3":
+            encoded = {
+                k: base64.b64encode(v.encode()).decode()
+                for k, v in (("key", key), ("value", value))
+            }
+            self.v3("kv/put", encoded, timeout=timeout)
+            return
+        r = http_request(
+            self.client_port,
+            f"{LOOPBACK}:{self.client_port}",
+            f"/v2/keys{urllib.parse.quote(key)}",
+            method="PUT",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            body=urllib.parse.urlencode({"value": value}).encode(),
+            timeout=timeout,
+        )
+        if r.status not in (200, 201):
+            raise AssertionError(f"etcd v2 PUT {key} -> {r.status}: {r.text}")
 
     def v3(self, endpoint: str, body: dict[str, Any], timeout: float = 5) -> Any:
         """POST to the v3 JSON gateway, e.g. v3("kv/put", {"key": b64("k"), "value": b64("v")})."""

@@ -3,13 +3,10 @@ same result as `snapshot --registry URL | apply`, byte for byte: the config and 
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
 import subprocess
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -41,24 +38,6 @@ KEYS = {
     "/deployment/broken/created": "2026-11-03T10:00:00Z",
     "/deployment/broken/service/web/ip": "127.0.0.1",
 }
-
-
-def put(etcd: Etcd, kind: str, key: str, value: str) -> None:
-    """A key written as any client would write it, straight through etcd's HTTP API."""
-    if kind == "etcd2":
-        url = f"{etcd.url}/v2/keys{urllib.parse.quote(key)}"
-        data = urllib.parse.urlencode({"value": value}).encode()
-        request = urllib.request.Request(url, data=data, method="PUT")
-    else:
-        body = {
-            "key": base64.b64encode(key.encode()).decode(),
-            "value": base64.b64encode(value.encode()).decode(),
-        }
-        request = urllib.request.Request(
-            f"{etcd.url}/v3/kv/put", data=json.dumps(body).encode(), method="POST"
-        )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert response.status in (200, 201), response.status
 
 
 def url_of(etcd: Etcd, kind: str) -> str:
@@ -108,7 +87,7 @@ def test_apply_from_the_registry_equals_snapshot_piped_into_apply(
     kind: str, etcd: Etcd, nginx: Nginx, tmp_path: Path
 ) -> None:
     for key, value in KEYS.items():
-        put(etcd, kind, key, value)
+        etcd.put(kind, key, value)
     url = url_of(etcd, kind)
     site = tmp_path / "site"
     env = environment()
@@ -153,7 +132,7 @@ def test_a_snapshot_piped_in_is_read_even_with_registry_url_set(
     """`snapshot | apply` with REGISTRY_URL exported (as in deploy/systemd's env file) keeps
     reading its pipe: here the pipe holds a deployment the registry has not."""
     for key, value in KEYS.items():
-        put(etcd, "etcd3", key, value)
+        etcd.put("etcd3", key, value)
     site = tmp_path / "site"
     emptied(nginx, site)
     piped = {

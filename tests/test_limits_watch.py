@@ -7,13 +7,10 @@ watcher's memory stays proportional to what the registry holds.
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 import signal
 import subprocess
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,24 +26,6 @@ from generator.registry.base import Entry
 from generator.registry.open import open_registry
 
 pytestmark = pytest.mark.integration
-
-
-def put(etcd: Etcd, kind: str, key: str, value: str) -> None:
-    """A key written as any client would write it, straight through etcd's HTTP API."""
-    if kind == "etcd2":
-        url = f"{etcd.url}/v2/keys{urllib.parse.quote(key)}"
-        data = urllib.parse.urlencode({"value": value}).encode()
-        request = urllib.request.Request(url, data=data, method="PUT")
-    else:
-        body = {
-            "key": base64.b64encode(key.encode()).decode(),
-            "value": base64.b64encode(value.encode()).decode(),
-        }
-        request = urllib.request.Request(
-            f"{etcd.url}/v3/kv/put", data=json.dumps(body).encode(), method="POST"
-        )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert response.status in (200, 201), response.status
 
 
 def register(url: str, name: str, backend: Backend) -> None:
@@ -81,7 +60,7 @@ def test_a_deep_key_costs_only_its_deployment_on_events_and_full_reads(
     register(url, "before", web["before"])
     router.wait_route(f"before-web.{DOMAIN}", "before")
 
-    put(etcd, kind, deep("deepy", levels), "1")  # an event
+    etcd.put(kind, deep("deepy", levels), "1")  # an event
     register(url, "after", web["after"])
     router.wait_route(f"after-web.{DOMAIN}", "after")
     router.wait_route(f"before-web.{DOMAIN}", "before")
@@ -155,7 +134,7 @@ def test_twenty_stray_keys_of_1_mb_cost_their_keys_and_memory_about_their_size(
     assert router.process is not None
     start = vm_rss_mb(router.process.pid)
     for index in range(20):
-        put(etcd, kind, f"/deployment/big/stray{index}", "x" * 1_000_000)
+        etcd.put(kind, f"/deployment/big/stray{index}", "x" * 1_000_000)
     register(url, "later", web["later"])
     router.wait_route(f"later-web.{DOMAIN}", "later", timeout=60)
     wait_for(
@@ -236,7 +215,7 @@ def test_random_deep_and_oversized_trees_cost_only_their_deployment_and_bounded_
         key = f"/deployment/junk{n}/" + "/".join([*segments[:-1], f"k{index}"])
         # (etcd takes requests up to 1.5 MB; v2's form encoding makes an "é" 6 bytes)
         value = rng.choice(["x", "\u00e9", "1"] if size <= 100_000 else ["x", "1"]) * size
-        put(etcd, kind, key, value)
+        etcd.put(kind, key, value)
         state["bytes"] += len(key) + len(value.encode())
     register(state["url"], f"ok{n}", state["web"])
     router.wait_route(f"ok{n}-web.{DOMAIN}", "ok", timeout=60)
