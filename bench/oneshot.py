@@ -46,6 +46,8 @@ import common
 import synthetic
 from harness import Etcd, Nginx
 
+from generator.nginx.apply import trust_file
+
 LOOPBACK = "127.0.0.1"
 BIN = Path(sys.executable).parent / "devtest-router"
 GNU_TIME = "/usr/bin/time"
@@ -152,8 +154,10 @@ class Stage:
         ]  # fmt: skip
 
     def empty(self) -> None:
-        """A cold job: no output file (nginx keeps running what it loaded) and no site folder."""
+        """A cold job: no output file (nginx keeps running what it loaded), no trust file (the
+        digests of the parts an earlier apply checked) and no site folder."""
         self.output.unlink(missing_ok=True)
+        trust_file(self.output).unlink(missing_ok=True)
         shutil.rmtree(self.site, ignore_errors=True)
 
     def run(self, variant: str, number: int) -> dict[str, Any]:

@@ -276,7 +276,7 @@ def test_an_htpasswd_file_nginx_could_not_use_is_one_line_and_nothing_is_applied
         hashed = line.split(":", 1)[1]
         assert hashed not in result.err + result.out and hashed[6:20] not in result.err
     assert sorted(entry.name for entry in output.parent.iterdir()) == sorted(
-        [OUTPUT, LOCK, f".{OUTPUT}.tested"]
+        [OUTPUT, LOCK, f".{OUTPUT}.tested", f".{OUTPUT}.checked"]
     )
     # the same bytes as in place are refused too: nginx reads the file at every request
     same = cli(apply_argv(output, password_file), CLEAN, environ)

@@ -37,6 +37,7 @@ DOMAIN = "dev.test"
 OUTPUT = "devtest-router.conf"
 LOCK = f".{OUTPUT}.lock"  # apply's lock file
 TESTED = f".{OUTPUT}.tested"  # the digest of the file last tested and reloaded
+CHECKED = f".{OUTPUT}.checked"  # the trust file: digests of the parts that passed the check
 
 BackendFactory = Callable[..., dict[str, Backend]]
 Snapshot = dict[str, Any]
@@ -441,7 +442,7 @@ def test_config_nginx_rejects_is_never_installed(
     router.routes_to(f"master-web.{DOMAIN}", "master-web")
     os.chmod(router.output, 0o640)
     before = listing(router.nginx.conf_dir)
-    assert set(before) == {OUTPUT, LOCK, TESTED}
+    assert set(before) == {OUTPUT, LOCK, TESTED, CHECKED}
 
     # crossplane takes any one-argument proxy_read_timeout; nginx wants a time
     templates = override(
@@ -788,7 +789,7 @@ def test_concurrent_applies_take_turns(
         assert len(err.strip().splitlines()) == 1
     final = router.output.read_text()
     assert final in renders
-    assert set(listing(folder)) == {OUTPUT, LOCK, TESTED}
+    assert set(listing(folder)) == {OUTPUT, LOCK, TESTED, CHECKED}
     assert router.reloads() == 2
     if final == router.render(data):
         router.routes_to(f"feature-login-web.{DOMAIN}", "feature-login-web")

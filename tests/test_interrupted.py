@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from harness import Backend, Nginx, find_binary, wait_for
 from test_apply import (
+    CHECKED,
     CLI,
     DOMAIN,
     LOCK,
@@ -122,7 +123,12 @@ def test_an_apply_killed_in_the_test_or_reload_is_finished_by_the_next_one(
     settled = router.apply(both)
     assert settled.lines[0].startswith("devtest-router: nothing to do: "), settled.err
     assert router.reloads() == reloads + 1
-    assert {entry.name for entry in router.nginx.conf_dir.iterdir()} == {OUTPUT, LOCK, TESTED}
+    assert {entry.name for entry in router.nginx.conf_dir.iterdir()} == {
+        OUTPUT,
+        LOCK,
+        TESTED,
+        CHECKED,
+    }
 
 
 def test_a_failed_test_after_an_interrupted_apply_puts_back_the_last_tested_file(

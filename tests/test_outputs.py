@@ -155,6 +155,7 @@ def test_a_symlinked_output_is_written_through_and_stays_a_symlink(
     router.routes_to(f"other-web.{DOMAIN}", "other-web")
     # the lock and the record live beside the file written, never beside the link
     assert sorted(entry.name for entry in real.parent.iterdir()) == [
+        ".routes.conf.checked",
         ".routes.conf.lock",
         ".routes.conf.tested",
         "routes.conf",

@@ -69,6 +69,25 @@ class Checker:
 
     def __init__(self) -> None:
         self._passed: set[Part] = set()
+        # Digests of the parts an earlier process checked with this same check (its trust
+        # file, see trust_file()): such a part is not parsed again. A changed part has another
+        # digest, so it always is.
+        self._trusted: frozenset[bytes] = frozenset()
+        self._digests: dict[Part, bytes] = {}  # of the parts that passed last, once computed
+        self.parsed = 0  # parts the last check parsed (the others were known to pass)
+        self.loaded = False  # whether the trust file was read (once per checker)
+
+    def trust(self, digests: frozenset[bytes]) -> None:
+        """Take `digests` (a trust file's) as parts known to pass."""
+        self._trusted = digests
+        self.loaded = True
+
+    def digests(self, parts: Sequence[Part]) -> list[bytes]:
+        """The digests of `parts` (the ones that passed last), remembered for the next time."""
+        known = self._digests
+        found = [known.get(part) or part_digest(part) for part in parts]
+        self._digests = dict(zip(parts, found, strict=True))
+        return found
 
     def __call__(self, rendered: Rendered, config: Config, scratch: Path) -> None:
         with no_gc():  # crossplane makes a dict per statement, and no cycles
@@ -87,7 +106,13 @@ class Checker:
             rendered.public,
         )
         parts = rendered.fragments
-        unchecked = [part for part in parts if part not in self._passed]
+        passed, trusted = self._passed, self._trusted
+        unchecked = [
+            part
+            for part in parts
+            if part not in passed and not (trusted and part_digest(part) in trusted)
+        ]
+        self.parsed = len(unchecked)
         if not placed and any(part.blocks for part in parts):
             failures.append("the skeleton has no place for the upstream blocks")
         # Parts that passed together had no pool in common: only a new part can share one.
@@ -109,6 +134,75 @@ def _shared_pools(parts: Sequence[Part]) -> list[str]:
         for name, _ in pools:
             (shared if name in seen else seen).add(name)
     return [f"upstream {name} is the pool of two deployments" for name in sorted(shared)]
+
+
+def part_digest(part: Part) -> bytes:
+    """What the check of `part` depends on, as a digest: its text and the routes and pools it
+    must hold (sorted: a frozenset's order differs from process to process)."""
+    digest = hashlib.sha256()
+    pieces = [
+        part.lines,
+        part.blocks,
+        *sorted(f"route\t{host}\t{target}" for host, target in part.routes),
+        *sorted(f"pool\t{name}\t{' '.join(servers)}" for name, servers in part.pools),
+    ]
+    for piece in pieces:
+        digest.update(piece.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.digest()
+
+
+def _check_version() -> str:
+    """The first line of a trust file: which check its digests passed. Another version of
+    devtest-router, of crossplane, or of the code that checks a part, and none is trusted."""
+    import crossplane
+
+    from generator import __version__
+    from generator.core import check as check_module
+
+    code = hashlib.sha256()
+    for module in (check_module.__file__, __file__):
+        code.update(Path(str(module)).read_bytes())
+    return (
+        f"devtest-router {__version__} crossplane {crossplane.__version__} "
+        f"check {code.hexdigest()[:16]}"
+    )
+
+
+def trust_file(target: Path) -> Path:
+    """Beside the output: the digests of the parts of the last file that passed the check and
+    nginx's tests, so that the next process (etcdwatch's child, a restarted watcher) parses
+    only the parts that changed."""
+    return target.with_name(f".{target.name}.checked")
+
+
+def _load_trust(checker: Checker, target: Path) -> None:
+    """Give `checker` the trust file's digests, once; none if it is missing, unreadable or
+    from another check."""
+    if checker.loaded:
+        return
+    text = _read(trust_file(target), quiet=True)
+    lines = text.split("\n") if text else []
+    digests: frozenset[bytes] = frozenset()
+    if lines and lines[0] == _check_version():
+        with suppress(ValueError):
+            digests = frozenset(bytes.fromhex(line) for line in lines[1:] if line)
+    checker.trust(digests)
+
+
+def _save_trust(checker: Checker, target: Path, parts: Sequence[Part]) -> None:
+    """Write the trust file for `parts` (they passed the check and nginx's tests): atomically,
+    and best effort (without it the next process parses every part, as a first one does)."""
+    text = "\n".join([_check_version(), *(d.hex() for d in checker.digests(parts))]) + "\n"
+    try:
+        staged = _stage(target.parent, target.name, text)
+    except ApplyError:
+        return
+    try:
+        os.chmod(staged, NEW_FILE_MODE)
+        os.replace(staged, trust_file(target))
+    except OSError:
+        staged.unlink(missing_ok=True)
 
 
 # Unchecked parts longer than this (in characters) are parsed in two processes at once when
@@ -318,6 +412,8 @@ def plan(
     target = output_file(config)
     current = _read(target)
     confirmed = current is not None and _recorded(target) == _digest(current)
+    checker = checker or Checker()
+    _load_trust(checker, target)
     with tempfile.TemporaryDirectory(prefix="devtest-router-") as folder:
         scratch = Path(folder)
         staged = scratch / "rendered.conf"
@@ -389,6 +485,8 @@ def apply_then(
             kept = _read(_previous(target), quiet=True)
             keep_previous = current is not None and kept is not None and _digest(kept) == recorded
             _forget(target)
+        checker = checker or Checker()
+        _load_trust(checker, target)
         with tempfile.TemporaryDirectory(prefix="devtest-router-") as temporary:
             scratch = Path(temporary)
             staged = _stage(folder, target.name, rendered.text)
@@ -400,6 +498,7 @@ def apply_then(
                 _install(staged, target, config, rendered.text, keep_previous)
             finally:
                 staged.unlink(missing_ok=True)
+        _save_trust(checker, target, rendered.fragments)
         if current is not None and not confirmed:
             result = _unconfirmed(result)
         done = after()
