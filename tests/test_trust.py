@@ -121,3 +121,26 @@ def test_a_refused_apply_writes_no_trust(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="failed"):
         apply.apply(rendered, settings_, Checker())
     assert not trust_file(Path(settings_.output)).exists()
+
+
+def test_a_trusted_part_is_held_to_the_pools_of_the_parts_beside_it(tmp_path: Path) -> None:
+    # Parts that passed together share no upstream pool. A trusted part passed beside other
+    # parts than today's: it must still be held to theirs.
+    settings_ = config(tmp_path)
+    replicas = {"ip": "127.0.0.1", "port": "8001"}, {"ip": "127.0.0.1", "port": "8002"}
+    two = {"service": {"web": {"instance": {"i1": replicas[0], "i2": replicas[1]}}}}
+    rendered = build({"deployment": {"a": two}}, settings_, SCHEMA, TEMPLATES)
+    (part,) = rendered.fragments
+    assert part.pools, "a service of two instances has an upstream pool"
+    # another deployment's part naming the same pool (hostnames z-web, z instead of a-web, a)
+    twin = part._replace(
+        lines=Fragment(part.lines.replace(" a-web.", " z-web.").replace(" a.", " z.")),
+        routes=frozenset((host.replace("a", "z", 1), target) for host, target in part.routes),
+    )
+    checker = Checker()
+    checker.trust(frozenset({apply.part_digest(part)}))  # as from a trust file
+    (tmp_path / "1").mkdir()
+    (tmp_path / "2").mkdir()
+    checker(dataclasses.replace(rendered, fragments=(twin,)), settings_, tmp_path / "1")
+    with pytest.raises(InternalError, match="is the pool of two deployments"):
+        checker(dataclasses.replace(rendered, fragments=(part, twin)), settings_, tmp_path / "2")

@@ -106,17 +106,15 @@ class Checker:
             rendered.public,
         )
         parts = rendered.fragments
-        passed, trusted = self._passed, self._trusted
-        unchecked = [
-            part
-            for part in parts
-            if part not in passed and not (trusted and part_digest(part) in trusted)
-        ]
+        new = [part for part in parts if part not in self._passed]
+        trusted = self._trusted
+        unchecked = [part for part in new if not (trusted and part_digest(part) in trusted)]
         self.parsed = len(unchecked)
         if not placed and any(part.blocks for part in parts):
             failures.append("the skeleton has no place for the upstream blocks")
-        # Parts that passed together had no pool in common: only a new part can share one.
-        if any(part.pools for part in unchecked):
+        # Parts that passed together had no pool in common: only a part new since then can
+        # share one (a trusted part too: it passed beside other parts than these).
+        if any(part.pools for part in new):
             failures += _shared_pools(parts)
         if unchecked:
             failures += _check_in_parts(scratch, unchecked)
