@@ -16,7 +16,7 @@ from hypothesis_profiles import examples
 
 from generator import resources
 from generator.core.config import Config, resolve
-from generator.core.errors import InternalError
+from generator.core.errors import ApplyError, InternalError
 from generator.core.pipeline import build
 from generator.core.render import Fragment, environment
 from generator.nginx import apply
@@ -118,7 +118,7 @@ def test_a_trust_file_of_another_check_trusts_nothing(tmp_path: Path) -> None:
 def test_a_refused_apply_writes_no_trust(tmp_path: Path) -> None:
     settings_ = dataclasses.replace(config(tmp_path), test_command="false")
     rendered = build(snapshot({"a": 8001}), settings_, SCHEMA, TEMPLATES)
-    with pytest.raises(Exception, match="failed"):
+    with pytest.raises(ApplyError, match="failed"):
         apply.apply(rendered, settings_, Checker())
     assert not trust_file(Path(settings_.output)).exists()
 

@@ -22,6 +22,7 @@ replaced; the link stays); anything else is refused before a lock file is made.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -107,8 +108,11 @@ class Checker:
         )
         parts = rendered.fragments
         new = [part for part in parts if part not in self._passed]
-        trusted = self._trusted
-        unchecked = [part for part in new if not (trusted and part_digest(part) in trusted)]
+        unchecked = new
+        if self._trusted:
+            known = {part: part_digest(part) for part in new}
+            self._digests.update(known)  # the trust file written after this apply needs them
+            unchecked = [part for part in new if known[part] not in self._trusted]
         self.parsed = len(unchecked)
         if not placed and any(part.blocks for part in parts):
             failures.append("the skeleton has no place for the upstream blocks")
@@ -145,22 +149,30 @@ def part_digest(part: Part) -> bytes:
         *sorted(f"pool\t{name}\t{' '.join(servers)}" for name, servers in part.pools),
     ]
     for piece in pieces:
-        digest.update(piece.encode("utf-8"))
-        digest.update(b"\0")
+        encoded = piece.encode("utf-8")
+        digest.update(b"%d:" % len(encoded))  # its length first: no two cuts read the same
+        digest.update(encoded)
     return digest.digest()
 
 
-def _check_version() -> str:
+@functools.cache
+def _check_version() -> str | None:
     """The first line of a trust file: which check its digests passed. Another version of
-    devtest-router, of crossplane, or of the code that checks a part, and none is trusted."""
+    devtest-router, of crossplane, or of the code that checks a part (the check, the wrapper
+    crossplane parses in, this module), and none is trusted. None when that code cannot be
+    read: then nothing is trusted and no trust file is written."""
     import crossplane
 
     from generator import __version__
     from generator.core import check as check_module
+    from generator.nginx import wrapper
 
     code = hashlib.sha256()
-    for module in (check_module.__file__, __file__):
-        code.update(Path(str(module)).read_bytes())
+    try:
+        for module in (check_module.__file__, wrapper.__file__, __file__):
+            code.update(Path(str(module)).read_bytes())
+    except OSError:
+        return None
     return (
         f"devtest-router {__version__} crossplane {crossplane.__version__} "
         f"check {code.hexdigest()[:16]}"
@@ -182,7 +194,7 @@ def _load_trust(checker: Checker, target: Path) -> None:
     text = _read(trust_file(target), quiet=True)
     lines = text.split("\n") if text else []
     digests: frozenset[bytes] = frozenset()
-    if lines and lines[0] == _check_version():
+    if lines and _check_version() is not None and lines[0] == _check_version():
         with suppress(ValueError):
             digests = frozenset(bytes.fromhex(line) for line in lines[1:] if line)
     checker.trust(digests)
@@ -191,7 +203,10 @@ def _load_trust(checker: Checker, target: Path) -> None:
 def _save_trust(checker: Checker, target: Path, parts: Sequence[Part]) -> None:
     """Write the trust file for `parts` (they passed the check and nginx's tests): atomically,
     and best effort (without it the next process parses every part, as a first one does)."""
-    text = "\n".join([_check_version(), *(d.hex() for d in checker.digests(parts))]) + "\n"
+    version = _check_version()
+    if version is None:
+        return
+    text = "\n".join([version, *(d.hex() for d in checker.digests(parts))]) + "\n"
     try:
         staged = _stage(target.parent, target.name, text)
     except ApplyError:
