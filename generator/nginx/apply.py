@@ -125,6 +125,9 @@ class Checker:
         if failures:
             _refuse(failures, config)
         self._passed = set(parts)
+        if len(self._digests) > len(parts):  # only the passed parts' (dry runs save none)
+            kept = self._digests
+            self._digests = {part: kept[part] for part in parts if part in kept}
 
 
 def _shared_pools(parts: Sequence[Part]) -> list[str]:
