@@ -517,16 +517,22 @@ def _statuses(frontend: Frontend, host: str, path: str = "/") -> tuple[int, int,
     )
 
 
+def guarded(nginx: Nginx, tmp_path: Path, *flags: str) -> Frontend:
+    """A frontend behind basic auth (alice, from an htpasswd file) and client network
+    127.0.0.1/32, with `flags` besides."""
+    password_file = tmp_path / "htpasswd"
+    htpasswd(password_file)
+    return Frontend(
+        nginx, tmp_path, "--basic-auth-file", str(password_file),
+        "--client-networks", "127.0.0.1/32", *flags,
+    )  # fmt: skip
+
+
 @pytest.mark.integration
 def test_basic_auth_and_client_networks_guard_every_route_the_index_and_the_404_pages(
     nginx: Nginx, tmp_path: Path, echo: BodyEcho
 ) -> None:
-    password_file = tmp_path / "htpasswd"
-    htpasswd(password_file)
-    frontend = Frontend(
-        nginx, tmp_path, "--basic-auth-file", str(password_file),
-        "--client-networks", "127.0.0.1/32", "--basic-auth-realm", "Dev previews",
-    )  # fmt: skip
+    frontend = guarded(nginx, tmp_path, "--basic-auth-realm", "Dev previews")
     down = free_port()  # a public deployment whose container is gone
     frontend.apply(snapshot(main=(echo.port, None), demo=(echo.port, "true"), gone=(down, "true")))
 
@@ -583,12 +589,7 @@ def test_basic_auth_and_client_networks_guard_every_route_the_index_and_the_404_
 def test_satisfy_any_lets_the_client_network_in_without_a_password_and_asks_the_others(
     nginx: Nginx, tmp_path: Path, echo: BodyEcho
 ) -> None:
-    password_file = tmp_path / "htpasswd"
-    htpasswd(password_file)
-    frontend = Frontend(
-        nginx, tmp_path, "--basic-auth-file", str(password_file),
-        "--client-networks", "127.0.0.1/32", "--access-satisfy", "any",
-    )  # fmt: skip
+    frontend = guarded(nginx, tmp_path, "--access-satisfy", "any")
     frontend.apply(snapshot(main=(echo.port, None)))
     assert _statuses(frontend, f"main-web.{DOMAIN}") == (200, 200, 401, 200)
     assert _statuses(frontend, DOMAIN) == (200, 200, 401, 200)

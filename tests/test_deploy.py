@@ -52,17 +52,11 @@ def frontend(tmp_path: Path, etcd: Etcd) -> Iterator[Frontend]:
         started.stop()
 
 
-def put_v2(etcd: Etcd, key: str, value: str) -> None:
-    """A PUT as the original curl registration snippet makes it."""
-    answer = http_request(
-        etcd.client_port,
-        f"127.0.0.1:{etcd.client_port}",
-        f"/v2/keys{key}",
-        method="PUT",
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-        body=f"value={value}".encode(),
-    )
-    assert answer.status in (200, 201), answer.text
+def register_feature(etcd: Etcd, port: int) -> None:
+    """feature's web service at 127.0.0.1:port, written as the original curl snippet writes it."""
+    etcd.put("etcd2", "/deployment/feature/service/web/ip", "127.0.0.1")
+    etcd.put("etcd2", "/deployment/feature/service/web/port", str(port))
+    etcd.put("etcd2", "/deployment/feature/created", "2026-01-01T00:00:00Z")
 
 
 # --------------------------------------------------------------------------
@@ -74,9 +68,7 @@ def test_frontend_routes_a_registered_backend_through_its_nginx(
     frontend: Frontend, etcd: Etcd, backends: Callable[..., dict[str, Backend]]
 ) -> None:
     web = backends("feature-web")["feature-web"]
-    put_v2(etcd, "/deployment/feature/service/web/ip", "127.0.0.1")
-    put_v2(etcd, "/deployment/feature/service/web/port", str(web.port))
-    put_v2(etcd, "/deployment/feature/created", "2026-01-01T00:00:00Z")
+    register_feature(etcd, web.port)
 
     def routed() -> bool:
         status, body = frontend.route("feature-web.dev.test", "/hello")
@@ -272,9 +264,7 @@ def test_frontend_runs_unprivileged_on_a_privileged_port_and_reloads_nginx(
         assert {pid: uids(pid) for pid in pids} == {pid: [nobody] * 4 for pid in pids}
 
         web = backends("feature-web")["feature-web"]
-        put_v2(etcd, "/deployment/feature/service/web/ip", "127.0.0.1")
-        put_v2(etcd, "/deployment/feature/service/web/port", str(web.port))
-        put_v2(etcd, "/deployment/feature/created", "2026-01-01T00:00:00Z")
+        register_feature(etcd, web.port)
 
         def routed() -> bool:
             status, body = frontend.route("feature-web.dev.test", "/after-reload")
